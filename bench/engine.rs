@@ -1,0 +1,192 @@
+//! Engine benchmarks (DESIGN.md "Performance budget"):
+//! - block throughput of the whole default pack over ≥ 4 MiB of realistic mixed text, beside a
+//!   `regex::bytes::RegexSet` baseline of the same rules in the same run;
+//! - streaming cost per Claude-sized delta (1–20 bytes), mean from criterion and p50/p99 from
+//!   a direct per-delta timing;
+//! - memory per open stream in steady state.
+//!
+//! Run: `cargo bench --bench engine` (figures are recorded in bench/README.md).
+
+#[path = "../tests/support/corpus.rs"]
+mod corpus;
+
+use criterion::{black_box, Criterion, Throughput};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use streammask::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
+use streammask::matcher::Matcher;
+use streammask::placeholder::PlaceholderKey;
+use streammask::{RuleSet, Scope};
+
+const CORPUS_BYTES: usize = 4 << 20;
+
+fn engine() -> Arc<Engine> {
+    let set = RuleSet::embedded().expect("embedded pack");
+    let matcher = Matcher::compile(&set, DEFAULT_MAX_HOLD_BYTES - 2).expect("pack compiles");
+    Arc::new(
+        Engine::new(
+            matcher,
+            PlaceholderKey::new(b"bench-key-0123456789abcdef").unwrap(),
+            DEFAULT_MAX_HOLD_BYTES,
+        )
+        .expect("engine"),
+    )
+}
+
+/// Ordinary text with a realistic sprinkling of secrets (one example every ~64 KiB), so the
+/// confirm path is exercised, not only the no-match fast path.
+fn mixed_corpus() -> String {
+    let set = RuleSet::embedded().unwrap();
+    let examples: Vec<&String> = set.enabled().flat_map(|r| r.examples.iter()).collect();
+    let ordinary = corpus::ordinary_text(42, CORPUS_BYTES);
+    let mut text = String::with_capacity(ordinary.len() + 8192);
+    let mut next_example = 0;
+    for (i, line) in ordinary.split_inclusive('\n').enumerate() {
+        text.push_str(line);
+        if i % 700 == 0 && !examples.is_empty() {
+            text.push_str(examples[next_example % examples.len()]);
+            text.push('\n');
+            next_example += 1;
+        }
+    }
+    text
+}
+
+fn regex_set_baseline() -> regex::bytes::RegexSet {
+    let set = RuleSet::embedded().unwrap();
+    regex::bytes::RegexSetBuilder::new(set.enabled().map(|r| r.pattern.clone()))
+        .unicode(false)
+        .size_limit(1 << 30)
+        .dfa_size_limit(1 << 30)
+        .build()
+        .expect("pack compiles as a RegexSet")
+}
+
+fn time_per_iteration(mut f: impl FnMut(), min_time: Duration) -> Duration {
+    f();
+    let start = Instant::now();
+    let mut iterations = 0u32;
+    while start.elapsed() < min_time || iterations < 3 {
+        f();
+        iterations += 1;
+    }
+    start.elapsed() / iterations
+}
+
+/// Cut `text` into deltas of 1..=20 bytes at char boundaries, like Claude's text_delta events.
+fn deltas(text: &str, seed: u64) -> Vec<&str> {
+    let mut rng = corpus::Rng::new(seed);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let mut end = (at + 1 + rng.below(20)).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&text[at..end]);
+        at = end;
+    }
+    out
+}
+
+fn report_same_run_comparison(engine: &Engine, text: &str) {
+    let baseline = regex_set_baseline();
+    let bytes = text.len() as f64;
+    let hs = time_per_iteration(
+        || {
+            black_box(engine.mask(black_box(text), Scope::Request).unwrap());
+        },
+        Duration::from_secs(3),
+    );
+    let rs = time_per_iteration(
+        || {
+            black_box(baseline.matches(black_box(text.as_bytes())));
+        },
+        Duration::from_secs(3),
+    );
+    let findings = engine.mask(text, Scope::Request).unwrap().findings.len();
+    println!(
+        "block scan, {} rules, {:.1} MiB, {} findings: streammask {:.2} GB/s, RegexSet {:.3} GB/s, ratio {:.1}x",
+        engine.matcher().rules().len(),
+        bytes / (1 << 20) as f64,
+        findings,
+        bytes / hs.as_secs_f64() / 1e9,
+        bytes / rs.as_secs_f64() / 1e9,
+        rs.as_secs_f64() / hs.as_secs_f64()
+    );
+}
+
+fn report_delta_percentiles_and_memory(engine: &Arc<Engine>, text: &str) {
+    let pieces = deltas(text, 7);
+    let mut samples = Vec::with_capacity(pieces.len());
+    let mut out = Vec::with_capacity(64);
+    let mut masker = engine.stream(Scope::Response).unwrap();
+    let mut peak_memory = 0;
+    let mut peak_held = 0;
+    for piece in &pieces {
+        out.clear();
+        let start = Instant::now();
+        masker.push(piece.as_bytes(), &mut out).unwrap();
+        samples.push(start.elapsed().as_nanos() as u64);
+        black_box(&out);
+        peak_memory = peak_memory.max(masker.memory_bytes());
+        peak_held = peak_held.max(masker.held());
+    }
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "streaming, {} deltas of 1-20 bytes: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns per delta",
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        samples[samples.len() - 1]
+    );
+    println!(
+        "memory per open stream: steady-state peak {} bytes ({} bytes Hyperscan stream state), peak held {} bytes",
+        peak_memory,
+        engine.matcher().stream_state_size(),
+        peak_held
+    );
+}
+
+fn main() {
+    let engine = engine();
+    let text = mixed_corpus();
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+
+    let mut block = criterion.benchmark_group("block");
+    block.throughput(Throughput::Bytes(text.len() as u64));
+    block.bench_function("streammask_mask_4MiB", |b| {
+        b.iter(|| engine.mask(black_box(&text), Scope::Request).unwrap())
+    });
+    let baseline = regex_set_baseline();
+    block.bench_function("regexset_matches_4MiB", |b| {
+        b.iter(|| baseline.matches(black_box(text.as_bytes())))
+    });
+    block.finish();
+
+    let stream_text = &text[..256 * 1024];
+    let pieces = deltas(stream_text, 3);
+    let mut streaming = criterion.benchmark_group("streaming");
+    streaming.throughput(Throughput::Elements(pieces.len() as u64));
+    streaming.bench_function("per_delta_1_to_20_bytes", |b| {
+        b.iter(|| {
+            let mut masker = engine.stream(Scope::Response).unwrap();
+            let mut out = Vec::with_capacity(64);
+            for piece in &pieces {
+                out.clear();
+                masker.push(piece.as_bytes(), &mut out).unwrap();
+            }
+            masker.finish(&mut out).unwrap();
+        })
+    });
+    streaming.finish();
+    criterion.final_summary();
+
+    report_same_run_comparison(&engine, &text);
+    report_delta_percentiles_and_memory(&engine, stream_text);
+}

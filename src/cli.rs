@@ -1,0 +1,278 @@
+//! The command line: `scan`, `rules check`, `rules list` (and, as they land, `run` and
+//! `config check`). Other tools depend on these exact forms, so flags are only ever added.
+//!
+//! The CLI never prints a secret: `scan` reports findings by rule id and placeholder only.
+
+use crate::check::{check_rules, default_max_hold};
+use crate::config::{FileConfig, Overrides};
+use crate::masker::Engine;
+use crate::matcher::Matcher;
+use crate::placeholder::PlaceholderKey;
+use crate::rules::{RuleSet, Scope};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Environment variable holding the placeholder HMAC key for CLI commands.
+pub const PLACEHOLDER_KEY_ENV: &str = "STREAMMASK_PLACEHOLDER_KEY";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "streammask",
+    version,
+    about = "Secret-masking egress proxy for the Claude API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mask stdin to stdout; findings (rule id and placeholder, never the secret) to stderr.
+    Scan {
+        /// Directory of extra or overriding rule files.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Feed the text through the streaming masker this many bytes at a time.
+        #[arg(long, value_name = "N")]
+        stream_chunk: Option<usize>,
+        /// Which rules apply: those for requests, response text, or tool input.
+        #[arg(long, value_enum, default_value_t = ScopeArg::Request)]
+        scope: ScopeArg,
+    },
+    /// Run the proxy (embedded default config unless --config is given; flags override).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Rule pack commands.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Compile every rule under both engines and run every example and negative example.
+    Check {
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Print id, action, applies_to and description of every rule.
+    List {
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a config file (and the rules it names) without starting.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScopeArg {
+    Request,
+    Response,
+    ToolInput,
+}
+
+impl From<ScopeArg> for Scope {
+    fn from(value: ScopeArg) -> Scope {
+        match value {
+            ScopeArg::Request => Scope::Request,
+            ScopeArg::Response => Scope::Response,
+            ScopeArg::ToolInput => Scope::ToolInput,
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("streammask: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Scan {
+            rules,
+            stream_chunk,
+            scope,
+        } => scan(rules, stream_chunk, scope.into()),
+        Command::Run {
+            config,
+            listen,
+            admin,
+            upstream,
+            rules,
+            log_json,
+        } => {
+            init_logging(log_json);
+            let overrides = Overrides {
+                listen,
+                admin,
+                upstream,
+                rules,
+            };
+            let config = FileConfig::load(config.as_deref())?
+                .apply(&overrides)
+                .validate()?;
+            crate::server::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let config = FileConfig::load(Some(&file))?.validate()?;
+            crate::server::build_engine(&config)?;
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules {
+            command: RulesCommand::Check { rules },
+        } => rules_check(rules),
+        Command::Rules {
+            command: RulesCommand::List { rules },
+        } => rules_list(rules),
+    }
+}
+
+/// The placeholder key from the environment, or a random one with a warning.
+pub fn placeholder_key_from_env() -> Result<PlaceholderKey> {
+    match std::env::var(PLACEHOLDER_KEY_ENV) {
+        Ok(key) => {
+            PlaceholderKey::new(key.as_bytes()).with_context(|| format!("{PLACEHOLDER_KEY_ENV}"))
+        }
+        Err(_) => {
+            eprintln!(
+                "streammask: warning: {PLACEHOLDER_KEY_ENV} is not set; using a random placeholder key, \
+                 so placeholders will differ across restarts and replicas"
+            );
+            Ok(PlaceholderKey::random())
+        }
+    }
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default `info`).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Result<ExitCode> {
+    let set = RuleSet::load(rules.as_deref())?;
+    let max_hold = default_max_hold();
+    let matcher = Matcher::compile(&set, max_hold - 2)?;
+    let engine = Arc::new(Engine::new(matcher, placeholder_key_from_env()?, max_hold)?);
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading stdin")?;
+    let text = String::from_utf8_lossy(&input);
+    let (output, findings) = match stream_chunk {
+        None => {
+            let masked = engine.mask(&text, scope)?;
+            (masked.text.into_owned().into_bytes(), masked.findings)
+        }
+        Some(0) => bail!("--stream-chunk must be at least 1"),
+        Some(chunk) => {
+            let mut masker = engine.stream(scope)?;
+            let mut out = Vec::with_capacity(text.len());
+            for piece in text.as_bytes().chunks(chunk) {
+                masker.push(piece, &mut out)?;
+            }
+            masker.finish(&mut out)?;
+            (out, masker.take_findings())
+        }
+    };
+    std::io::stdout()
+        .write_all(&output)
+        .context("writing stdout")?;
+    let mut stderr = std::io::stderr().lock();
+    for finding in &findings {
+        writeln!(
+            stderr,
+            "finding rule={} action={} offset={} chars={} placeholder={}",
+            finding.rule_id,
+            finding.action,
+            finding.span.start,
+            finding.secret_chars,
+            finding.placeholder
+        )?;
+    }
+    writeln!(stderr, "{} finding(s)", findings.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rules_check(rules: Option<PathBuf>) -> Result<ExitCode> {
+    let set = RuleSet::load(rules.as_deref())?;
+    let report = check_rules(&set, default_max_hold());
+    for problem in &report.problems {
+        println!("FAIL {}: {}", problem.id, problem.message);
+    }
+    println!(
+        "{} rules, {} examples checked, {} problem(s)",
+        report.rules_checked,
+        report.examples_checked,
+        report.problems.len()
+    );
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn rules_list(rules: Option<PathBuf>) -> Result<ExitCode> {
+    let set = RuleSet::load(rules.as_deref())?;
+    let mut stdout = std::io::stdout().lock();
+    for rule in set.all() {
+        let scopes: Vec<&str> = rule.applies_to.iter().map(|s| s.as_str()).collect();
+        writeln!(
+            stdout,
+            "{}\t{}\t{}\t{}{}",
+            rule.id,
+            rule.action,
+            scopes.join(","),
+            rule.description,
+            if rule.enabled { "" } else { " (disabled)" }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,544 @@
+//! Masking: the block masker (whole text at once) and the streaming masker (text arriving in
+//! deltas), both built on the same matcher and the same span resolution.
+//!
+//! Invariants (these are the tests in `tests/streaming_equivalence.rs`):
+//! 1. **Streaming equals block.** For any text and any chunking, the concatenation of what a
+//!    [`StreamMasker`] emits equals [`Engine::mask`] of the whole text. Both take the same
+//!    Hyperscan candidates and the same confirmer; the streaming masker only emits text once
+//!    every candidate that could cover it is final.
+//! 2. **Bounded hold.** Held text is the trailing non-whitespace run (no secret of a
+//!    single-line rule contains whitespace), extended back to the start of any secret still in
+//!    progress (multi-line private keys), and never more than `max_hold` bytes.
+//! 3. **Flush.** [`StreamMasker::finish`] emits everything that is held, masked as block mode
+//!    masks the end of a text.
+//! 4. Rules have finite lengths below `max_hold` (checked at [`Engine::new`]), so a candidate
+//!    whose start lies more than `max_hold` bytes back is always final: forced emission at the
+//!    cap can never cut through an undecided secret.
+//!
+//! A candidate is *final* once its match is followed by whitespace, once more text than the
+//! rule's maximum length has arrived after its start, or at the end of the text. Until then it
+//! is re-confirmed as text arrives.
+
+use crate::matcher::{Candidate, Confirmed, Matcher, MatcherError};
+use crate::placeholder::PlaceholderKey;
+use crate::rules::{Action, Scope};
+use hyperscan::Stream;
+use std::{borrow::Cow, ops::Range, sync::Arc};
+
+/// Default cap on held bytes per stream; above the longest rule (8 KiB private keys).
+pub const DEFAULT_MAX_HOLD_BYTES: usize = 12 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    #[error(transparent)]
+    Matcher(#[from] MatcherError),
+    #[error("max_hold_bytes ({max_hold}) must exceed the longest rule match ({longest})")]
+    HoldTooSmall { max_hold: usize, longest: usize },
+    #[error("stream already finished")]
+    Finished,
+}
+
+/// One secret (or denylisted span) found in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Index of the rule in the engine's matcher.
+    pub rule: u32,
+    pub rule_id: String,
+    pub action: Action,
+    /// Absolute byte span of the secret in the original text.
+    pub span: Range<usize>,
+    pub placeholder: String,
+    /// Whether the span was replaced in the output.
+    pub rewritten: bool,
+    /// Length of the secret in characters (for previews that never show the secret).
+    pub secret_chars: usize,
+}
+
+/// Which actions rewrite text in a given scope. In a request, `block` and `approve` findings
+/// stop or hold the whole request, so rewriting them would only hide what the approver needs;
+/// in a response, nothing can be refused any more, so they are masked (fail safe).
+pub fn rewrites(scope: Scope, action: Action) -> bool {
+    match action {
+        Action::Mask => true,
+        Action::Block | Action::Approve => scope != Scope::Request,
+        Action::Audit => false,
+    }
+}
+
+/// The compiled rules plus the placeholder key: everything needed to mask.
+#[derive(Debug)]
+pub struct Engine {
+    matcher: Arc<Matcher>,
+    key: PlaceholderKey,
+    max_hold: usize,
+}
+
+/// The result of masking a whole text.
+#[derive(Debug)]
+pub struct Masked<'a> {
+    pub text: Cow<'a, str>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SecretSpan {
+    rule: u32,
+    span: Range<usize>,
+}
+
+impl Engine {
+    pub fn new(
+        matcher: Matcher,
+        key: PlaceholderKey,
+        max_hold: usize,
+    ) -> Result<Engine, MaskError> {
+        if max_hold <= matcher.max_match_len() + 1 || max_hold < 64 {
+            return Err(MaskError::HoldTooSmall {
+                max_hold,
+                longest: matcher.max_match_len(),
+            });
+        }
+        Ok(Engine {
+            matcher: Arc::new(matcher),
+            key,
+            max_hold,
+        })
+    }
+
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    pub fn max_hold(&self) -> usize {
+        self.max_hold
+    }
+
+    pub fn placeholder_key(&self) -> &PlaceholderKey {
+        &self.key
+    }
+
+    fn in_scope(&self, rule: u32, scope: Scope) -> bool {
+        self.matcher.rule(rule).scope_bits & scope.bit() != 0
+    }
+
+    /// Findings in `text` without rewriting it.
+    pub fn scan(&self, text: &str, scope: Scope) -> Result<Vec<Finding>, MaskError> {
+        Ok(self.mask(text, scope)?.findings)
+    }
+
+    /// Block mode: mask the whole `text`. Text without findings is returned borrowed.
+    pub fn mask<'a>(&self, text: &'a str, scope: Scope) -> Result<Masked<'a>, MaskError> {
+        let bytes = text.as_bytes();
+        let mut starts: Vec<(u32, usize)> = Vec::new();
+        self.matcher.scan_block(bytes, |c: Candidate| {
+            if self.in_scope(c.rule, scope) && !starts.contains(&(c.rule, c.start)) {
+                starts.push((c.rule, c.start));
+            }
+        })?;
+        if starts.is_empty() {
+            return Ok(Masked {
+                text: Cow::Borrowed(text),
+                findings: Vec::new(),
+            });
+        }
+        let mut spans = Vec::new();
+        for (rule, start) in starts {
+            if let Some(Confirmed {
+                secret: Some(span), ..
+            }) = self.matcher.confirm(rule, bytes, 0, start)
+            {
+                push_unique(&mut spans, SecretSpan { rule, span });
+            }
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut findings = Vec::new();
+        let mut emitter = Emitter {
+            engine: self,
+            scope,
+        };
+        emitter.emit(
+            bytes,
+            0,
+            0..bytes.len(),
+            &mut spans,
+            &mut out,
+            &mut findings,
+            &mut 0,
+        );
+        if findings.iter().all(|f| !f.rewritten) {
+            return Ok(Masked {
+                text: Cow::Borrowed(text),
+                findings,
+            });
+        }
+        let text = String::from_utf8(out).expect("masking replaces whole UTF-8 characters only");
+        Ok(Masked {
+            text: Cow::Owned(text),
+            findings,
+        })
+    }
+
+    /// A streaming masker over one logical text (one content block).
+    pub fn stream(self: &Arc<Self>, scope: Scope) -> Result<StreamMasker, MaskError> {
+        Ok(StreamMasker {
+            stream: Some(self.matcher.open_stream()?),
+            engine: Arc::clone(self),
+            scope,
+            buf: Vec::new(),
+            base: 0,
+            emitted: 0,
+            after_last_space: 0,
+            pending: Vec::new(),
+            resolved: Vec::new(),
+            finals: Vec::new(),
+            findings: Vec::new(),
+            late_matches: 0,
+        })
+    }
+}
+
+fn push_unique(spans: &mut Vec<SecretSpan>, span: SecretSpan) {
+    if !spans.contains(&span) {
+        spans.push(span);
+    }
+}
+
+/// Turns resolved spans into output: merges overlapping spans into one placeholder (named after
+/// the earliest, then longest, span) and copies everything else through. Shared by both modes
+/// so they cannot disagree on overlap handling.
+struct Emitter<'e> {
+    engine: &'e Engine,
+    scope: Scope,
+}
+
+impl Emitter<'_> {
+    /// Emit `region` (absolute) of the text held in `buf` (starting at absolute `base`).
+    /// `spans` must hold every final span starting before `region.end`; the ones consumed are
+    /// removed. Spans starting before `region.start` were already emitted: they count as late.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        buf: &[u8],
+        base: usize,
+        region: Range<usize>,
+        spans: &mut Vec<SecretSpan>,
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+        late_matches: &mut u64,
+    ) {
+        let matcher = self.engine.matcher();
+        spans.sort_by(|a, b| {
+            a.span
+                .start
+                .cmp(&b.span.start)
+                .then(b.span.end.cmp(&a.span.end))
+                .then(a.rule.cmp(&b.rule))
+        });
+        let mut cursor = region.start;
+        let mut consumed = 0;
+        let mut group: Option<(u32, Range<usize>)> = None;
+        let mut flush_group =
+            |group: (u32, Range<usize>), cursor: &mut usize, out: &mut Vec<u8>| {
+                let (rule, span) = group;
+                let compiled = matcher.rule(rule);
+                let secret = &buf[span.start - base..span.end - base];
+                let placeholder = self.engine.key.placeholder(compiled.id(), secret);
+                let rewritten = rewrites(self.scope, compiled.action());
+                if span.start < *cursor {
+                    *late_matches += 1;
+                }
+                if rewritten {
+                    let from = span.start.max(*cursor);
+                    out.extend_from_slice(&buf[*cursor - base..from - base]);
+                    if span.end > *cursor {
+                        out.extend_from_slice(placeholder.as_bytes());
+                        *cursor = span.end;
+                    }
+                }
+                findings.push(Finding {
+                    rule,
+                    rule_id: compiled.id().to_string(),
+                    action: compiled.action(),
+                    span: span.clone(),
+                    placeholder,
+                    rewritten,
+                    secret_chars: String::from_utf8_lossy(secret).chars().count(),
+                });
+            };
+        for candidate in spans.iter() {
+            if candidate.span.start >= region.end {
+                break;
+            }
+            consumed += 1;
+            let rewriting = rewrites(self.scope, matcher.rule(candidate.rule).action());
+            match &mut group {
+                // Non-rewriting findings are reported on their own and never merged, so an
+                // audit-only rule cannot widen a masked span.
+                Some((rule, span))
+                    if candidate.span.start < span.end
+                        && rewriting
+                        && rewrites(self.scope, matcher.rule(*rule).action()) =>
+                {
+                    span.end = span.end.max(candidate.span.end);
+                }
+                _ => {
+                    if let Some(done) = group.take() {
+                        flush_group(done, &mut cursor, out);
+                    }
+                    group = Some((candidate.rule, candidate.span.clone()));
+                }
+            }
+        }
+        if let Some(done) = group.take() {
+            flush_group(done, &mut cursor, out);
+        }
+        spans.drain(..consumed);
+        if cursor < region.end {
+            out.extend_from_slice(&buf[cursor - base..region.end - base]);
+        }
+    }
+}
+
+/// Masks one logical text that arrives in pieces. See the module docs for the invariants.
+pub struct StreamMasker {
+    engine: Arc<Engine>,
+    scope: Scope,
+    stream: Option<Stream>,
+    /// Text from absolute offset `base` to the end of what was received.
+    buf: Vec<u8>,
+    base: usize,
+    emitted: usize,
+    /// Absolute offset just after the last whitespace byte received.
+    after_last_space: usize,
+    /// Candidates (rule, start) not yet final, with their tentative secret start.
+    pending: Vec<(u32, usize, usize)>,
+    /// Candidates already decided, so later reports of the same match are ignored.
+    resolved: Vec<(u32, usize)>,
+    /// Final secret spans not yet emitted.
+    finals: Vec<SecretSpan>,
+    findings: Vec<Finding>,
+    late_matches: u64,
+}
+
+impl std::fmt::Debug for StreamMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamMasker")
+            .field("received", &self.received())
+            .field("emitted", &self.emitted)
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+impl StreamMasker {
+    fn received(&self) -> usize {
+        self.base + self.buf.len()
+    }
+
+    /// Bytes received but not yet emitted.
+    pub fn held(&self) -> usize {
+        self.received() - self.emitted
+    }
+
+    /// Bytes of memory this stream holds on to (buffer capacity plus Hyperscan state).
+    pub fn memory_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self.engine.matcher().stream_state_size()
+            + self.pending.capacity() * std::mem::size_of::<(u32, usize, usize)>()
+            + self.resolved.capacity() * std::mem::size_of::<(u32, usize)>()
+            + self.finals.capacity() * std::mem::size_of::<SecretSpan>()
+    }
+
+    /// Findings emitted so far (and drained by the caller with [`take_findings`]).
+    ///
+    /// [`take_findings`]: StreamMasker::take_findings
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    pub fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// Secrets whose start had already been emitted when they were found. Zero unless a rule
+    /// breaks the length or whitespace contract.
+    pub fn late_matches(&self) -> u64 {
+        self.late_matches
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.stream.is_none()
+    }
+
+    /// Feed the next piece of text (any byte boundary, even inside a UTF-8 character) and
+    /// append whatever can now be emitted to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), MaskError> {
+        let Some(stream) = self.stream.as_ref() else {
+            return Err(MaskError::Finished);
+        };
+        let chunk_start = self.received();
+        self.buf.extend_from_slice(chunk);
+        if let Some(last_space) = chunk.iter().rposition(u8::is_ascii_whitespace) {
+            self.after_last_space = chunk_start + last_space + 1;
+        }
+        let engine = Arc::clone(&self.engine);
+        let matcher = engine.matcher();
+        let scope = self.scope;
+        let mut fresh = Vec::new();
+        matcher.scan_stream(stream, chunk, |c| {
+            if matcher.rule(c.rule).scope_bits & scope.bit() != 0 {
+                fresh.push((c.rule, c.start));
+            }
+        })?;
+        self.admit(fresh);
+        self.resolve(false);
+        let boundary = self.emit_boundary();
+        self.emit_to(boundary, out);
+        self.trim();
+        Ok(())
+    }
+
+    /// End of the text: emit everything still held, masked as block mode would.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), MaskError> {
+        let Some(stream) = self.stream.take() else {
+            return Err(MaskError::Finished);
+        };
+        let engine = Arc::clone(&self.engine);
+        let matcher = engine.matcher();
+        let scope = self.scope;
+        let mut fresh = Vec::new();
+        matcher.close_stream(stream, |c| {
+            if matcher.rule(c.rule).scope_bits & scope.bit() != 0 {
+                fresh.push((c.rule, c.start));
+            }
+        })?;
+        self.admit(fresh);
+        self.resolve(true);
+        let end = self.received();
+        self.emit_to(end, out);
+        self.buf.clear();
+        self.base = end;
+        Ok(())
+    }
+
+    fn admit(&mut self, fresh: Vec<(u32, usize)>) {
+        for (rule, start) in fresh {
+            let known = self.resolved.contains(&(rule, start))
+                || self
+                    .pending
+                    .iter()
+                    .any(|&(r, s, _)| (r, s) == (rule, start));
+            // A start already trimmed away cannot be confirmed; it is older than any rule's
+            // maximum length, so it can only be a report Hyperscan repeats for a long match.
+            if !known && start >= self.base {
+                self.pending.push((rule, start, start));
+            }
+        }
+    }
+
+    fn resolve(&mut self, at_end: bool) {
+        let received = self.received();
+        let matcher = self.engine.matcher();
+        let mut index = 0;
+        while index < self.pending.len() {
+            let (rule, start, _) = self.pending[index];
+            let confirmed = matcher.confirm(rule, &self.buf, self.base, start);
+            let too_long = received - start > matcher.rule(rule).max_len;
+            let decided = at_end
+                || too_long
+                || confirmed.as_ref().is_some_and(|c| {
+                    self.buf[c.match_end - self.base..]
+                        .iter()
+                        .any(u8::is_ascii_whitespace)
+                });
+            if decided {
+                self.pending.swap_remove(index);
+                self.resolved.push((rule, start));
+                if let Some(Confirmed {
+                    secret: Some(span), ..
+                }) = confirmed
+                {
+                    push_unique(&mut self.finals, SecretSpan { rule, span });
+                }
+            } else {
+                let tentative = confirmed
+                    .and_then(|c| c.secret.map(|s| s.start))
+                    .unwrap_or(start);
+                self.pending[index].2 = tentative;
+                index += 1;
+            }
+        }
+    }
+
+    fn emit_boundary(&self) -> usize {
+        let received = self.received();
+        let mut boundary = self.after_last_space.max(self.emitted);
+        for &(_, _, tentative) in &self.pending {
+            boundary = boundary.min(tentative);
+        }
+        if received - boundary > self.engine.max_hold {
+            boundary = received - self.engine.max_hold;
+            while boundary < received && is_continuation(self.buf[boundary - self.base]) {
+                boundary += 1;
+            }
+        }
+        for span in &self.finals {
+            if span.span.start < boundary && boundary < span.span.end {
+                boundary = span.span.start;
+            }
+        }
+        boundary.max(self.emitted)
+    }
+
+    fn emit_to(&mut self, boundary: usize, out: &mut Vec<u8>) {
+        if boundary <= self.emitted && self.finals.iter().all(|s| s.span.start >= boundary) {
+            return;
+        }
+        let engine = Arc::clone(&self.engine);
+        let mut emitter = Emitter {
+            engine: &engine,
+            scope: self.scope,
+        };
+        emitter.emit(
+            &self.buf,
+            self.base,
+            self.emitted..boundary,
+            &mut self.finals,
+            out,
+            &mut self.findings,
+            &mut self.late_matches,
+        );
+        self.emitted = boundary;
+    }
+
+    /// Drop text nobody can need any more: before the emitted point, before any pending
+    /// candidate, and older than the longest rule (plus one byte of look-behind).
+    fn trim(&mut self) {
+        let received = self.received();
+        let longest = self.engine.matcher().max_match_len() + 1;
+        let mut keep_from = self.emitted.min(received.saturating_sub(longest));
+        for &(_, start, _) in &self.pending {
+            keep_from = keep_from.min(start);
+        }
+        let keep_from = keep_from.saturating_sub(1);
+        self.resolved.retain(|&(_, start)| start >= keep_from);
+        // Amortise: only move memory once a few KiB are dead.
+        if keep_from > self.base + 4096 {
+            self.buf.drain(..keep_from - self.base);
+            self.base = keep_from;
+        }
+    }
+}
+
+fn is_continuation(byte: u8) -> bool {
+    byte & 0b1100_0000 == 0b1000_0000
+}
+
+impl Drop for StreamMasker {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            // Hyperscan frees stream state only on close; the matches it reports are unwanted.
+            let _ = self.engine.matcher().close_stream(stream, |_| {});
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The matcher: every enabled rule compiled into one Hyperscan block database and one streaming
+//! database (both with leftmost start of match), plus a `regex` confirmer per rule.
+//!
+//! Hyperscan finds *candidates* `(rule, start, end)`; the confirmer runs the rule's regex
+//! anchored at `start` and extracts the secret span. Candidates are the same whether the text is
+//! scanned in one block or streamed in any chunking (Hyperscan guarantees it), which is what the
+//! streaming masker builds its "streaming equals block" invariant on.
+//!
+//! Invariants:
+//! - offsets handed out are absolute offsets into the logical text (block: the buffer; stream:
+//!   bytes since the stream opened);
+//! - every compiled rule has a finite maximum match length, `max_match_len` is their maximum;
+//! - scratch space is per thread and per matcher generation, so a swapped matcher never shares
+//!   scratch with the old one and no lock is taken on the scan path;
+//! - a Hyperscan stream is always closed (its state is freed only by `hs_close_stream`).
+
+use crate::rules::{Action, Rule, RuleSet};
+use hyperscan::prelude::*;
+use hyperscan::{CompileFlags, ScratchRef, SomHorizon};
+use regex_automata::{
+    meta,
+    util::{captures::Captures, syntax},
+    Anchored, Input, PatternID,
+};
+use std::{
+    cell::RefCell,
+    ops::Range,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// Longest match any rule may have unless the caller configures more. Private-key bodies are
+/// the longest secrets in practice (an RSA-4096 PEM is ~3.3 KB).
+pub const DEFAULT_MAX_MATCH_LEN: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MatcherError {
+    #[error("{} rule(s) failed to compile:\n{}", .0.len(), render_rule_errors(.0))]
+    Rules(Vec<RuleError>),
+    #[error("hyperscan: {0}")]
+    Hyperscan(String),
+}
+
+/// A problem with one rule, reported by id.
+#[derive(Debug, Clone)]
+pub struct RuleError {
+    pub id: String,
+    pub message: String,
+}
+
+fn render_rule_errors(errors: &[RuleError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {}: {}", e.id, e.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A Hyperscan report: rule index, leftmost start, end (absolute offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Candidate {
+    pub rule: u32,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// What the confirmer extracted from a candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The secret's span, widened to whole UTF-8 characters; `None` when an `ignore` guard
+    /// dropped it (the match itself still counts for deciding when the candidate is final).
+    pub secret: Option<Range<usize>>,
+    /// Where the regex match ended (the secret may be followed by one terminator).
+    pub match_end: usize,
+}
+
+/// One rule ready to run.
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub rule: Rule,
+    confirm: meta::Regex,
+    secret_group: Option<usize>,
+    ignore: Vec<meta::Regex>,
+    /// Hyperscan's maximum match width for this rule.
+    pub max_len: usize,
+    pub scope_bits: u8,
+}
+
+impl CompiledRule {
+    pub fn id(&self) -> &str {
+        &self.rule.id
+    }
+
+    pub fn action(&self) -> Action {
+        self.rule.action
+    }
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+pub struct Matcher {
+    rules: Vec<CompiledRule>,
+    block_db: BlockDatabase,
+    stream_db: StreamingDatabase,
+    generation: u64,
+    max_match_len: usize,
+}
+
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matcher")
+            .field("rules", &self.rules.len())
+            .field("generation", &self.generation)
+            .field("max_match_len", &self.max_match_len)
+            .finish()
+    }
+}
+
+fn confirm_regex(pattern: &str) -> Result<meta::Regex, String> {
+    meta::Regex::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(meta::Config::new().utf8_empty(false))
+        .build(pattern)
+        .map_err(|e| format!("regex: {e}"))
+}
+
+fn hyperscan_pattern(rule: &Rule, id: usize) -> Pattern {
+    Pattern {
+        expression: rule.pattern.clone(),
+        flags: CompileFlags::SOM_LEFTMOST,
+        id: Some(id),
+        ext: Default::default(),
+        som: Some(SomHorizon::Medium),
+    }
+}
+
+/// Compile one rule under both engines; the error message says which engine refused it.
+fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, String> {
+    let pattern = hyperscan_pattern(rule, 0);
+    let info = pattern.info().map_err(|e| format!("hyperscan: {e}"))?;
+    let max_len = info.max_width();
+    if max_len == u32::MAX as usize || max_len == usize::MAX {
+        return Err("pattern has no finite maximum length (use bounded quantifiers)".into());
+    }
+    if max_len > max_match_len {
+        return Err(format!(
+            "maximum match length {max_len} exceeds the limit {max_match_len}"
+        ));
+    }
+    let _: BlockDatabase = pattern
+        .build()
+        .map_err(|e| format!("hyperscan (block): {e}"))?;
+    let _: StreamingDatabase = pattern
+        .build()
+        .map_err(|e| format!("hyperscan (streaming): {e}"))?;
+    let confirm = confirm_regex(&rule.pattern)?;
+    let secret_group = confirm.group_info().to_index(PatternID::ZERO, "secret");
+    let ignore = rule
+        .ignore
+        .iter()
+        .map(|pattern| confirm_regex(pattern).map_err(|e| format!("ignore {pattern:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CompiledRule {
+        rule: rule.clone(),
+        confirm,
+        secret_group,
+        ignore,
+        max_len,
+        scope_bits: rule.scope_bits(),
+    })
+}
+
+thread_local! {
+    /// (matcher generation, scratch valid for both of its databases). A handful of entries so
+    /// a thread serving two matchers during a swap does not reallocate on every call.
+    static SCRATCH: RefCell<Vec<(u64, Scratch)>> = const { RefCell::new(Vec::new()) };
+}
+
+const SCRATCH_SLOTS: usize = 4;
+
+impl Matcher {
+    /// Compile every enabled rule. All broken rules are reported together, by id.
+    pub fn compile(set: &RuleSet, max_match_len: usize) -> Result<Matcher, MatcherError> {
+        let mut rules = Vec::new();
+        let mut errors = Vec::new();
+        for rule in set.enabled() {
+            match compile_rule(rule, max_match_len) {
+                Ok(compiled) => rules.push(compiled),
+                Err(message) => errors.push(RuleError {
+                    id: rule.id.clone(),
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(MatcherError::Rules(errors));
+        }
+        Self::from_compiled(rules)
+    }
+
+    fn from_compiled(rules: Vec<CompiledRule>) -> Result<Matcher, MatcherError> {
+        // An empty rule set is legal (everything passes); Hyperscan refuses an empty database,
+        // so compile a pattern that cannot match any text we scan.
+        let patterns: Patterns = if rules.is_empty() {
+            Patterns(vec![Pattern {
+                expression: r"\x00streammask-no-rules\x00\x01".into(),
+                flags: CompileFlags::SOM_LEFTMOST,
+                id: Some(u32::MAX as usize),
+                ext: Default::default(),
+                som: Some(SomHorizon::Medium),
+            }])
+        } else {
+            Patterns(
+                rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| hyperscan_pattern(&r.rule, i))
+                    .collect(),
+            )
+        };
+        let block_db: BlockDatabase = patterns
+            .build()
+            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+        let stream_db: StreamingDatabase = patterns
+            .build()
+            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+        let max_match_len = rules.iter().map(|r| r.max_len).max().unwrap_or(0);
+        Ok(Matcher {
+            rules,
+            block_db,
+            stream_db,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            max_match_len,
+        })
+    }
+
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, index: u32) -> &CompiledRule {
+        &self.rules[index as usize]
+    }
+
+    pub fn max_match_len(&self) -> usize {
+        self.max_match_len
+    }
+
+    /// Bytes of Hyperscan state one open stream costs.
+    pub fn stream_state_size(&self) -> usize {
+        self.stream_db.stream_size().unwrap_or(0)
+    }
+
+    fn with_scratch<R>(&self, f: impl FnOnce(&ScratchRef) -> R) -> Result<R, MatcherError> {
+        SCRATCH.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let position = slots.iter().position(|(gen, _)| *gen == self.generation);
+            let index = match position {
+                Some(index) => index,
+                None => {
+                    let mut scratch = self
+                        .block_db
+                        .alloc_scratch()
+                        .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+                    self.stream_db
+                        .realloc_scratch(&mut scratch)
+                        .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+                    if slots.len() >= SCRATCH_SLOTS {
+                        slots.remove(0);
+                    }
+                    slots.push((self.generation, scratch));
+                    slots.len() - 1
+                }
+            };
+            Ok(f(&slots[index].1))
+        })
+    }
+
+    fn known_rule(&self, id: u32) -> bool {
+        (id as usize) < self.rules.len()
+    }
+
+    /// Every candidate in `text`, in Hyperscan's report order (by end offset).
+    pub fn scan_block(
+        &self,
+        text: &[u8],
+        mut on_candidate: impl FnMut(Candidate),
+    ) -> Result<(), MatcherError> {
+        self.with_scratch(|scratch| {
+            self.block_db.scan(text, scratch, |id, from, to, _| {
+                if self.known_rule(id) {
+                    on_candidate(Candidate {
+                        rule: id,
+                        start: from as usize,
+                        end: to as usize,
+                    });
+                }
+                Matching::Continue
+            })
+        })?
+        .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+    }
+
+    pub fn open_stream(&self) -> Result<Stream, MatcherError> {
+        self.stream_db
+            .open_stream()
+            .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+    }
+
+    /// Feed the next bytes of a stream; candidates carry absolute offsets.
+    pub fn scan_stream(
+        &self,
+        stream: &Stream,
+        chunk: &[u8],
+        mut on_candidate: impl FnMut(Candidate),
+    ) -> Result<(), MatcherError> {
+        self.with_scratch(|scratch| {
+            stream.scan(chunk, scratch, |id, from, to, _| {
+                if self.known_rule(id) {
+                    on_candidate(Candidate {
+                        rule: id,
+                        start: from as usize,
+                        end: to as usize,
+                    });
+                }
+                Matching::Continue
+            })
+        })?
+        .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+    }
+
+    /// End a stream, reporting matches that only complete at end of data.
+    pub fn close_stream(
+        &self,
+        stream: Stream,
+        mut on_candidate: impl FnMut(Candidate),
+    ) -> Result<(), MatcherError> {
+        self.with_scratch(|scratch| {
+            stream.close(scratch, |id, from, to, _| {
+                if self.known_rule(id) {
+                    on_candidate(Candidate {
+                        rule: id,
+                        start: from as usize,
+                        end: to as usize,
+                    });
+                }
+                Matching::Continue
+            })
+        })?
+        .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+    }
+
+    /// Run rule `rule`'s regex anchored at `start` in `hay` (which holds the text from absolute
+    /// offset `base`). Returns `None` when the regex does not match there.
+    pub fn confirm(&self, rule: u32, hay: &[u8], base: usize, start: usize) -> Option<Confirmed> {
+        let compiled = &self.rules[rule as usize];
+        let local_start = start.checked_sub(base)?;
+        if local_start > hay.len() {
+            return None;
+        }
+        let input = Input::new(hay).range(local_start..).anchored(Anchored::Yes);
+        let mut caps: Captures = compiled.confirm.create_captures();
+        compiled.confirm.search_captures(&input, &mut caps);
+        let whole = caps.get_match()?;
+        let span = compiled
+            .secret_group
+            .and_then(|group| caps.get_group(group))
+            .unwrap_or_else(|| whole.span());
+        if span.is_empty() {
+            return Some(Confirmed {
+                secret: None,
+                match_end: whole.end() + base,
+            });
+        }
+        let secret = &hay[span.start..span.end];
+        let ignored = compiled
+            .ignore
+            .iter()
+            .any(|guard| guard.is_match(Input::new(secret)));
+        let widened = widen_to_char_boundaries(hay, span.start..span.end);
+        Some(Confirmed {
+            secret: (!ignored).then(|| widened.start + base..widened.end + base),
+            match_end: whole.end() + base,
+        })
+    }
+}
+
+fn is_utf8_continuation(byte: u8) -> bool {
+    byte & 0b1100_0000 == 0b1000_0000
+}
+
+/// Regexes run with Unicode off, so a span can start or end inside a multi-byte character;
+/// replacing such a span would leave invalid UTF-8 behind.
+fn widen_to_char_boundaries(hay: &[u8], mut span: Range<usize>) -> Range<usize> {
+    while span.start > 0 && span.start < hay.len() && is_utf8_continuation(hay[span.start]) {
+        span.start -= 1;
+    }
+    while span.end < hay.len() && is_utf8_continuation(hay[span.end]) {
+        span.end += 1;
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(toml: &str) -> RuleSet {
+        RuleSet::from_toml("test.toml", toml).expect("rules parse")
+    }
+
+    const DEMO: &str = r#"
+[[rules]]
+id = "demo-key"
+description = "demo"
+pattern = '''\bkey=(?P<secret>[a-z]{4,8})\b'''
+action = "mask"
+"#;
+
+    #[test]
+    fn block_candidates_have_leftmost_start_and_confirm_extracts_group() {
+        let matcher = Matcher::compile(&set(DEMO), 1024).unwrap();
+        let text = b"x key=abcdef y";
+        let mut found = Vec::new();
+        matcher.scan_block(text, |c| found.push(c)).unwrap();
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|c| c.start == 2));
+        let confirmed = matcher.confirm(0, text, 0, 2).unwrap();
+        assert_eq!(&text[confirmed.secret.unwrap()], b"abcdef");
+        assert_eq!(confirmed.match_end, 12);
+    }
+
+    #[test]
+    fn stream_reports_same_candidates_as_block() {
+        let matcher = Matcher::compile(&set(DEMO), 1024).unwrap();
+        let text = b"key=abcd and key=efghijkl! key=zz";
+        let mut block = Vec::new();
+        matcher.scan_block(text, |c| block.push(c)).unwrap();
+        let stream = matcher.open_stream().unwrap();
+        let mut streamed = Vec::new();
+        for chunk in text.chunks(3) {
+            matcher
+                .scan_stream(&stream, chunk, |c| streamed.push(c))
+                .unwrap();
+        }
+        matcher.close_stream(stream, |c| streamed.push(c)).unwrap();
+        block.sort();
+        streamed.sort();
+        assert_eq!(block, streamed);
+    }
+
+    #[test]
+    fn unbounded_pattern_is_reported_by_id() {
+        let bad = DEMO.replace("{4,8}", "+");
+        let err = Matcher::compile(&set(&bad), 1024).unwrap_err().to_string();
+        assert!(err.contains("demo-key") && err.contains("finite"), "{err}");
+    }
+
+    #[test]
+    fn hyperscan_rejection_is_reported_by_id() {
+        let bad = DEMO.replace(r"\bkey=", r"(?<=x)key=");
+        let err = Matcher::compile(&set(&bad), 1024).unwrap_err().to_string();
+        assert!(err.contains("demo-key"), "{err}");
+    }
+
+    #[test]
+    fn ignore_guard_drops_candidate() {
+        let guarded = DEMO.replace("action = \"mask\"", "action = \"mask\"\nignore = ['^abc']");
+        let matcher = Matcher::compile(&set(&guarded), 1024).unwrap();
+        assert_eq!(
+            matcher.confirm(0, b"key=abcdef ", 0, 0).unwrap().secret,
+            None
+        );
+        assert!(matcher
+            .confirm(0, b"key=zbcdef ", 0, 0)
+            .unwrap()
+            .secret
+            .is_some());
+    }
+
+    #[test]
+    fn widening_keeps_utf8_whole() {
+        let text = "é".as_bytes();
+        assert_eq!(widen_to_char_boundaries(text, 1..2), 0..2);
+    }
+}

@@ -1,0 +1,380 @@
+//! Rule files: the data model of `rules/*.toml`, the embedded default pack, and loading with
+//! overrides.
+//!
+//! Invariants this module keeps:
+//! - every rule in a [`RuleSet`] has a unique id made of `[a-z0-9-]`, a non-empty pattern, and at
+//!   least one scope;
+//! - a rule from an override directory replaces the embedded rule with the same id (in place, so
+//!   rule order stays stable); new ids are appended in file-name order;
+//! - nothing here compiles patterns: that is the matcher's job, so that `rules check` can report
+//!   every broken rule at once instead of the first.
+
+use serde::Deserialize;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_rules.rs"));
+}
+
+/// What the policy does with a finding of this rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Replace the secret with a placeholder and let the request through.
+    Mask,
+    /// Refuse the request (403) or replace the tool call.
+    Block,
+    /// Hold the request for a human approver.
+    Approve,
+    /// Record the finding and change nothing.
+    Audit,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Mask => "mask",
+            Action::Block => "block",
+            Action::Approve => "approve",
+            Action::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a rule applies: the request body, response text, or a tool call's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Request,
+    Response,
+    ToolInput,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Request, Scope::Response, Scope::ToolInput];
+
+    pub fn bit(self) -> u8 {
+        match self {
+            Scope::Request => 1,
+            Scope::Response => 2,
+            Scope::ToolInput => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Request => "request",
+            Scope::Response => "response",
+            Scope::ToolInput => "tool_input",
+        }
+    }
+}
+
+fn all_scopes() -> Vec<Scope> {
+    Scope::ALL.to_vec()
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// One rule exactly as written in a rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    /// Hyperscan- and `regex`-compatible; the secret is the group named `secret`, or the whole
+    /// match when there is none.
+    pub pattern: String,
+    pub action: Action,
+    #[serde(default = "all_scopes")]
+    pub applies_to: Vec<Scope>,
+    #[serde(default)]
+    pub examples: Vec<String>,
+    #[serde(default)]
+    pub negative_examples: Vec<String>,
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Regexes over the extracted secret: a candidate whose secret matches one is not a finding.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// The secret may span lines (private key bodies). Every other secret is one
+    /// whitespace-free run, which is what lets the streaming masker hold so little.
+    #[serde(default)]
+    pub multiline: bool,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Where the rule came from, for error messages.
+    #[serde(skip)]
+    pub source: String,
+}
+
+impl Rule {
+    pub fn scope_bits(&self) -> u8 {
+        self.applies_to
+            .iter()
+            .fold(0, |bits, scope| bits | scope.bit())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("cannot read rules directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read rule file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rule file {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("rule file {file}: rule id {id:?} is defined twice")]
+    DuplicateId { file: String, id: String },
+    #[error("rule {id:?} ({file}): {message}")]
+    Invalid {
+        file: String,
+        id: String,
+        message: String,
+    },
+}
+
+/// The rules in force, in a stable order (their index is their identity inside the matcher).
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// The default pack compiled into the binary.
+    pub fn embedded() -> Result<RuleSet, RulesError> {
+        let mut set = RuleSet { rules: Vec::new() };
+        for (name, text) in embedded::EMBEDDED_RULE_FILES {
+            set.add_file(name, text, false)?;
+        }
+        Ok(set)
+    }
+
+    /// The embedded pack, extended and overridden by every `*.toml` in `dir`.
+    pub fn load(dir: Option<&Path>) -> Result<RuleSet, RulesError> {
+        let mut set = RuleSet::embedded()?;
+        if let Some(dir) = dir {
+            set.add_dir(dir)?;
+        }
+        Ok(set)
+    }
+
+    /// Only the rules in `dir`, without the embedded pack (for testing a pack in isolation).
+    pub fn from_dir_only(dir: &Path) -> Result<RuleSet, RulesError> {
+        let mut set = RuleSet { rules: Vec::new() };
+        set.add_dir(dir)?;
+        Ok(set)
+    }
+
+    pub fn from_toml(name: &str, text: &str) -> Result<RuleSet, RulesError> {
+        let mut set = RuleSet { rules: Vec::new() };
+        set.add_file(name, text, false)?;
+        Ok(set)
+    }
+
+    fn add_dir(&mut self, dir: &Path) -> Result<(), RulesError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| RulesError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|source| RulesError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            self.add_file(&path.display().to_string(), &text, true)?;
+        }
+        Ok(())
+    }
+
+    fn add_file(&mut self, file: &str, text: &str, may_override: bool) -> Result<(), RulesError> {
+        let parsed: RuleFile = toml::from_str(text).map_err(|err| RulesError::Parse {
+            file: file.to_string(),
+            message: err.to_string(),
+        })?;
+        let mut seen_in_file = std::collections::HashSet::new();
+        for mut rule in parsed.rules {
+            rule.source = file.to_string();
+            validate_shape(&rule)?;
+            if !seen_in_file.insert(rule.id.clone()) {
+                return Err(RulesError::DuplicateId {
+                    file: file.to_string(),
+                    id: rule.id,
+                });
+            }
+            match self
+                .rules
+                .iter()
+                .position(|existing| existing.id == rule.id)
+            {
+                Some(index) if may_override => self.rules[index] = rule,
+                Some(_) => {
+                    return Err(RulesError::DuplicateId {
+                        file: file.to_string(),
+                        id: rule.id,
+                    })
+                }
+                None => self.rules.push(rule),
+            }
+        }
+        Ok(())
+    }
+
+    /// All rules, including disabled ones (so `rules check` still checks them).
+    pub fn all(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rules the matcher compiles.
+    pub fn enabled(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(|rule| rule.enabled)
+    }
+
+    pub fn enabled_set(&self) -> RuleSet {
+        RuleSet {
+            rules: self.enabled().cloned().collect(),
+        }
+    }
+
+    /// A set holding just one rule, for checking it alone.
+    pub fn single(rule: &Rule) -> RuleSet {
+        RuleSet {
+            rules: vec![rule.clone()],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+fn validate_shape(rule: &Rule) -> Result<(), RulesError> {
+    let invalid = |message: &str| RulesError::Invalid {
+        file: rule.source.clone(),
+        id: rule.id.clone(),
+        message: message.to_string(),
+    };
+    let id_ok = !rule.id.is_empty()
+        && rule.id.len() <= 64
+        && rule
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !id_ok {
+        return Err(invalid("id must be 1-64 characters of [a-z0-9-]"));
+    }
+    if rule.pattern.is_empty() {
+        return Err(invalid("pattern is empty"));
+    }
+    if rule.applies_to.is_empty() {
+        return Err(invalid("applies_to is empty"));
+    }
+    if rule.description.trim().is_empty() {
+        return Err(invalid("description is empty"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"
+[[rules]]
+id = "demo-token"
+description = "demo"
+pattern = 'demo_[a-z]{8}'
+action = "mask"
+"#;
+
+    #[test]
+    fn defaults_fill_scopes_and_enabled() {
+        let set = RuleSet::from_toml("one.toml", ONE).expect("parses");
+        let rule = &set.all()[0];
+        assert_eq!(rule.applies_to, Scope::ALL.to_vec());
+        assert!(rule.enabled);
+        assert_eq!(rule.scope_bits(), 7);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_file_name() {
+        let text = ONE.replace("action = \"mask\"", "action = \"mask\"\nseverity = 3");
+        let err = RuleSet::from_toml("bad.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("severity"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_id_is_rejected() {
+        let text = ONE.replace("demo-token", "Demo Token");
+        let err = RuleSet::from_toml("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("[a-z0-9-]"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_id_in_one_file_is_rejected() {
+        let text = format!("{ONE}\n{ONE}");
+        assert!(matches!(
+            RuleSet::from_toml("x.toml", &text),
+            Err(RulesError::DuplicateId { .. })
+        ));
+    }
+
+    #[test]
+    fn override_directory_replaces_by_id_and_appends_new() {
+        let dir = std::env::temp_dir().join(format!("streammask-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = RuleSet::embedded().expect("embedded pack parses");
+        let Some(first) = base.all().first() else {
+            return;
+        };
+        let override_text = format!(
+            "[[rules]]\nid = {:?}\ndescription = \"overridden\"\npattern = 'zzz_[0-9]{{4}}'\naction = \"audit\"\n\n[[rules]]\nid = \"brand-new-rule\"\ndescription = \"new\"\npattern = 'qqq_[0-9]{{4}}'\naction = \"mask\"\n",
+            first.id
+        );
+        std::fs::write(dir.join("local.toml"), override_text).unwrap();
+        let set = RuleSet::load(Some(&dir)).expect("loads");
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(set.len(), base.len() + 1);
+        assert_eq!(set.all()[0].description, "overridden");
+        assert_eq!(set.all()[0].action, Action::Audit);
+        assert_eq!(set.all().last().unwrap().id, "brand-new-rule");
+    }
+}

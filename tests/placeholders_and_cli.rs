@@ -1,0 +1,177 @@
+//! Placeholders across engines and keys, the pack's own `rules check`, and the CLI forms other
+//! tools depend on (`scan`, `scan --stream-chunk`, `rules check`, `rules list`).
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use streammask::placeholder::{is_placeholder, PlaceholderKey};
+use streammask::{masker::DEFAULT_MAX_HOLD_BYTES, RuleSet, Scope};
+use support::*;
+
+#[test]
+fn embedded_pack_passes_rules_check_and_is_large_enough() {
+    let set = RuleSet::embedded().unwrap();
+    let report = streammask::check::check_rules(&set, DEFAULT_MAX_HOLD_BYTES);
+    assert!(report.passed(), "{:#?}", report.problems);
+    assert!(set.len() >= 120, "only {} rules", set.len());
+    for rule in set.all() {
+        assert!(
+            !rule.examples.is_empty() && !rule.negative_examples.is_empty(),
+            "{}",
+            rule.id
+        );
+    }
+}
+
+#[test]
+fn placeholders_are_identical_across_engines_with_one_key_and_differ_across_keys() {
+    let set = RuleSet::embedded().unwrap();
+    let a = engine_for(&set, DEFAULT_MAX_HOLD_BYTES);
+    let b = engine_for(&set, DEFAULT_MAX_HOLD_BYTES);
+    let other = {
+        let matcher =
+            streammask::matcher::Matcher::compile(&set, DEFAULT_MAX_HOLD_BYTES - 2).unwrap();
+        streammask::Engine::new(
+            matcher,
+            PlaceholderKey::new(b"another-key-0123456789").unwrap(),
+            DEFAULT_MAX_HOLD_BYTES,
+        )
+        .unwrap()
+    };
+    let mut compared = 0;
+    for rule in set
+        .enabled()
+        .filter(|r| r.action == streammask::Action::Mask)
+    {
+        for example in &rule.examples {
+            let scope = rule.applies_to[0];
+            let fa = a.mask(example, scope).unwrap();
+            let fb = b.mask(example, scope).unwrap();
+            let fo = other.mask(example, scope).unwrap();
+            assert_eq!(fa.text, fb.text, "{}", rule.id);
+            assert_ne!(fa.text, fo.text, "{}", rule.id);
+            for finding in &fa.findings {
+                assert!(
+                    is_placeholder(&finding.placeholder),
+                    "{}",
+                    finding.placeholder
+                );
+                let json = serde_json::to_string(&finding.placeholder).unwrap();
+                assert_eq!(json.len(), finding.placeholder.len() + 2, "not JSON-safe");
+                // Masking the masked text again finds nothing: no rule matches a placeholder.
+                let again = a.mask(&fa.text, scope).unwrap();
+                assert!(
+                    again.findings.iter().all(|f| !f.rewritten),
+                    "{} re-masks {}",
+                    rule.id,
+                    fa.text
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 100);
+}
+
+fn streammask() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streammask"));
+    cmd.env("STREAMMASK_PLACEHOLDER_KEY", "cli-test-key-0123456789");
+    cmd
+}
+
+fn scan(args: &[&str], input: &str) -> (String, String, bool) {
+    let mut child = streammask()
+        .arg("scan")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn scan_masks_stdin_and_reports_without_the_secret() {
+    let secret = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+    let input = format!("export GITHUB_TOKEN={secret}\nsome text\n");
+    let (stdout, stderr, ok) = scan(&[], &input);
+    assert!(ok);
+    assert!(!stdout.contains(secret), "{stdout}");
+    assert!(stdout.contains("[MASKED:"), "{stdout}");
+    assert!(!stderr.contains(secret));
+    assert!(stderr.contains("finding rule="), "{stderr}");
+    for chunk in ["1", "5", "64"] {
+        let (streamed, _, ok) = scan(&["--stream-chunk", chunk], &input);
+        assert!(ok);
+        assert_eq!(streamed, stdout, "--stream-chunk {chunk}");
+    }
+}
+
+#[test]
+fn rules_check_and_list_work_and_fail_on_a_broken_rule() {
+    let out = streammask().args(["rules", "check"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let list = streammask().args(["rules", "list"]).output().unwrap();
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert_eq!(listed.lines().count(), RuleSet::embedded().unwrap().len());
+    assert!(listed.lines().all(|l| l.split('\t').count() == 4));
+
+    let dir = std::env::temp_dir().join(format!("streammask-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("broken.toml"),
+        "[[rules]]\nid = \"broken-unbounded\"\ndescription = \"x\"\npattern = 'abc[0-9]+'\naction = \"mask\"\nexamples = [\"abc123\"]\nnegative_examples = [\"abc\"]\n",
+    )
+    .unwrap();
+    let out = streammask()
+        .args(["rules", "check", "--rules"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("broken-unbounded"), "{stdout}");
+}
+
+#[test]
+fn scan_without_key_warns_about_random_placeholders() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streammask"))
+        .env_remove("STREAMMASK_PLACEHOLDER_KEY")
+        .arg("scan")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("random placeholder key"));
+    assert_eq!(out.stdout, b"hello");
+}
+
+#[test]
+fn fixture_rules_scope_filtering() {
+    let engine = fixture_engine(8192);
+    assert!(!engine
+        .scan("tok_abcdefghijklmnopqrstuv", Scope::ToolInput)
+        .unwrap()
+        .is_empty());
+}

@@ -1,0 +1,227 @@
+//! The streaming masker's invariants (DESIGN.md "The streaming masker"), run against the
+//! engine's fixture rules and the whole default pack:
+//! 1. streaming equals block for every chunking (random cuts, 1-byte deltas, every cut point);
+//! 2. the hold is bounded by the trailing run / open private key / cap;
+//! 3. nothing is held after finish.
+
+mod support;
+
+use proptest::prelude::*;
+use streammask::masker::DEFAULT_MAX_HOLD_BYTES;
+use streammask::Scope;
+use support::*;
+
+const PEM: &str = "-----BEGIN TEST PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\nAT8wggE7AgEAAkEAq7BFUpkGp3+LQmlQ\n-----END TEST PRIVATE KEY-----\n";
+
+#[test]
+fn keyword_value_split_over_single_byte_deltas_is_masked() {
+    let engine = fixture_engine(8192);
+    let text = "config: password = \"hunter2hunter2\" and more";
+    let block = engine.mask(text, Scope::Response).unwrap();
+    assert!(!block.text.contains("hunter2"));
+    assert!(block.text.contains("[MASKED:test-password:"));
+    assert_eq!(
+        stream_in_chunks(&engine, text, Scope::Response, 1),
+        block.text
+    );
+}
+
+#[test]
+fn private_key_is_held_from_body_start_until_end_line() {
+    let engine = fixture_engine(8192);
+    let text = format!("here is the key:\n{PEM}done");
+    let body_start = text.find("MIIB").unwrap();
+    let end_line = text.find("-----END").unwrap();
+    let mut masker = engine.stream(Scope::Response).unwrap();
+    let mut out = Vec::new();
+    for (i, byte) in text.as_bytes().iter().enumerate() {
+        masker.push(std::slice::from_ref(byte), &mut out).unwrap();
+        let emitted = String::from_utf8_lossy(&out).to_string();
+        assert!(!emitted.contains("MIIB"), "key body leaked at byte {i}");
+        if i > body_start && i < end_line {
+            assert!(
+                masker.held() >= i + 1 - body_start,
+                "at byte {i} only {} bytes are held",
+                masker.held()
+            );
+        }
+    }
+    masker.finish(&mut out).unwrap();
+    let streamed = String::from_utf8(out).unwrap();
+    assert_eq!(streamed, engine.mask(&text, Scope::Response).unwrap().text);
+    assert!(streamed.contains("-----BEGIN TEST PRIVATE KEY-----[MASKED:test-private-key:"));
+    assert!(streamed.ends_with("-----END TEST PRIVATE KEY-----\ndone"));
+}
+
+#[test]
+fn truncated_private_key_is_masked_at_end_of_stream() {
+    let engine = fixture_engine(8192);
+    let text = "-----BEGIN TEST PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEF\nAT8wggE7AgEAAkEA";
+    let streamed = stream_in_chunks(&engine, text, Scope::Response, 3);
+    assert!(
+        !streamed.contains("MIIB") && !streamed.contains("AT8w"),
+        "{streamed}"
+    );
+    assert_eq!(streamed, engine.mask(text, Scope::Response).unwrap().text);
+}
+
+#[test]
+fn hold_never_exceeds_cap_on_a_long_run_without_whitespace() {
+    let engine = fixture_engine(4200);
+    let text = "x".repeat(20_000);
+    let mut max_held = 0;
+    let cuts: Vec<usize> = (7..text.len()).step_by(7).collect();
+    let out = stream_with_cuts(&engine, &text, Scope::Response, &cuts, |_, held| {
+        max_held = max_held.max(held)
+    });
+    assert_eq!(out, text);
+    assert!(max_held <= 4200, "held {max_held}");
+    assert!(
+        max_held > 4000,
+        "the run should have been held up to the cap, held {max_held}"
+    );
+}
+
+#[test]
+fn prose_is_held_only_for_the_trailing_word() {
+    let engine = fixture_engine(8192);
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+    let cuts: Vec<usize> = (1..text.len()).collect();
+    stream_with_cuts(&engine, &text, Scope::Response, &cuts, |received, held| {
+        let run = text[..received]
+            .bytes()
+            .rev()
+            .take_while(|b| !b.is_ascii_whitespace())
+            .count();
+        assert!(
+            held <= run,
+            "held {held} bytes but the trailing run is {run}"
+        );
+    });
+}
+
+#[test]
+fn audit_rule_is_reported_not_rewritten() {
+    let engine = fixture_engine(8192);
+    let text = "see audit_123456 here";
+    let masked = engine.mask(text, Scope::Response).unwrap();
+    assert_eq!(masked.text, text);
+    assert_eq!(masked.findings.len(), 1);
+    assert!(!masked.findings[0].rewritten);
+    let mut masker = engine.stream(Scope::Response).unwrap();
+    let mut out = Vec::new();
+    masker.push(text.as_bytes(), &mut out).unwrap();
+    masker.finish(&mut out).unwrap();
+    assert_eq!(masker.findings().len(), 1);
+}
+
+#[test]
+fn utf8_characters_cut_anywhere_come_out_whole() {
+    let engine = fixture_engine(8192);
+    let text = "naïve café 日本語 🚀 password=\"résumé-geheim-1234\" ünïcödé tok_abcdefghijklmnopqrstuv日本";
+    let block = engine.mask(text, Scope::Response).unwrap();
+    for chunk in 1..6 {
+        assert_eq!(
+            stream_in_chunks(&engine, text, Scope::Response, chunk),
+            block.text,
+            "chunk {chunk}"
+        );
+    }
+}
+
+#[test]
+fn every_pack_example_streams_equal_to_block_at_every_cut() {
+    let engine = default_engine();
+    let (examples, _) = pack_pieces();
+    assert!(!examples.is_empty());
+    for example in &examples {
+        for scope in [Scope::Request, Scope::Response] {
+            let block = engine.mask(example, scope).unwrap().text.into_owned();
+            for cut in 1..example.len() {
+                let streamed = stream_with_cuts(&engine, example, scope, &[cut], |_, _| {});
+                assert_eq!(streamed, block, "example {example:?} cut at {cut}");
+            }
+        }
+    }
+}
+
+fn trailing_run(text: &[u8]) -> usize {
+    text.iter()
+        .rev()
+        .take_while(|b| !b.is_ascii_whitespace())
+        .count()
+}
+
+/// Texts assembled from pack examples, negatives and filler, with separators that glue pieces
+/// together or keep them apart.
+fn text_strategy() -> impl Strategy<Value = String> {
+    let (examples, negatives) = pack_pieces();
+    let filler = vec![
+        "".to_string(),
+        " ".to_string(),
+        "\n".to_string(),
+        " and then ".to_string(),
+        "\"".to_string(),
+        "=".to_string(),
+        "日本語 ".to_string(),
+        "é".to_string(),
+        "{\"k\": ".to_string(),
+        "password = ".to_string(),
+        "Authorization: Bearer ".to_string(),
+        "x".repeat(50),
+    ];
+    let piece = prop_oneof![
+        4 => proptest::sample::select(examples),
+        2 => proptest::sample::select(negatives),
+        3 => proptest::sample::select(filler.clone()),
+        1 => "[a-zA-Z0-9_ .:/+=-]{0,40}",
+    ];
+    proptest::collection::vec(piece, 1..8).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn streaming_equals_block_for_random_texts_and_chunkings(
+        text in text_strategy(),
+        cut_seed in any::<u64>(),
+        mode in 0u8..4,
+    ) {
+        let engine = default_engine_cached();
+        let scope = if cut_seed % 2 == 0 { Scope::Request } else { Scope::Response };
+        let block = engine.mask(&text, scope).unwrap().text.into_owned();
+        let cuts: Vec<usize> = match mode {
+            0 => (1..text.len()).collect(),
+            _ => {
+                let mut rng = corpus::Rng::new(cut_seed);
+                let max = [0, 3, 20, 200][mode as usize];
+                let mut cuts = Vec::new();
+                let mut at = 0;
+                while at < text.len() {
+                    at += 1 + rng.below(max);
+                    cuts.push(at);
+                }
+                cuts
+            }
+        };
+        let bytes = text.as_bytes();
+        let streamed = stream_with_cuts(&engine, &text, scope, &cuts, |received, held| {
+            assert!(held <= DEFAULT_MAX_HOLD_BYTES);
+            let run = trailing_run(&bytes[..received]);
+            if held > run {
+                // Only an open private key may be held beyond the trailing run.
+                let prefix = String::from_utf8_lossy(&bytes[..received]);
+                let begin = prefix.rfind("-----BEGIN");
+                assert!(begin.is_some(), "held {held} > run {run} without an open key in {prefix:?}");
+            }
+        });
+        prop_assert_eq!(streamed, block);
+    }
+}
+
+fn default_engine_cached() -> std::sync::Arc<streammask::Engine> {
+    static ENGINE: std::sync::OnceLock<std::sync::Arc<streammask::Engine>> =
+        std::sync::OnceLock::new();
+    ENGINE.get_or_init(default_engine).clone()
+}
