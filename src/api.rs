@@ -1,0 +1,166 @@
+//! The Claude API surface streammask serves: which routes exist, and errors in the Anthropic
+//! shape `{"type":"error","error":{"type":…,"message":…}}` with the matching status.
+//!
+//! Invariant: error messages are built only from static text, rule ids and sizes — never from
+//! request content — so an error can never echo a secret.
+
+use serde_json::json;
+
+/// Anthropic error types and the status each goes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    NotFound,
+    RequestTooLarge,
+    Api,
+    Overloaded,
+}
+
+impl ErrorKind {
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::Permission => "permission_error",
+            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::Api => "api_error",
+            ErrorKind::Overloaded => "overloaded_error",
+        }
+    }
+
+    pub fn default_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Authentication => 401,
+            ErrorKind::Permission => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::RequestTooLarge => 413,
+            ErrorKind::Api => 500,
+            ErrorKind::Overloaded => 529,
+        }
+    }
+}
+
+/// An error response ready to send.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: kind.default_status(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn with_status(mut self, status: u16) -> ApiError {
+        self.status = status;
+        self
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        json!({"type": "error", "error": {"type": self.kind.type_name(), "message": self.message}})
+            .to_string()
+            .into_bytes()
+    }
+}
+
+/// The endpoints streammask knows. Anything else is a 404, never an unscanned pass-through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Messages,
+    CountTokens,
+    Batches,
+    BatchResults,
+    Models,
+    /// A configured extra prefix: forwarded with the same scanning as everything else.
+    Passthrough,
+}
+
+impl Route {
+    /// Bounded label value for metrics and audit.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
+            Route::Batches => "batches",
+            Route::BatchResults => "batch_results",
+            Route::Models => "models",
+            Route::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Route `method path` (path without query).
+pub fn route(method: &str, path: &str, extra_prefixes: &[String]) -> Option<Route> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    match (method, path) {
+        ("POST", "/v1/messages") => Some(Route::Messages),
+        ("POST", "/v1/messages/count_tokens") => Some(Route::CountTokens),
+        ("GET", "/v1/models") => Some(Route::Models),
+        (_, p) if p.starts_with("/v1/models/") && method == "GET" => Some(Route::Models),
+        (_, p) if p.starts_with("/v1/messages/batches") => {
+            if p.ends_with("/results") && method == "GET" {
+                Some(Route::BatchResults)
+            } else if matches!(method, "GET" | "POST" | "DELETE") {
+                Some(Route::Batches)
+            } else {
+                None
+            }
+        }
+        (_, p)
+            if extra_prefixes
+                .iter()
+                .any(|prefix| p.starts_with(prefix.as_str())) =>
+        {
+            Some(Route::Passthrough)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("POST", "/v1/messages", &[]), Some(Route::Messages));
+        assert_eq!(
+            route("POST", "/v1/messages/count_tokens", &[]),
+            Some(Route::CountTokens)
+        );
+        assert_eq!(
+            route("POST", "/v1/messages/batches", &[]),
+            Some(Route::Batches)
+        );
+        assert_eq!(
+            route("GET", "/v1/messages/batches/msgbatch_1/results", &[]),
+            Some(Route::BatchResults)
+        );
+        assert_eq!(route("GET", "/v1/models", &[]), Some(Route::Models));
+        assert_eq!(route("GET", "/v1/messages", &[]), None);
+        assert_eq!(route("POST", "/v1/complete", &[]), None);
+        assert_eq!(
+            route("POST", "/v1/files", &["/v1/files".into()]),
+            Some(Route::Passthrough)
+        );
+    }
+
+    #[test]
+    fn error_shape() {
+        let body = ApiError::new(ErrorKind::Permission, "blocked").body();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["error"]["type"], "permission_error");
+        assert_eq!(value["error"]["message"], "blocked");
+    }
+}

@@ -1,0 +1,884 @@
+//! The Pingora proxy: one request, start to finish.
+//!
+//! Request path (all in `request_filter`, so every decision is made before any connection to
+//! the upstream): route → read the whole body (limit → 413) → undo Content-Encoding → walk and
+//! mask → block (403) or forward. A body without rewritten findings goes upstream byte-for-byte.
+//!
+//! Why forwarding happens here and not in Pingora's later phases: once `request_filter` has read
+//! the body, Pingora 0.9 can only replay it to the upstream from its retry buffer, which is
+//! capped at 64 KiB; Claude Code requests are routinely larger. So streammask forwards through
+//! Pingora's own upstream connector (pooling, TLS, HTTP/1.1 and HTTP/2) from this phase and
+//! drives the response itself, which also lets it hold SSE bytes back and flush them later.
+//!
+//! Invariants:
+//! - nothing unscanned reaches the client: SSE goes through [`SseTransformer`], JSON through
+//!   the walker, JSONL line by line, anything else is scanned as text or refused;
+//! - a compressed upstream response is decompressed before scanning or refused (502);
+//! - a client that disconnects mid-stream drops the upstream connection (cancelling it);
+//! - no error message carries request or response content.
+
+use crate::api::{route, ApiError, ErrorKind, Route};
+use crate::config::{Config, ThinkingPolicy};
+use crate::json_walk::{mask_json, mask_jsonl, ThinkingMode, WalkOptions};
+use crate::masker::Engine;
+use crate::response::{mask_json_response, Located, SseTransformer};
+use crate::rules::{Action, Scope};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession as ClientSession;
+use pingora::protocols::ALPN;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a request needs, shared by all requests.
+pub struct ProxyState {
+    pub config: Config,
+    pub engine: Arc<Engine>,
+    connector: Connector,
+}
+
+impl ProxyState {
+    pub fn new(config: Config, engine: Arc<Engine>) -> ProxyState {
+        ProxyState {
+            config,
+            engine,
+            connector: Connector::new(None),
+        }
+    }
+
+    fn peer(&self) -> HttpPeer {
+        let upstream = &self.config.upstream;
+        let mut peer = HttpPeer::new(upstream.addr, upstream.tls, upstream.host.clone());
+        peer.options.connection_timeout = Some(Duration::from_millis(upstream.connect_timeout_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(upstream.read_timeout_ms));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.alpn = ALPN::H1;
+        peer
+    }
+
+    fn walk_options(&self, scope: Scope) -> WalkOptions {
+        WalkOptions {
+            scope,
+            thinking: match self.config.thinking {
+                ThinkingPolicy::Report => ThinkingMode::Report,
+                ThinkingPolicy::Mask => ThinkingMode::Mask,
+            },
+        }
+    }
+}
+
+/// What happened to a request, for logs, metrics and audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    #[default]
+    Allowed,
+    Masked,
+    Blocked,
+    Error,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Masked => "masked",
+            Outcome::Blocked => "blocked",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub route: Option<Route>,
+    pub status: u16,
+    pub outcome: Outcome,
+    pub request_findings: Vec<Located>,
+    pub response_findings: Vec<Located>,
+    pub blocked_rule: Option<String>,
+    pub tools_blocked: usize,
+    pub late_matches: u64,
+}
+
+fn new_request_id() -> String {
+    format!(
+        "smreq_{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
+}
+
+pub struct Proxy {
+    pub state: Arc<ProxyState>,
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            route: None,
+            status: 0,
+            outcome: Outcome::Allowed,
+            request_findings: Vec::new(),
+            response_findings: Vec::new(),
+            blocked_rule: None,
+            tools_blocked: 0,
+            late_matches: 0,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        if let Err(error) = self.handle(session, ctx).await {
+            if error.kind == ErrorKind::Permission {
+                ctx.outcome = Outcome::Blocked;
+            } else {
+                ctx.outcome = Outcome::Error;
+            }
+            respond_error(session, ctx, &error).await;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter; reaching this phase is a bug.
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "streammask forwards from request_filter",
+        ))
+    }
+
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _error: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let rules: Vec<&str> = ctx
+            .request_findings
+            .iter()
+            .chain(ctx.response_findings.iter())
+            .map(|f| f.finding.rule_id.as_str())
+            .collect();
+        tracing::info!(
+            request_id = %ctx.request_id,
+            endpoint = ctx.route.map(Route::label).unwrap_or("unknown"),
+            status = ctx.status,
+            outcome = ctx.outcome.label(),
+            request_findings = ctx.request_findings.len(),
+            response_findings = ctx.response_findings.len(),
+            rules = ?rules,
+            blocked_rule = ctx.blocked_rule.as_deref().unwrap_or(""),
+            tools_blocked = ctx.tools_blocked,
+            late_matches = ctx.late_matches,
+            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
+
+async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &ApiError) {
+    let body = error.body();
+    ctx.status = error.status;
+    let Ok(mut header) = ResponseHeader::build(error.status, Some(4)) else {
+        return;
+    };
+    let _ = header.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+    let _ = header.insert_header("x-streammask-request-id", ctx.request_id.as_str());
+    if error.status == 413 || error.status == 400 {
+        // The rest of the request body may still be on the wire: do not reuse the connection.
+        session.set_keepalive(None);
+    }
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_ok()
+    {
+        let _ = session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await;
+    }
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Read the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::RequestTooLarge,
+            format!("streammask: request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(length) = header_str(session, "content-length") {
+        match length.trim().parse::<usize>() {
+            Ok(length) if length > limit => return Err(too_large()),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "streammask: invalid Content-Length",
+                ))
+            }
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "streammask: the request body could not be read (truncated or malformed framing)",
+            )),
+        }
+    }
+}
+
+/// Undo `Content-Encoding` (applied in order, so undone in reverse), bounded by `limit`.
+fn decode_body(body: Vec<u8>, encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let Some(encoding) = encoding else {
+        return Ok(body);
+    };
+    let mut data = body;
+    for coding in encoding
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .rev()
+    {
+        let mut out = Vec::new();
+        let reader: Box<dyn Read> = match coding.as_str() {
+            "" | "identity" => continue,
+            "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&data[..])),
+            "deflate" => Box::new(flate2::read::ZlibDecoder::new(&data[..])),
+            "br" => Box::new(brotli::Decompressor::new(&data[..], 4096)),
+            "zstd" => match zstd::stream::read::Decoder::new(&data[..]) {
+                Ok(decoder) => Box::new(decoder),
+                Err(_) => return Err(bad_encoding(&coding)),
+            },
+            other => {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "streammask: unsupported Content-Encoding {:?}",
+                        truncate_label(other)
+                    ),
+                )
+                .with_status(415))
+            }
+        };
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|_| bad_encoding(&coding))?;
+        if out.len() > limit {
+            return Err(ApiError::new(
+                ErrorKind::RequestTooLarge,
+                format!("streammask: decompressed request body exceeds the limit of {limit} bytes"),
+            ));
+        }
+        data = out;
+    }
+    Ok(data)
+}
+
+fn bad_encoding(coding: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!(
+            "streammask: the request body is not valid {}",
+            truncate_label(coding)
+        ),
+    )
+}
+
+/// Header values echoed into messages are cut short so an error never carries much input.
+fn truncate_label(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(16)
+        .collect()
+}
+
+fn is_json_content_type(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.to_ascii_lowercase();
+        let essence = v.split(';').next().unwrap_or("").trim().to_string();
+        essence == "application/json" || essence.ends_with("+json")
+    })
+}
+
+/// How an upstream response body is handled.
+enum BodyKind {
+    Sse,
+    Jsonl,
+    Json,
+    Text,
+}
+
+/// A streaming decoder for a compressed upstream response.
+enum Decoder {
+    Identity,
+    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Decoder {
+    fn for_encoding(encoding: Option<&str>) -> Option<Decoder> {
+        match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Some(Decoder::Identity),
+            Some("gzip") | Some("x-gzip") => Some(Decoder::Gzip(
+                flate2::write::MultiGzDecoder::new(Vec::new()),
+            )),
+            Some("deflate") => Some(Decoder::Deflate(
+                flate2::write::ZlibDecoder::new(Vec::new()),
+            )),
+            Some("br") => Some(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
+                Vec::new(),
+                4096,
+            )))),
+            Some("zstd") => zstd::stream::write::Decoder::new(Vec::new())
+                .ok()
+                .map(Decoder::Zstd),
+            Some(_) => None,
+        }
+    }
+
+    /// Decompress `chunk`, returning what is available so far.
+    fn decode(&mut self, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
+        fn drain<W: Write>(
+            w: &mut W,
+            chunk: &[u8],
+            take: impl FnOnce(&mut W) -> Vec<u8>,
+        ) -> std::io::Result<Vec<u8>> {
+            w.write_all(chunk)?;
+            w.flush()?;
+            Ok(take(w))
+        }
+        match self {
+            Decoder::Identity => Ok(chunk.to_vec()),
+            Decoder::Gzip(d) => drain(d, chunk, |d| std::mem::take(d.get_mut())),
+            Decoder::Deflate(d) => drain(d, chunk, |d| std::mem::take(d.get_mut())),
+            Decoder::Brotli(d) => drain(d.as_mut(), chunk, |d| std::mem::take(d.get_mut())),
+            Decoder::Zstd(d) => drain(d, chunk, |d| std::mem::take(d.get_mut())),
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(state: Arc<ProxyState>) -> Proxy {
+        Proxy { state }
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+        let state = Arc::clone(&self.state);
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        let Some(route) = route(&method, &path, &state.config.extra_passthrough_prefixes) else {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                "streammask: this endpoint is not served by the proxy",
+            ));
+        };
+        ctx.route = Some(route);
+
+        let raw_body = read_body(session, state.config.max_body_bytes).await?;
+        let encoding = header_str(session, "content-encoding").map(str::to_string);
+        let body = decode_body(raw_body, encoding.as_deref(), state.config.max_body_bytes)?;
+        let decoded = encoding.is_some();
+
+        let forward_body = if body.is_empty() {
+            if method == "POST" && matches!(route, Route::Messages | Route::CountTokens) {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "streammask: the request body is empty",
+                ));
+            }
+            Vec::new()
+        } else {
+            if !is_json_content_type(header_str(session, "content-type")) {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "streammask: the request body must be JSON (Content-Type: application/json)",
+                )
+                .with_status(415));
+            }
+            let walked = mask_json(&state.engine, &body, &state.walk_options(Scope::Request))
+                .map_err(|err| {
+                    ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("streammask: the request body is not valid JSON: {err}"),
+                    )
+                })?;
+            ctx.request_findings = walked.findings.into_iter().map(Located::from).collect();
+            if let Some(blocking) = ctx
+                .request_findings
+                .iter()
+                .find(|f| f.finding.action == Action::Block)
+            {
+                let rule_id = blocking.finding.rule_id.clone();
+                let description = rule_description(&state.engine, &rule_id);
+                ctx.blocked_rule = Some(rule_id.clone());
+                return Err(ApiError::new(
+                    ErrorKind::Permission,
+                    format!("streammask blocked this request: it matched rule `{rule_id}` ({description})"),
+                ));
+            }
+            match walked.body {
+                Some(masked) => {
+                    ctx.outcome = Outcome::Masked;
+                    masked
+                }
+                None => body,
+            }
+        };
+        let _ = decoded;
+        self.forward(session, ctx, route, &method, forward_body)
+            .await
+    }
+
+    fn upstream_request(
+        &self,
+        session: &Session,
+        method: &str,
+        body_len: usize,
+    ) -> Result<RequestHeader, ApiError> {
+        let upstream = &self.state.config.upstream;
+        let original = session.req_header();
+        let path_and_query = original
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let target = format!("{}{}", upstream.base_path, path_and_query);
+        let internal = |_| {
+            ApiError::new(
+                ErrorKind::Api,
+                "streammask: could not build the upstream request",
+            )
+        };
+        let mut request =
+            RequestHeader::build(method, target.as_bytes(), Some(original.headers.len() + 4))
+                .map_err(internal)?;
+        for (name, value) in original.headers.iter() {
+            if is_hop_by_hop(name)
+                || name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || name == header::CONTENT_ENCODING
+                || name == header::ACCEPT_ENCODING
+                || name == header::EXPECT
+            {
+                continue;
+            }
+            request
+                .append_header(name.clone(), value.clone())
+                .map_err(internal)?;
+        }
+        request
+            .insert_header(header::HOST, upstream.authority())
+            .map_err(internal)?;
+        // Ask for identity so every byte can be scanned; a compressed reply is decoded anyway.
+        request
+            .insert_header(header::ACCEPT_ENCODING, "identity")
+            .map_err(internal)?;
+        if body_len > 0 || method == "POST" {
+            request
+                .insert_header(header::CONTENT_LENGTH, body_len.to_string())
+                .map_err(internal)?;
+        }
+        Ok(request)
+    }
+
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: Route,
+        method: &str,
+        body: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let state = Arc::clone(&self.state);
+        let request = self.upstream_request(session, method, body.len())?;
+        let peer = state.peer();
+        let unavailable = |what: &str| {
+            ApiError::new(
+                ErrorKind::Api,
+                format!("streammask: the upstream API is unavailable ({what})"),
+            )
+            .with_status(502)
+        };
+        let (mut upstream, _reused) = state
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| unavailable(&e.etype().as_str()))?;
+        upstream
+            .write_request_header(Box::new(request))
+            .await
+            .map_err(|e| unavailable(&e.etype().as_str()))?;
+        if !body.is_empty() {
+            upstream
+                .write_request_body(Bytes::from(body), true)
+                .await
+                .map_err(|e| unavailable(&e.etype().as_str()))?;
+        }
+        upstream
+            .finish_request_body()
+            .await
+            .map_err(|e| unavailable(&e.etype().as_str()))?;
+        upstream
+            .read_response_header()
+            .await
+            .map_err(|e| unavailable(&e.etype().as_str()))?;
+        let Some(upstream_header) = upstream.response_header().cloned() else {
+            return Err(unavailable("no response header"));
+        };
+
+        let content_type = upstream_header
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let kind = if content_type.starts_with("text/event-stream") {
+            BodyKind::Sse
+        } else if route == Route::BatchResults
+            || content_type.contains("jsonl")
+            || content_type.contains("ndjson")
+        {
+            BodyKind::Jsonl
+        } else if is_json_content_type(Some(&content_type)) {
+            BodyKind::Json
+        } else {
+            BodyKind::Text
+        };
+        let encoding = upstream_header
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let Some(mut decoder) = Decoder::for_encoding(encoding) else {
+            return Err(unavailable("unsupported response Content-Encoding"));
+        };
+
+        let mut downstream = ResponseHeader::build(
+            upstream_header.status,
+            Some(upstream_header.headers.len() + 2),
+        )
+        .map_err(|_| unavailable("bad response header"))?;
+        for (name, value) in upstream_header.headers.iter() {
+            if is_hop_by_hop(name)
+                || name == header::CONTENT_LENGTH
+                || name == header::CONTENT_ENCODING
+            {
+                continue;
+            }
+            let _ = downstream.append_header(name.clone(), value.clone());
+        }
+        let _ = downstream.insert_header("x-streammask-request-id", ctx.request_id.as_str());
+        ctx.status = upstream_header.status.as_u16();
+
+        match kind {
+            BodyKind::Sse | BodyKind::Jsonl => {
+                if !session.as_downstream().is_http2() {
+                    let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
+                }
+                if session
+                    .write_response_header(Box::new(downstream), false)
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                self.stream_body(session, ctx, upstream, &mut decoder, kind, &peer)
+                    .await;
+                Ok(())
+            }
+            BodyKind::Json | BodyKind::Text => {
+                let body = self.read_whole(&mut upstream, &mut decoder).await?;
+                let body = self.mask_buffered(ctx, body, kind)?;
+                let _ = downstream.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+                if session
+                    .write_response_header(Box::new(downstream), body.is_empty())
+                    .await
+                    .is_ok()
+                    && !body.is_empty()
+                {
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(body)), true)
+                        .await;
+                }
+                state
+                    .connector
+                    .release_http_session(upstream, &peer, Some(Duration::from_secs(60)))
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_whole(
+        &self,
+        upstream: &mut ClientSession,
+        decoder: &mut Decoder,
+    ) -> Result<Vec<u8>, ApiError> {
+        let limit = self.state.config.upstream.max_response_bytes;
+        let mut body = Vec::new();
+        loop {
+            match upstream.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    let decoded = decoder.decode(&chunk).map_err(|_| {
+                        ApiError::new(
+                            ErrorKind::Api,
+                            "streammask: the upstream response could not be decompressed",
+                        )
+                        .with_status(502)
+                    })?;
+                    body.extend_from_slice(&decoded);
+                    if body.len() > limit {
+                        return Err(ApiError::new(
+                            ErrorKind::Api,
+                            "streammask: the upstream response is too large to scan",
+                        )
+                        .with_status(502));
+                    }
+                }
+                Ok(None) => return Ok(body),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorKind::Api,
+                        "streammask: the upstream connection failed mid-response",
+                    )
+                    .with_status(502))
+                }
+            }
+        }
+    }
+
+    fn mask_buffered(
+        &self,
+        ctx: &mut RequestCtx,
+        body: Vec<u8>,
+        kind: BodyKind,
+    ) -> Result<Vec<u8>, ApiError> {
+        let engine = &self.state.engine;
+        if let BodyKind::Json = kind {
+            let mut findings = Vec::new();
+            if let Ok(masked) =
+                mask_json_response(engine, &body, self.state.config.thinking, &mut findings)
+            {
+                ctx.tools_blocked += findings
+                    .iter()
+                    .filter(|f| f.finding.action == Action::Block)
+                    .count();
+                ctx.response_findings.extend(findings);
+                return Ok(masked.unwrap_or(body));
+            }
+        }
+        // Not JSON after all: scan it as text, and refuse what cannot be read as text.
+        let text = String::from_utf8(body).map_err(|_| {
+            ApiError::new(
+                ErrorKind::Api,
+                "streammask: the upstream response is not text and cannot be scanned",
+            )
+            .with_status(502)
+        })?;
+        let masked = engine
+            .mask(&text, Scope::Response)
+            .map_err(|_| ApiError::new(ErrorKind::Api, "streammask: scanning failed"))?;
+        for finding in masked.findings {
+            ctx.response_findings.push(Located {
+                path: String::new(),
+                finding,
+            });
+        }
+        Ok(masked.text.into_owned().into_bytes())
+    }
+
+    /// Stream an SSE or JSONL response to the client, masking as it goes.
+    async fn stream_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut upstream: ClientSession,
+        decoder: &mut Decoder,
+        kind: BodyKind,
+        peer: &HttpPeer,
+    ) {
+        let state = Arc::clone(&self.state);
+        let mut sse = SseTransformer::new(
+            Arc::clone(&state.engine),
+            state.config.thinking,
+            state.config.max_sse_event_bytes,
+        );
+        let mut jsonl = JsonlMasker::default();
+        let mut out = Vec::with_capacity(4096);
+        let mut completed = false;
+        loop {
+            out.clear();
+            let next = tokio::select! {
+                next = upstream.read_response_body() => next,
+                _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                    // The client went away: dropping the upstream session cancels the request.
+                    break;
+                }
+            };
+            let (chunk, done) = match next {
+                Ok(Some(chunk)) => (chunk, false),
+                Ok(None) => {
+                    completed = true;
+                    (Bytes::new(), true)
+                }
+                Err(_) => (Bytes::new(), true),
+            };
+            match decoder.decode(&chunk) {
+                Ok(decoded) => match kind {
+                    BodyKind::Sse => sse.push(&decoded, &mut out),
+                    _ => jsonl.push(&state, &decoded, &mut out, &mut ctx.response_findings),
+                },
+                Err(_) => {
+                    out.extend(crate::response::error_event(
+                        "api_error",
+                        "streammask: the upstream response could not be decompressed",
+                    ));
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(out.clone())), true)
+                        .await;
+                    break;
+                }
+            }
+            if done || sse.fault().is_some() {
+                match kind {
+                    BodyKind::Sse => sse.finish(&mut out),
+                    _ => jsonl.finish(&state, &mut out, &mut ctx.response_findings),
+                }
+                let _ = session
+                    .write_response_body(Some(Bytes::from(std::mem::take(&mut out))), true)
+                    .await;
+                break;
+            }
+            if !out.is_empty()
+                && session
+                    .write_response_body(Some(Bytes::from(std::mem::take(&mut out))), false)
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        ctx.tools_blocked += sse.tools_blocked();
+        ctx.late_matches += sse.late_matches();
+        ctx.response_findings.append(&mut sse.findings);
+        if completed && sse.fault().is_none() {
+            state
+                .connector
+                .release_http_session(upstream, peer, Some(Duration::from_secs(60)))
+                .await;
+        }
+    }
+}
+
+fn rule_description(engine: &Engine, rule_id: &str) -> String {
+    engine
+        .matcher()
+        .rules()
+        .iter()
+        .find(|r| r.id() == rule_id)
+        .map(|r| r.rule.description.clone())
+        .unwrap_or_default()
+}
+
+/// Masks a JSON Lines body line by line (batch results), holding at most one partial line.
+#[derive(Default)]
+struct JsonlMasker {
+    partial: Vec<u8>,
+}
+
+impl JsonlMasker {
+    fn push(
+        &mut self,
+        state: &ProxyState,
+        chunk: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Located>,
+    ) {
+        self.partial.extend_from_slice(chunk);
+        if let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') {
+            let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
+            mask_lines(state, &complete, out, findings);
+        }
+    }
+
+    fn finish(&mut self, state: &ProxyState, out: &mut Vec<u8>, findings: &mut Vec<Located>) {
+        let rest = std::mem::take(&mut self.partial);
+        if !rest.is_empty() {
+            mask_lines(state, &rest, out, findings);
+        }
+    }
+}
+
+fn mask_lines(state: &ProxyState, lines: &[u8], out: &mut Vec<u8>, findings: &mut Vec<Located>) {
+    match mask_jsonl(&state.engine, lines, &state.walk_options(Scope::Response)) {
+        Ok(walked) => {
+            findings.extend(walked.findings.into_iter().map(Located::from));
+            out.extend_from_slice(walked.body.as_deref().unwrap_or(lines));
+        }
+        Err(_) => {
+            // A line that is not JSON is still scanned, as text.
+            let text = String::from_utf8_lossy(lines);
+            match state.engine.mask(&text, Scope::Response) {
+                Ok(masked) => out.extend_from_slice(masked.text.as_bytes()),
+                Err(_) => out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"streammask: line could not be scanned\"}}\n"),
+            }
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! The response path: a streamed Messages response (SSE) or a JSON response in, the masked
+//! response out.
+//!
+//! SSE invariants:
+//! - text and thinking deltas of one content block go through one [`StreamMasker`], so a
+//!   secret split across any number of events is masked as if the block had arrived whole;
+//!   held text is flushed as an extra delta before the block's `content_block_stop`;
+//! - `tool_use` blocks are buffered to their stop, judged whole with the `tool_input` rules,
+//!   and emitted as start, one `input_json_delta`, stop — or, when a `block` rule matches, as a
+//!   text block naming the rule; `stop_reason: tool_use` becomes `end_turn` when no tool call
+//!   is left;
+//! - every other event is walked like a JSON body; an event that needs no change is forwarded
+//!   as its original bytes;
+//! - nothing unscanned is forwarded: malformed or oversized events end the stream with an
+//!   Anthropic-shaped `error` event, and [`SseTransformer::finish`] flushes every open block.
+
+use crate::config::ThinkingPolicy;
+use crate::json_walk::{mask_json, ThinkingMode, WalkFinding, WalkOptions};
+use crate::masker::{Engine, Finding, MaskError, StreamMasker};
+use crate::rules::{Action, Scope};
+use crate::sse::{encode_event, Event, SseFramer};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A finding with where it was (JSON path or content block).
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub path: String,
+    pub finding: Finding,
+}
+
+impl From<WalkFinding> for Located {
+    fn from(found: WalkFinding) -> Located {
+        Located {
+            path: found.path,
+            finding: found.finding,
+        }
+    }
+}
+
+/// The decision on one complete tool call.
+#[derive(Debug)]
+pub enum ToolVerdict {
+    /// Forward this (possibly masked) input JSON.
+    Allow(Vec<u8>),
+    /// A `block` rule matched: the call must not reach the client.
+    Block {
+        rule_id: String,
+        description: String,
+    },
+}
+
+fn thinking_mode(policy: ThinkingPolicy) -> ThinkingMode {
+    match policy {
+        ThinkingPolicy::Report => ThinkingMode::Report,
+        ThinkingPolicy::Mask => ThinkingMode::Mask,
+    }
+}
+
+/// Judge a complete tool input (`{}` when empty) with the `tool_input` rules.
+pub fn judge_tool_input(
+    engine: &Engine,
+    input: &[u8],
+    findings: &mut Vec<Located>,
+    path: &str,
+) -> ToolVerdict {
+    let input: &[u8] = if input.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        input
+    };
+    let options = WalkOptions {
+        scope: Scope::ToolInput,
+        thinking: ThinkingMode::Report,
+    };
+    let walked = match mask_json(engine, input, &options) {
+        Ok(walked) => walked,
+        // Input that is not JSON cannot be judged: refuse it rather than pass it unscanned.
+        Err(_) => {
+            return ToolVerdict::Block {
+                rule_id: "streammask-unparseable-tool-input".into(),
+                description: "the tool input could not be parsed, so it could not be checked"
+                    .into(),
+            }
+        }
+    };
+    let blocking = walked
+        .findings
+        .iter()
+        .find(|f| f.finding.action == Action::Block)
+        .map(|f| f.finding.rule_id.clone());
+    for found in walked.findings {
+        findings.push(Located {
+            path: format!("{path}.input{}", prefix_path(&found.path)),
+            finding: found.finding,
+        });
+    }
+    match blocking {
+        Some(rule_id) => {
+            let description = engine
+                .matcher()
+                .rules()
+                .iter()
+                .find(|r| r.id() == rule_id)
+                .map(|r| r.rule.description.clone())
+                .unwrap_or_default();
+            ToolVerdict::Block {
+                rule_id,
+                description,
+            }
+        }
+        None => ToolVerdict::Allow(walked.body.unwrap_or_else(|| input.to_vec())),
+    }
+}
+
+fn prefix_path(path: &str) -> String {
+    if path.is_empty() || path.starts_with('[') {
+        path.to_string()
+    } else {
+        format!(".{path}")
+    }
+}
+
+/// What the client sees instead of a blocked tool call.
+pub fn blocked_tool_text(tool_name: &str, rule_id: &str, description: &str) -> String {
+    format!(
+        "[streammask] The {tool_name} tool call was blocked by the organisation's policy \
+         (rule `{rule_id}`: {description}). It was not run. Ask your security team if you \
+         need this action."
+    )
+}
+
+/// Mask a complete JSON response body (non-streaming Messages response, batch object, model
+/// list, error). Returns the new body, or `None` when it is unchanged.
+pub fn mask_json_response(
+    engine: &Engine,
+    body: &[u8],
+    thinking: ThinkingPolicy,
+    findings: &mut Vec<Located>,
+) -> Result<Option<Vec<u8>>, crate::json_walk::WalkError> {
+    let options = WalkOptions {
+        scope: Scope::Response,
+        thinking: thinking_mode(thinking),
+    };
+    // Tool calls are judged whole with the tool_input rules first.
+    let mut rewritten: Option<Vec<u8>> = None;
+    if let Ok(mut message) = serde_json::from_slice::<Value>(body) {
+        if judge_message_tools(engine, &mut message, findings) {
+            rewritten = Some(serde_json::to_vec(&message).unwrap_or_default());
+        }
+    }
+    let source = rewritten.as_deref().unwrap_or(body);
+    let walked = mask_json(engine, source, &options)?;
+    findings.extend(walked.findings.into_iter().map(Located::from));
+    Ok(walked.body.or(rewritten))
+}
+
+/// Judge every tool_use block of a message in place. Returns whether anything changed.
+fn judge_message_tools(engine: &Engine, message: &mut Value, findings: &mut Vec<Located>) -> bool {
+    let Some(content) = message.get_mut("content").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let mut changed = false;
+    let mut blocked = 0;
+    let mut remaining = 0;
+    for (index, block) in content.iter_mut().enumerate() {
+        if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+            continue;
+        }
+        let input =
+            serde_json::to_vec(block.get("input").unwrap_or(&Value::Null)).unwrap_or_default();
+        let name = block
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("tool")
+            .to_string();
+        match judge_tool_input(engine, &input, findings, &format!("content[{index}]")) {
+            ToolVerdict::Allow(masked) => {
+                remaining += 1;
+                if masked != input {
+                    if let Ok(value) = serde_json::from_slice(&masked) {
+                        block["input"] = value;
+                        changed = true;
+                    }
+                }
+            }
+            ToolVerdict::Block {
+                rule_id,
+                description,
+            } => {
+                blocked += 1;
+                *block = json!({"type": "text", "text": blocked_tool_text(&name, &rule_id, &description)});
+                changed = true;
+            }
+        }
+    }
+    if blocked > 0
+        && remaining == 0
+        && message.get("stop_reason").and_then(Value::as_str) == Some("tool_use")
+    {
+        message["stop_reason"] = json!("end_turn");
+    }
+    changed
+}
+
+enum Block {
+    /// Text or thinking: streamed through a masker. `rewrite` is false for report-only
+    /// thinking, whose original events are forwarded while the masker only reports.
+    Streamed {
+        masker: StreamMasker,
+        delta_type: &'static str,
+        field: &'static str,
+        rewrite: bool,
+    },
+    /// A tool call buffered to its stop.
+    Tool { start: Value, partial_json: String },
+    /// Anything else: events walked one by one.
+    Other,
+}
+
+/// Why a stream was ended early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFault {
+    Malformed(String),
+    Oversized,
+}
+
+/// Masks one SSE response. Feed it upstream bytes; it appends client bytes to `out`.
+pub struct SseTransformer {
+    engine: Arc<Engine>,
+    thinking: ThinkingPolicy,
+    framer: SseFramer,
+    blocks: HashMap<u64, Block>,
+    tools_blocked: usize,
+    tools_allowed: usize,
+    saw_message_stop: bool,
+    fault: Option<StreamFault>,
+    pub findings: Vec<Located>,
+    late_matches: u64,
+    /// Largest number of bytes held by any one block's masker (for metrics).
+    pub max_held: usize,
+    /// Usage numbers seen in message_start / message_delta.
+    pub usage: Vec<(String, u64)>,
+}
+
+impl SseTransformer {
+    pub fn new(
+        engine: Arc<Engine>,
+        thinking: ThinkingPolicy,
+        max_event_bytes: usize,
+    ) -> SseTransformer {
+        SseTransformer {
+            engine,
+            thinking,
+            framer: SseFramer::new(max_event_bytes),
+            blocks: HashMap::new(),
+            tools_blocked: 0,
+            tools_allowed: 0,
+            saw_message_stop: false,
+            fault: None,
+            findings: Vec::new(),
+            late_matches: 0,
+            max_held: 0,
+            usage: Vec::new(),
+        }
+    }
+
+    pub fn fault(&self) -> Option<&StreamFault> {
+        self.fault.as_ref()
+    }
+
+    pub fn saw_message_stop(&self) -> bool {
+        self.saw_message_stop
+    }
+
+    pub fn late_matches(&self) -> u64 {
+        self.late_matches
+    }
+
+    pub fn tools_blocked(&self) -> usize {
+        self.tools_blocked
+    }
+
+    /// Bytes held back across all open blocks right now.
+    pub fn held(&self) -> usize {
+        self.blocks
+            .values()
+            .map(|b| match b {
+                Block::Streamed { masker, .. } => masker.held(),
+                Block::Tool { partial_json, .. } => partial_json.len(),
+                Block::Other => 0,
+            })
+            .sum::<usize>()
+            + self.framer.pending()
+    }
+
+    /// Feed upstream bytes. After a fault, input is ignored (the stream is over).
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.fault.is_some() {
+            return;
+        }
+        match self.framer.push(chunk) {
+            Ok(events) => {
+                for event in events {
+                    if self.fault.is_some() {
+                        break;
+                    }
+                    self.on_event(event, out);
+                }
+            }
+            Err(crate::sse::SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
+            Err(err) => self.fail(StreamFault::Malformed(err.to_string()), out),
+        }
+        let held = self.held();
+        self.max_held = self.max_held.max(held);
+    }
+
+    /// The upstream body ended (cleanly or not): flush every open block so nothing is held,
+    /// masked as block mode would mask it. When the stream ended without `message_stop`, the
+    /// client is told with an `error` event rather than left guessing.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.fault.is_none() {
+            match self.framer.finish() {
+                Ok(Some(event)) => self.on_event(event, out),
+                Ok(None) => {}
+                Err(err) => self.fail(StreamFault::Malformed(err.to_string()), out),
+            }
+        }
+        self.close_open_blocks(out);
+        if self.fault.is_none() && !self.saw_message_stop {
+            out.extend(error_event(
+                "api_error",
+                "streammask: the upstream connection ended before the response was complete",
+            ));
+        }
+    }
+
+    fn fail(&mut self, fault: StreamFault, out: &mut Vec<u8>) {
+        self.close_open_blocks(out);
+        let message = match &fault {
+            StreamFault::Oversized => {
+                "streammask: the upstream sent an oversized event; the stream was ended".to_string()
+            }
+            StreamFault::Malformed(why) => format!(
+                "streammask: the upstream sent a malformed event ({why}); the stream was ended"
+            ),
+        };
+        out.extend(error_event("api_error", &message));
+        self.fault = Some(fault);
+    }
+
+    /// Flush maskers of blocks that never got their stop (upstream cut mid-block).
+    fn close_open_blocks(&mut self, out: &mut Vec<u8>) {
+        let mut indexes: Vec<u64> = self.blocks.keys().copied().collect();
+        indexes.sort_unstable();
+        for index in indexes {
+            if let Some(block) = self.blocks.remove(&index) {
+                // A tool call that never completed is dropped: a partial command must not run.
+                if let Block::Streamed { .. } = block {
+                    self.flush_block(index, block, out);
+                    out.extend(encode_event(
+                        "content_block_stop",
+                        &json!({"type": "content_block_stop", "index": index}).to_string(),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn flush_block(&mut self, index: u64, block: Block, out: &mut Vec<u8>) {
+        if let Block::Streamed {
+            mut masker,
+            delta_type,
+            field,
+            rewrite,
+        } = block
+        {
+            let mut tail = Vec::new();
+            if masker.finish(&mut tail).is_ok() && rewrite && !tail.is_empty() {
+                out.extend(delta_event(
+                    index,
+                    delta_type,
+                    field,
+                    &String::from_utf8_lossy(&tail),
+                ));
+            }
+            self.collect(index, &mut masker);
+        }
+    }
+
+    fn collect(&mut self, index: u64, masker: &mut StreamMasker) {
+        self.late_matches += masker.late_matches();
+        for finding in masker.take_findings() {
+            self.findings.push(Located {
+                path: format!("content[{index}]"),
+                finding,
+            });
+        }
+    }
+
+    fn on_event(&mut self, event: Event, out: &mut Vec<u8>) {
+        if event.name.is_none() && event.data.is_empty() {
+            out.extend_from_slice(&event.raw);
+            return;
+        }
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            self.fail(StreamFault::Malformed("event data is not JSON".into()), out);
+            return;
+        };
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let index = data.get("index").and_then(Value::as_u64);
+        match (kind.as_str(), index) {
+            ("content_block_start", Some(index)) => self.on_block_start(index, data, &event, out),
+            ("content_block_delta", Some(index)) => self.on_block_delta(index, data, &event, out),
+            ("content_block_stop", Some(index)) => self.on_block_stop(index, &event, out),
+            ("message_delta", _) => self.on_message_delta(data, &event, out),
+            ("message_start", _) => {
+                self.record_usage(data.pointer("/message/usage"));
+                self.forward_walked(&event, out);
+            }
+            ("message_stop", _) => {
+                self.close_open_blocks(out);
+                self.saw_message_stop = true;
+                out.extend_from_slice(&event.raw);
+            }
+            ("ping", _) => out.extend_from_slice(&event.raw),
+            _ => self.forward_walked(&event, out),
+        }
+    }
+
+    fn record_usage(&mut self, usage: Option<&Value>) {
+        if let Some(Value::Object(usage)) = usage {
+            for (kind, value) in usage {
+                if let Some(n) = value.as_u64() {
+                    self.usage.push((kind.clone(), n));
+                }
+            }
+        }
+    }
+
+    /// Walk the event's JSON like a body: forward original bytes when unchanged.
+    fn forward_walked(&mut self, event: &Event, out: &mut Vec<u8>) {
+        let options = WalkOptions {
+            scope: Scope::Response,
+            thinking: thinking_mode(self.thinking),
+        };
+        match mask_json(&self.engine, event.data.as_bytes(), &options) {
+            Ok(walked) => {
+                self.findings
+                    .extend(walked.findings.into_iter().map(Located::from));
+                match walked.body {
+                    None => out.extend_from_slice(&event.raw),
+                    Some(body) => out.extend(encode_event(
+                        event.name.as_deref().unwrap_or("message"),
+                        &String::from_utf8_lossy(&body),
+                    )),
+                }
+            }
+            Err(_) => self.fail(
+                StreamFault::Malformed("event data is not valid JSON".into()),
+                out,
+            ),
+        }
+    }
+
+    fn new_masker(&self) -> Result<StreamMasker, MaskError> {
+        self.engine.stream(Scope::Response)
+    }
+
+    fn on_block_start(&mut self, index: u64, data: Value, event: &Event, out: &mut Vec<u8>) {
+        let block_type = data
+            .pointer("/content_block/type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let (delta_type, field, rewrite) = match block_type.as_str() {
+            "text" => ("text_delta", "text", true),
+            "thinking" => (
+                "thinking_delta",
+                "thinking",
+                self.thinking == ThinkingPolicy::Mask,
+            ),
+            "tool_use" | "server_tool_use" => {
+                self.blocks.insert(
+                    index,
+                    Block::Tool {
+                        start: data,
+                        partial_json: String::new(),
+                    },
+                );
+                return;
+            }
+            _ => {
+                self.blocks.insert(index, Block::Other);
+                self.forward_walked(event, out);
+                return;
+            }
+        };
+        let Ok(mut masker) = self.new_masker() else {
+            self.fail(
+                StreamFault::Malformed("cannot open a masking stream".into()),
+                out,
+            );
+            return;
+        };
+        // The start event usually carries empty text; if not, its text joins the stream.
+        let initial = data
+            .pointer(&format!("/content_block/{field}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut emitted = Vec::new();
+        if initial.is_empty() || !rewrite {
+            out.extend_from_slice(&event.raw);
+            let _ = masker.push(initial.as_bytes(), &mut emitted);
+        } else {
+            let mut start = data.clone();
+            start["content_block"][field] = json!("");
+            out.extend(encode_event("content_block_start", &start.to_string()));
+            let _ = masker.push(initial.as_bytes(), &mut emitted);
+            if !emitted.is_empty() {
+                out.extend(delta_event(
+                    index,
+                    delta_type,
+                    field,
+                    &String::from_utf8_lossy(&emitted),
+                ));
+            }
+        }
+        self.blocks.insert(
+            index,
+            Block::Streamed {
+                masker,
+                delta_type,
+                field,
+                rewrite,
+            },
+        );
+    }
+
+    fn on_block_delta(&mut self, index: u64, data: Value, event: &Event, out: &mut Vec<u8>) {
+        let delta_kind = data
+            .pointer("/delta/type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match self.blocks.get_mut(&index) {
+            Some(Block::Streamed {
+                masker,
+                delta_type,
+                field,
+                rewrite,
+            }) if delta_kind == *delta_type => {
+                let text = data
+                    .pointer(&format!("/delta/{field}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let mut emitted = Vec::with_capacity(text.len() + 16);
+                if masker.push(text.as_bytes(), &mut emitted).is_err() {
+                    self.fail(StreamFault::Malformed("masking failed".into()), out);
+                    return;
+                }
+                if !*rewrite {
+                    out.extend_from_slice(&event.raw);
+                } else if emitted.as_slice() == text.as_bytes() {
+                    // The common case: nothing held, nothing masked — original bytes.
+                    out.extend_from_slice(&event.raw);
+                } else if !emitted.is_empty() {
+                    out.extend(delta_event(
+                        index,
+                        delta_type,
+                        field,
+                        &String::from_utf8_lossy(&emitted),
+                    ));
+                }
+            }
+            Some(Block::Tool { partial_json, .. }) if delta_kind == "input_json_delta" => {
+                partial_json.push_str(
+                    data.pointer("/delta/partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                );
+            }
+            // signature_delta, citations_delta and anything new: walked and forwarded.
+            _ => self.forward_walked(event, out),
+        }
+    }
+
+    fn on_block_stop(&mut self, index: u64, event: &Event, out: &mut Vec<u8>) {
+        match self.blocks.remove(&index) {
+            Some(block @ Block::Streamed { .. }) => {
+                self.flush_block(index, block, out);
+                out.extend_from_slice(&event.raw);
+            }
+            Some(Block::Tool {
+                start,
+                partial_json,
+            }) => self.emit_tool(index, start, &partial_json, event, out),
+            Some(Block::Other) | None => out.extend_from_slice(&event.raw),
+        }
+    }
+
+    fn emit_tool(
+        &mut self,
+        index: u64,
+        start: Value,
+        partial_json: &str,
+        stop: &Event,
+        out: &mut Vec<u8>,
+    ) {
+        let name = start
+            .pointer("/content_block/name")
+            .and_then(Value::as_str)
+            .unwrap_or("tool")
+            .to_string();
+        let verdict = judge_tool_input(
+            &self.engine,
+            partial_json.as_bytes(),
+            &mut self.findings,
+            &format!("content[{index}]"),
+        );
+        match verdict {
+            ToolVerdict::Allow(input) => {
+                self.tools_allowed += 1;
+                out.extend(encode_event("content_block_start", &start.to_string()));
+                let input = String::from_utf8_lossy(&input).into_owned();
+                let delta = json!({
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": input},
+                });
+                out.extend(encode_event("content_block_delta", &delta.to_string()));
+                out.extend_from_slice(&stop.raw);
+            }
+            ToolVerdict::Block {
+                rule_id,
+                description,
+            } => {
+                self.tools_blocked += 1;
+                let start = json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}});
+                out.extend(encode_event("content_block_start", &start.to_string()));
+                out.extend(delta_event(
+                    index,
+                    "text_delta",
+                    "text",
+                    &blocked_tool_text(&name, &rule_id, &description),
+                ));
+                out.extend_from_slice(&stop.raw);
+            }
+        }
+    }
+
+    fn on_message_delta(&mut self, mut data: Value, event: &Event, out: &mut Vec<u8>) {
+        self.record_usage(data.get("usage"));
+        let stop_is_tool_use =
+            data.pointer("/delta/stop_reason").and_then(Value::as_str) == Some("tool_use");
+        if stop_is_tool_use && self.tools_blocked > 0 && self.tools_allowed == 0 {
+            data["delta"]["stop_reason"] = json!("end_turn");
+            let rewritten = Event {
+                raw: encode_event("message_delta", &data.to_string()).into(),
+                name: Some("message_delta".into()),
+                data: data.to_string(),
+            };
+            self.forward_walked(&rewritten, out);
+        } else {
+            self.forward_walked(event, out);
+        }
+    }
+}
+
+fn delta_event(index: u64, delta_type: &str, field: &str, text: &str) -> Vec<u8> {
+    let mut delta = serde_json::Map::new();
+    delta.insert("type".into(), json!(delta_type));
+    delta.insert(field.into(), json!(text));
+    let data = json!({"type": "content_block_delta", "index": index, "delta": delta});
+    encode_event("content_block_delta", &data.to_string())
+}
+
+/// An Anthropic-shaped SSE error event.
+pub fn error_event(error_type: &str, message: &str) -> Vec<u8> {
+    let data = json!({"type": "error", "error": {"type": error_type, "message": message}});
+    encode_event("error", &data.to_string())
+}

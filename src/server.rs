@@ -1,0 +1,137 @@
+//! Start-up: validated config → engine → Pingora server with the proxy listener and the admin
+//! listener (`/healthz`, `/readyz`).
+//!
+//! Invariant: everything that can fail (rules, placeholder key, addresses, upstream resolution)
+//! fails here, before a socket is opened, with a message naming the cause.
+
+use crate::config::Config;
+use crate::masker::Engine;
+use crate::matcher::Matcher;
+use crate::placeholder::PlaceholderKey;
+use crate::proxy::{Proxy, ProxyState};
+use crate::rules::RuleSet;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
+    #[error(transparent)]
+    Matcher(#[from] crate::matcher::MatcherError),
+    #[error(transparent)]
+    Mask(#[from] crate::masker::MaskError),
+    #[error("placeholder key: {0}")]
+    Key(String),
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// Load the placeholder key from the configured file or environment variable; without one, a
+/// random key and a warning (placeholders then differ across restarts and replicas).
+pub fn load_placeholder_key(config: &Config) -> Result<PlaceholderKey, StartError> {
+    if let Some(path) = &config.placeholder_key_file {
+        let key =
+            std::fs::read(path).map_err(|e| StartError::Key(format!("{}: {e}", path.display())))?;
+        let trimmed = key.trim_ascii();
+        return PlaceholderKey::new(trimmed).map_err(|e| StartError::Key(e.to_string()));
+    }
+    match std::env::var(&config.placeholder_key_env) {
+        Ok(key) if !key.is_empty() => {
+            PlaceholderKey::new(key.as_bytes()).map_err(|e| StartError::Key(e.to_string()))
+        }
+        _ => {
+            tracing::warn!(
+                env = %config.placeholder_key_env,
+                "no placeholder key configured: using a random key, so placeholders will differ across restarts and replicas"
+            );
+            Ok(PlaceholderKey::random())
+        }
+    }
+}
+
+/// Compile the rules and build the engine the proxy will use.
+pub fn build_engine(config: &Config) -> Result<Arc<Engine>, StartError> {
+    let rules = RuleSet::load(config.rules_dir.as_deref())?;
+    let matcher = Matcher::compile(&rules, config.max_hold_bytes - 2)?;
+    let key = load_placeholder_key(config)?;
+    Ok(Arc::new(Engine::new(matcher, key, config.max_hold_bytes)?))
+}
+
+/// The admin listener's app.
+pub struct AdminApp {
+    ready: Arc<AtomicBool>,
+    rules_loaded: usize,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let (status, body) = match path.as_str() {
+            "/healthz" => (200, "ok\n".to_string()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                (200, format!("ready: {} rules loaded\n", self.rules_loaded))
+            }
+            "/readyz" => (503, "not ready\n".to_string()),
+            _ => (404, "not found\n".to_string()),
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("content-length", body.len())
+            .body(body.into_bytes())
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+/// Build and run the server; does not return while the server runs.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let engine = build_engine(&config)?;
+    let rules_loaded = engine.matcher().rules().len();
+    let conf = ServerConf {
+        threads: config.threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let listen = config.listen.to_string();
+    let admin = config.admin.to_string();
+    let upstream = format!(
+        "{}://{}{}",
+        if config.upstream.tls { "https" } else { "http" },
+        config.upstream.authority(),
+        config.upstream.base_path
+    );
+    let state = Arc::new(ProxyState::new(config, engine));
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(state),
+        "streammask proxy",
+    );
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut admin_service = Service::new(
+        "streammask admin".to_string(),
+        HttpServer::new_app(AdminApp {
+            ready: Arc::clone(&ready),
+            rules_loaded,
+        }),
+    );
+    admin_service.add_tcp(&admin);
+    server.add_service(admin_service);
+
+    tracing::info!(%listen, %admin, %upstream, rules = rules_loaded, "streammask starting");
+    eprintln!("streammask: listening on {listen} (admin {admin}), upstream {upstream}, {rules_loaded} rules");
+    server.run_forever()
+}
