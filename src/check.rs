@@ -5,10 +5,11 @@
 //! - it compiles in Hyperscan (block and streaming, with start of match) and in `regex`;
 //! - its maximum match length is finite and below the hold cap;
 //! - it has at least one example and one negative example;
-//! - every example yields a finding of this rule in each of its scopes, with a secret free of
-//!   whitespace unless the rule is `multiline`, and masking is idempotent (a masked example
-//!   yields no new finding, so placeholders are never re-masked);
-//! - streaming the example in 1-byte and 7-byte deltas gives the block result;
+//! - every example yields a finding of this rule in each of its scopes, and masking is
+//!   idempotent (a masked example yields no new finding, so placeholders are never re-masked);
+//! - for rules that apply to responses (the only streamed text): secrets are free of whitespace
+//!   unless the rule is `multiline`, and streaming the example in 1-byte and 7-byte deltas
+//!   gives the block result;
 //! - no negative example yields a finding of this rule.
 //!
 //! Then the whole pack is compiled together and placeholders of every rule id, put where a
@@ -123,9 +124,13 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
                 );
                 continue;
             }
+            // Only response text is streamed; requests and tool inputs are judged whole, so the
+            // streaming contract (whitespace-free secrets, streaming equals block) binds only
+            // rules that apply to responses.
+            let streamed = scope == Scope::Response;
             for finding in &masked.findings {
                 let secret = &example[finding.span.clone()];
-                if !rule.multiline && secret.bytes().any(|b| b.is_ascii_whitespace()) {
+                if streamed && !rule.multiline && secret.bytes().any(|b| b.is_ascii_whitespace()) {
                     report.problem(
                         id,
                         format!(
@@ -144,7 +149,9 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
                 Err(err) => report.problem(id, format!("example {n}: {err}")),
                 Ok(_) => {}
             }
-            for chunk in [1, 7] {
+            // A multi-line rule is held open by the pack's unterminated-key rule, so it is
+            // streamed with the whole pack (below), not alone.
+            for chunk in [1, 7].into_iter().filter(|_| streamed && !rule.multiline) {
                 match stream_all(&engine, example, scope, chunk) {
                     Ok(streamed) if streamed == masked.text => {}
                     Ok(_) => report.problem(
@@ -190,6 +197,27 @@ pub fn check_rules(set: &RuleSet, max_hold: usize) -> CheckReport {
             return report;
         }
     };
+    let engine = Arc::new(engine);
+    for rule in set.enabled() {
+        if !rule.applies_to.contains(&Scope::Response) {
+            continue;
+        }
+        for (n, example) in rule.examples.iter().enumerate() {
+            let Ok(block) = engine.mask(example, Scope::Response) else {
+                continue;
+            };
+            for chunk in [1, 7] {
+                match stream_all(&engine, example, Scope::Response, chunk) {
+                    Ok(streamed) if streamed == block.text => {}
+                    Ok(_) => report.problem(
+                        &rule.id,
+                        format!("example {n}: with the whole pack, streaming in {chunk}-byte deltas differs from block masking"),
+                    ),
+                    Err(err) => report.problem(&rule.id, format!("example {n}: {err}")),
+                }
+            }
+        }
+    }
     for rule in set.enabled() {
         let placeholder = engine.placeholder_key().placeholder(&rule.id, b"check");
         for context in PLACEHOLDER_CONTEXTS {

@@ -84,6 +84,12 @@ enum RulesCommand {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// Print every example as a JSON line with the secrets its rule extracts (for tests that
+    /// check a secret never crosses the proxy).
+    Examples {
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +168,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rules {
             command: RulesCommand::List { rules },
         } => rules_list(rules),
+        Command::Rules {
+            command: RulesCommand::Examples { rules },
+        } => rules_examples(rules),
     }
 }
 
@@ -273,6 +282,35 @@ fn rules_list(rules: Option<PathBuf>) -> Result<ExitCode> {
             rule.description,
             if rule.enabled { "" } else { " (disabled)" }
         )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rules_examples(rules: Option<PathBuf>) -> Result<ExitCode> {
+    let set = RuleSet::load(rules.as_deref())?;
+    let key = PlaceholderKey::random();
+    let mut stdout = std::io::stdout().lock();
+    for rule in set.enabled() {
+        let matcher = Matcher::compile(&RuleSet::single(rule), default_max_hold() - 2)?;
+        let engine = Engine::new(matcher, key.clone(), default_max_hold())?;
+        for example in &rule.examples {
+            let scope = rule.applies_to[0];
+            let masked = engine.mask(example, scope)?;
+            let secrets: Vec<&str> = masked
+                .findings
+                .iter()
+                .map(|f| &example[f.span.clone()])
+                .collect();
+            let scopes: Vec<&str> = rule.applies_to.iter().map(|s| s.as_str()).collect();
+            let line = serde_json::json!({
+                "id": rule.id,
+                "action": rule.action.as_str(),
+                "applies_to": scopes,
+                "example": example,
+                "secrets": secrets,
+            });
+            writeln!(stdout, "{line}")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,14 +4,16 @@
 //! Invariants:
 //! - unknown keys are rejected (a typo must not silently fall back to a default);
 //! - every validation error names the key it is about (`upstream.url: …`);
-//! - a [`Config`] is complete and checked: addresses parse, the upstream host resolves, limits
-//!   are in range. Nothing on the request path re-validates it.
+//! - a [`Config`] is complete and checked: addresses parse, limits are in range. Nothing on the
+//!   request path re-validates it. The upstream host is *not* resolved here: DNS answers change
+//!   and may be unavailable at start-up, so the proxy resolves it asynchronously (see
+//!   `proxy::Resolver`).
 //!
 //! Naming: sections are nouns (`server`, `upstream`, `masking`), keys are snake_case, sizes end
 //! in `_bytes`, durations in `_ms` or `_secs`.
 
 use serde::Deserialize;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The configuration used when no file is given: a local proxy in front of the Claude API.
@@ -140,9 +142,6 @@ pub struct Upstream {
     pub tls: bool,
     pub host: String,
     pub port: u16,
-    /// Resolved once at start-up: Pingora's peer constructor resolves with a blocking call
-    /// and panics when resolution fails.
-    pub addr: SocketAddr,
     /// Path prefix of the upstream URL (usually empty).
     pub base_path: String,
     pub connect_timeout_ms: u64,
@@ -319,11 +318,6 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         }
         _ => (authority.to_string(), if tls { 443 } else { 80 }),
     };
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|err| invalid("upstream.url", format!("cannot resolve {host:?}: {err}")))?
-        .next()
-        .ok_or_else(|| invalid("upstream.url", format!("{host:?} resolves to no address")))?;
     if section.connect_timeout_ms == 0 || section.read_timeout_ms == 0 {
         return Err(invalid(
             "upstream.read_timeout_ms",
@@ -334,7 +328,6 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         tls,
         host,
         port,
-        addr,
         base_path: path.to_string(),
         connect_timeout_ms: section.connect_timeout_ms,
         read_timeout_ms: section.read_timeout_ms,

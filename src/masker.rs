@@ -130,11 +130,19 @@ impl Engine {
     pub fn mask<'a>(&self, text: &'a str, scope: Scope) -> Result<Masked<'a>, MaskError> {
         let bytes = text.as_bytes();
         let mut starts: Vec<(u32, usize)> = Vec::new();
+        let mut ends: Vec<Candidate> = Vec::new();
         self.matcher.scan_block(bytes, |c: Candidate| {
-            if self.in_scope(c.rule, scope) && !starts.contains(&(c.rule, c.start)) {
-                starts.push((c.rule, c.start));
+            if self.in_scope(c.rule, scope) {
+                ends.push(c);
             }
         })?;
+        for c in ends {
+            if let Some(start) = self.matcher.start_of(c.rule, bytes, 0, c.end) {
+                if !starts.contains(&(c.rule, start)) {
+                    starts.push((c.rule, start));
+                }
+            }
+        }
         if starts.is_empty() {
             return Ok(Masked {
                 text: Cow::Borrowed(text),
@@ -387,7 +395,7 @@ impl StreamMasker {
         let mut fresh = Vec::new();
         matcher.scan_stream(stream, chunk, |c| {
             if matcher.rule(c.rule).scope_bits & scope.bit() != 0 {
-                fresh.push((c.rule, c.start));
+                fresh.push(c);
             }
         })?;
         self.admit(fresh);
@@ -409,7 +417,7 @@ impl StreamMasker {
         let mut fresh = Vec::new();
         matcher.close_stream(stream, |c| {
             if matcher.rule(c.rule).scope_bits & scope.bit() != 0 {
-                fresh.push((c.rule, c.start));
+                fresh.push(c);
             }
         })?;
         self.admit(fresh);
@@ -421,8 +429,14 @@ impl StreamMasker {
         Ok(())
     }
 
-    fn admit(&mut self, fresh: Vec<(u32, usize)>) {
-        for (rule, start) in fresh {
+    fn admit(&mut self, fresh: Vec<Candidate>) {
+        let matcher = Arc::clone(&self.engine);
+        let matcher = matcher.matcher();
+        for candidate in fresh {
+            let rule = candidate.rule;
+            let Some(start) = matcher.start_of(rule, &self.buf, self.base, candidate.end) else {
+                continue;
+            };
             let known = self.resolved.contains(&(rule, start))
                 || self
                     .pending

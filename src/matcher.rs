@@ -1,10 +1,17 @@
 //! The matcher: every enabled rule compiled into one Hyperscan block database and one streaming
-//! database (both with leftmost start of match), plus a `regex` confirmer per rule.
+//! database, plus, per rule, a reverse DFA that finds where a match starts and a `regex`
+//! confirmer that extracts the secret.
 //!
-//! Hyperscan finds *candidates* `(rule, start, end)`; the confirmer runs the rule's regex
-//! anchored at `start` and extracts the secret span. Candidates are the same whether the text is
-//! scanned in one block or streamed in any chunking (Hyperscan guarantees it), which is what the
+//! Hyperscan reports *candidates* `(rule, end)`; the reverse DFA, run anchored at `end`, gives
+//! the leftmost start of a match ending there; the confirmer runs the rule's regex anchored at
+//! that start and extracts the secret span. Candidates are the same whether the text is scanned
+//! in one block or streamed in any chunking (Hyperscan guarantees it), which is what the
 //! streaming masker builds its "streaming equals block" invariant on.
+//!
+//! Why not Hyperscan's own start of match (`SOM_LEFTMOST`): it refuses many ordinary secret
+//! patterns ("Pattern is too large" for bounded repeats such as `[A-Za-z0-9]{20,255}`), makes
+//! stream state several times larger and scanning slower. Candidates are rare, so finding the
+//! start with the `regex` engines costs nothing on the no-match path.
 //!
 //! Invariants:
 //! - offsets handed out are absolute offsets into the logical text (block: the buffer; stream:
@@ -16,11 +23,14 @@
 
 use crate::rules::{Action, Rule, RuleSet};
 use hyperscan::prelude::*;
-use hyperscan::{CompileFlags, ScratchRef, SomHorizon};
+use hyperscan::{CompileFlags, ScratchRef};
 use regex_automata::{
+    hybrid::dfa::{Cache as ReverseCache, DFA as ReverseDfa},
     meta,
+    nfa::thompson,
+    util::pool::Pool,
     util::{captures::Captures, syntax},
-    Anchored, Input, PatternID,
+    Anchored, Input, MatchKind, PatternID,
 };
 use std::{
     cell::RefCell,
@@ -55,11 +65,10 @@ fn render_rule_errors(errors: &[RuleError]) -> String {
         .join("\n")
 }
 
-/// A Hyperscan report: rule index, leftmost start, end (absolute offsets).
+/// A Hyperscan report: a match of `rule` ends at absolute offset `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Candidate {
     pub rule: u32,
-    pub start: usize,
     pub end: usize,
 }
 
@@ -77,6 +86,11 @@ pub struct Confirmed {
 #[derive(Debug)]
 pub struct CompiledRule {
     pub rule: Rule,
+    /// Reverse lazy DFA, anchored at the match end, longest match: yields the leftmost start.
+    /// (A fully built DFA explodes for bounded repeats; the lazy one builds only the states a
+    /// search visits.)
+    reverse: ReverseDfa,
+    reverse_caches: Pool<ReverseCache, CacheFactory>,
     confirm: meta::Regex,
     secret_group: Option<usize>,
     ignore: Vec<meta::Regex>,
@@ -123,13 +137,30 @@ fn confirm_regex(pattern: &str) -> Result<meta::Regex, String> {
         .map_err(|e| format!("regex: {e}"))
 }
 
+type CacheFactory = Box<
+    dyn Fn() -> ReverseCache + Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+>;
+
+fn reverse_dfa(pattern: &str) -> Result<ReverseDfa, String> {
+    ReverseDfa::builder()
+        .configure(
+            ReverseDfa::config()
+                .match_kind(MatchKind::All)
+                .cache_capacity(1 << 20),
+        )
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .thompson(thompson::Config::new().reverse(true).utf8(false))
+        .build(pattern)
+        .map_err(|e| format!("reverse DFA: {e}"))
+}
+
 fn hyperscan_pattern(rule: &Rule, id: usize) -> Pattern {
     Pattern {
         expression: rule.pattern.clone(),
-        flags: CompileFlags::SOM_LEFTMOST,
+        flags: CompileFlags::empty(),
         id: Some(id),
         ext: Default::default(),
-        som: Some(SomHorizon::Medium),
+        som: None,
     }
 }
 
@@ -146,12 +177,10 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
             "maximum match length {max_len} exceeds the limit {max_match_len}"
         ));
     }
-    let _: BlockDatabase = pattern
-        .build()
-        .map_err(|e| format!("hyperscan (block): {e}"))?;
-    let _: StreamingDatabase = pattern
-        .build()
-        .map_err(|e| format!("hyperscan (streaming): {e}"))?;
+    let reverse = reverse_dfa(&rule.pattern)?;
+    let factory_dfa = reverse.clone();
+    let reverse_caches: Pool<ReverseCache, CacheFactory> =
+        Pool::new(Box::new(move || factory_dfa.create_cache()));
     let confirm = confirm_regex(&rule.pattern)?;
     let secret_group = confirm.group_info().to_index(PatternID::ZERO, "secret");
     let ignore = rule
@@ -161,12 +190,34 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CompiledRule {
         rule: rule.clone(),
+        reverse,
+        reverse_caches,
         confirm,
         secret_group,
         ignore,
         max_len,
         scope_bits: rule.scope_bits(),
     })
+}
+
+/// Compile each rule alone under both Hyperscan modes and report the ones that fail.
+fn blame_rules(rules: &[CompiledRule]) -> Vec<RuleError> {
+    let mut errors = Vec::new();
+    for compiled in rules {
+        let pattern = hyperscan_pattern(&compiled.rule, 0);
+        let block: Result<BlockDatabase, _> = pattern.build();
+        let stream: Result<StreamingDatabase, _> = pattern.build();
+        let message = match (block, stream) {
+            (Err(e), _) => format!("hyperscan (block): {e}"),
+            (_, Err(e)) => format!("hyperscan (streaming): {e}"),
+            _ => continue,
+        };
+        errors.push(RuleError {
+            id: compiled.rule.id.clone(),
+            message,
+        });
+    }
+    errors
 }
 
 thread_local! {
@@ -203,10 +254,10 @@ impl Matcher {
         let patterns: Patterns = if rules.is_empty() {
             Patterns(vec![Pattern {
                 expression: r"\x00streammask-no-rules\x00\x01".into(),
-                flags: CompileFlags::SOM_LEFTMOST,
+                flags: CompileFlags::empty(),
                 id: Some(u32::MAX as usize),
                 ext: Default::default(),
-                som: Some(SomHorizon::Medium),
+                som: None,
             }])
         } else {
             Patterns(
@@ -217,12 +268,22 @@ impl Matcher {
                     .collect(),
             )
         };
-        let block_db: BlockDatabase = patterns
-            .build()
-            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
-        let stream_db: StreamingDatabase = patterns
-            .build()
-            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+        let (block_db, stream_db) = match (patterns.build(), patterns.build()) {
+            (Ok(block), Ok(stream)) => (block, stream),
+            (block, stream) => {
+                // Compiling rule by rule is slow, so it is done only to name the culprit.
+                let errors = blame_rules(&rules);
+                if !errors.is_empty() {
+                    return Err(MatcherError::Rules(errors));
+                }
+                let message = block
+                    .err()
+                    .or(stream.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                return Err(MatcherError::Hyperscan(message));
+            }
+        };
         let max_match_len = rules.iter().map(|r| r.max_len).max().unwrap_or(0);
         Ok(Matcher {
             rules,
@@ -286,11 +347,10 @@ impl Matcher {
         mut on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
         self.with_scratch(|scratch| {
-            self.block_db.scan(text, scratch, |id, from, to, _| {
+            self.block_db.scan(text, scratch, |id, _, to, _| {
                 if self.known_rule(id) {
                     on_candidate(Candidate {
                         rule: id,
-                        start: from as usize,
                         end: to as usize,
                     });
                 }
@@ -314,11 +374,10 @@ impl Matcher {
         mut on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
         self.with_scratch(|scratch| {
-            stream.scan(chunk, scratch, |id, from, to, _| {
+            stream.scan(chunk, scratch, |id, _, to, _| {
                 if self.known_rule(id) {
                     on_candidate(Candidate {
                         rule: id,
-                        start: from as usize,
                         end: to as usize,
                     });
                 }
@@ -335,11 +394,10 @@ impl Matcher {
         mut on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
         self.with_scratch(|scratch| {
-            stream.close(scratch, |id, from, to, _| {
+            stream.close(scratch, |id, _, to, _| {
                 if self.known_rule(id) {
                     on_candidate(Candidate {
                         rule: id,
-                        start: from as usize,
                         end: to as usize,
                     });
                 }
@@ -347,6 +405,26 @@ impl Matcher {
             })
         })?
         .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+    }
+
+    /// The leftmost start of a match of `rule` ending exactly at absolute offset `end`, with
+    /// `hay` holding the text from absolute offset `base` (it must reach back at least the
+    /// rule's maximum length before `end`, plus one byte of look-behind).
+    pub fn start_of(&self, rule: u32, hay: &[u8], base: usize, end: usize) -> Option<usize> {
+        let compiled = &self.rules[rule as usize];
+        let local_end = end.checked_sub(base)?;
+        if local_end > hay.len() {
+            return None;
+        }
+        let window_start = local_end.saturating_sub(compiled.max_len);
+        let input = Input::new(hay)
+            .range(window_start..local_end)
+            .anchored(Anchored::Yes);
+        let mut cache = compiled.reverse_caches.get();
+        match compiled.reverse.try_search_rev(&mut cache, &input) {
+            Ok(Some(half)) => Some(half.offset() + base),
+            _ => None,
+        }
     }
 
     /// Run rule `rule`'s regex anchored at `start` in `hay` (which holds the text from absolute
@@ -417,13 +495,25 @@ action = "mask"
 "#;
 
     #[test]
-    fn block_candidates_have_leftmost_start_and_confirm_extracts_group() {
+    fn reverse_search_finds_leftmost_start_and_confirm_extracts_group() {
         let matcher = Matcher::compile(&set(DEMO), 1024).unwrap();
         let text = b"x key=abcdef y";
         let mut found = Vec::new();
         matcher.scan_block(text, |c| found.push(c)).unwrap();
         assert!(!found.is_empty());
-        assert!(found.iter().all(|c| c.start == 2));
+        // Every reported end leads back to the same leftmost start.
+        for c in &found {
+            assert_eq!(
+                matcher.start_of(c.rule, text, 0, c.end),
+                Some(2),
+                "end {}",
+                c.end
+            );
+        }
+        // The start is found with the text held in a window that begins mid-text, as the
+        // streaming masker holds it.
+        let end = found[0].end;
+        assert_eq!(matcher.start_of(0, &text[1..], 1, end), Some(2));
         let confirmed = matcher.confirm(0, text, 0, 2).unwrap();
         assert_eq!(&text[confirmed.secret.unwrap()], b"abcdef");
         assert_eq!(confirmed.match_end, 12);
@@ -453,6 +543,12 @@ action = "mask"
         let bad = DEMO.replace("{4,8}", "+");
         let err = Matcher::compile(&set(&bad), 1024).unwrap_err().to_string();
         assert!(err.contains("demo-key") && err.contains("finite"), "{err}");
+    }
+
+    #[test]
+    fn bounded_repeats_that_hyperscan_som_refuses_compile() {
+        let wide = DEMO.replace("{4,8}", "{20,255}");
+        assert!(Matcher::compile(&set(&wide), 1024).is_ok());
     }
 
     #[test]

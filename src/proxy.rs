@@ -36,25 +36,70 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Resolves the upstream host without blocking a worker thread, caching the answer briefly.
+/// Pingora's `HttpPeer::new` resolves with a blocking call and panics on failure, so the peer
+/// is always built from an address resolved here.
+pub struct Resolver {
+    host: String,
+    port: u16,
+    cached: std::sync::Mutex<Option<(std::net::SocketAddr, Instant)>>,
+}
+
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+impl Resolver {
+    pub fn new(host: &str, port: u16) -> Resolver {
+        Resolver {
+            host: host.to_string(),
+            port,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn resolve(&self) -> Option<std::net::SocketAddr> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Some(std::net::SocketAddr::new(ip, self.port));
+        }
+        if let Ok(cached) = self.cached.lock() {
+            if let Some((addr, at)) = *cached {
+                if at.elapsed() < DNS_TTL {
+                    return Some(addr);
+                }
+            }
+        }
+        let fresh = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next());
+        if let (Some(addr), Ok(mut cached)) = (fresh, self.cached.lock()) {
+            *cached = Some((addr, Instant::now()));
+        }
+        fresh
+    }
+}
+
 /// Everything a request needs, shared by all requests.
 pub struct ProxyState {
     pub config: Config,
     pub engine: Arc<Engine>,
     connector: Connector,
+    resolver: Resolver,
 }
 
 impl ProxyState {
     pub fn new(config: Config, engine: Arc<Engine>) -> ProxyState {
+        let resolver = Resolver::new(&config.upstream.host, config.upstream.port);
         ProxyState {
             config,
             engine,
             connector: Connector::new(None),
+            resolver,
         }
     }
 
-    fn peer(&self) -> HttpPeer {
+    fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
         let upstream = &self.config.upstream;
-        let mut peer = HttpPeer::new(upstream.addr, upstream.tls, upstream.host.clone());
+        let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
         peer.options.connection_timeout = Some(Duration::from_millis(upstream.connect_timeout_ms));
         peer.options.read_timeout = Some(Duration::from_millis(upstream.read_timeout_ms));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
@@ -549,7 +594,6 @@ impl Proxy {
     ) -> Result<(), ApiError> {
         let state = Arc::clone(&self.state);
         let request = self.upstream_request(session, method, body.len())?;
-        let peer = state.peer();
         let unavailable = |what: &str| {
             ApiError::new(
                 ErrorKind::Api,
@@ -557,29 +601,33 @@ impl Proxy {
             )
             .with_status(502)
         };
+        let Some(addr) = state.resolver.resolve().await else {
+            return Err(unavailable("the upstream host does not resolve"));
+        };
+        let peer = state.peer(addr);
         let (mut upstream, _reused) = state
             .connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| unavailable(&e.etype().as_str()))?;
+            .map_err(|e| unavailable(e.etype().as_str()))?;
         upstream
             .write_request_header(Box::new(request))
             .await
-            .map_err(|e| unavailable(&e.etype().as_str()))?;
+            .map_err(|e| unavailable(e.etype().as_str()))?;
         if !body.is_empty() {
             upstream
                 .write_request_body(Bytes::from(body), true)
                 .await
-                .map_err(|e| unavailable(&e.etype().as_str()))?;
+                .map_err(|e| unavailable(e.etype().as_str()))?;
         }
         upstream
             .finish_request_body()
             .await
-            .map_err(|e| unavailable(&e.etype().as_str()))?;
+            .map_err(|e| unavailable(e.etype().as_str()))?;
         upstream
             .read_response_header()
             .await
-            .map_err(|e| unavailable(&e.etype().as_str()))?;
+            .map_err(|e| unavailable(e.etype().as_str()))?;
         let Some(upstream_header) = upstream.response_header().cloned() else {
             return Err(unavailable("no response header"));
         };
