@@ -61,3 +61,13 @@ fn project_sources_have_no_findings() {
         assert_clean(&engine, &file.display().to_string(), &text);
     }
 }
+
+/// `CORPUS_OUT=/tmp/corpus.txt cargo test --release --test no_false_positives -- --ignored`
+/// writes the generated corpus, for `streammask rules bench` and rule authors.
+#[test]
+#[ignore]
+fn dump_corpus() {
+    if let Ok(path) = std::env::var("CORPUS_OUT") {
+        std::fs::write(path, corpus::ordinary_text(42, 4 << 20)).unwrap();
+    }
+}
