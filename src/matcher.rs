@@ -23,7 +23,7 @@
 
 use crate::rules::{Action, Rule, RuleSet};
 use hyperscan::prelude::*;
-use hyperscan::{CompileFlags, ScratchRef};
+use hyperscan::{CompileFlags, ScratchRef, Serialized};
 use regex_automata::{
     hybrid::dfa::{Cache as ReverseCache, DFA as ReverseDfa},
     meta,
@@ -200,6 +200,47 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
     })
 }
 
+/// Environment variable naming a directory where compiled Hyperscan databases are cached.
+/// Compiling the default pack takes seconds; loading a cached database takes milliseconds.
+/// Off unless set: the directory must be writable only by the service, because a database
+/// loaded from it decides what gets masked.
+pub const HS_CACHE_ENV: &str = "STREAMMASK_HS_CACHE_DIR";
+
+/// Build a database, or load it from the cache directory when one is configured and holds a
+/// database compiled from exactly these expressions, flags and ids by this Hyperscan version.
+fn cached_build<M: hyperscan::Mode>(patterns: &Patterns, mode: &str) -> Result<hyperscan::Database<M>, hyperscan::Error> {
+    use sha2::{Digest, Sha256};
+    let Some(dir) = std::env::var_os(HS_CACHE_ENV).map(std::path::PathBuf::from) else {
+        return patterns.build();
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(hyperscan::version_str().to_bytes());
+    hasher.update(mode.as_bytes());
+    for pattern in patterns.iter() {
+        hasher.update(pattern.id.unwrap_or(0).to_le_bytes());
+        hasher.update(pattern.flags.bits().to_le_bytes());
+        hasher.update((pattern.expression.len() as u64).to_le_bytes());
+        hasher.update(pattern.expression.as_bytes());
+    }
+    let path = dir.join(format!("{}.{mode}.hsdb", hex::encode(hasher.finalize())));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(db) = bytes.deserialize::<M>() {
+            return Ok(db);
+        }
+    }
+    let db: hyperscan::Database<M> = patterns.build()?;
+    if let Ok(serialized) = db.serialize() {
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&temporary, &serialized[..]))
+            .and_then(|_| std::fs::rename(&temporary, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+    }
+    Ok(db)
+}
+
 /// Compile each rule alone under both Hyperscan modes and report the ones that fail.
 fn blame_rules(rules: &[CompiledRule]) -> Vec<RuleError> {
     let mut errors = Vec::new();
@@ -268,7 +309,7 @@ impl Matcher {
                     .collect(),
             )
         };
-        let (block_db, stream_db) = match (patterns.build(), patterns.build()) {
+        let (block_db, stream_db) = match (cached_build(&patterns, "block"), cached_build(&patterns, "stream")) {
             (Ok(block), Ok(stream)) => (block, stream),
             (block, stream) => {
                 // Compiling rule by rule is slow, so it is done only to name the culprit.
