@@ -157,6 +157,9 @@ struct State {
     seq: AtomicU64,
     connections: AtomicU64,
     requests: AtomicU64,
+    /// API responses whose write failed because the peer had gone away (a client, or a proxy,
+    /// that closed the connection before the response was complete).
+    aborted_streams: AtomicU64,
     queue: Mutex<VecDeque<Script>>,
     received: Mutex<Vec<Received>>,
     batches: Mutex<HashMap<String, Batch>>,
@@ -172,6 +175,7 @@ impl State {
             seq: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            aborted_streams: AtomicU64::new(0),
             queue: Mutex::new(VecDeque::new()),
             received: Mutex::new(Vec::new()),
             batches: Mutex::new(HashMap::new()),
@@ -236,6 +240,9 @@ enum Kind {
 #[derive(Deserialize, Clone, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct Script {
+    /// Only a request this matches may take the script from the queue (see `take_script`).
+    #[serde(rename = "match")]
+    when: Option<ScriptMatch>,
     kind: Option<Kind>,
     text: Option<String>,
     thinking: Option<String>,
@@ -260,6 +267,48 @@ struct Script {
     oversized_event_bytes: Option<usize>,
     crlf: Option<bool>,
     usage: Option<UsageSpec>,
+}
+
+/// Conditions on the request body. Every condition given must hold.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ScriptMatch {
+    /// `true`: the body has a non-empty `tools` array; `false`: it has none (or an empty one).
+    has_tools: Option<bool>,
+    /// The request's `stream` flag (absent counts as `false`).
+    stream: Option<bool>,
+    /// The raw request body contains this string.
+    body_contains: Option<String>,
+    /// The raw request body does not contain this string.
+    body_lacks: Option<String>,
+}
+
+impl ScriptMatch {
+    fn matches(&self, body: &Value, raw: &[u8]) -> bool {
+        let has_tools = body
+            .get("tools")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty());
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        let contains = |needle: &str| {
+            needle.is_empty() || raw.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        self.has_tools.is_none_or(|want| want == has_tools)
+            && self.stream.is_none_or(|want| want == stream)
+            && self.body_contains.as_deref().is_none_or(contains)
+            && self.body_lacks.as_deref().is_none_or(|n| !contains(n))
+    }
+}
+
+/// Takes the first queued script that this request matches: scripts without `match` match
+/// every request, so a queue without `match` is a plain FIFO. Scripts that do not match stay
+/// queued, in order. `None` when nothing matches (the caller then echoes).
+fn take_script(state: &State, body: &Value, raw: &[u8]) -> Option<Script> {
+    let mut queue = lock(&state.queue);
+    let position = queue
+        .iter()
+        .position(|s| s.when.as_ref().is_none_or(|m| m.matches(body, raw)))?;
+    queue.remove(position)
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -1446,7 +1495,13 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<State>) {
         };
         match write_response(&mut stream, resp, req.keep_alive, &mut rng).await {
             Ok(true) => {}
-            _ => return,
+            Ok(false) => return,
+            Err(_) => {
+                if !control {
+                    state.aborted_streams.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
         }
     }
 }
@@ -1479,6 +1534,7 @@ fn control_plane(state: &State, req: &Request) -> Response {
             lock(&state.batches).clear();
             state.connections.store(0, Ordering::Relaxed);
             state.requests.store(0, Ordering::Relaxed);
+            state.aborted_streams.store(0, Ordering::Relaxed);
             state.seq.store(0, Ordering::Relaxed);
             Response::json(200, &serde_json::json!({"ok": true}))
         }
@@ -1489,6 +1545,7 @@ fn control_plane(state: &State, req: &Request) -> Response {
                 "connections": state.connections.load(Ordering::Relaxed),
                 "requests": state.requests.load(Ordering::Relaxed),
                 "pending_scripts": lock(&state.queue).len(),
+                "aborted_streams": state.aborted_streams.load(Ordering::Relaxed),
             }),
         ),
         _ => Response::error(404, "not_found_error", "unknown mock control endpoint"),
@@ -1580,7 +1637,7 @@ fn messages(
         Err(e) => return bad_request(&format!("malformed JSON in request body: {e}")),
     };
     let script = header_script
-        .or_else(|| lock(&state.queue).pop_front())
+        .or_else(|| take_script(state, &body, &req.body))
         .unwrap_or_default();
     let mut resp = match script.kind.unwrap_or_default() {
         Kind::Error => script_error(&script),
@@ -1772,7 +1829,8 @@ fn batch_results(state: &State, id: &str, rng: &mut Rng) -> Response {
         let mut out = Vec::new();
         let (mut ok, mut failed) = (0, 0);
         for (custom_id, params, len) in &batch.items {
-            let script = lock(&state.queue).pop_front().unwrap_or_default();
+            let raw = serde_json::to_vec(params).unwrap_or_default();
+            let script = take_script(state, params, &raw).unwrap_or_default();
             let line = if script.kind == Some(Kind::Error) {
                 failed += 1;
                 let (_, kind, message) = error_parts(&script);
@@ -2241,5 +2299,66 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 404"));
         let v: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["error"]["type"], "not_found_error");
+    }
+
+    #[tokio::test]
+    async fn match_selects_the_first_matching_script_and_keeps_the_rest() {
+        let (addr, state) = start().await;
+        {
+            let mut q = lock(&state.queue);
+            q.push_back(script(serde_json::json!({
+                "match": {"has_tools": true, "body_lacks": "tool_result"},
+                "kind": "text", "text": "first tools turn"
+            })));
+            q.push_back(script(serde_json::json!({
+                "match": {"has_tools": true, "body_contains": "tool_result"},
+                "kind": "text", "text": "after the tool"
+            })));
+        }
+        let close = "Connection: close\r\n";
+        let reply = |resp: Vec<u8>| -> Value {
+            let (_, body) = split_head(&resp);
+            serde_json::from_slice::<Value>(body).unwrap()["content"][0]["text"].clone()
+        };
+        // No tools: nothing matches, so the request is echoed and the queue is untouched.
+        let plain = r#"{"messages":[{"role":"user","content":"plain"}]}"#;
+        assert_eq!(
+            reply(exchange(addr, &post("/v1/messages", plain, close)).await),
+            "plain"
+        );
+        assert_eq!(lock(&state.queue).len(), 2);
+        let tools = r#"{"tools":[{"name":"Read"}],"messages":[{"role":"user","content":[{"type":"tool_result","content":"x"}]}]}"#;
+        assert_eq!(
+            reply(exchange(addr, &post("/v1/messages", tools, close)).await),
+            "after the tool"
+        );
+        let first = r#"{"tools":[{"name":"Read"}],"messages":[{"role":"user","content":"go"}]}"#;
+        assert_eq!(
+            reply(exchange(addr, &post("/v1/messages", first, close)).await),
+            "first tools turn"
+        );
+        assert!(lock(&state.queue).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_stream_is_counted_as_aborted() {
+        let (addr, state) = start().await;
+        let req = post(
+            "/v1/messages",
+            r#"{"stream":true,"messages":[{"role":"user","content":"one two three four five six seven eight nine ten"}]}"#,
+            "x-mock-script: {\"delay_ms\": 20, \"max_delta\": 1}\r\n",
+        );
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut first = [0u8; 64];
+        let _ = s.read(&mut first).await.unwrap();
+        drop(s);
+        for _ in 0..200 {
+            if state.aborted_streams.load(Ordering::Relaxed) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the aborted stream was not counted");
     }
 }

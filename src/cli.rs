@@ -194,9 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// The placeholder key from the environment, or a random one with a warning.
 pub fn placeholder_key_from_env() -> Result<PlaceholderKey> {
     match std::env::var(PLACEHOLDER_KEY_ENV) {
-        Ok(key) => {
-            PlaceholderKey::new(key.as_bytes()).with_context(|| format!("{PLACEHOLDER_KEY_ENV}"))
-        }
+        Ok(key) => PlaceholderKey::new(key.as_bytes()).context(PLACEHOLDER_KEY_ENV),
         Err(_) => {
             eprintln!(
                 "streammask: warning: {PLACEHOLDER_KEY_ENV} is not set; using a random placeholder key, \

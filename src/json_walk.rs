@@ -8,9 +8,9 @@
 //!    and trailing garbage are [`WalkError::Syntax`] with the byte offset of the problem;
 //!    containers nested deeper than [`MAX_DEPTH`] are [`WalkError::TooDeep`]. No input panics.
 //!    The one leniency: a lone UTF-16 surrogate escape (`\ud800`) is grammatical JSON (RFC 8259
-//!    §8.2), so it is accepted and scanned as U+FFFD; its raw bytes are never rewritten.
-//! 2. **Every string value is scanned**, whatever its key, so fields the API adds later are
-//!    covered. Object keys are scanned for nothing and never rewritten. The exceptions are
+//!    §8.2) and JavaScript clients send it, so it is accepted and scanned as U+FFFD.
+//! 2. **Every string is scanned**, values whatever their key (so fields the API adds later are
+//!    covered) and object keys themselves (a secret can be a key). The exceptions are
 //!    opaque values that must reach the API unchanged: any value under the keys `signature`,
 //!    `id`, `tool_use_id`, `custom_id` and `model`; `data` of an object whose `type` is
 //!    `redacted_thinking`; `data` of a `source` object whose `type` is `base64`. Skips are decided
@@ -30,7 +30,8 @@
 //!    span, exactly the raw bytes that encode the secret (escapes included: `\n`, `\"`,
 //!    `\u00e9`, surrogate pairs) replaced by the placeholder. Whitespace, key order, number
 //!    spellings and every other escape are byte-identical, and decoding a rewritten string gives
-//!    exactly what [`Engine::mask`] makes of the decoded input string.
+//!    exactly what [`Engine::mask`] makes of the decoded input string (report-only thinking
+//!    aside). Placeholders are inserted JSON-escaped, so no rule id can break the document.
 //! 6. Finding spans are byte spans in the *decoded* string; `path` names the string
 //!    (`messages[3].content[0].text`; a key that is not `[A-Za-z0-9_-]+` is written `["key"]`).
 //!
@@ -778,6 +779,18 @@ impl<'a> Walker<'a> {
                     _ => {}
                 }
             }
+            // Keys are strings too: a secret used as a key (an env map in a tool input, say)
+            // must not cross the proxy. They are scanned like values, never as thinking text.
+            self.path.push(Segment::Key(key));
+            self.value(
+                key,
+                Ctx {
+                    thinking: false,
+                    ..ctx
+                },
+                false,
+            )?;
+            self.path.pop();
             if !skip {
                 let is_source = !ctx.free_form && name == "source";
                 self.path.push(Segment::Key(key));

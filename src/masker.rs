@@ -129,33 +129,50 @@ impl Engine {
     /// Block mode: mask the whole `text`. Text without findings is returned borrowed.
     pub fn mask<'a>(&self, text: &'a str, scope: Scope) -> Result<Masked<'a>, MaskError> {
         let bytes = text.as_bytes();
-        let mut starts: Vec<(u32, usize)> = Vec::new();
+        // Most JSON strings (keys, ids, short values) are shorter than any secret: skip the
+        // scan call for them.
+        if bytes.len() < self.matcher.min_match_len() {
+            return Ok(Masked {
+                text: Cow::Borrowed(text),
+                findings: Vec::new(),
+            });
+        }
         let mut ends: Vec<Candidate> = Vec::new();
         self.matcher.scan_block(bytes, |c: Candidate| {
             if self.in_scope(c.rule, scope) {
                 ends.push(c);
             }
         })?;
-        for c in ends {
-            if let Some(start) = self.matcher.start_of(c.rule, bytes, 0, c.end) {
-                if !starts.contains(&(c.rule, start)) {
-                    starts.push((c.rule, start));
-                }
-            }
-        }
-        if starts.is_empty() {
+        if ends.is_empty() {
             return Ok(Masked {
                 text: Cow::Borrowed(text),
                 findings: Vec::new(),
             });
         }
+        let mut known: Vec<Known> = Vec::new();
         let mut spans = Vec::new();
-        for (rule, start) in starts {
+        for c in ends {
+            if covered(&known, c) {
+                continue;
+            }
+            let Some(start) = self.matcher.start_of(c.rule, bytes, 0, c.end) else {
+                continue;
+            };
+            if known.iter().any(|k| (k.rule, k.start) == (c.rule, start)) {
+                continue;
+            }
+            let confirmed = self.matcher.confirm(c.rule, bytes, 0, start);
+            let match_end = confirmed.as_ref().map_or(c.end, |found| found.match_end);
+            known.push(Known {
+                rule: c.rule,
+                start,
+                match_end,
+            });
             if let Some(Confirmed {
                 secret: Some(span), ..
-            }) = self.matcher.confirm(rule, bytes, 0, start)
+            }) = confirmed
             {
-                push_unique(&mut spans, SecretSpan { rule, span });
+                push_unique(&mut spans, SecretSpan { rule: c.rule, span });
             }
         }
         let mut out = Vec::with_capacity(bytes.len());
@@ -203,6 +220,24 @@ impl Engine {
             late_matches: 0,
         })
     }
+}
+
+/// A candidate whose start is known, with the end of its confirmed match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    rule: u32,
+    start: usize,
+    match_end: usize,
+}
+
+/// Hyperscan reports every end of a long match (a private key body ends at each of its
+/// thousands of bytes); a report inside a match already confirmed for the same rule adds
+/// nothing, and skipping it keeps long matches linear instead of quadratic. Both modes skip
+/// by the same rule, so they still see the same candidates.
+fn covered(known: &[Known], candidate: Candidate) -> bool {
+    known.iter().any(|k| {
+        k.rule == candidate.rule && k.start < candidate.end && candidate.end <= k.match_end
+    })
 }
 
 fn push_unique(spans: &mut Vec<SecretSpan>, span: SecretSpan) {
@@ -318,10 +353,10 @@ pub struct StreamMasker {
     emitted: usize,
     /// Absolute offset just after the last whitespace byte received.
     after_last_space: usize,
-    /// Candidates (rule, start) not yet final, with their tentative secret start.
-    pending: Vec<(u32, usize, usize)>,
+    /// Candidates not yet final, with their tentative secret start.
+    pending: Vec<(Known, usize)>,
     /// Candidates already decided, so later reports of the same match are ignored.
-    resolved: Vec<(u32, usize)>,
+    resolved: Vec<Known>,
     /// Final secret spans not yet emitted.
     finals: Vec<SecretSpan>,
     findings: Vec<Finding>,
@@ -352,8 +387,8 @@ impl StreamMasker {
     pub fn memory_bytes(&self) -> usize {
         self.buf.capacity()
             + self.engine.matcher().stream_state_size()
-            + self.pending.capacity() * std::mem::size_of::<(u32, usize, usize)>()
-            + self.resolved.capacity() * std::mem::size_of::<(u32, usize)>()
+            + self.pending.capacity() * std::mem::size_of::<(Known, usize)>()
+            + self.resolved.capacity() * std::mem::size_of::<Known>()
             + self.finals.capacity() * std::mem::size_of::<SecretSpan>()
     }
 
@@ -398,6 +433,9 @@ impl StreamMasker {
                 fresh.push(c);
             }
         })?;
+        // Re-confirm what is pending first, so the reports this chunk adds to a growing
+        // match are recognised as covered and cost nothing.
+        self.resolve(false);
         self.admit(fresh);
         self.resolve(false);
         let boundary = self.emit_boundary();
@@ -430,22 +468,31 @@ impl StreamMasker {
     }
 
     fn admit(&mut self, fresh: Vec<Candidate>) {
-        let matcher = Arc::clone(&self.engine);
-        let matcher = matcher.matcher();
+        let engine = Arc::clone(&self.engine);
+        let matcher = engine.matcher();
         for candidate in fresh {
-            let rule = candidate.rule;
-            let Some(start) = matcher.start_of(rule, &self.buf, self.base, candidate.end) else {
+            let known_now = || {
+                self.resolved
+                    .iter()
+                    .chain(self.pending.iter().map(|(k, _)| k))
+            };
+            if covered(&known_now().copied().collect::<Vec<_>>(), candidate) {
+                continue;
+            }
+            let Some(start) = matcher.start_of(candidate.rule, &self.buf, self.base, candidate.end)
+            else {
                 continue;
             };
-            let known = self.resolved.contains(&(rule, start))
-                || self
-                    .pending
-                    .iter()
-                    .any(|&(r, s, _)| (r, s) == (rule, start));
+            let known = known_now().any(|k| (k.rule, k.start) == (candidate.rule, start));
             // A start already trimmed away cannot be confirmed; it is older than any rule's
             // maximum length, so it can only be a report Hyperscan repeats for a long match.
             if !known && start >= self.base {
-                self.pending.push((rule, start, start));
+                let entry = Known {
+                    rule: candidate.rule,
+                    start,
+                    match_end: candidate.end,
+                };
+                self.pending.push((entry, start));
             }
         }
     }
@@ -455,30 +502,44 @@ impl StreamMasker {
         let matcher = self.engine.matcher();
         let mut index = 0;
         while index < self.pending.len() {
-            let (rule, start, _) = self.pending[index];
-            let confirmed = matcher.confirm(rule, &self.buf, self.base, start);
-            let too_long = received - start > matcher.rule(rule).max_len;
+            let (known, _) = self.pending[index];
+            let confirmed = matcher.confirm(known.rule, &self.buf, self.base, known.start);
+            let too_long = received - known.start > matcher.rule(known.rule).max_len;
+            // Final once whitespace follows the secret (inside the match as its terminator,
+            // or after it): no response rule's match continues past that.
             let decided = at_end
                 || too_long
                 || confirmed.as_ref().is_some_and(|c| {
-                    self.buf[c.match_end - self.base..]
+                    let secret_end = c
+                        .secret
+                        .as_ref()
+                        .map_or(c.match_end.saturating_sub(1), |s| s.end);
+                    self.buf[secret_end.max(self.base) - self.base..]
                         .iter()
                         .any(u8::is_ascii_whitespace)
                 });
+            let match_end = confirmed.as_ref().map_or(known.match_end, |c| c.match_end);
+            let known = Known { match_end, ..known };
             if decided {
                 self.pending.swap_remove(index);
-                self.resolved.push((rule, start));
+                self.resolved.push(known);
                 if let Some(Confirmed {
                     secret: Some(span), ..
                 }) = confirmed
                 {
-                    push_unique(&mut self.finals, SecretSpan { rule, span });
+                    push_unique(
+                        &mut self.finals,
+                        SecretSpan {
+                            rule: known.rule,
+                            span,
+                        },
+                    );
                 }
             } else {
                 let tentative = confirmed
                     .and_then(|c| c.secret.map(|s| s.start))
-                    .unwrap_or(start);
-                self.pending[index].2 = tentative;
+                    .unwrap_or(known.start);
+                self.pending[index] = (known, tentative);
                 index += 1;
             }
         }
@@ -487,7 +548,7 @@ impl StreamMasker {
     fn emit_boundary(&self) -> usize {
         let received = self.received();
         let mut boundary = self.after_last_space.max(self.emitted);
-        for &(_, _, tentative) in &self.pending {
+        for &(_, tentative) in &self.pending {
             boundary = boundary.min(tentative);
         }
         if received - boundary > self.engine.max_hold {
@@ -531,11 +592,11 @@ impl StreamMasker {
         let received = self.received();
         let longest = self.engine.matcher().max_match_len() + 1;
         let mut keep_from = self.emitted.min(received.saturating_sub(longest));
-        for &(_, start, _) in &self.pending {
-            keep_from = keep_from.min(start);
+        for (known, _) in &self.pending {
+            keep_from = keep_from.min(known.start);
         }
         let keep_from = keep_from.saturating_sub(1);
-        self.resolved.retain(|&(_, start)| start >= keep_from);
+        self.resolved.retain(|known| known.start >= keep_from);
         // Amortise: only move memory once a few KiB are dead.
         if keep_from > self.base + 4096 {
             self.buf.drain(..keep_from - self.base);

@@ -96,6 +96,8 @@ pub struct CompiledRule {
     ignore: Vec<meta::Regex>,
     /// Hyperscan's maximum match width for this rule.
     pub max_len: usize,
+    /// Hyperscan's minimum match width for this rule.
+    pub min_len: usize,
     pub scope_bits: u8,
 }
 
@@ -117,6 +119,7 @@ pub struct Matcher {
     stream_db: StreamingDatabase,
     generation: u64,
     max_match_len: usize,
+    min_match_len: usize,
 }
 
 impl std::fmt::Debug for Matcher {
@@ -169,6 +172,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
     let pattern = hyperscan_pattern(rule, 0);
     let info = pattern.info().map_err(|e| format!("hyperscan: {e}"))?;
     let max_len = info.max_width();
+    let min_len = info.min_width();
     if max_len == u32::MAX as usize || max_len == usize::MAX {
         return Err("pattern has no finite maximum length (use bounded quantifiers)".into());
     }
@@ -196,6 +200,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
         secret_group,
         ignore,
         max_len,
+        min_len,
         scope_bits: rule.scope_bits(),
     })
 }
@@ -208,7 +213,10 @@ pub const HS_CACHE_ENV: &str = "STREAMMASK_HS_CACHE_DIR";
 
 /// Build a database, or load it from the cache directory when one is configured and holds a
 /// database compiled from exactly these expressions, flags and ids by this Hyperscan version.
-fn cached_build<M: hyperscan::Mode>(patterns: &Patterns, mode: &str) -> Result<hyperscan::Database<M>, hyperscan::Error> {
+fn cached_build<M: hyperscan::Mode>(
+    patterns: &Patterns,
+    mode: &str,
+) -> Result<hyperscan::Database<M>, hyperscan::Error> {
     use sha2::{Digest, Sha256};
     let Some(dir) = std::env::var_os(HS_CACHE_ENV).map(std::path::PathBuf::from) else {
         return patterns.build();
@@ -309,7 +317,10 @@ impl Matcher {
                     .collect(),
             )
         };
-        let (block_db, stream_db) = match (cached_build(&patterns, "block"), cached_build(&patterns, "stream")) {
+        let (block_db, stream_db) = match (
+            cached_build(&patterns, "block"),
+            cached_build(&patterns, "stream"),
+        ) {
             (Ok(block), Ok(stream)) => (block, stream),
             (block, stream) => {
                 // Compiling rule by rule is slow, so it is done only to name the culprit.
@@ -326,12 +337,14 @@ impl Matcher {
             }
         };
         let max_match_len = rules.iter().map(|r| r.max_len).max().unwrap_or(0);
+        let min_match_len = rules.iter().map(|r| r.min_len).min().unwrap_or(usize::MAX);
         Ok(Matcher {
             rules,
             block_db,
             stream_db,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             max_match_len,
+            min_match_len,
         })
     }
 
@@ -345,6 +358,11 @@ impl Matcher {
 
     pub fn max_match_len(&self) -> usize {
         self.max_match_len
+    }
+
+    /// No rule can match a text shorter than this.
+    pub fn min_match_len(&self) -> usize {
+        self.min_match_len
     }
 
     /// Bytes of Hyperscan state one open stream costs.

@@ -181,6 +181,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
+/// Header names a `Connection` header declares hop-by-hop (RFC 9110 §7.6.1).
+fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -555,8 +567,10 @@ impl Proxy {
         let mut request =
             RequestHeader::build(method, target.as_bytes(), Some(original.headers.len() + 4))
                 .map_err(internal)?;
+        let listed = connection_listed(&original.headers);
         for (name, value) in original.headers.iter() {
             if is_hop_by_hop(name)
+                || listed.iter().any(|l| l == name.as_str())
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
                 || name == header::CONTENT_ENCODING
@@ -610,6 +624,11 @@ impl Proxy {
             .get_http_session(&peer)
             .await
             .map_err(|e| unavailable(e.etype().as_str()))?;
+        // The connector does not apply the peer's timeouts to the session; without them a
+        // silent upstream would hold the client forever.
+        let timeout = Duration::from_millis(state.config.upstream.read_timeout_ms);
+        upstream.set_read_timeout(Some(timeout));
+        upstream.set_write_timeout(Some(timeout));
         upstream
             .write_request_header(Box::new(request))
             .await
@@ -663,8 +682,10 @@ impl Proxy {
             Some(upstream_header.headers.len() + 2),
         )
         .map_err(|_| unavailable("bad response header"))?;
+        let listed = connection_listed(&upstream_header.headers);
         for (name, value) in upstream_header.headers.iter() {
             if is_hop_by_hop(name)
+                || listed.iter().any(|l| l == name.as_str())
                 || name == header::CONTENT_LENGTH
                 || name == header::CONTENT_ENCODING
             {
@@ -693,7 +714,14 @@ impl Proxy {
             }
             BodyKind::Json | BodyKind::Text => {
                 let body = self.read_whole(&mut upstream, &mut decoder).await?;
-                let body = self.mask_buffered(ctx, body, kind)?;
+                let mut body = self.mask_buffered(ctx, body, kind)?;
+                if route == Route::Batches {
+                    if let Some(host) = header_str(session, "host") {
+                        if let Some(rewritten) = point_results_url_at_proxy(&body, host) {
+                            body = rewritten;
+                        }
+                    }
+                }
                 let _ = downstream.insert_header(header::CONTENT_LENGTH, body.len().to_string());
                 if session
                     .write_response_header(Box::new(downstream), body.is_empty())
@@ -873,6 +901,37 @@ impl Proxy {
                 .await;
         }
     }
+}
+
+/// Batch objects name where their results live (`results_url`). Left pointing at the upstream,
+/// SDKs would fetch the results around the proxy, unmasked; point it at the proxy instead.
+fn point_results_url_at_proxy(body: &[u8], host: &str) -> Option<Vec<u8>> {
+    fn rewrite(batch: &mut serde_json::Value, host: &str) -> bool {
+        let Some(url) = batch.get("results_url").and_then(|u| u.as_str()) else {
+            return false;
+        };
+        let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
+            return false;
+        };
+        let path = rest.find('/').map_or("", |slash| &rest[slash..]);
+        batch["results_url"] = serde_json::Value::String(format!("http://{host}{path}"));
+        true
+    }
+    if host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@')
+    {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut changed = rewrite(&mut value, host);
+    if let Some(batches) = value.get_mut("data").and_then(|d| d.as_array_mut()) {
+        for batch in batches {
+            changed |= rewrite(batch, host);
+        }
+    }
+    changed.then(|| serde_json::to_vec(&value).ok()).flatten()
 }
 
 fn rule_description(engine: &Engine, rule_id: &str) -> String {

@@ -310,7 +310,10 @@ impl SseTransformer {
                 }
             }
             Err(crate::sse::SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
-            Err(err) => self.fail(StreamFault::Malformed(err.to_string()), out),
+            Err(err) => self.fail(
+                StreamFault::Malformed(format!("the upstream sent a malformed stream ({err})")),
+                out,
+            ),
         }
         let held = self.held();
         self.max_held = self.max_held.max(held);
@@ -322,9 +325,36 @@ impl SseTransformer {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.fault.is_none() {
             match self.framer.finish() {
-                Ok(Some(event)) => self.on_event(event, out),
+                // The body ended inside an event: complete its framing so nothing is glued to
+                // what follows, then judge it like any other event.
+                Ok(Some(event)) => {
+                    let mut raw = event.raw.to_vec();
+                    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        raw.pop();
+                    }
+                    raw.extend_from_slice(b"\n\n");
+                    let event = Event {
+                        raw: raw.into(),
+                        ..event
+                    };
+                    if event.name.is_none() && event.data.is_empty() {
+                        self.forward_as_text(&event, out);
+                    } else if serde_json::from_str::<Value>(&event.data).is_err() {
+                        self.fail(
+                            StreamFault::Malformed(
+                                "the upstream connection ended mid-event".into(),
+                            ),
+                            out,
+                        );
+                    } else {
+                        self.on_event(event, out);
+                    }
+                }
                 Ok(None) => {}
-                Err(err) => self.fail(StreamFault::Malformed(err.to_string()), out),
+                Err(err) => self.fail(
+                    StreamFault::Malformed(format!("the upstream sent a malformed stream ({err})")),
+                    out,
+                ),
             }
         }
         self.close_open_blocks(out);
@@ -342,9 +372,7 @@ impl SseTransformer {
             StreamFault::Oversized => {
                 "streammask: the upstream sent an oversized event; the stream was ended".to_string()
             }
-            StreamFault::Malformed(why) => format!(
-                "streammask: the upstream sent a malformed event ({why}); the stream was ended"
-            ),
+            StreamFault::Malformed(why) => format!("streammask: {why}; the stream was ended"),
         };
         out.extend(error_event("api_error", &message));
         self.fault = Some(fault);
@@ -401,11 +429,14 @@ impl SseTransformer {
 
     fn on_event(&mut self, event: Event, out: &mut Vec<u8>) {
         if event.name.is_none() && event.data.is_empty() {
-            out.extend_from_slice(&event.raw);
+            self.forward_as_text(&event, out);
             return;
         }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
-            self.fail(StreamFault::Malformed("event data is not JSON".into()), out);
+            self.fail(
+                StreamFault::Malformed("the upstream sent an event whose data is not JSON".into()),
+                out,
+            );
             return;
         };
         let kind = data
@@ -443,6 +474,24 @@ impl SseTransformer {
         }
     }
 
+    /// Comments, `id:`/`retry:` lines and stray bytes carry no event a client acts on, but they
+    /// are still bytes on the wire: scan them as text.
+    fn forward_as_text(&mut self, event: &Event, out: &mut Vec<u8>) {
+        let text = String::from_utf8_lossy(&event.raw);
+        match self.engine.mask(&text, Scope::Response) {
+            Ok(masked) => {
+                for finding in masked.findings {
+                    self.findings.push(Located {
+                        path: "(sse comment)".into(),
+                        finding,
+                    });
+                }
+                out.extend_from_slice(masked.text.as_bytes());
+            }
+            Err(_) => self.fail(StreamFault::Malformed("scanning failed".into()), out),
+        }
+    }
+
     /// Walk the event's JSON like a body: forward original bytes when unchanged.
     fn forward_walked(&mut self, event: &Event, out: &mut Vec<u8>) {
         let options = WalkOptions {
@@ -462,7 +511,9 @@ impl SseTransformer {
                 }
             }
             Err(_) => self.fail(
-                StreamFault::Malformed("event data is not valid JSON".into()),
+                StreamFault::Malformed(
+                    "the upstream sent an event whose data is not valid JSON".into(),
+                ),
                 out,
             ),
         }
@@ -503,7 +554,7 @@ impl SseTransformer {
         };
         let Ok(mut masker) = self.new_masker() else {
             self.fail(
-                StreamFault::Malformed("cannot open a masking stream".into()),
+                StreamFault::Malformed("a masking stream could not be opened".into()),
                 out,
             );
             return;

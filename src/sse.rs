@@ -55,6 +55,9 @@ impl SseFramer {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
         while let Some(end) = self.find_event_end() {
+            if end > self.max_event_bytes {
+                return Err(SseError::EventTooLarge(self.max_event_bytes));
+            }
             let raw = self.buf.split_to(end).freeze();
             self.searched = 0;
             if let Some(event) = parse_event(raw)? {
@@ -207,6 +210,16 @@ mod tests {
         assert_eq!(
             framer.push(b"data: 0123456789abcdefghij").unwrap_err(),
             SseError::EventTooLarge(16)
+        );
+    }
+
+    #[test]
+    fn oversized_complete_event_in_one_chunk_is_an_error() {
+        let mut framer = SseFramer::new(32);
+        let event = format!("data: {}\n\n", "x".repeat(64));
+        assert_eq!(
+            framer.push(event.as_bytes()).unwrap_err(),
+            SseError::EventTooLarge(32)
         );
     }
 

@@ -16,12 +16,18 @@ action = "mask"
 
 fn candidates(matcher: &Matcher, text: &[u8]) -> Vec<(u32, usize)> {
     let mut found = Vec::new();
-    matcher.scan_block(text, |c| found.push((c.rule, c.end))).unwrap();
+    matcher
+        .scan_block(text, |c| found.push((c.rule, c.end)))
+        .unwrap();
     let stream = matcher.open_stream().unwrap();
     for piece in text.chunks(5) {
-        matcher.scan_stream(&stream, piece, |c| found.push((c.rule, c.end))).unwrap();
+        matcher
+            .scan_stream(&stream, piece, |c| found.push((c.rule, c.end)))
+            .unwrap();
     }
-    matcher.close_stream(stream, |c| found.push((c.rule, c.end))).unwrap();
+    matcher
+        .close_stream(stream, |c| found.push((c.rule, c.end)))
+        .unwrap();
     found
 }
 
@@ -35,16 +41,27 @@ fn cached_databases_are_reused_and_keyed_by_rules() {
 
     let fresh = Matcher::compile(&set, 1024).unwrap();
     let entries = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(entries, 2, "one block and one streaming database are cached");
+    assert_eq!(
+        entries, 2,
+        "one block and one streaming database are cached"
+    );
     let cached = Matcher::compile(&set, 1024).unwrap();
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "the cache is reused, not rewritten");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        2,
+        "the cache is reused, not rewritten"
+    );
     let expected = candidates(&fresh, text);
     assert_eq!(expected.len(), 4, "two matches, block and stream");
     assert_eq!(candidates(&cached, text), expected);
 
     let changed = RuleSet::from_toml("cache.toml", &RULES.replace("{12}", "{10}")).unwrap();
     Matcher::compile(&changed, 1024).unwrap();
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4, "a changed rule is a new entry");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        4,
+        "a changed rule is a new entry"
+    );
 
     // A corrupt entry is ignored and replaced, never trusted.
     for entry in std::fs::read_dir(&dir).unwrap() {
