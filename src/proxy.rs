@@ -821,6 +821,11 @@ impl Proxy {
     }
 
     /// Stream an SSE or JSONL response to the client, masking as it goes.
+    ///
+    /// A reader task pulls upstream chunks into a channel; this loop takes every chunk already
+    /// waiting, masks them together and writes once. The Claude API sends one small write per
+    /// event, and one client write per event would make syscalls the proxy's main cost. The
+    /// channel keeps reads uncancelled (dropping a half-finished read could lose bytes).
     async fn stream_body(
         &self,
         session: &mut Session,
@@ -830,6 +835,7 @@ impl Proxy {
         kind: BodyKind,
         peer: &HttpPeer,
     ) {
+        const READ_AHEAD: usize = 64;
         let state = Arc::clone(&self.state);
         let mut sse = SseTransformer::new(
             Arc::clone(&state.engine),
@@ -837,42 +843,80 @@ impl Proxy {
             state.config.max_sse_event_bytes,
         );
         let mut jsonl = JsonlMasker::default();
-        let mut out = Vec::with_capacity(4096);
+        let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Option<Bytes>>(READ_AHEAD);
+        // The reader hands the session back when the body ended cleanly, so it can be pooled.
+        let reader = tokio::spawn(async move {
+            loop {
+                match upstream.read_response_body().await {
+                    Ok(Some(chunk)) => {
+                        if chunks_tx.send(Some(chunk)).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = chunks_tx.send(None).await;
+                        return Some(upstream);
+                    }
+                    // An upstream failure ends the channel without the clean `None`.
+                    Err(_) => return None,
+                }
+            }
+        });
+        let mut out = Vec::with_capacity(8192);
         let mut completed = false;
+        let mut client_gone = false;
         loop {
             out.clear();
-            let next = tokio::select! {
-                next = upstream.read_response_body() => next,
+            let first = tokio::select! {
+                first = chunks.recv() => first,
                 _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                    // The client went away: dropping the upstream session cancels the request.
+                    client_gone = true;
                     break;
                 }
             };
-            let (chunk, done) = match next {
-                Ok(Some(chunk)) => (chunk, false),
-                Ok(None) => {
-                    completed = true;
-                    (Bytes::new(), true)
+            // `Some(Some(bytes))`: data; `Some(None)`: clean end; `None`: upstream failed.
+            let mut batch = vec![first];
+            while batch.len() < READ_AHEAD && matches!(batch.last(), Some(Some(Some(_)))) {
+                match chunks.try_recv() {
+                    Ok(next) => batch.push(Some(next)),
+                    Err(_) => break,
                 }
-                Err(_) => (Bytes::new(), true),
-            };
-            match decoder.decode(&chunk) {
-                Ok(decoded) => match kind {
-                    BodyKind::Sse => sse.push(&decoded, &mut out),
-                    _ => jsonl.push(&state, &decoded, &mut out, &mut ctx.response_findings),
-                },
-                Err(_) => {
-                    out.extend(crate::response::error_event(
-                        "api_error",
-                        "streammask: the upstream response could not be decompressed",
-                    ));
-                    let _ = session
-                        .write_response_body(Some(Bytes::from(out.clone())), true)
-                        .await;
+            }
+            let mut done = false;
+            for item in batch {
+                let chunk = match item {
+                    Some(Some(chunk)) => chunk,
+                    Some(None) => {
+                        completed = true;
+                        done = true;
+                        break;
+                    }
+                    None => {
+                        done = true;
+                        break;
+                    }
+                };
+                match decoder.decode(&chunk) {
+                    Ok(decoded) => match kind {
+                        BodyKind::Sse => sse.push(&decoded, &mut out),
+                        _ => jsonl.push(&state, &decoded, &mut out, &mut ctx.response_findings),
+                    },
+                    Err(_) => {
+                        out.extend(crate::response::error_event(
+                            "api_error",
+                            "streammask: the upstream response could not be decompressed",
+                        ));
+                        completed = false;
+                        done = true;
+                        break;
+                    }
+                }
+                if sse.fault().is_some() {
+                    done = true;
                     break;
                 }
             }
-            if done || sse.fault().is_some() {
+            if done {
                 match kind {
                     BodyKind::Sse => sse.finish(&mut out),
                     _ => jsonl.finish(&state, &mut out, &mut ctx.response_findings),
@@ -888,13 +932,20 @@ impl Proxy {
                     .await
                     .is_err()
             {
+                client_gone = true;
                 break;
             }
         }
         ctx.tools_blocked += sse.tools_blocked();
         ctx.late_matches += sse.late_matches();
         ctx.response_findings.append(&mut sse.findings);
-        if completed && sse.fault().is_none() {
+        if client_gone || !completed || sse.fault().is_some() {
+            // Dropping the upstream session closes its connection: a request the client left
+            // is cancelled, and a connection in an unknown state is never pooled.
+            reader.abort();
+            return;
+        }
+        if let Ok(Some(upstream)) = reader.await {
             state
                 .connector
                 .release_http_session(upstream, peer, Some(Duration::from_secs(60)))

@@ -338,7 +338,8 @@ impl SseTransformer {
                         ..event
                     };
                     if event.name.is_none() && event.data.is_empty() {
-                        self.forward_as_text(&event, out);
+                        // Unterminated bytes that are not even an event: nothing a client could
+                        // use, so they are dropped rather than glued to the closing error.
                     } else if serde_json::from_str::<Value>(&event.data).is_err() {
                         self.fail(
                             StreamFault::Malformed(

@@ -154,20 +154,12 @@ GARBAGE = {
 }
 
 
-UNTERMINATED_TAIL_BUG = (
-    "proxy bug: an SSE 'event' with neither an event name nor data (a bare line, a comment, "
-    "an id:/retry: field, or an unterminated tail at end of body) is forwarded as raw, "
-    "unscanned bytes (response.rs SseTransformer::on_event); an unterminated tail also glues "
-    "the proxy's closing `event: error` onto the garbage line, so clients never see it"
-)
 
 
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=UNTERMINATED_TAIL_BUG))
-        if k == "binary"
-        else k
+        k
         for k in GARBAGE
     ],
 )
@@ -189,7 +181,6 @@ def test_garbage_sse_from_upstream_ends_with_error_event(proxy, mock, kind):
     still_serves(proxy, mock)
 
 
-@pytest.mark.xfail(strict=True, reason=UNTERMINATED_TAIL_BUG)
 @pytest.mark.parametrize(
     "raw",
     [
@@ -207,12 +198,6 @@ def test_sse_fields_without_data_are_never_forwarded_unscanned(proxy, mock, raw)
     still_serves(proxy, mock)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: SseFramer::push (src/sse.rs) compares only the unterminated remainder of "
-    "its buffer with max_sse_event_bytes, after splitting off complete events; an oversized "
-    "event that completes within one upstream read is accepted and forwarded",
-)
 def test_oversized_sse_event_ends_with_error_event(limits_proxy, mock):
     small = limits_proxy
     text = f"token {GITHUB_TOKEN} here"
@@ -273,15 +258,8 @@ def test_upstream_refusing_connections_is_502(dead_proxy, mock):
     dead.assert_healthy()
 
 
-READ_TIMEOUT_BUG = (
-    "proxy bug: [upstream] read_timeout_ms is never applied: ProxyState::peer() sets "
-    "peer.options.read_timeout, but Connector::get_http_session does not copy it into the "
-    "session (Pingora's own proxy loop calls set_read_timeout); proxy.rs forward() must call "
-    "upstream.set_read_timeout(...) itself, so a silent upstream holds the client forever"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=READ_TIMEOUT_BUG)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_upstream_silent_before_headers_times_out(limits_proxy, mock, stream):
     mock.script({"first_byte_delay_ms": 4000})
@@ -295,7 +273,6 @@ def test_upstream_silent_before_headers_times_out(limits_proxy, mock, stream):
     still_serves(limits_proxy, mock)
 
 
-@pytest.mark.xfail(strict=True, reason=READ_TIMEOUT_BUG)
 def test_upstream_stalling_mid_stream_times_out_with_error_event(limits_proxy, mock):
     mock.script({"kind": "text", "text": "hello", "max_delta": 5, "delay_ms": 3000, "split_writes": False})
     started = time.monotonic()

@@ -331,12 +331,6 @@ def test_batch_create_and_results_are_masked(proxy, mock, client):
     assert has_placeholder_for(texts[1], AWS_KEY_ID) and has_placeholder_for(texts[1], PG_PASSWORD)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: batch objects are forwarded with the upstream's results_url, so the SDK's "
-    "batches.results() fetches the JSONL straight from the upstream, bypassing the proxy "
-    "(unmasked results; blocked in a locked-down egress)",
-)
 def test_sdk_batch_results_go_through_the_proxy(proxy, mock, client):
     batch = _create_batch(client)
     mock.script([{"kind": "text", "text": f"new token: {GITHUB_TOKEN_2}"}, {"kind": "text", "text": "ok"}])
@@ -349,12 +343,6 @@ def test_sdk_batch_results_go_through_the_proxy(proxy, mock, client):
     assert retrieved.results_url.startswith(proxy.url), retrieved.results_url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy gap: JSON object keys are never scanned (json_walk.rs invariant 2), although "
-    "DESIGN.md says every JSON string is; a secret used as a key (tool input "
-    '{"env": {"<token>": "1"}}, metadata keys) crosses the proxy in both directions',
-)
 @pytest.mark.parametrize("direction", ["request", "response-json", "response-stream"])
 def test_secret_used_as_a_json_key_is_masked(proxy, mock, http, direction):
     if direction == "request":
