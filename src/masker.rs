@@ -548,8 +548,13 @@ impl StreamMasker {
     fn emit_boundary(&self) -> usize {
         let received = self.received();
         let mut boundary = self.after_last_space.max(self.emitted);
-        for &(_, tentative) in &self.pending {
-            boundary = boundary.min(tentative);
+        // A single-line secret has no whitespace, so the trailing run already covers any that
+        // is still in progress; only multi-line secrets (private keys) extend the hold.
+        let matcher = self.engine.matcher();
+        for &(known, tentative) in &self.pending {
+            if matcher.rule(known.rule).rule.multiline {
+                boundary = boundary.min(tentative);
+            }
         }
         if received - boundary > self.engine.max_hold {
             boundary = received - self.engine.max_hold;
