@@ -487,10 +487,15 @@ impl StreamMasker {
             // A start already trimmed away cannot be confirmed; it is older than any rule's
             // maximum length, so it can only be a report Hyperscan repeats for a long match.
             if !known && start >= self.base {
+                // Confirm now, so the rest of this chunk's reports for the same match are
+                // recognised as covered instead of each costing a reverse search.
+                let match_end = matcher
+                    .confirm(candidate.rule, &self.buf, self.base, start)
+                    .map_or(candidate.end, |c| c.match_end.max(candidate.end));
                 let entry = Known {
                     rule: candidate.rule,
                     start,
-                    match_end: candidate.end,
+                    match_end,
                 };
                 self.pending.push((entry, start));
             }
