@@ -173,9 +173,9 @@ mod tests {
         let mut framer = SseFramer::new(1 << 20);
         let mut events = Vec::new();
         for piece in input.chunks(chunk) {
-            events.extend(framer.push(piece).unwrap());
+            events.extend(framer.push(piece).expect("well-formed test input"));
         }
-        events.extend(framer.finish().unwrap());
+        events.extend(framer.finish().expect("well-formed test input"));
         events
     }
 
