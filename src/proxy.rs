@@ -181,6 +181,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
+/// The end-to-end headers of `headers`: hop-by-hop ones (fixed, and those the `Connection`
+/// header names) and the framing/encoding headers the proxy rewrites itself are left out.
+fn end_to_end_headers<'h>(
+    headers: &'h http::HeaderMap,
+    rewritten: &'h [HeaderName],
+) -> impl Iterator<Item = (&'h HeaderName, &'h http::HeaderValue)> + 'h {
+    let listed = connection_listed(headers);
+    headers.iter().filter(move |(name, _)| {
+        !is_hop_by_hop(name)
+            && !listed.iter().any(|l| l == name.as_str())
+            && !rewritten.contains(name)
+    })
+}
+
 /// Header names a `Connection` header declares hop-by-hop (RFC 9110 §7.6.1).
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     headers
@@ -567,18 +581,14 @@ impl Proxy {
         let mut request =
             RequestHeader::build(method, target.as_bytes(), Some(original.headers.len() + 4))
                 .map_err(internal)?;
-        let listed = connection_listed(&original.headers);
-        for (name, value) in original.headers.iter() {
-            if is_hop_by_hop(name)
-                || listed.iter().any(|l| l == name.as_str())
-                || name == header::HOST
-                || name == header::CONTENT_LENGTH
-                || name == header::CONTENT_ENCODING
-                || name == header::ACCEPT_ENCODING
-                || name == header::EXPECT
-            {
-                continue;
-            }
+        let rewritten = [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::ACCEPT_ENCODING,
+            header::EXPECT,
+        ];
+        for (name, value) in end_to_end_headers(&original.headers, &rewritten) {
             request
                 .append_header(name.clone(), value.clone())
                 .map_err(internal)?;
@@ -682,15 +692,8 @@ impl Proxy {
             Some(upstream_header.headers.len() + 2),
         )
         .map_err(|_| unavailable("bad response header"))?;
-        let listed = connection_listed(&upstream_header.headers);
-        for (name, value) in upstream_header.headers.iter() {
-            if is_hop_by_hop(name)
-                || listed.iter().any(|l| l == name.as_str())
-                || name == header::CONTENT_LENGTH
-                || name == header::CONTENT_ENCODING
-            {
-                continue;
-            }
+        let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING];
+        for (name, value) in end_to_end_headers(&upstream_header.headers, &rewritten) {
             let _ = downstream.append_header(name.clone(), value.clone());
         }
         let _ = downstream.insert_header("x-streammask-request-id", ctx.request_id.as_str());

@@ -562,7 +562,8 @@ impl SseTransformer {
         };
         // The start event usually carries empty text; if not, its text joins the stream.
         let initial = data
-            .pointer(&format!("/content_block/{field}"))
+            .get("content_block")
+            .and_then(|block| block.get(field))
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
@@ -608,7 +609,8 @@ impl SseTransformer {
                 rewrite,
             }) if delta_kind == *delta_type => {
                 let text = data
-                    .pointer(&format!("/delta/{field}"))
+                    .get("delta")
+                    .and_then(|delta| delta.get(*field))
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 let mut emitted = Vec::with_capacity(text.len() + 16);
