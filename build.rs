@@ -18,14 +18,14 @@ fn main() {
     let mut generated = String::from("pub static EMBEDDED_RULE_FILES: &[(&str, &str)] = &[\n");
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
-        let absolute = fs::canonicalize(path).expect("rule file path");
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .expect("utf-8 rule file name");
+        // Resolved against the manifest dir when the crate compiles, not when this script ran:
+        // two clones sharing one target dir reuse this output, and each must embed its own rules.
         generated.push_str(&format!(
-            "    ({name:?}, include_str!({:?})),\n",
-            absolute.display().to_string()
+            "    ({name:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/rules/{name}\"))),\n"
         ));
     }
     generated.push_str("];\n");

@@ -176,6 +176,9 @@ pub struct Config {
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
     pub thinking: ThinkingPolicy,
+    /// Caller groups named in the configuration (policy profiles). Metrics label requests by
+    /// these groups only; every other group is counted as `other`, so label values stay bounded.
+    pub known_groups: Vec<String>,
 }
 
 impl FileConfig {
@@ -272,6 +275,7 @@ impl FileConfig {
             max_hold_bytes: self.masking.max_hold_bytes,
             max_sse_event_bytes: self.masking.max_sse_event_bytes,
             thinking: self.masking.thinking,
+            known_groups: Vec::new(),
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod json_walk;
 pub mod masker;
 pub mod matcher;

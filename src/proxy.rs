@@ -151,6 +151,8 @@ pub struct RequestCtx {
     pub blocked_rule: Option<String>,
     pub tools_blocked: usize,
     pub late_matches: u64,
+    /// Set once the caller is authenticated (or to anonymous when auth is off).
+    pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
 }
 
 fn new_request_id() -> String {
@@ -223,6 +225,7 @@ impl ProxyHttp for Proxy {
             blocked_rule: None,
             tools_blocked: 0,
             late_matches: 0,
+            identity: None,
         }
     }
 
