@@ -812,7 +812,7 @@ impl<'a> Walker<'a> {
         } else {
             content
         };
-        let findings = self.engine.mask(decoded, self.opts.scope)?.findings;
+        let findings = self.engine.scan(decoded, self.opts.scope)?;
         self.scratch = scratch;
         if findings.is_empty() {
             return Ok(());
