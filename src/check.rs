@@ -130,6 +130,14 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             let streamed = scope == Scope::Response;
             for finding in &masked.findings {
                 let secret = &example[finding.span.clone()];
+                if rule.checksum.is_some() && finding.checksum_valid != Some(true) {
+                    // A checksum rule's examples must look like real tokens, so the check
+                    // also proves the verifier accepts the format.
+                    report.problem(
+                        id,
+                        format!("example {n}: the token's checksum does not verify"),
+                    );
+                }
                 if streamed && !rule.multiline && secret.bytes().any(|b| b.is_ascii_whitespace()) {
                     report.problem(
                         id,

@@ -252,12 +252,17 @@ fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Re
     for finding in &findings {
         writeln!(
             stderr,
-            "finding rule={} action={} offset={} chars={} placeholder={}",
+            "finding rule={} action={} offset={} chars={} placeholder={}{}",
             finding.rule_id,
             finding.action,
             finding.span.start,
             finding.secret_chars,
-            finding.placeholder
+            finding.placeholder,
+            match finding.checksum_valid {
+                Some(true) => " checksum=valid",
+                Some(false) => " checksum=invalid",
+                None => "",
+            }
         )?;
     }
     writeln!(stderr, "{} finding(s)", findings.len())?;

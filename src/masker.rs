@@ -52,6 +52,9 @@ pub struct Finding {
     pub rewritten: bool,
     /// Length of the secret in characters (for previews that never show the secret).
     pub secret_chars: usize,
+    /// For rules whose format carries a checksum: whether this secret's checksum is valid
+    /// (a certainly-real token). `None` for every other rule.
+    pub checksum_valid: Option<bool>,
 }
 
 /// Which actions rewrite text in a given scope. In a request, `block` and `approve` findings
@@ -253,7 +256,7 @@ fn push_unique(spans: &mut Vec<SecretSpan>, span: SecretSpan) {
 }
 
 /// Turns resolved spans into output: merges overlapping spans into one placeholder (named after
-/// the earliest, then longest, span) and copies everything else through. Shared by both modes
+/// the earliest, then longest, span; see `emit` for the tie-break) and copies everything else through. Shared by both modes
 /// so they cannot disagree on overlap handling.
 struct Emitter<'e> {
     engine: &'e Engine,
@@ -301,11 +304,16 @@ impl Emitter<'_> {
     ) {
         let matcher = self.engine.matcher();
         let write = self.write;
+        // Earliest, then longest, then the rule whose format carries a checksum (a token
+        // format rule is more specific than a generic `TOKEN=…` rule over the same span, and
+        // names the placeholder), then pack order.
+        let has_checksum = |rule: u32| matcher.rule(rule).checksum().is_some();
         spans.sort_by(|a, b| {
             a.span
                 .start
                 .cmp(&b.span.start)
                 .then(b.span.end.cmp(&a.span.end))
+                .then(has_checksum(b.rule).cmp(&has_checksum(a.rule)))
                 .then(a.rule.cmp(&b.rule))
         });
         let mut cursor = region.start;
@@ -341,6 +349,7 @@ impl Emitter<'_> {
                     placeholder,
                     rewritten,
                     secret_chars: String::from_utf8_lossy(secret).chars().count(),
+                    checksum_valid: compiled.checksum().map(|checksum| checksum.verify(secret)),
                 });
             };
         for candidate in spans.iter() {

@@ -109,6 +109,10 @@ impl CompiledRule {
     pub fn action(&self) -> Action {
         self.rule.action
     }
+
+    pub fn checksum(&self) -> Option<crate::rules::Checksum> {
+        self.rule.checksum
+    }
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);

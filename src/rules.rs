@@ -19,6 +19,48 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_rules.rs"));
 }
 
+/// A checksum a token format carries. It is verified on every finding of the rule and
+/// reported as [`crate::Finding::checksum_valid`]; it never decides whether text is masked
+/// (a token with a broken checksum is still masked: fail closed), it tells the audit trail
+/// which findings are certainly real tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Checksum {
+    /// GitHub (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`) and npm (`npm_`) tokens: the last six
+    /// characters are the CRC32 of the characters between the `_` and the checksum, in base62
+    /// (`0-9A-Za-z`), left-padded with `0`.
+    #[serde(rename = "crc32-base62")]
+    Crc32Base62,
+}
+
+impl Checksum {
+    /// Whether `token` (the secret span of a finding) carries a valid checksum.
+    pub fn verify(self, token: &[u8]) -> bool {
+        match self {
+            Checksum::Crc32Base62 => {
+                let Some(underscore) = token.iter().position(|&b| b == b'_') else {
+                    return false;
+                };
+                let rest = &token[underscore + 1..];
+                if rest.len() <= 6 {
+                    return false;
+                }
+                let (body, sum) = rest.split_at(rest.len() - 6);
+                let mut value: u64 = 0;
+                for &digit in sum {
+                    let d = match digit {
+                        b'0'..=b'9' => digit - b'0',
+                        b'A'..=b'Z' => digit - b'A' + 10,
+                        b'a'..=b'z' => digit - b'a' + 36,
+                        _ => return false,
+                    };
+                    value = value * 62 + u64::from(d);
+                }
+                value == u64::from(crc32fast::hash(body))
+            }
+        }
+    }
+}
+
 /// What the policy does with a finding of this rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +156,9 @@ pub struct Rule {
     pub multiline: bool,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// A checksum the token format carries (see [`Checksum`]).
+    #[serde(default)]
+    pub checksum: Option<Checksum>,
     /// Where the rule came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -319,6 +364,30 @@ description = "demo"
 pattern = 'demo_[a-z]{8}'
 action = "mask"
 "#;
+
+    #[test]
+    fn crc32_base62_checksum_accepts_the_format_and_rejects_any_changed_character() {
+        // Built here from the definition: base62(crc32(body)), six characters, `0`-padded.
+        let body = "QENbkqiGtLIUjENVR5mBwEXAMPLES6";
+        let mut crc = u64::from(crc32fast::hash(body.as_bytes()));
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut sum = [b'0'; 6];
+        for slot in sum.iter_mut().rev() {
+            *slot = alphabet[(crc % 62) as usize];
+            crc /= 62;
+        }
+        let token = format!("ghp_{body}{}", std::str::from_utf8(&sum).unwrap());
+        assert!(Checksum::Crc32Base62.verify(token.as_bytes()));
+        assert!(Checksum::Crc32Base62
+            .verify(format!("npm_{body}{}", std::str::from_utf8(&sum).unwrap()).as_bytes()));
+        for at in 4..token.len() {
+            let mut changed = token.clone().into_bytes();
+            changed[at] = if changed[at] == b'x' { b'y' } else { b'x' };
+            assert!(!Checksum::Crc32Base62.verify(&changed), "changed at {at}");
+        }
+        assert!(!Checksum::Crc32Base62.verify(b"ghp_short"));
+        assert!(!Checksum::Crc32Base62.verify(b"no-underscore-at-all-here-0123456789"));
+    }
 
     #[test]
     fn defaults_fill_scopes_and_enabled() {

@@ -175,3 +175,48 @@ fn fixture_rules_scope_filtering() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn checksum_rules_report_verified_tokens_and_still_mask_broken_ones() {
+    let set = RuleSet::embedded().unwrap();
+    let engine = engine_for(&set, DEFAULT_MAX_HOLD_BYTES);
+    let checksum_rules: Vec<_> = set.all().iter().filter(|r| r.checksum.is_some()).collect();
+    let ids: Vec<&str> = checksum_rules.iter().map(|r| r.id.as_str()).collect();
+    for expected in [
+        "github-pat-classic",
+        "github-oauth-token",
+        "npm-access-token",
+    ] {
+        assert!(ids.contains(&expected), "{expected} carries no checksum");
+    }
+    for rule in checksum_rules {
+        let example = &rule.examples[0];
+        let masked = engine.mask(example, Scope::Request).unwrap();
+        let finding = masked
+            .findings
+            .iter()
+            .find(|f| f.rule_id == rule.id)
+            .expect("example matches its rule");
+        assert_eq!(finding.checksum_valid, Some(true), "{}", rule.id);
+
+        // Break the checksum: the token is still masked (fail closed), reported unverified.
+        let mut broken = example.clone().into_bytes();
+        let last = finding.span.end - 1;
+        broken[last] = if broken[last] == b'7' { b'8' } else { b'7' };
+        let broken = String::from_utf8(broken).unwrap();
+        let masked = engine.mask(&broken, Scope::Request).unwrap();
+        let finding = masked
+            .findings
+            .iter()
+            .find(|f| f.rule_id == rule.id)
+            .expect("a broken checksum still matches");
+        assert_eq!(finding.checksum_valid, Some(false), "{}", rule.id);
+        assert!(finding.rewritten);
+        assert!(!masked.text.contains(&broken[finding.span.clone()]));
+    }
+    // Rules without a checksum report none.
+    let masked = engine
+        .mask("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", Scope::Request)
+        .unwrap();
+    assert!(masked.findings.iter().all(|f| f.checksum_valid.is_none()));
+}
