@@ -433,6 +433,13 @@ impl SseTransformer {
             self.forward_as_text(&event, out);
             return;
         }
+        // Most of a response is text deltas: parse those into a borrowed struct of exactly the
+        // expected shape instead of a `Value` tree. Anything else (extra fields, escapes in a
+        // borrowed name, other events) takes the general path below.
+        if event.name.as_deref() == Some("content_block_delta") && self.on_plain_delta(&event, out)
+        {
+            return;
+        }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             self.fail(
                 StreamFault::Malformed("the upstream sent an event whose data is not JSON".into()),
@@ -596,6 +603,56 @@ impl SseTransformer {
         );
     }
 
+    /// The fast path for a `text_delta`/`thinking_delta` of an open streamed block. Returns
+    /// false, having done nothing, when the event is not exactly that shape.
+    fn on_plain_delta(&mut self, event: &Event, out: &mut Vec<u8>) -> bool {
+        let Ok(parsed) = serde_json::from_str::<PlainDeltaEvent>(&event.data) else {
+            return false;
+        };
+        if parsed.kind != "content_block_delta" {
+            return false;
+        }
+        let Some(Block::Streamed {
+            masker,
+            delta_type,
+            field,
+            rewrite,
+        }) = self.blocks.get_mut(&parsed.index)
+        else {
+            return false;
+        };
+        let text = match (
+            parsed.delta.kind,
+            &parsed.delta.text,
+            &parsed.delta.thinking,
+        ) {
+            ("text_delta", Some(text), None) if *field == "text" => text,
+            ("thinking_delta", None, Some(thinking)) if *field == "thinking" => thinking,
+            _ => return false,
+        };
+        if parsed.delta.kind != *delta_type {
+            return false;
+        }
+        let mut emitted = Vec::with_capacity(text.len() + 16);
+        if masker.push(text.as_bytes(), &mut emitted).is_err() {
+            self.fail(StreamFault::Malformed("masking failed".into()), out);
+            return true;
+        }
+        if !*rewrite || emitted.as_slice() == text.as_bytes() {
+            // Report-only blocks, and the common case of nothing held or masked: original bytes.
+            out.extend_from_slice(&event.raw);
+        } else if !emitted.is_empty() {
+            write_delta_event(
+                out,
+                parsed.index,
+                delta_type,
+                field,
+                &String::from_utf8_lossy(&emitted),
+            );
+        }
+        true
+    }
+
     fn on_block_delta(&mut self, index: u64, data: Value, event: &Event, out: &mut Vec<u8>) {
         let delta_kind = data
             .pointer("/delta/type")
@@ -726,16 +783,92 @@ impl SseTransformer {
     }
 }
 
+/// `event: content_block_delta` carrying one text or thinking delta, exactly.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainDeltaEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    index: u64,
+    #[serde(borrow)]
+    delta: PlainDelta<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<std::borrow::Cow<'a, str>>,
+}
+
 fn delta_event(index: u64, delta_type: &str, field: &str, text: &str) -> Vec<u8> {
-    let mut delta = serde_json::Map::new();
-    delta.insert("type".into(), json!(delta_type));
-    delta.insert(field.into(), json!(text));
-    let data = json!({"type": "content_block_delta", "index": index, "delta": delta});
-    encode_event("content_block_delta", &data.to_string())
+    let mut out = Vec::with_capacity(text.len() + 96);
+    write_delta_event(&mut out, index, delta_type, field, text);
+    out
+}
+
+/// Appends a `content_block_delta` event, written from a template: the same bytes
+/// `encode_event` produces for the equivalent `Value` (key order type, index, delta), without
+/// building one per event.
+fn write_delta_event(out: &mut Vec<u8>, index: u64, delta_type: &str, field: &str, text: &str) {
+    use std::io::Write as _;
+    let quoted = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+    let _ = write!(
+        out,
+        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{index},\"delta\":{{\"type\":\"{delta_type}\",\"{field}\":{quoted}}}}}\n\n"
+    );
 }
 
 /// An Anthropic-shaped SSE error event.
 pub fn error_event(error_type: &str, message: &str) -> Vec<u8> {
     let data = json!({"type": "error", "error": {"type": error_type, "message": message}});
     encode_event("error", &data.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templated_delta_event_equals_the_value_encoding() {
+        for text in [
+            "",
+            "plain words ",
+            "quote \" backslash \\ newline \n tab \t",
+            "ünïcödé ✓ \u{1}",
+        ] {
+            let value = json!({
+                "type": "content_block_delta",
+                "index": 3,
+                "delta": {"type": "text_delta", "text": text},
+            });
+            let expected = encode_event("content_block_delta", &value.to_string());
+            assert_eq!(
+                delta_event(3, "text_delta", "text", text),
+                expected,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_delta_shape_is_exact() {
+        let ok = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi \"x\""}}"#;
+        let parsed = serde_json::from_str::<PlainDeltaEvent>(ok).expect("plain delta");
+        assert_eq!(parsed.delta.text.as_deref(), Some("hi \"x\""));
+        // An extra field anywhere sends the event down the general (walked) path.
+        for extra in [
+            r#"{"type":"content_block_delta","index":0,"extra":"ghp_x","delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","extra":"x"}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<PlainDeltaEvent>(extra).is_err(),
+                "{extra}"
+            );
+        }
+    }
 }
