@@ -300,8 +300,7 @@ impl FileConfig {
             api_key: credentials.1,
             ..upstream
         };
-        let profiles =
-            crate::policy::validate_profiles(self.profiles, self.server.max_body_bytes)?;
+        let profiles = crate::policy::validate_profiles(self.profiles, self.server.max_body_bytes)?;
         let mut known_groups = crate::policy::profile_groups(&profiles);
         for group in auth.groups() {
             if !known_groups.contains(group) {

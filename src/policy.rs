@@ -69,7 +69,10 @@ pub fn validate_profiles(
             return Err(invalid("every profile needs a name".into()));
         }
         if !seen.insert(profile.name.clone()) {
-            return Err(invalid(format!("profile {:?} is defined twice", profile.name)));
+            return Err(invalid(format!(
+                "profile {:?} is defined twice",
+                profile.name
+            )));
         }
         if profile.name == DEFAULT_PROFILE {
             if !profile.groups.is_empty() {
@@ -143,12 +146,13 @@ impl Profile {
     /// Whether this profile may use `model`.
     pub fn allows_model(&self, model: &str) -> bool {
         self.allowed_models.is_empty()
-            || self.allowed_models.iter().any(|allowed| {
-                match allowed.strip_suffix('*') {
+            || self
+                .allowed_models
+                .iter()
+                .any(|allowed| match allowed.strip_suffix('*') {
                     Some(prefix) => model.starts_with(prefix),
                     None => model == allowed,
-                }
-            })
+                })
     }
 
     pub fn restricts_models(&self) -> bool {
@@ -188,34 +192,33 @@ impl Policy {
     ) -> Result<Policy, PolicyError> {
         let mut profiles = Vec::new();
         for section in sections {
-            let engine = if section.changes_rules() {
-                let set = rules
-                    .with_overrides(
-                        &section.enable_rules,
-                        &section.disable_rules,
-                        &section.actions,
-                    )
-                    .map_err(|rule| PolicyError::UnknownRule {
-                        profile: section.name.clone(),
-                        rule,
-                    })?;
-                let matcher = Matcher::compile(&set, max_hold_bytes - 2).map_err(|source| {
-                    PolicyError::Matcher {
-                        profile: section.name.clone(),
-                        source,
-                    }
-                })?;
-                Arc::new(
-                    Engine::new(matcher, key.clone(), max_hold_bytes).map_err(|source| {
-                        PolicyError::Engine {
+            let engine =
+                if section.changes_rules() {
+                    let set = rules
+                        .with_overrides(
+                            &section.enable_rules,
+                            &section.disable_rules,
+                            &section.actions,
+                        )
+                        .map_err(|rule| PolicyError::UnknownRule {
+                            profile: section.name.clone(),
+                            rule,
+                        })?;
+                    let matcher = Matcher::compile(&set, max_hold_bytes - 2).map_err(|source| {
+                        PolicyError::Matcher {
                             profile: section.name.clone(),
                             source,
                         }
-                    })?,
-                )
-            } else {
-                Arc::clone(base)
-            };
+                    })?;
+                    Arc::new(Engine::new(matcher, key.clone(), max_hold_bytes).map_err(
+                        |source| PolicyError::Engine {
+                            profile: section.name.clone(),
+                            source,
+                        },
+                    )?)
+                } else {
+                    Arc::clone(base)
+                };
             profiles.push(Arc::new(Profile {
                 name: section.name.clone(),
                 groups: section.groups.clone(),

@@ -569,8 +569,8 @@ impl Proxy {
                 )
                 .with_status(415));
             }
-            let walked = mask_json(&engine, &body, &state.walk_options(Scope::Request))
-                .map_err(|err| {
+            let walked =
+                mask_json(&engine, &body, &state.walk_options(Scope::Request)).map_err(|err| {
                     ApiError::new(
                         ErrorKind::InvalidRequest,
                         format!("streammask: the request body is not valid JSON: {err}"),

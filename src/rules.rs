@@ -281,10 +281,7 @@ impl RuleSet {
         actions: &std::collections::BTreeMap<String, Action>,
     ) -> Result<RuleSet, String> {
         let mut set = self.clone();
-        let ids = enable
-            .iter()
-            .chain(disable.iter())
-            .chain(actions.keys());
+        let ids = enable.iter().chain(disable.iter()).chain(actions.keys());
         for id in ids {
             if !set.rules.iter().any(|rule| &rule.id == id) {
                 return Err(id.clone());

@@ -76,9 +76,7 @@ pub fn build_engine(config: &Config) -> Result<Arc<Engine>, StartError> {
 
 /// The base engine and every profile's engine (see [`crate::policy`]), sharing one
 /// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
-pub fn build_policy(
-    config: &Config,
-) -> Result<(Arc<Engine>, crate::policy::Policy), StartError> {
+pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, crate::policy::Policy), StartError> {
     let rules = RuleSet::load(config.rules_dir.as_deref())?;
     let matcher = Matcher::compile(&rules, config.max_hold_bytes - 2)?;
     let key = load_placeholder_key(config)?;
@@ -107,7 +105,8 @@ pub fn build_security(
         None => None,
     };
     if let Some(ca) = &config.upstream.ca_file {
-        crate::tls::check_ca_file(ca).map_err(|e| StartError::Tls(format!("upstream.ca_file: {e}")))?;
+        crate::tls::check_ca_file(ca)
+            .map_err(|e| StartError::Tls(format!("upstream.ca_file: {e}")))?;
     }
     Ok(crate::proxy::Security {
         auth,
@@ -191,6 +190,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         reload_on_sighup(Arc::clone(key));
     }
     let auth_on = security.auth.enabled();
+    if !auth_on && security.upstream_key.is_some() {
+        tracing::warn!(
+            "the proxy injects its upstream key but [auth] is off: anyone who can reach the listener uses that key"
+        );
+    }
     let h2c = config.h2c;
     let rules_loaded = engine.matcher().rules().len();
     let conf = ServerConf {
@@ -223,8 +227,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }
     match tls {
-        Some(settings) => proxy
-            .add_tls_with_settings(&listen, None, settings),
+        Some(settings) => proxy.add_tls_with_settings(&listen, None, settings),
         None => proxy.add_tcp(&listen),
     }
     server.add_service(proxy);

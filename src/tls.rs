@@ -60,7 +60,9 @@ pub fn listener_settings(config: &TlsConfig) -> Result<TlsSettings, String> {
             config.key_file.display()
         )
     })?;
-    let chain = X509::stack_from_pem(&cert_pem).ok().filter(|c| !c.is_empty());
+    let chain = X509::stack_from_pem(&cert_pem)
+        .ok()
+        .filter(|c| !c.is_empty());
     let Some(chain) = chain else {
         return Err(format!(
             "server.tls.cert_file: {} holds no PEM certificate",

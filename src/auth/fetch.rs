@@ -192,7 +192,10 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("idp.example", 443));
         assert_eq!(u.path_and_query, "/realms/x/protocol/openid-connect/certs");
         let u = Url::parse("http://127.0.0.1:8081").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path_and_query.as_str()), ("127.0.0.1", 8081, "/"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path_and_query.as_str()),
+            ("127.0.0.1", 8081, "/")
+        );
         assert_eq!(u.authority(), "127.0.0.1:8081");
         let u = Url::parse("http://[::1]:9/k?x=1").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));

@@ -120,6 +120,7 @@ impl KeyCache {
 }
 
 /// The unverified JOSE header fields that decide which key to use.
+#[derive(Debug)]
 struct TokenHeader {
     alg: String,
     kid: Option<String>,
@@ -176,8 +177,8 @@ impl JwtVerifier {
                 if let Some(ca) = &config.ca_file {
                     crate::tls::check_ca_file(ca).map_err(AuthStartError::CaFile)?;
                 }
-                let parsed = Url::parse(url)
-                    .map_err(|e| AuthStartError::JwksFile(format!("{url}: {e}")))?;
+                let parsed =
+                    Url::parse(url).map_err(|e| AuthStartError::JwksFile(format!("{url}: {e}")))?;
                 let jwks_url = matches!(config.source, KeySource::Url(_)).then_some(parsed);
                 (
                     KeyCache::default(),
@@ -252,7 +253,9 @@ impl JwtVerifier {
                     cache.last_attempt = last_attempt;
                 }
             }
-            Err(error) => tracing::warn!(%error, "auth: fetching the JWKS failed; keeping the cached keys"),
+            Err(error) => {
+                tracing::warn!(%error, "auth: fetching the JWKS failed; keeping the cached keys")
+            }
         }
     }
 
@@ -291,8 +294,8 @@ impl JwtVerifier {
             .get(&jwks_url)
             .await
             .map_err(|e| format!("JWKS: {e}"))?;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|_| "JWKS: not a JSON Web Key Set".to_string())?;
+        let set: JwkSet = serde_json::from_slice(&body)
+            .map_err(|_| "JWKS: not a JSON Web Key Set".to_string())?;
         Ok(KeyCache::from_set(&set))
     }
 

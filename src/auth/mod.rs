@@ -58,11 +58,33 @@ impl AuthError {
 }
 
 /// One `mode` or several (`mode = ["jwt", "static_keys"]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum ModeList {
     One(AuthMode),
     Many(Vec<AuthMode>),
+}
+
+impl<'de> Deserialize<'de> for ModeList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn mode<E: serde::de::Error>(value: &toml::Value) -> Result<AuthMode, E> {
+            match value.as_str() {
+                Some("none") => Ok(AuthMode::None),
+                Some("jwt") => Ok(AuthMode::Jwt),
+                Some("static_keys") => Ok(AuthMode::StaticKeys),
+                _ => Err(E::custom(format!(
+                    "auth.mode: {value} is not one of \"none\", \"jwt\", \"static_keys\""
+                ))),
+            }
+        }
+        match toml::Value::deserialize(d)? {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(mode)
+                .collect::<Result<_, _>>()
+                .map(ModeList::Many),
+            value => mode(&value).map(ModeList::One),
+        }
+    }
 }
 
 impl Default for ModeList {
@@ -231,8 +253,7 @@ impl AuthSection {
         let jwt = if jwt_on {
             Some(jwt_config(&self)?)
         } else {
-            if self.jwks_url.is_some() || self.jwks_file.is_some() || self.discovery_url.is_some()
-            {
+            if self.jwks_url.is_some() || self.jwks_file.is_some() || self.discovery_url.is_some() {
                 return Err(invalid(
                     "auth.mode",
                     "jwks_url, jwks_file or discovery_url is set but mode does not include \"jwt\"",
@@ -278,7 +299,7 @@ impl AuthSection {
                 "keys are listed but mode does not include \"static_keys\"",
             ));
         }
-        if !self.required_groups.is_empty() && !(jwt_on || static_on) {
+        if !(self.required_groups.is_empty() || jwt_on || static_on) {
             return Err(invalid(
                 "auth.required_groups",
                 "needs an auth mode other than \"none\"",
@@ -298,7 +319,12 @@ fn jwt_config(section: &AuthSection) -> Result<JwtConfig, ConfigError> {
         .issuer
         .clone()
         .filter(|i| !i.trim().is_empty())
-        .ok_or_else(|| invalid("auth.issuer", "mode \"jwt\" needs the issuer tokens must carry"))?;
+        .ok_or_else(|| {
+            invalid(
+                "auth.issuer",
+                "mode \"jwt\" needs the issuer tokens must carry",
+            )
+        })?;
     let audience = match &section.audience {
         Some(AudienceList::One(a)) => vec![a.clone()],
         Some(AudienceList::Many(list)) => list.clone(),
@@ -354,7 +380,10 @@ fn jwt_config(section: &AuthSection) -> Result<JwtConfig, ConfigError> {
         return Err(invalid("auth.leeway_secs", "must be at most 300"));
     }
     if section.algorithms.is_empty() {
-        return Err(invalid("auth.algorithms", "must name at least one algorithm"));
+        return Err(invalid(
+            "auth.algorithms",
+            "must name at least one algorithm",
+        ));
     }
     let mut algorithms = Vec::new();
     for name in &section.algorithms {
@@ -545,7 +574,8 @@ mod tests {
 
     #[test]
     fn groups_from_array_string_and_nested_path() {
-        let claims = json!({"groups": ["a", "b", 3], "scope": "x y  z", "realm_access": {"roles": ["r1"]}});
+        let claims =
+            json!({"groups": ["a", "b", 3], "scope": "x y  z", "realm_access": {"roles": ["r1"]}});
         assert_eq!(groups_from_claims(&claims, &["groups".into()]), ["a", "b"]);
         assert_eq!(
             groups_from_claims(&claims, &["scope".into()]),
@@ -585,11 +615,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().starts_with("auth.jwks_url"), "{err}");
-        let err = parse("mode = \"jwt\"\nissuer = \"https://i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\n")
-            .unwrap_err();
+        let err = parse(
+            "mode = \"jwt\"\nissuer = \"https://i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("auth.algorithms"), "{err}");
-        let ok = parse("mode = \"jwt\"\nissuer = \"https://idp.example/realms/x\"\naudience = \"a\"\n")
-            .unwrap();
+        let ok =
+            parse("mode = \"jwt\"\nissuer = \"https://idp.example/realms/x\"\naudience = \"a\"\n")
+                .unwrap();
         assert_eq!(
             ok.jwt.unwrap().source,
             KeySource::Discovery(
@@ -598,8 +631,9 @@ mod tests {
         );
         let err = parse("mode = [\"none\", \"jwt\"]\n").unwrap_err();
         assert!(err.to_string().starts_with("auth.mode"), "{err}");
-        let err = parse("mode = \"static_keys\"\n[[static_keys]]\nsubject = \"ci\"\nsha256 = \"abc\"\n")
-            .unwrap_err();
+        let err =
+            parse("mode = \"static_keys\"\n[[static_keys]]\nsubject = \"ci\"\nsha256 = \"abc\"\n")
+                .unwrap_err();
         assert!(err.to_string().starts_with("auth.static_keys"), "{err}");
     }
 }
