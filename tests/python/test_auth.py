@@ -231,6 +231,18 @@ def test_a_flood_of_bogus_kids_does_not_hammer_the_idp(proxy_factory, mock, idp,
     proxy.assert_healthy()
 
 
+def test_unreachable_idp_is_503_and_never_reaches_upstream(proxy_factory, mock, idp, keys, upstream_key_file):
+    dead = smtest.free_port()
+    config = jwt_config(idp, upstream_key_file).replace(idp.jwks_url, f"http://127.0.0.1:{dead}/keys")
+    proxy = proxy_factory(config=config, name="jwt-dead-idp")
+    r = post(proxy, authkit.token(keys["RS256"], idp.issuer))
+    assert r.status_code == 503, r.text
+    smtest.assert_anthropic_error(r.content, "api_error")
+    assert mock.stats()["requests"] == 0
+    smtest.wait_until(lambda: log_reason_count(proxy, "keys_unavailable") == 1, 5, what="log line")
+    proxy.assert_healthy()
+
+
 # --- key sources -----------------------------------------------------------------------------------
 
 def test_oidc_discovery(proxy_factory, mock, idp, keys, upstream_key_file):
@@ -291,7 +303,7 @@ groups = ["engineering"]
 
 [[profiles]]
 name = "default"
-allowed_models = ["claude-sonnet-4-5"]
+allowed_models = ["claude-opus-4-8"]
 """
 
 
@@ -345,7 +357,7 @@ def test_profile_models_and_size_limit(combined_proxy, mock, idp, keys):
     assert r.status_code == 403, r.text
     smtest.assert_anthropic_error(r.content, "permission_error")
     assert post(combined_proxy, contractor, body=user_request("hi", model="claude-haiku-4-5")).status_code == 200
-    # Employees have no model list; the default profile (no matching group) only sonnet.
+    # Employees have no model list (the default profile's list is for callers in no profile).
     assert post(combined_proxy, employee, body=user_request("hi", model="claude-opus-4-1")).status_code == 200
     # Contractors' requests are limited to 8 KiB; employees' to the server's 1 MiB.
     big = user_request("x" * 20_000, model="claude-haiku-4-5")
@@ -359,14 +371,14 @@ def test_profile_models_and_size_limit(combined_proxy, mock, idp, keys):
 def test_static_ci_key_and_default_profile(combined_proxy, mock):
     # A CI job authenticates with its service-account key (stored only as a hash in config).
     with anthropic.Anthropic(base_url=combined_proxy.url, api_key=CI_KEY, max_retries=0) as c:
-        reply = c.messages.create(**user_request("ci says hi", model="claude-sonnet-4-5"))
+        reply = c.messages.create(**user_request("ci says hi", model="claude-opus-4-8"))
         assert "ci says hi" in message_text(reply)
         # `ci` matches no profile: the default profile's model list applies.
         with pytest.raises(anthropic.PermissionDeniedError):
             c.messages.create(**user_request("ci says hi", model="claude-opus-4-1"))
     with anthropic.Anthropic(base_url=combined_proxy.url, api_key=CI_KEY + "x", max_retries=0) as c:
         with pytest.raises(anthropic.AuthenticationError):
-            c.messages.create(**user_request("hi", model="claude-sonnet-4-5"))
+            c.messages.create(**user_request("hi", model="claude-opus-4-8"))
     sent = mock.messages()
     assert len(sent) == 1
     assert mock.headers_named(sent[0], "x-api-key") == [UPSTREAM_KEY]

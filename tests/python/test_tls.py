@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import ssl
 import subprocess
+import warnings
 
 import anthropic
 import httpx
@@ -96,8 +97,10 @@ def test_untrusted_client_cannot_talk_to_the_listener(tls_proxy, mock, pki):
             http.get(https_url(tls_proxy) + "/v1/models")
     # TLS 1.1 and older are refused.
     ctx = trust(pki)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     try:
         with httpx.Client(verify=ctx, timeout=10) as http:
             with pytest.raises(httpx.ConnectError):
@@ -200,3 +203,28 @@ def test_system_roots_do_not_trust_the_test_ca(proxy_factory, mock, fronts):
         r = http.post("/v1/messages", json=user_request("hi"), headers={"x-api-key": smtest.API_KEY})
     assert r.status_code == 502, r.text
     assert mock.stats()["requests"] == 0
+
+
+def test_jwks_fetched_over_https_with_a_custom_ca(proxy_factory, mock, pki, tmp_path):
+    idp = authkit.IdP()
+    front = authkit.TlsFront(*authkit.write_server_cert(pki["ca"], tmp_path, "idp", ips=()), idp.port)
+    try:
+        key = authkit.SigningKey("RS256")
+        idp.publish(key)
+        key_file = tmp_path / "upstream-key"
+        key_file.write_text("sk-ant-api03-streammask-e2e-tls-idp-upstream-key")
+        smtest.plant("sk-ant-api03-streammask-e2e-tls-idp-upstream-key")
+        config = (
+            f'[upstream]\napi_key_file = "{key_file}"\n'
+            f'[auth]\nmode = "jwt"\nissuer = "{idp.issuer}"\naudience = "{authkit.AUDIENCE}"\n'
+            f'jwks_url = "https://localhost:{front.port}{authkit.ISSUER_PATH}/keys"\nca_file = "{pki["ca_file"]}"\n'
+        )
+        proxy = proxy_factory(config=config, name="jwks-https")
+        with httpx.Client(base_url=proxy.url, timeout=30) as http:
+            r = http.post("/v1/messages", json=user_request("hi"), headers={"authorization": f"Bearer {authkit.token(key, idp.issuer)}"})
+        assert r.status_code == 200, r.text
+        assert idp.jwks_fetches == 1 and front.handshakes_ok == 1
+        assert "localhost" in front.sni
+    finally:
+        front.close()
+        idp.close()
