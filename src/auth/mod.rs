@@ -253,10 +253,16 @@ impl AuthSection {
         let jwt = if jwt_on {
             Some(jwt_config(&self)?)
         } else {
-            if self.jwks_url.is_some() || self.jwks_file.is_some() || self.discovery_url.is_some() {
+            // JWT settings without the mode are a forgotten `mode`, not a wish for no auth.
+            if self.jwks_url.is_some()
+                || self.jwks_file.is_some()
+                || self.discovery_url.is_some()
+                || self.issuer.is_some()
+                || self.audience.is_some()
+            {
                 return Err(invalid(
                     "auth.mode",
-                    "jwks_url, jwks_file or discovery_url is set but mode does not include \"jwt\"",
+                    "issuer, audience, jwks_url, jwks_file or discovery_url is set but mode does not include \"jwt\"",
                 ));
             }
             None
@@ -629,6 +635,8 @@ mod tests {
                 "https://idp.example/realms/x/.well-known/openid-configuration".into()
             )
         );
+        let err = parse("issuer = \"https://i\"\naudience = \"a\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("auth.mode"), "{err}");
         let err = parse("mode = [\"none\", \"jwt\"]\n").unwrap_err();
         assert!(err.to_string().starts_with("auth.mode"), "{err}");
         let err =

@@ -179,6 +179,17 @@ def test_bad_credentials_are_refused_before_the_upstream(jwt_proxy, mock, idp, k
     jwt_proxy.assert_healthy()
 
 
+def test_leeway_tolerates_small_clock_skew(jwt_proxy, mock, idp, keys):
+    now = int(time.time())
+    rs = keys["RS256"]
+    # leeway_secs = 5: just expired and almost valid tokens pass; beyond the leeway they do not.
+    assert post(jwt_proxy, authkit.token(rs, idp.issuer, exp=now - 2, iat=now - 600, nbf=now - 600)).status_code == 200
+    assert post(jwt_proxy, authkit.token(rs, idp.issuer, nbf=now + 2)).status_code == 200
+    assert post(jwt_proxy, authkit.token(rs, idp.issuer, exp=now - 30, iat=now - 600, nbf=now - 600)).status_code == 401
+    assert post(jwt_proxy, authkit.token(rs, idp.issuer, nbf=now + 30)).status_code == 401
+    assert mock.stats()["requests"] == 2
+
+
 def test_sdk_sees_typed_errors(jwt_proxy, mock, idp, keys):
     now = int(time.time())
     expired = authkit.token(keys["RS256"], idp.issuer, exp=now - 120, iat=now - 900, nbf=now - 900)

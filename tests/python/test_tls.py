@@ -91,6 +91,17 @@ def test_large_request_over_http2(tls_proxy, mock, pki):
     assert GITHUB_TOKEN not in record["body"] and has_placeholder_for(record["body"], GITHUB_TOKEN)
 
 
+def test_tls_versions(tls_proxy, mock, pki):
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = trust(pki)
+        ctx.minimum_version = ctx.maximum_version = version
+        with httpx.Client(verify=ctx, timeout=10) as http:
+            with http.stream("GET", https_url(tls_proxy) + "/v1/models", headers={"x-api-key": smtest.API_KEY}) as r:
+                assert r.status_code == 200
+                negotiated = r.extensions["network_stream"].get_extra_info("ssl_object").version()
+        assert negotiated == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+
+
 def test_untrusted_client_cannot_talk_to_the_listener(tls_proxy, mock, pki):
     with httpx.Client(timeout=10) as http:  # system roots only: the test CA is unknown
         with pytest.raises(httpx.ConnectError):
