@@ -134,11 +134,11 @@ def test_h2c(proxy_factory, mock):
     assert r.status_code == 200 and r.http_version == "HTTP/1.1"
 
 
-def run_proxy(config_path, timeout=240) -> subprocess.CompletedProcess:
+def run_proxy(config_path, timeout=240, upstream="http://127.0.0.1:9") -> subprocess.CompletedProcess:
     cmd = [
         str(smtest.PROXY_BIN), "run", "--config", str(config_path),
         "--listen", f"127.0.0.1:{smtest.free_port()}", "--admin", f"127.0.0.1:{smtest.free_port()}",
-        "--upstream", "http://127.0.0.1:9",
+        "--upstream", upstream,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -162,6 +162,20 @@ def test_bad_certificate_or_key_fails_startup_clearly(pki, tmp_path, case):
     assert "panicked" not in out.stderr
     # No key material in the message.
     assert "PRIVATE KEY" not in out.stderr and "BEGIN" not in out.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "not-pem"])
+def test_bad_upstream_ca_file_fails_startup_clearly(tmp_path, case):
+    ca = tmp_path / "ca.pem"
+    if case == "not-pem":
+        ca.write_text("not a certificate\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[upstream]\nca_file = "{ca}"\n')
+    out = run_proxy(cfg, upstream="https://localhost:9")
+    assert out.returncode != 0
+    expect = "cannot read" if case == "missing" else "holds no PEM certificate"
+    assert re.search(rf"upstream\.ca_file: .*{expect}", out.stderr), out.stderr[-2000:]
+    assert "panicked" not in out.stderr
 
 
 # --- upstream TLS ------------------------------------------------------------------------------------
