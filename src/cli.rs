@@ -167,7 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommand::Check { file },
         } => {
             let config = FileConfig::load(Some(&file))?.validate()?;
-            crate::server::build_engine(&config)?;
+            crate::server::build_policy(&config)?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -48,6 +48,10 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub masking: MaskingSection,
+    #[serde(default)]
+    pub auth: crate::auth::AuthSection,
+    #[serde(default)]
+    pub profiles: Vec<crate::policy::ProfileSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +63,11 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// Path prefixes forwarded besides the Messages API routes (bodies still scanned).
     pub extra_passthrough_prefixes: Vec<String>,
+    /// TLS on the listener (`[server.tls]`); plain HTTP without it.
+    pub tls: Option<crate::tls::TlsSection>,
+    /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.1, for meshes whose sidecar
+    /// terminates TLS.
+    pub h2c: bool,
 }
 
 impl Default for ServerSection {
@@ -69,6 +78,8 @@ impl Default for ServerSection {
             threads: 2,
             max_body_bytes: 32 << 20,
             extra_passthrough_prefixes: Vec::new(),
+            tls: None,
+            h2c: false,
         }
     }
 }
@@ -81,6 +92,13 @@ pub struct UpstreamSection {
     /// Longest silence tolerated while reading the upstream response.
     pub read_timeout_ms: u64,
     pub max_response_bytes: usize,
+    /// `inject` (the proxy's key replaces the caller's) or `passthrough`; default: `inject`
+    /// when a key is configured, else `passthrough`.
+    pub credentials: Option<crate::credentials::CredentialsMode>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that replaces the system roots for the upstream's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamSection {
@@ -90,6 +108,10 @@ impl Default for UpstreamSection {
             connect_timeout_ms: 10_000,
             read_timeout_ms: 600_000,
             max_response_bytes: 64 << 20,
+            credentials: None,
+            api_key_env: None,
+            api_key_file: None,
+            ca_file: None,
         }
     }
 }
@@ -147,6 +169,10 @@ pub struct Upstream {
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub max_response_bytes: usize,
+    pub credentials: crate::credentials::CredentialsMode,
+    /// Where the injected key comes from (`Some` exactly when `credentials` is `Inject`).
+    pub api_key: Option<crate::credentials::KeySource>,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -179,6 +205,11 @@ pub struct Config {
     /// Caller groups named in the configuration (policy profiles). Metrics label requests by
     /// these groups only; every other group is counted as `other`, so label values stay bounded.
     pub known_groups: Vec<String>,
+    pub auth: crate::auth::AuthConfig,
+    /// Policy profiles, `default` last (see [`crate::policy::validate_profiles`]).
+    pub profiles: Vec<crate::policy::ProfileSection>,
+    pub tls: Option<crate::tls::TlsConfig>,
+    pub h2c: bool,
 }
 
 impl FileConfig {
@@ -262,6 +293,20 @@ impl FileConfig {
                 ));
             }
         }
+        let auth = self.auth.validate()?;
+        let credentials = crate::credentials::validate(&self.upstream, &upstream, &auth)?;
+        let upstream = Upstream {
+            credentials: credentials.0,
+            api_key: credentials.1,
+            ..upstream
+        };
+        let profiles = crate::policy::validate_profiles(self.profiles, self.server.max_body_bytes)?;
+        let mut known_groups = crate::policy::profile_groups(&profiles);
+        for group in auth.groups() {
+            if !known_groups.contains(group) {
+                known_groups.push(group.clone());
+            }
+        }
         Ok(Config {
             listen,
             admin,
@@ -275,7 +320,11 @@ impl FileConfig {
             max_hold_bytes: self.masking.max_hold_bytes,
             max_sse_event_bytes: self.masking.max_sse_event_bytes,
             thinking: self.masking.thinking,
-            known_groups: Vec::new(),
+            known_groups,
+            auth,
+            profiles,
+            tls: self.server.tls.map(Into::into),
+            h2c: self.server.h2c,
         })
     }
 }
@@ -336,6 +385,9 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         connect_timeout_ms: section.connect_timeout_ms,
         read_timeout_ms: section.read_timeout_ms,
         max_response_bytes: section.max_response_bytes,
+        credentials: crate::credentials::CredentialsMode::Passthrough,
+        api_key: None,
+        ca_file: section.ca_file.clone(),
     })
 }
 

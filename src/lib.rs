@@ -5,19 +5,23 @@
 //! streaming masking with placeholders from [`placeholder`]).
 
 pub mod api;
+pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod identity;
 pub mod json_walk;
 pub mod masker;
 pub mod matcher;
 pub mod placeholder;
+pub mod policy;
 pub mod proxy;
 pub mod response;
 pub mod rules;
 pub mod server;
 pub mod sse;
+pub mod tls;
 
 pub use masker::{Engine, Finding, Masked, StreamMasker};
 pub use rules::{Action, Rule, RuleSet, Scope};

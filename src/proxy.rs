@@ -78,21 +78,39 @@ impl Resolver {
     }
 }
 
+/// Who may call and what applies to them (issue 4): built at start-up by the server.
+pub struct Security {
+    pub auth: crate::auth::Authenticator,
+    pub policy: crate::policy::Policy,
+    /// The key injected upstream (`upstream.credentials = "inject"`).
+    pub upstream_key: Option<Arc<crate::credentials::UpstreamKey>>,
+}
+
 /// Everything a request needs, shared by all requests.
 pub struct ProxyState {
     pub config: Config,
+    /// The engine of the rule set as loaded (the `default` profile's unless it changes rules).
     pub engine: Arc<Engine>,
+    pub security: Security,
     connector: Connector,
     resolver: Resolver,
 }
 
 impl ProxyState {
-    pub fn new(config: Config, engine: Arc<Engine>) -> ProxyState {
+    /// `config.upstream.ca_file` must have been checked ([`crate::tls::check_ca_file`]):
+    /// Pingora's connector panics on an unreadable CA bundle.
+    pub fn new(config: Config, engine: Arc<Engine>, security: Security) -> ProxyState {
         let resolver = Resolver::new(&config.upstream.host, config.upstream.port);
+        let options = config.upstream.ca_file.as_ref().map(|ca| {
+            let mut options = pingora::connectors::ConnectorOptions::new(128);
+            options.ca_file = Some(ca.display().to_string());
+            options
+        });
         ProxyState {
             config,
             engine,
-            connector: Connector::new(None),
+            security,
+            connector: Connector::new(options),
             resolver,
         }
     }
@@ -153,6 +171,14 @@ pub struct RequestCtx {
     pub late_matches: u64,
     /// Set once the caller is authenticated (or to anonymous when auth is off).
     pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
+    /// Why authentication or authorization refused the request (bounded label, see
+    /// [`crate::auth::AuthError::reason`]; `model_not_allowed` for a profile's model list).
+    pub auth_failure: Option<&'static str>,
+    /// Pingora's error type when the upstream could not be reached or failed mid-request
+    /// (e.g. `TLSHandshakeFailure`, `ConnectRefused`).
+    pub upstream_error: Option<&'static str>,
+    /// The caller's policy profile (its engine masks this request and its response).
+    pub profile: Option<Arc<crate::policy::Profile>>,
 }
 
 fn new_request_id() -> String {
@@ -226,6 +252,9 @@ impl ProxyHttp for Proxy {
             tools_blocked: 0,
             late_matches: 0,
             identity: None,
+            auth_failure: None,
+            upstream_error: None,
+            profile: None,
         }
     }
 
@@ -280,6 +309,10 @@ impl ProxyHttp for Proxy {
             blocked_rule = ctx.blocked_rule.as_deref().unwrap_or(""),
             tools_blocked = ctx.tools_blocked,
             late_matches = ctx.late_matches,
+            subject = ctx.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or(""),
+            profile = ctx.identity.as_ref().map(|i| i.profile.as_str()).unwrap_or(""),
+            auth_failure = ctx.auth_failure.unwrap_or(""),
+            upstream_error = ctx.upstream_error.unwrap_or(""),
             duration_ms = ctx.started.elapsed().as_millis() as u64,
             "request"
         );
@@ -295,7 +328,7 @@ async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &ApiE
     let _ = header.insert_header(header::CONTENT_TYPE, "application/json");
     let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
     let _ = header.insert_header("x-streammask-request-id", ctx.request_id.as_str());
-    if error.status == 413 || error.status == 400 {
+    if error.status == 413 || error.status == 400 || ctx.auth_failure.is_some() {
         // The rest of the request body may still be on the wire: do not reuse the connection.
         session.set_keepalive(None);
     }
@@ -505,11 +538,20 @@ impl Proxy {
             ));
         };
         ctx.route = Some(route);
+        // Identify the caller before reading a byte of the body.
+        let profile = self.admit(session, ctx).await?;
+        let engine = Arc::clone(&profile.engine);
+        let limit = profile.max_body_bytes;
 
-        let raw_body = read_body(session, state.config.max_body_bytes).await?;
+        let raw_body = read_body(session, limit).await?;
         let encoding = header_str(session, "content-encoding").map(str::to_string);
-        let body = decode_body(raw_body, encoding.as_deref(), state.config.max_body_bytes)?;
+        let body = decode_body(raw_body, encoding.as_deref(), limit)?;
         let decoded = encoding.is_some();
+        if profile.restricts_models() && !body.is_empty() {
+            check_models(&profile, route, &body).inspect_err(|_| {
+                ctx.auth_failure = Some("model_not_allowed");
+            })?;
+        }
 
         let forward_body = if body.is_empty() {
             if method == "POST" && matches!(route, Route::Messages | Route::CountTokens) {
@@ -527,8 +569,8 @@ impl Proxy {
                 )
                 .with_status(415));
             }
-            let walked = mask_json(&state.engine, &body, &state.walk_options(Scope::Request))
-                .map_err(|err| {
+            let walked =
+                mask_json(&engine, &body, &state.walk_options(Scope::Request)).map_err(|err| {
                     ApiError::new(
                         ErrorKind::InvalidRequest,
                         format!("streammask: the request body is not valid JSON: {err}"),
@@ -541,7 +583,7 @@ impl Proxy {
                 .find(|f| f.finding.action == Action::Block)
             {
                 let rule_id = blocking.finding.rule_id.clone();
-                let description = rule_description(&state.engine, &rule_id);
+                let description = rule_description(&engine, &rule_id);
                 ctx.blocked_rule = Some(rule_id.clone());
                 return Err(ApiError::new(
                     ErrorKind::Permission,
@@ -559,6 +601,47 @@ impl Proxy {
         let _ = decoded;
         self.forward(session, ctx, route, &method, forward_body)
             .await
+    }
+
+    /// Authenticate the caller, fill `ctx.identity` and choose its profile.
+    async fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Arc<crate::policy::Profile>, ApiError> {
+        let security = &self.state.security;
+        let caller = match security
+            .auth
+            .authenticate(&session.req_header().headers)
+            .await
+        {
+            Ok(caller) => caller,
+            Err(refused) => {
+                ctx.auth_failure = Some(refused.reason);
+                let kind = match refused.status {
+                    401 => ErrorKind::Authentication,
+                    403 => ErrorKind::Permission,
+                    _ => ErrorKind::Api,
+                };
+                return Err(ApiError::new(kind, refused.message).with_status(refused.status));
+            }
+        };
+        let profile = Arc::clone(security.policy.profile_for(&caller.groups));
+        ctx.identity = Some(Arc::new(crate::identity::Identity {
+            subject: caller.subject,
+            groups: caller.groups,
+            profile: profile.name.clone(),
+        }));
+        ctx.profile = Some(Arc::clone(&profile));
+        Ok(profile)
+    }
+
+    /// The engine of the request's profile.
+    fn engine(&self, ctx: &RequestCtx) -> Arc<Engine> {
+        ctx.profile
+            .as_ref()
+            .map(|p| Arc::clone(&p.engine))
+            .unwrap_or_else(|| Arc::clone(&self.state.engine))
     }
 
     fn upstream_request(
@@ -584,17 +667,30 @@ impl Proxy {
         let mut request =
             RequestHeader::build(method, target.as_bytes(), Some(original.headers.len() + 4))
                 .map_err(internal)?;
-        let rewritten = [
+        let injected = self
+            .state
+            .security
+            .upstream_key
+            .as_ref()
+            .and_then(|key| key.header());
+        let mut rewritten = vec![
             header::HOST,
             header::CONTENT_LENGTH,
             header::CONTENT_ENCODING,
             header::ACCEPT_ENCODING,
             header::EXPECT,
         ];
+        if self.state.security.upstream_key.is_some() {
+            // The caller's credential never goes upstream when the proxy holds the key.
+            rewritten.extend([header::AUTHORIZATION, HeaderName::from_static("x-api-key")]);
+        }
         for (name, value) in end_to_end_headers(&original.headers, &rewritten) {
             request
                 .append_header(name.clone(), value.clone())
                 .map_err(internal)?;
+        }
+        if let Some(key) = injected {
+            request.insert_header("x-api-key", key).map_err(internal)?;
         }
         request
             .insert_header(header::HOST, upstream.authority())
@@ -628,7 +724,12 @@ impl Proxy {
             )
             .with_status(502)
         };
+        let failed = |ctx: &mut RequestCtx, e: pingora::BError| {
+            ctx.upstream_error = Some(e.etype().as_str());
+            unavailable(e.etype().as_str())
+        };
         let Some(addr) = state.resolver.resolve().await else {
+            ctx.upstream_error = Some("DnsFailure");
             return Err(unavailable("the upstream host does not resolve"));
         };
         let peer = state.peer(addr);
@@ -636,7 +737,7 @@ impl Proxy {
             .connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(ctx, e))?;
         // The connector does not apply the peer's timeouts to the session; without them a
         // silent upstream would hold the client forever.
         let timeout = Duration::from_millis(state.config.upstream.read_timeout_ms);
@@ -645,21 +746,21 @@ impl Proxy {
         upstream
             .write_request_header(Box::new(request))
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(ctx, e))?;
         if !body.is_empty() {
             upstream
                 .write_request_body(Bytes::from(body), true)
                 .await
-                .map_err(|e| unavailable(e.etype().as_str()))?;
+                .map_err(|e| failed(ctx, e))?;
         }
         upstream
             .finish_request_body()
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(ctx, e))?;
         upstream
             .read_response_header()
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(ctx, e))?;
         let Some(upstream_header) = upstream.response_header().cloned() else {
             return Err(unavailable("no response header"));
         };
@@ -723,7 +824,8 @@ impl Proxy {
                 let mut body = self.mask_buffered(ctx, body, kind)?;
                 if route == Route::Batches {
                     if let Some(host) = header_str(session, "host") {
-                        if let Some(rewritten) = point_results_url_at_proxy(&body, host) {
+                        let tls = state.config.tls.is_some();
+                        if let Some(rewritten) = point_results_url_at_proxy(&body, host, tls) {
                             body = rewritten;
                         }
                     }
@@ -792,7 +894,7 @@ impl Proxy {
         body: Vec<u8>,
         kind: BodyKind,
     ) -> Result<Vec<u8>, ApiError> {
-        let engine = &self.state.engine;
+        let engine = &self.engine(ctx);
         if let BodyKind::Json = kind {
             let mut findings = Vec::new();
             if let Ok(masked) =
@@ -843,12 +945,13 @@ impl Proxy {
     ) {
         const READ_AHEAD: usize = 64;
         let state = Arc::clone(&self.state);
+        let engine = self.engine(ctx);
         let mut sse = SseTransformer::new(
-            Arc::clone(&state.engine),
+            Arc::clone(&engine),
             state.config.thinking,
             state.config.max_sse_event_bytes,
         );
-        let mut jsonl = JsonlMasker::default();
+        let mut jsonl = JsonlMasker::new(Arc::clone(&engine));
         let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Option<Bytes>>(READ_AHEAD);
         // The reader hands the session back when the body ended cleanly, so it can be pooled.
         let reader = tokio::spawn(async move {
@@ -960,10 +1063,58 @@ impl Proxy {
     }
 }
 
+/// Refuse a request for a model the caller's profile does not allow (403). Only the `model`
+/// fields are read: `model` of a message request, `requests[].params.model` of a batch.
+fn check_models(
+    profile: &crate::policy::Profile,
+    route: Route,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        model: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct BatchRequest {
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Top {
+        model: Option<String>,
+        requests: Option<Vec<BatchRequest>>,
+    }
+    if !matches!(route, Route::Messages | Route::CountTokens | Route::Batches) {
+        return Ok(());
+    }
+    // A body that is not this shape is refused later by the walker or the upstream.
+    let Ok(top) = serde_json::from_slice::<Top>(body) else {
+        return Ok(());
+    };
+    let models = top.model.into_iter().chain(
+        top.requests
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| r.params.and_then(|p| p.model)),
+    );
+    for model in models {
+        if !profile.allows_model(&model) {
+            return Err(ApiError::new(
+                ErrorKind::Permission,
+                format!(
+                    "streammask: profile `{}` may not use this model",
+                    profile.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Batch objects name where their results live (`results_url`). Left pointing at the upstream,
 /// SDKs would fetch the results around the proxy, unmasked; point it at the proxy instead.
-fn point_results_url_at_proxy(body: &[u8], host: &str) -> Option<Vec<u8>> {
-    fn rewrite(batch: &mut serde_json::Value, host: &str) -> bool {
+fn point_results_url_at_proxy(body: &[u8], host: &str, tls: bool) -> Option<Vec<u8>> {
+    let scheme = if tls { "https" } else { "http" };
+    let rewrite = |batch: &mut serde_json::Value| -> bool {
         let Some(url) = batch.get("results_url").and_then(|u| u.as_str()) else {
             return false;
         };
@@ -971,9 +1122,9 @@ fn point_results_url_at_proxy(body: &[u8], host: &str) -> Option<Vec<u8>> {
             return false;
         };
         let path = rest.find('/').map_or("", |slash| &rest[slash..]);
-        batch["results_url"] = serde_json::Value::String(format!("http://{host}{path}"));
+        batch["results_url"] = serde_json::Value::String(format!("{scheme}://{host}{path}"));
         true
-    }
+    };
     if host.is_empty()
         || host
             .bytes()
@@ -982,10 +1133,10 @@ fn point_results_url_at_proxy(body: &[u8], host: &str) -> Option<Vec<u8>> {
         return None;
     }
     let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let mut changed = rewrite(&mut value, host);
+    let mut changed = rewrite(&mut value);
     if let Some(batches) = value.get_mut("data").and_then(|d| d.as_array_mut()) {
         for batch in batches {
-            changed |= rewrite(batch, host);
+            changed |= rewrite(batch);
         }
     }
     changed.then(|| serde_json::to_vec(&value).ok()).flatten()
@@ -1002,12 +1153,19 @@ fn rule_description(engine: &Engine, rule_id: &str) -> String {
 }
 
 /// Masks a JSON Lines body line by line (batch results), holding at most one partial line.
-#[derive(Default)]
 struct JsonlMasker {
     partial: Vec<u8>,
+    engine: Arc<Engine>,
 }
 
 impl JsonlMasker {
+    fn new(engine: Arc<Engine>) -> JsonlMasker {
+        JsonlMasker {
+            partial: Vec::new(),
+            engine,
+        }
+    }
+
     fn push(
         &mut self,
         state: &ProxyState,
@@ -1018,20 +1176,26 @@ impl JsonlMasker {
         self.partial.extend_from_slice(chunk);
         if let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') {
             let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
-            mask_lines(state, &complete, out, findings);
+            mask_lines(state, &self.engine, &complete, out, findings);
         }
     }
 
     fn finish(&mut self, state: &ProxyState, out: &mut Vec<u8>, findings: &mut Vec<Located>) {
         let rest = std::mem::take(&mut self.partial);
         if !rest.is_empty() {
-            mask_lines(state, &rest, out, findings);
+            mask_lines(state, &self.engine, &rest, out, findings);
         }
     }
 }
 
-fn mask_lines(state: &ProxyState, lines: &[u8], out: &mut Vec<u8>, findings: &mut Vec<Located>) {
-    match mask_jsonl(&state.engine, lines, &state.walk_options(Scope::Response)) {
+fn mask_lines(
+    state: &ProxyState,
+    engine: &Engine,
+    lines: &[u8],
+    out: &mut Vec<u8>,
+    findings: &mut Vec<Located>,
+) {
+    match mask_jsonl(engine, lines, &state.walk_options(Scope::Response)) {
         Ok(walked) => {
             findings.extend(walked.findings.into_iter().map(Located::from));
             out.extend_from_slice(walked.body.as_deref().unwrap_or(lines));
@@ -1039,7 +1203,7 @@ fn mask_lines(state: &ProxyState, lines: &[u8], out: &mut Vec<u8>, findings: &mu
         Err(_) => {
             // A line that is not JSON is still scanned, as text.
             let text = String::from_utf8_lossy(lines);
-            match state.engine.mask(&text, Scope::Response) {
+            match engine.mask(&text, Scope::Response) {
                 Ok(masked) => out.extend_from_slice(masked.text.as_bytes()),
                 Err(_) => out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"streammask: line could not be scanned\"}}\n"),
             }

@@ -317,6 +317,35 @@ impl RuleSet {
         }
     }
 
+    /// This set with rules turned on or off and actions replaced (a policy profile). Returns
+    /// the first rule id that names no rule in the set.
+    pub fn with_overrides(
+        &self,
+        enable: &[String],
+        disable: &[String],
+        actions: &std::collections::BTreeMap<String, Action>,
+    ) -> Result<RuleSet, String> {
+        let mut set = self.clone();
+        let ids = enable.iter().chain(disable.iter()).chain(actions.keys());
+        for id in ids {
+            if !set.rules.iter().any(|rule| &rule.id == id) {
+                return Err(id.clone());
+            }
+        }
+        for rule in &mut set.rules {
+            if enable.contains(&rule.id) {
+                rule.enabled = true;
+            }
+            if disable.contains(&rule.id) {
+                rule.enabled = false;
+            }
+            if let Some(action) = actions.get(&rule.id) {
+                rule.action = *action;
+            }
+        }
+        Ok(set)
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

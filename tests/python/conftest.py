@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -279,11 +280,12 @@ class ProxyLauncher:
             while time.monotonic() < deadline and proxy.proc.poll() is None:
                 try:
                     if httpx.get(proxy.admin_url + "/readyz", timeout=1).status_code == 200:
-                        # The admin listener may come up first: check the proxy port accepts.
-                        httpx.get(proxy.url + "/", timeout=5)
+                        # The admin listener may come up first: check the proxy port accepts
+                        # (a TCP connect, so TLS listeners count too).
+                        socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()
                         self.ready = True
                         return proxy
-                except httpx.HTTPError:
+                except (httpx.HTTPError, OSError):
                     pass
                 time.sleep(0.05)
             _kill(proxy.proc)

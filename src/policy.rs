@@ -1,0 +1,325 @@
+//! Per-group policy: `[[profiles]]` map caller groups to which rules are on, per-rule action
+//! overrides, allowed models and a request size limit.
+//!
+//! Invariants:
+//! - the first profile (in file order) that names one of the caller's groups applies; the
+//!   profile named `default` (or an implicit one with no changes) applies otherwise;
+//! - each profile has one [`Engine`], compiled at start-up from the rule set with the
+//!   profile's changes, so request masking, blocking and response streaming of one request all
+//!   follow the same profile. Profiles without rule changes share the base engine, and every
+//!   engine uses the same placeholder key (a secret masks the same way for every group);
+//! - a profile that names an unknown rule fails start-up (and `config check`).
+
+use crate::config::ConfigError;
+use crate::masker::Engine;
+use crate::matcher::Matcher;
+use crate::placeholder::PlaceholderKey;
+use crate::rules::{Action, RuleSet};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// `[[profiles]]` as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSection {
+    pub name: String,
+    /// Caller groups this profile applies to (empty only for `default`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Rule ids to turn on (rules shipped with `enabled = false`).
+    #[serde(default)]
+    pub enable_rules: Vec<String>,
+    /// Rule ids to turn off.
+    #[serde(default)]
+    pub disable_rules: Vec<String>,
+    /// Per-rule action overrides, e.g. `{ "github-pat-classic" = "block" }`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, Action>,
+    /// Models this profile may use; empty = any. A trailing `*` matches a prefix.
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Request size limit for this profile (defaults to `server.max_body_bytes`).
+    pub max_body_bytes: Option<usize>,
+}
+
+impl ProfileSection {
+    fn changes_rules(&self) -> bool {
+        !(self.enable_rules.is_empty() && self.disable_rules.is_empty() && self.actions.is_empty())
+    }
+}
+
+fn invalid(message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: "profiles",
+        message,
+    }
+}
+
+/// Validate the profiles; returns them with a `default` profile last (implicit if absent).
+pub fn validate_profiles(
+    mut profiles: Vec<ProfileSection>,
+    max_body_bytes: usize,
+) -> Result<Vec<ProfileSection>, ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for profile in &profiles {
+        if profile.name.trim().is_empty() {
+            return Err(invalid("every profile needs a name".into()));
+        }
+        if !seen.insert(profile.name.clone()) {
+            return Err(invalid(format!(
+                "profile {:?} is defined twice",
+                profile.name
+            )));
+        }
+        if profile.name == DEFAULT_PROFILE {
+            if !profile.groups.is_empty() {
+                return Err(invalid(
+                    "profile \"default\" applies to callers no other profile matches; it takes no groups".into(),
+                ));
+            }
+        } else if profile.groups.is_empty() {
+            return Err(invalid(format!(
+                "profile {:?} names no groups (only \"default\" may)",
+                profile.name
+            )));
+        }
+        if let Some(limit) = profile.max_body_bytes {
+            if limit < 1024 {
+                return Err(invalid(format!(
+                    "profile {:?}: max_body_bytes must be at least 1024",
+                    profile.name
+                )));
+            }
+        }
+        if profile.allowed_models.iter().any(|m| m.trim().is_empty()) {
+            return Err(invalid(format!(
+                "profile {:?}: allowed_models has an empty entry",
+                profile.name
+            )));
+        }
+    }
+    // `default` goes last whatever its position, so group profiles are tried first.
+    let default_at = profiles.iter().position(|p| p.name == DEFAULT_PROFILE);
+    let default = match default_at {
+        Some(at) => profiles.remove(at),
+        None => ProfileSection {
+            name: DEFAULT_PROFILE.into(),
+            groups: Vec::new(),
+            enable_rules: Vec::new(),
+            disable_rules: Vec::new(),
+            actions: BTreeMap::new(),
+            allowed_models: Vec::new(),
+            max_body_bytes: None,
+        },
+    };
+    profiles.push(default);
+    for profile in &mut profiles {
+        profile.max_body_bytes.get_or_insert(max_body_bytes);
+    }
+    Ok(profiles)
+}
+
+/// Every group the profiles name.
+pub fn profile_groups(profiles: &[ProfileSection]) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for group in profiles.iter().flat_map(|p| p.groups.iter()) {
+        if !groups.contains(group) {
+            groups.push(group.clone());
+        }
+    }
+    groups
+}
+
+/// One profile, ready to serve.
+pub struct Profile {
+    pub name: String,
+    groups: Vec<String>,
+    allowed_models: Vec<String>,
+    pub max_body_bytes: usize,
+    pub engine: Arc<Engine>,
+}
+
+impl Profile {
+    /// Whether this profile may use `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.allowed_models.is_empty()
+            || self
+                .allowed_models
+                .iter()
+                .any(|allowed| match allowed.strip_suffix('*') {
+                    Some(prefix) => model.starts_with(prefix),
+                    None => model == allowed,
+                })
+    }
+
+    pub fn restricts_models(&self) -> bool {
+        !self.allowed_models.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("profiles: profile {profile:?} names unknown rule {rule:?}")]
+    UnknownRule { profile: String, rule: String },
+    #[error("profiles: profile {profile:?}: {source}")]
+    Matcher {
+        profile: String,
+        source: crate::matcher::MatcherError,
+    },
+    #[error("profiles: profile {profile:?}: {source}")]
+    Engine {
+        profile: String,
+        source: crate::masker::MaskError,
+    },
+}
+
+/// All profiles; the last one is `default`.
+pub struct Policy {
+    profiles: Vec<Arc<Profile>>,
+}
+
+impl Policy {
+    /// Compile each profile's engine. `base` is the engine of `rules` unchanged.
+    pub fn build(
+        sections: &[ProfileSection],
+        rules: &RuleSet,
+        base: &Arc<Engine>,
+        key: &PlaceholderKey,
+        max_hold_bytes: usize,
+    ) -> Result<Policy, PolicyError> {
+        let mut profiles = Vec::new();
+        for section in sections {
+            let engine =
+                if section.changes_rules() {
+                    let set = rules
+                        .with_overrides(
+                            &section.enable_rules,
+                            &section.disable_rules,
+                            &section.actions,
+                        )
+                        .map_err(|rule| PolicyError::UnknownRule {
+                            profile: section.name.clone(),
+                            rule,
+                        })?;
+                    let matcher = Matcher::compile(&set, max_hold_bytes - 2).map_err(|source| {
+                        PolicyError::Matcher {
+                            profile: section.name.clone(),
+                            source,
+                        }
+                    })?;
+                    Arc::new(Engine::new(matcher, key.clone(), max_hold_bytes).map_err(
+                        |source| PolicyError::Engine {
+                            profile: section.name.clone(),
+                            source,
+                        },
+                    )?)
+                } else {
+                    Arc::clone(base)
+                };
+            profiles.push(Arc::new(Profile {
+                name: section.name.clone(),
+                groups: section.groups.clone(),
+                allowed_models: section.allowed_models.clone(),
+                max_body_bytes: section.max_body_bytes.unwrap_or(usize::MAX),
+                engine,
+            }));
+        }
+        Ok(Policy { profiles })
+    }
+
+    /// The profile for a caller in `groups`: the first that names one of them, else `default`.
+    pub fn profile_for(&self, groups: &[String]) -> &Arc<Profile> {
+        self.profiles
+            .iter()
+            .find(|p| p.groups.iter().any(|g| groups.contains(g)))
+            .unwrap_or_else(|| {
+                // validate_profiles always appends `default`, so the list is never empty.
+                self.profiles.last().expect("policy has a default profile")
+            })
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sections(text: &str) -> Vec<ProfileSection> {
+        #[derive(Deserialize)]
+        struct File {
+            profiles: Vec<ProfileSection>,
+        }
+        let file: File = toml::from_str(text).unwrap();
+        validate_profiles(file.profiles, 4096).unwrap()
+    }
+
+    #[test]
+    fn default_goes_last_and_limits_inherit() {
+        let s = sections(
+            "[[profiles]]\nname = \"default\"\n[[profiles]]\nname = \"c\"\ngroups = [\"contractors\"]\nmax_body_bytes = 2048\n",
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].name, "c");
+        assert_eq!(s[0].max_body_bytes, Some(2048));
+        assert_eq!(s[1].name, "default");
+        assert_eq!(s[1].max_body_bytes, Some(4096));
+        assert_eq!(profile_groups(&s), ["contractors"]);
+    }
+
+    #[test]
+    fn bad_profiles_are_named() {
+        #[derive(Deserialize)]
+        struct File {
+            profiles: Vec<ProfileSection>,
+        }
+        for (text, needle) in [
+            ("[[profiles]]\nname = \"x\"\n", "names no groups"),
+            ("[[profiles]]\nname = \"default\"\ngroups = [\"a\"]\n", "takes no groups"),
+            (
+                "[[profiles]]\nname = \"x\"\ngroups = [\"a\"]\n[[profiles]]\nname = \"x\"\ngroups = [\"b\"]\n",
+                "defined twice",
+            ),
+        ] {
+            let file: File = toml::from_str(text).unwrap();
+            let err = validate_profiles(file.profiles, 4096).unwrap_err().to_string();
+            assert!(err.starts_with("profiles") && err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn model_globs() {
+        let profile = |models: &[&str]| Profile {
+            name: "p".into(),
+            groups: vec![],
+            allowed_models: models.iter().map(|m| m.to_string()).collect(),
+            max_body_bytes: 1,
+            engine: test_engine(),
+        };
+        assert!(profile(&[]).allows_model("anything"));
+        let p = profile(&["claude-haiku-*", "claude-sonnet-4-5"]);
+        assert!(p.allows_model("claude-haiku-4-5"));
+        assert!(p.allows_model("claude-sonnet-4-5"));
+        assert!(!p.allows_model("claude-sonnet-4-5-20250929"));
+        assert!(!p.allows_model("claude-opus-4-1"));
+    }
+
+    fn test_engine() -> Arc<Engine> {
+        let set = RuleSet::from_toml(
+            "t.toml",
+            "[[rules]]\nid = \"t\"\ndescription = \"t\"\npattern = 'tok_[a-z]{8}'\naction = \"mask\"\n",
+        )
+        .unwrap();
+        let matcher = Matcher::compile(&set, 1000).unwrap();
+        Arc::new(Engine::new(matcher, PlaceholderKey::random(), 1024).unwrap())
+    }
+}
