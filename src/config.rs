@@ -48,6 +48,12 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub masking: MaskingSection,
+    #[serde(default)]
+    pub audit: crate::audit::AuditSection,
+    #[serde(default)]
+    pub metrics: crate::events::MetricsSection,
+    #[serde(default)]
+    pub log: crate::events::LogSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +185,9 @@ pub struct Config {
     /// Caller groups named in the configuration (policy profiles). Metrics label requests by
     /// these groups only; every other group is counted as `other`, so label values stay bounded.
     pub known_groups: Vec<String>,
+    pub audit: crate::audit::AuditSection,
+    pub metrics: crate::events::MetricsSection,
+    pub log: crate::events::LogSection,
 }
 
 impl FileConfig {
@@ -262,6 +271,7 @@ impl FileConfig {
                 ));
             }
         }
+        self.audit.validate()?;
         Ok(Config {
             listen,
             admin,
@@ -276,6 +286,9 @@ impl FileConfig {
             max_sse_event_bytes: self.masking.max_sse_event_bytes,
             thinking: self.masking.thinking,
             known_groups: Vec::new(),
+            audit: self.audit,
+            metrics: self.metrics,
+            log: self.log,
         })
     }
 }
@@ -374,6 +387,9 @@ mod tests {
             ("[server]\nthreads = 0\n", "server.threads"),
             ("[masking]\nmax_hold_bytes = 10\n", "masking.max_hold_bytes"),
             ("[server]\nadmin = \"127.0.0.1:8080\"\n", "server.admin"),
+            ("[audit]\nmax_files = 0\n", "audit.max_files"),
+            ("[audit]\nmax_bytes = 10\n", "audit.max_bytes"),
+            ("[audit]\nqueue = 0\n", "audit.queue"),
         ];
         for (text, key) in cases {
             let file = FileConfig::parse("t.toml", text)

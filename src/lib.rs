@@ -5,9 +5,11 @@
 //! streaming masking with placeholders from [`placeholder`]).
 
 pub mod api;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod identity;
 pub mod json_walk;
 pub mod masker;

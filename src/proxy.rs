@@ -19,6 +19,7 @@
 
 use crate::api::{route, ApiError, ErrorKind, Route};
 use crate::config::{Config, ThinkingPolicy};
+use crate::events::{ResponseTranscript, UpstreamError};
 use crate::json_walk::{mask_json, mask_jsonl, ThinkingMode, WalkOptions};
 use crate::masker::Engine;
 use crate::response::{mask_json_response, Located, SseTransformer};
@@ -153,6 +154,8 @@ pub struct RequestCtx {
     pub late_matches: u64,
     /// Set once the caller is authenticated (or to anonymous when auth is off).
     pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
+    /// Timings, sizes, usage and transcripts for metrics and audit.
+    pub obs: crate::events::RequestObs,
 }
 
 fn new_request_id() -> String {
@@ -226,6 +229,7 @@ impl ProxyHttp for Proxy {
             tools_blocked: 0,
             late_matches: 0,
             identity: None,
+            obs: Default::default(),
         }
     }
 
@@ -234,7 +238,8 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        if let Err(error) = self.handle(session, ctx).await {
+        let span = tracing::info_span!("request", request_id = %ctx.request_id);
+        if let Err(error) = tracing::Instrument::instrument(self.handle(session, ctx), span).await {
             if error.kind == ErrorKind::Permission {
                 ctx.outcome = Outcome::Blocked;
             } else {
@@ -283,12 +288,14 @@ impl ProxyHttp for Proxy {
             duration_ms = ctx.started.elapsed().as_millis() as u64,
             "request"
         );
+        crate::events::request_finished(ctx, &self.state.engine);
     }
 }
 
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &ApiError) {
     let body = error.body();
     ctx.status = error.status;
+    ctx.obs.bytes_out += body.len();
     let Ok(mut header) = ResponseHeader::build(error.status, Some(4)) else {
         return;
     };
@@ -505,8 +512,15 @@ impl Proxy {
             ));
         };
         ctx.route = Some(route);
+        ctx.obs.method = method.clone();
+        ctx.obs
+            .set_session_id(header_str(session, "x-claude-code-session-id"));
 
         let raw_body = read_body(session, state.config.max_body_bytes).await?;
+        ctx.obs.bytes_in = raw_body.len();
+        if let Some(refused) = crate::audit::refusal() {
+            return Err(refused);
+        }
         let encoding = header_str(session, "content-encoding").map(str::to_string);
         let body = decode_body(raw_body, encoding.as_deref(), state.config.max_body_bytes)?;
         let decoded = encoding.is_some();
@@ -527,8 +541,11 @@ impl Proxy {
                 )
                 .with_status(415));
             }
-            let walked = mask_json(&state.engine, &body, &state.walk_options(Scope::Request))
-                .map_err(|err| {
+            let masking = Instant::now();
+            let walked = mask_json(&state.engine, &body, &state.walk_options(Scope::Request));
+            ctx.obs.masking += masking.elapsed();
+            ctx.obs.model = crate::events::top_level_string(&body, "model");
+            let walked = walked.map_err(|err| {
                     ApiError::new(
                         ErrorKind::InvalidRequest,
                         format!("streammask: the request body is not valid JSON: {err}"),
@@ -621,6 +638,11 @@ impl Proxy {
     ) -> Result<(), ApiError> {
         let state = Arc::clone(&self.state);
         let request = self.upstream_request(session, method, body.len())?;
+        let body = Bytes::from(body);
+        if ctx.obs.wants_transcripts() && !body.is_empty() {
+            ctx.obs.request_transcript = Some(body.clone());
+        }
+        let opened = Instant::now();
         let unavailable = |what: &str| {
             ApiError::new(
                 ErrorKind::Api,
@@ -629,14 +651,20 @@ impl Proxy {
             .with_status(502)
         };
         let Some(addr) = state.resolver.resolve().await else {
+            ctx.obs.upstream_failed(UpstreamError::Resolve);
             return Err(unavailable("the upstream host does not resolve"));
+        };
+        let mut failed = |stage: UpstreamError, e: Box<pingora::Error>| {
+            ctx.obs
+                .upstream_failed(UpstreamError::from_pingora(stage, &e));
+            unavailable(e.etype().as_str())
         };
         let peer = state.peer(addr);
         let (mut upstream, _reused) = state
             .connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(UpstreamError::Connect, e))?;
         // The connector does not apply the peer's timeouts to the session; without them a
         // silent upstream would hold the client forever.
         let timeout = Duration::from_millis(state.config.upstream.read_timeout_ms);
@@ -645,22 +673,24 @@ impl Proxy {
         upstream
             .write_request_header(Box::new(request))
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(UpstreamError::Send, e))?;
         if !body.is_empty() {
             upstream
-                .write_request_body(Bytes::from(body), true)
+                .write_request_body(body, true)
                 .await
-                .map_err(|e| unavailable(e.etype().as_str()))?;
+                .map_err(|e| failed(UpstreamError::Send, e))?;
         }
         upstream
             .finish_request_body()
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(UpstreamError::Send, e))?;
         upstream
             .read_response_header()
             .await
-            .map_err(|e| unavailable(e.etype().as_str()))?;
+            .map_err(|e| failed(UpstreamError::Read, e))?;
+        ctx.obs.upstream_ttfb = Some(opened.elapsed());
         let Some(upstream_header) = upstream.response_header().cloned() else {
+            ctx.obs.upstream_failed(UpstreamError::Read);
             return Err(unavailable("no response header"));
         };
 
@@ -687,6 +717,7 @@ impl Proxy {
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok());
         let Some(mut decoder) = Decoder::for_encoding(encoding) else {
+            ctx.obs.upstream_failed(UpstreamError::Malformed);
             return Err(unavailable("unsupported response Content-Encoding"));
         };
 
@@ -701,9 +732,11 @@ impl Proxy {
         }
         let _ = downstream.insert_header("x-streammask-request-id", ctx.request_id.as_str());
         ctx.status = upstream_header.status.as_u16();
+        ctx.obs.upstream_status(ctx.status);
 
         match kind {
             BodyKind::Sse | BodyKind::Jsonl => {
+                ctx.obs.streamed = true;
                 if !session.as_downstream().is_http2() {
                     let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
                 }
@@ -719,8 +752,14 @@ impl Proxy {
                 Ok(())
             }
             BodyKind::Json | BodyKind::Text => {
-                let body = self.read_whole(&mut upstream, &mut decoder).await?;
-                let mut body = self.mask_buffered(ctx, body, kind)?;
+                let body = self
+                    .read_whole(&mut upstream, &mut decoder)
+                    .await
+                    .inspect_err(|_| ctx.obs.upstream_failed(UpstreamError::Read))?;
+                let masking = Instant::now();
+                let body = self.mask_buffered(ctx, body, kind);
+                ctx.obs.masking += masking.elapsed();
+                let mut body = body?;
                 if route == Route::Batches {
                     if let Some(host) = header_str(session, "host") {
                         if let Some(rewritten) = point_results_url_at_proxy(&body, host) {
@@ -729,15 +768,19 @@ impl Proxy {
                     }
                 }
                 let _ = downstream.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+                ctx.obs.usage = crate::events::Usage::from_json_body(&body);
+                ctx.obs.bytes_out += body.len();
+                let body = Bytes::from(body);
+                if ctx.obs.wants_transcripts() {
+                    ctx.obs.response_transcript = Some(ResponseTranscript::Body(body.clone()));
+                }
                 if session
                     .write_response_header(Box::new(downstream), body.is_empty())
                     .await
                     .is_ok()
                     && !body.is_empty()
                 {
-                    let _ = session
-                        .write_response_body(Some(Bytes::from(body)), true)
-                        .await;
+                    let _ = session.write_response_body(Some(body), true).await;
                 }
                 state
                     .connector
@@ -849,6 +892,11 @@ impl Proxy {
             state.config.max_sse_event_bytes,
         );
         let mut jsonl = JsonlMasker::default();
+        let mut guard = crate::events::StreamGuard::start();
+        let mut transcript = ctx
+            .obs
+            .wants_transcripts()
+            .then(|| crate::audit::StreamTranscript::new(crate::audit::transcript_limit()));
         let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Option<Bytes>>(READ_AHEAD);
         // The reader hands the session back when the body ended cleanly, so it can be pooled.
         let reader = tokio::spawn(async move {
@@ -889,6 +937,7 @@ impl Proxy {
                 }
             }
             let mut done = false;
+            let masking = Instant::now();
             for item in batch {
                 let chunk = match item {
                     Some(Some(chunk)) => chunk,
@@ -927,10 +976,21 @@ impl Proxy {
                     BodyKind::Sse => sse.finish(&mut out),
                     _ => jsonl.finish(&state, &mut out, &mut ctx.response_findings),
                 }
+                ctx.obs.masking += masking.elapsed();
+                ctx.obs.bytes_out += out.len();
+                if let Some(transcript) = transcript.as_mut() {
+                    transcript.push(&out);
+                }
                 let _ = session
                     .write_response_body(Some(Bytes::from(std::mem::take(&mut out))), true)
                     .await;
                 break;
+            }
+            ctx.obs.masking += masking.elapsed();
+            guard.held(sse.held());
+            ctx.obs.bytes_out += out.len();
+            if let Some(transcript) = transcript.as_mut() {
+                transcript.push(&out);
             }
             if !out.is_empty()
                 && session
@@ -945,6 +1005,19 @@ impl Proxy {
         ctx.tools_blocked += sse.tools_blocked();
         ctx.late_matches += sse.late_matches();
         ctx.response_findings.append(&mut sse.findings);
+        for (kind, value) in &sse.usage {
+            ctx.obs.usage.record(kind, *value);
+        }
+        if let Some(transcript) = transcript {
+            ctx.obs.response_transcript = Some(ResponseTranscript::Stream(transcript));
+        }
+        if sse.fault().is_some() {
+            ctx.obs.upstream_failed(UpstreamError::Malformed);
+        } else if !completed && !client_gone {
+            ctx.obs.upstream_failed(UpstreamError::Read);
+        }
+        guard.held(0);
+        drop(guard);
         if client_gone || !completed || sse.fault().is_some() {
             // Dropping the upstream session closes its connection: a request the client left
             // is cancelled, and a connection in an unknown state is never pooled.

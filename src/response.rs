@@ -306,7 +306,9 @@ impl SseTransformer {
                     if self.fault.is_some() {
                         break;
                     }
+                    let timer = crate::events::event_timer();
                     self.on_event(event, out);
+                    crate::events::sse_event_masked(timer);
                 }
             }
             Err(crate::sse::SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),

@@ -1,5 +1,5 @@
 //! Start-up: validated config → engine → Pingora server with the proxy listener and the admin
-//! listener (`/healthz`, `/readyz`).
+//! listener (`/healthz`, `/readyz`, `/metrics`).
 //!
 //! Invariant: everything that can fail (rules, placeholder key, addresses, upstream resolution)
 //! fails here, before a socket is opened, with a message naming the cause.
@@ -32,6 +32,8 @@ pub enum StartError {
     Key(String),
     #[error("server: {0}")]
     Server(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Load the placeholder key from the configured file or environment variable; without one, a
@@ -81,6 +83,17 @@ impl ServeHttp for AdminApp {
                 (200, format!("ready: {} rules loaded\n", self.rules_loaded))
             }
             "/readyz" => (503, "not ready\n".to_string()),
+            "/metrics" => match crate::events::render() {
+                Some(text) => {
+                    return Response::builder()
+                        .status(200)
+                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                        .header("content-length", text.len())
+                        .body(text)
+                        .unwrap_or_else(|_| Response::new(Vec::new()))
+                }
+                None => (404, "metrics are disabled (metrics.enabled = false)\n".to_string()),
+            },
             _ => (404, "not found\n".to_string()),
         };
         Response::builder()
@@ -96,6 +109,10 @@ impl ServeHttp for AdminApp {
 pub fn run(config: Config) -> Result<(), StartError> {
     let engine = build_engine(&config)?;
     let rules_loaded = engine.matcher().rules().len();
+    if config.metrics.enabled {
+        crate::events::install(&engine, &config.known_groups);
+    }
+    crate::audit::install(&config.audit, Arc::clone(&engine))?;
     let conf = ServerConf {
         threads: config.threads,
         ..ServerConf::default()
