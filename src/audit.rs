@@ -99,7 +99,10 @@ impl AuditSection {
             message: message.to_string(),
         };
         if self.sink == SinkKind::File && self.path.as_os_str().is_empty() {
-            return Err(invalid("audit.path", "must be set when audit.sink = \"file\""));
+            return Err(invalid(
+                "audit.path",
+                "must be set when audit.sink = \"file\"",
+            ));
         }
         if self.max_bytes < 4096 {
             return Err(invalid("audit.max_bytes", "must be at least 4096"));
@@ -277,8 +280,7 @@ impl StreamTranscript {
                 }
             }
             (Some("message_delta"), _) => {
-                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str)
-                {
+                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     self.stop_reason = Some(reason.to_string());
                 }
             }
@@ -498,6 +500,8 @@ fn writer(
 ) {
     let mut line = Vec::with_capacity(4096);
     let mut dirty = false;
+    // Records written since the last flush: counted as written or lost once the flush says.
+    let mut unflushed = 0u64;
     loop {
         let pending = if dirty {
             match receiver.try_recv() {
@@ -505,13 +509,17 @@ fn writer(
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
                     dirty = false;
                     match output.flush() {
-                        Ok(()) => healthy.store(true, Ordering::Relaxed),
+                        Ok(()) => {
+                            crate::events::audit_written(unflushed);
+                            healthy.store(true, Ordering::Relaxed);
+                        }
                         Err(err) => {
                             healthy.store(false, Ordering::Relaxed);
-                            crate::events::audit_failed(true);
-                            log_failure("flush failed", &err);
+                            crate::events::audit_failed(true, unflushed);
+                            log_failure("write failed", &err);
                         }
                     }
+                    unflushed = 0;
                     continue;
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
@@ -538,12 +546,12 @@ fn writer(
         line.push(b'\n');
         match output.write_line(&line) {
             Ok(()) => {
-                crate::events::audit_written();
+                unflushed += 1;
                 dirty = true;
             }
             Err(err) => {
                 healthy.store(false, Ordering::Relaxed);
-                crate::events::audit_failed(true);
+                crate::events::audit_failed(true, 1);
                 log_failure("write failed", &err);
             }
         }
@@ -722,13 +730,10 @@ pub fn record(ctx: &mut RequestCtx, engine: &Engine) {
         }),
         endpoint: ctx.route.map_or("unknown", |r| r.label()).to_string(),
         method: obs.method.clone(),
-        model: obs
-            .model
-            .as_deref()
-            .map(|m| {
-                let m: String = m.chars().take(128).collect();
-                crate::events::masked_label(engine, &m, Scope::Request)
-            }),
+        model: obs.model.as_deref().map(|m| {
+            let m: String = m.chars().take(128).collect();
+            crate::events::masked_label(engine, &m, Scope::Request)
+        }),
         streamed: obs.streamed,
         status: ctx.status,
         decision: ctx.outcome.label().to_string(),
@@ -759,12 +764,12 @@ pub fn record(ctx: &mut RequestCtx, engine: &Engine) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             auditor.healthy.store(false, Ordering::Relaxed);
-            crate::events::audit_failed(false);
+            crate::events::audit_failed(false, 1);
             log_failure("queue full, record dropped", &"the writer is behind");
         }
         Err(TrySendError::Disconnected(_)) => {
             auditor.healthy.store(false, Ordering::Relaxed);
-            crate::events::audit_failed(true);
+            crate::events::audit_failed(true, 1);
             log_failure("writer stopped, record dropped", &"no writer");
         }
     }
@@ -807,7 +812,10 @@ fn content_text(content: &Value) -> Vec<String> {
             .filter_map(|block| {
                 let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
                 match kind {
-                    "text" => block.get("text").and_then(Value::as_str).map(str::to_string),
+                    "text" => block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     "thinking" => block
                         .get("thinking")
                         .and_then(Value::as_str)
@@ -872,7 +880,9 @@ fn write_response(out: &mut String, record: &AuditRecord) {
             } else if let Some(error) = message.get("error") {
                 out.push_str(&format!("assistant: (error) {error}\n"));
             }
-            if let Some(error) = message.get("error").filter(|_| message.get("content").is_some())
+            if let Some(error) = message
+                .get("error")
+                .filter(|_| message.get("content").is_some())
             {
                 out.push_str(&format!("assistant: (stream error) {error}\n"));
             }

@@ -299,13 +299,17 @@ pub struct Events {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(vec.clone())).expect("unique metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
     vec
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid");
-    registry.register(Box::new(h.clone())).expect("unique metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
     h
 }
 
@@ -320,7 +324,9 @@ fn histograms_by_endpoint(
         &["endpoint"],
     )
     .expect("valid metric");
-    registry.register(Box::new(vec.clone())).expect("unique metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
     ENDPOINTS
         .iter()
         .map(|e| vec.with_label_values(&[e]))
@@ -329,7 +335,9 @@ fn histograms_by_endpoint(
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -470,8 +478,8 @@ impl Events {
                 "streammask_request_masking_seconds",
                 "Time the proxy spent masking one request and its response (the overhead it adds)",
                 vec![
-                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                    0.1, 0.25, 1.0,
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 1.0,
                 ],
             ),
             sse_event_masking: histogram(
@@ -501,7 +509,9 @@ impl Events {
                 r,
                 "streammask_stream_peak_held_bytes",
                 "Largest number of bytes one stream held back",
-                vec![0.0, 64.0, 256.0, 1024.0, 4096.0, 12288.0, 65536.0, 1048576.0],
+                vec![
+                    0.0, 64.0, 256.0, 1024.0, 4096.0, 12288.0, 65536.0, 1048576.0,
+                ],
             ),
             late_matches: {
                 let c = IntCounter::new(
@@ -549,14 +559,13 @@ impl Events {
     }
 
     fn group_label(&self, index: usize) -> &str {
-        self.known_groups
-            .get(index)
-            .map(String::as_str)
-            .unwrap_or(if index == self.known_groups.len() {
+        self.known_groups.get(index).map(String::as_str).unwrap_or(
+            if index == self.known_groups.len() {
                 "other"
             } else {
                 "none"
-            })
+            },
+        )
     }
 
     fn tokens_for(&self, slot: usize, group: usize) -> &[IntCounter] {
@@ -578,7 +587,11 @@ impl Events {
 
     fn finding(&self, located: &Located, direction: usize) {
         let rule = located.finding.rule as usize;
-        match self.rules.get(rule).and_then(|r| r.findings[direction].as_ref()) {
+        match self
+            .rules
+            .get(rule)
+            .and_then(|r| r.findings[direction].as_ref())
+        {
             Some(counter) => counter.inc(),
             None => self
                 .findings_vec
@@ -636,16 +649,16 @@ pub fn auth_failure(reason: &'static str) {
     }
 }
 
-pub(crate) fn audit_written() {
+pub(crate) fn audit_written(records: u64) {
     if let Some(events) = EVENTS.get() {
-        events.audit_records.inc();
+        events.audit_records.inc_by(records);
     }
 }
 
-/// An audit record was lost: `queue_full` (false) or a sink write failure (true).
-pub(crate) fn audit_failed(write: bool) {
+/// Audit records were lost: `queue_full` (false) or a sink write failure (true).
+pub(crate) fn audit_failed(write: bool, records: u64) {
     if let Some(events) = EVENTS.get() {
-        events.audit_failures[usize::from(write)].inc();
+        events.audit_failures[usize::from(write)].inc_by(records);
     }
 }
 
@@ -1005,7 +1018,10 @@ mod tests {
     #[test]
     fn top_level_model_is_found_anywhere_in_the_object() {
         let cases: [(&str, Option<&str>); 6] = [
-            (r#"{"model":"claude-opus-4-8","messages":[]}"#, Some("claude-opus-4-8")),
+            (
+                r#"{"model":"claude-opus-4-8","messages":[]}"#,
+                Some("claude-opus-4-8"),
+            ),
             (
                 r#" { "messages" : [{"model":"inner","content":"a \" \\ \"model\": \"x"}], "model" : "m\u0031" } "#,
                 Some("m1"),

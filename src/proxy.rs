@@ -505,6 +505,9 @@ impl Proxy {
         let state = Arc::clone(&self.state);
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
+        ctx.obs.method = method.clone();
+        ctx.obs
+            .set_session_id(header_str(session, "x-claude-code-session-id"));
         let Some(route) = route(&method, &path, &state.config.extra_passthrough_prefixes) else {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
@@ -512,9 +515,6 @@ impl Proxy {
             ));
         };
         ctx.route = Some(route);
-        ctx.obs.method = method.clone();
-        ctx.obs
-            .set_session_id(header_str(session, "x-claude-code-session-id"));
 
         let raw_body = read_body(session, state.config.max_body_bytes).await?;
         ctx.obs.bytes_in = raw_body.len();
@@ -546,11 +546,11 @@ impl Proxy {
             ctx.obs.masking += masking.elapsed();
             ctx.obs.model = crate::events::top_level_string(&body, "model");
             let walked = walked.map_err(|err| {
-                    ApiError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("streammask: the request body is not valid JSON: {err}"),
-                    )
-                })?;
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("streammask: the request body is not valid JSON: {err}"),
+                )
+            })?;
             ctx.request_findings = walked.findings.into_iter().map(Located::from).collect();
             if let Some(blocking) = ctx
                 .request_findings

@@ -92,7 +92,10 @@ impl ServeHttp for AdminApp {
                         .body(text)
                         .unwrap_or_else(|_| Response::new(Vec::new()))
                 }
-                None => (404, "metrics are disabled (metrics.enabled = false)\n".to_string()),
+                None => (
+                    404,
+                    "metrics are disabled (metrics.enabled = false)\n".to_string(),
+                ),
             },
             _ => (404, "not found\n".to_string()),
         };
