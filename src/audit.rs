@@ -1,5 +1,7 @@
-//! The audit log: one JSON line per request, written off the request path by a writer thread,
-//! to a size-rotated file or to stdout; and the reader behind `streammask audit show|replay`.
+//! The audit log: one JSON line per request, to a size-rotated file or to stdout; and the
+//! reader behind `streammask audit show|replay`. The line is built when the request has been
+//! answered (Pingora's logging phase, so it adds no latency to the response) and written by a
+//! writer thread, so a slow disk never holds a request.
 //!
 //! Invariants:
 //! - a record never carries a raw secret. Findings carry the rule id, direction, JSON path
@@ -21,16 +23,15 @@ use crate::events::ResponseTranscript;
 use crate::masker::Engine;
 use crate::proxy::RequestCtx;
 use crate::rules::Scope;
-use crate::sse::SseFramer;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -157,11 +158,14 @@ pub struct ByteCounts {
     pub response: usize,
 }
 
-/// A record before its transcripts are rendered (that happens on the writer thread).
+/// A record's transcripts before they are rendered.
 struct Pending {
-    record: AuditRecord,
     request: Option<Bytes>,
     response: Option<ResponseTranscript>,
+    /// Whether a transcript may hold raw text a rule found (report-only findings) and must be
+    /// scanned again; when every finding was rewritten, the masked text holds none.
+    scrub_request: bool,
+    scrub_response: bool,
 }
 
 /// One audit line.
@@ -198,8 +202,8 @@ pub struct AuditRecord {
 /// A streamed response reassembled from the masked events the client received.
 #[derive(Debug)]
 pub struct StreamTranscript {
-    framer: SseFramer,
-    blocks: Vec<(u64, Value)>,
+    /// Per content block: its index, its start object, and the text its deltas added.
+    blocks: Vec<(u64, Value, String)>,
     stop_reason: Option<String>,
     error: Option<Value>,
     kept: usize,
@@ -207,10 +211,35 @@ pub struct StreamTranscript {
     truncated: bool,
 }
 
+/// The parts of a sent event the transcript uses; strings are borrowed from the event.
+#[derive(Deserialize)]
+struct SentEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    index: Option<u64>,
+    #[serde(borrow)]
+    delta: Option<SentDelta<'a>>,
+    content_block: Option<Value>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct SentDelta<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl StreamTranscript {
     pub fn new(limit: usize) -> StreamTranscript {
         StreamTranscript {
-            framer: SseFramer::new(usize::MAX),
             blocks: Vec::new(),
             stop_reason: None,
             error: None,
@@ -220,48 +249,41 @@ impl StreamTranscript {
         }
     }
 
-    /// Feed bytes exactly as they were written to the client.
+    /// Feed bytes exactly as they were written to the client. The SSE transformer only ever
+    /// writes whole events, so each `data:` line is parsed where it is, without re-framing
+    /// (an event whose data spans several lines is not transcribed).
     pub fn push(&mut self, sent: &[u8]) {
-        let Ok(events) = self.framer.push(sent) else {
-            self.truncated = true;
-            return;
-        };
-        for event in events {
-            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+        for line in sent.split(|&b| b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
             };
-            self.on_event(data);
+            let data = data.strip_suffix(b"\r").unwrap_or(data);
+            if let Ok(event) = serde_json::from_slice::<SentEvent>(data) {
+                self.on_event(event);
+            }
         }
     }
 
-    fn block(&mut self, index: u64) -> Option<&mut Value> {
-        self.blocks
-            .iter_mut()
-            .find(|(i, _)| *i == index)
-            .map(|(_, b)| b)
-    }
-
-    fn on_event(&mut self, data: Value) {
-        let index = data.get("index").and_then(Value::as_u64);
-        match (data.get("type").and_then(Value::as_str), index) {
-            (Some("content_block_start"), Some(index)) => {
-                let mut block = data.get("content_block").cloned().unwrap_or(Value::Null);
-                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    block["input"] = json!("");
-                }
-                self.blocks.push((index, block));
+    fn on_event(&mut self, data: SentEvent) {
+        match (data.kind.as_ref(), data.index) {
+            ("content_block_start", Some(index)) => {
+                self.blocks.push((
+                    index,
+                    data.content_block.unwrap_or(Value::Null),
+                    String::new(),
+                ));
             }
-            (Some("content_block_delta"), Some(index)) => {
-                let Some(delta) = data.get("delta") else {
+            ("content_block_delta", Some(index)) => {
+                let Some(delta) = data.delta else {
                     return;
                 };
-                let (field, piece) = match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => ("text", delta.get("text")),
-                    Some("thinking_delta") => ("thinking", delta.get("thinking")),
-                    Some("input_json_delta") => ("input", delta.get("partial_json")),
-                    _ => return,
+                let piece = match delta.kind.as_deref() {
+                    Some("text_delta") => delta.text,
+                    Some("thinking_delta") => delta.thinking,
+                    Some("input_json_delta") => delta.partial_json,
+                    _ => None,
                 };
-                let Some(piece) = piece.and_then(Value::as_str) else {
+                let Some(piece) = piece else {
                     return;
                 };
                 if self.kept + piece.len() > self.limit {
@@ -269,22 +291,16 @@ impl StreamTranscript {
                     return;
                 }
                 self.kept += piece.len();
-                if let Some(block) = self.block(index) {
-                    let mut text = block
-                        .get(field)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    text.push_str(piece);
-                    block[field] = Value::String(text);
+                if let Some((_, _, text)) = self.blocks.iter_mut().find(|(i, _, _)| *i == index) {
+                    text.push_str(&piece);
                 }
             }
-            (Some("message_delta"), _) => {
-                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    self.stop_reason = Some(reason.to_string());
+            ("message_delta", _) => {
+                if let Some(reason) = data.delta.and_then(|d| d.stop_reason) {
+                    self.stop_reason = Some(reason.into_owned());
                 }
             }
-            (Some("error"), _) => self.error = data.get("error").cloned(),
+            ("error", _) => self.error = data.error,
             _ => {}
         }
     }
@@ -294,14 +310,29 @@ impl StreamTranscript {
         let content: Vec<Value> = self
             .blocks
             .into_iter()
-            .map(|(_, mut block)| {
-                if let Some(input) = block.get("input").and_then(Value::as_str) {
-                    let parsed = if input.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(input).unwrap_or_else(|_| json!(input))
-                    };
-                    block["input"] = parsed;
+            .map(|(_, mut block, text)| {
+                let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+                match kind {
+                    "tool_use" | "server_tool_use" => {
+                        block["input"] = if text.trim().is_empty() {
+                            json!({})
+                        } else {
+                            serde_json::from_str(&text).unwrap_or_else(|_| json!(text))
+                        };
+                    }
+                    "thinking" | "text" => {
+                        // The start event may carry text of its own (forwarded unchanged when
+                        // thinking is report-only).
+                        let mut full = block
+                            .get(kind)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        full.push_str(&text);
+                        let field = kind.to_string();
+                        block[field] = json!(full);
+                    }
+                    _ => {}
                 }
                 if let Some(obj) = block.as_object_mut() {
                     obj.remove("signature");
@@ -322,7 +353,7 @@ impl StreamTranscript {
 }
 
 struct Auditor {
-    sender: SyncSender<Pending>,
+    sender: SyncSender<Vec<u8>>,
     refuse: bool,
     transcripts: bool,
     transcript_max_bytes: usize,
@@ -450,7 +481,7 @@ fn log_failure(what: &str, error: &dyn std::fmt::Display) {
 
 /// Start the writer thread. Called once at start-up; a file that cannot be opened stops
 /// start-up with an error naming `audit.path`.
-pub fn install(section: &AuditSection, engine: Arc<Engine>) -> Result<(), AuditError> {
+pub fn install(section: &AuditSection) -> Result<(), AuditError> {
     let mut output = match section.sink {
         SinkKind::Off => return Ok(()),
         SinkKind::Stdout => Output::Stdout,
@@ -468,7 +499,7 @@ pub fn install(section: &AuditSection, engine: Arc<Engine>) -> Result<(), AuditE
             }
         }
     };
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<Pending>(section.queue);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(section.queue);
     let healthy = Arc::new(AtomicBool::new(true));
     let auditor = Auditor {
         sender,
@@ -480,10 +511,9 @@ pub fn install(section: &AuditSection, engine: Arc<Engine>) -> Result<(), AuditE
     if AUDITOR.set(auditor).is_err() {
         return Ok(());
     }
-    let limit = section.transcript_max_bytes;
     std::thread::Builder::new()
         .name("streammask-audit".into())
-        .spawn(move || writer(receiver, &mut output, &healthy, &engine, limit))
+        .spawn(move || writer(receiver, &mut output, &healthy))
         .map_err(|source| AuditError::Open {
             path: section.path.clone(),
             source,
@@ -491,70 +521,53 @@ pub fn install(section: &AuditSection, engine: Arc<Engine>) -> Result<(), AuditE
     Ok(())
 }
 
-fn writer(
-    receiver: Receiver<Pending>,
-    output: &mut Output,
-    healthy: &AtomicBool,
-    engine: &Engine,
-    limit: usize,
-) {
-    let mut line = Vec::with_capacity(4096);
-    let mut dirty = false;
-    // Records written since the last flush: counted as written or lost once the flush says.
-    let mut unflushed = 0u64;
+/// The writer wakes up this often and takes every record waiting. It does not block on the
+/// channel: a receiver blocked in `recv` makes every `try_send` wake a thread (a futex call and
+/// a context switch per request), which cost more than the whole record. Records cross to it
+/// as finished lines (one buffer each): handing over the many small allocations of a record
+/// made glibc's allocator fragment and slow down over time (frees on a foreign arena).
+const WRITER_TICK: Duration = Duration::from_millis(10);
+
+fn writer(receiver: Receiver<Vec<u8>>, output: &mut Output, healthy: &AtomicBool) {
     loop {
-        let pending = if dirty {
-            match receiver.try_recv() {
-                Ok(p) => p,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    dirty = false;
-                    match output.flush() {
-                        Ok(()) => {
-                            crate::events::audit_written(unflushed);
-                            healthy.store(true, Ordering::Relaxed);
-                        }
-                        Err(err) => {
-                            healthy.store(false, Ordering::Relaxed);
-                            crate::events::audit_failed(true, unflushed);
-                            log_failure("write failed", &err);
-                        }
-                    }
-                    unflushed = 0;
-                    continue;
+        let mut written = 0u64;
+        let mut open = true;
+        loop {
+            let line = match receiver.try_recv() {
+                Ok(line) => line,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
                 }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-            }
-        } else {
-            match receiver.recv() {
-                Ok(p) => p,
-                Err(_) => return,
-            }
-        };
-        let mut record = pending.record;
-        if pending.request.is_some() || pending.response.is_some() {
-            record.transcript = Some(render_transcript(
-                engine,
-                pending.request,
-                pending.response,
-                limit,
-            ));
-        }
-        line.clear();
-        if serde_json::to_writer(&mut line, &record).is_err() {
-            continue;
-        }
-        line.push(b'\n');
-        match output.write_line(&line) {
-            Ok(()) => {
-                unflushed += 1;
-                dirty = true;
-            }
-            Err(err) => {
-                healthy.store(false, Ordering::Relaxed);
-                crate::events::audit_failed(true, 1);
-                log_failure("write failed", &err);
+            };
+            match output.write_line(&line) {
+                Ok(()) => written += 1,
+                Err(err) => {
+                    healthy.store(false, Ordering::Relaxed);
+                    crate::events::audit_failed(true, 1);
+                    log_failure("write failed", &err);
+                }
             }
         }
+        if written > 0 {
+            // Records count as written once they reached the file.
+            match output.flush() {
+                Ok(()) => {
+                    crate::events::audit_written(written);
+                    healthy.store(true, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    healthy.store(false, Ordering::Relaxed);
+                    crate::events::audit_failed(true, written);
+                    log_failure("write failed", &err);
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+        std::thread::sleep(WRITER_TICK);
     }
 }
 
@@ -574,17 +587,38 @@ fn scrub(engine: &Engine, value: &mut Value, scope: Scope) {
     }
 }
 
-fn render_transcript(
+/// A JSON document as embedded text: the original bytes when they need no scrubbing and fit
+/// the limit (checked to be one JSON value), else parsed, cut down and scrubbed.
+fn embed(
     engine: &Engine,
-    request: Option<Bytes>,
-    response: Option<ResponseTranscript>,
+    body: &[u8],
+    scrub_it: bool,
+    scope: Scope,
     limit: usize,
-) -> Value {
-    let mut out = json!({});
-    if let Some(body) = request {
-        let mut value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if body.len() > limit {
-            // Keep what a reader needs for the turn: the last messages, not the history.
+    cut: impl FnOnce(&mut Value),
+) -> String {
+    if !scrub_it && body.len() <= limit {
+        if let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(body) {
+            return raw.get().to_string();
+        }
+    }
+    let mut value: Value =
+        serde_json::from_slice(body).unwrap_or_else(|_| json!(String::from_utf8_lossy(body)));
+    if body.len() > limit {
+        cut(&mut value);
+        if serde_json::to_vec(&value).map_or(true, |v| v.len() > limit) {
+            value = json!({"truncated": true, "bytes": body.len()});
+        }
+    }
+    scrub(engine, &mut value, scope);
+    value.to_string()
+}
+
+fn render_transcript(engine: &Engine, pending: Pending, limit: usize) -> String {
+    let mut parts = Vec::new();
+    if let Some(body) = pending.request {
+        // Keep what a reader needs for the turn: the last messages, not the history.
+        let cut = |value: &mut Value| {
             if let Some(obj) = value.as_object_mut() {
                 obj.remove("system");
                 obj.remove("tools");
@@ -594,29 +628,39 @@ fn render_transcript(
                 }
                 obj.insert("truncated".into(), json!(true));
             }
-            if serde_json::to_vec(&value).map_or(true, |v| v.len() > limit) {
-                value = json!({"truncated": true, "bytes": body.len()});
-            }
-        }
-        scrub(engine, &mut value, Scope::Request);
-        out["request"] = value;
+        };
+        let text = embed(
+            engine,
+            &body,
+            pending.scrub_request,
+            Scope::Request,
+            limit,
+            cut,
+        );
+        parts.push(format!("\"request\":{text}"));
     }
-    match response {
+    match pending.response {
         Some(ResponseTranscript::Body(body)) => {
-            out["response"] = if body.len() > limit {
-                json!({"truncated": true, "bytes": body.len()})
-            } else {
-                serde_json::from_slice(&body)
-                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&body)))
-            };
+            let text = embed(
+                engine,
+                &body,
+                pending.scrub_response,
+                Scope::Response,
+                limit,
+                |v| *v = json!({"truncated": true}),
+            );
+            parts.push(format!("\"response\":{text}"));
         }
-        Some(ResponseTranscript::Stream(stream)) => out["response"] = stream.render(),
+        Some(ResponseTranscript::Stream(stream)) => {
+            let mut value = stream.render();
+            if pending.scrub_response {
+                scrub(engine, &mut value, Scope::Response);
+            }
+            parts.push(format!("\"response\":{value}"));
+        }
         None => {}
     }
-    if let Some(response) = out.get_mut("response") {
-        scrub(engine, response, Scope::Response);
-    }
-    out
+    format!("{{{}}}", parts.join(","))
 }
 
 /// The preview of a secret: its rule's literal prefix (at most 4 characters, from the
@@ -756,11 +800,25 @@ pub fn record(ctx: &mut RequestCtx, engine: &Engine) {
         transcript: None,
     };
     let pending = Pending {
-        record,
         request: obs.request_transcript.take(),
         response: obs.response_transcript.take(),
+        scrub_request: ctx.request_findings.iter().any(|f| !f.finding.rewritten),
+        scrub_response: ctx.response_findings.iter().any(|f| !f.finding.rewritten),
     };
-    match auditor.sender.try_send(pending) {
+    let mut line = Vec::with_capacity(1024);
+    if serde_json::to_writer(&mut line, &record).is_err() {
+        return;
+    }
+    if pending.request.is_some() || pending.response.is_some() {
+        // The record serialises as an object: append the transcript before its `}`.
+        let transcript = render_transcript(engine, pending, auditor.transcript_max_bytes);
+        line.pop();
+        line.extend_from_slice(b",\"transcript\":");
+        line.extend_from_slice(transcript.as_bytes());
+        line.push(b'}');
+    }
+    line.push(b'\n');
+    match auditor.sender.try_send(line) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             auditor.healthy.store(false, Ordering::Relaxed);
@@ -1004,9 +1062,11 @@ mod tests {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"command\\\": \\\"ls\\\"}\"}}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n",
         );
-        // Cut anywhere: the transcript does not care how the bytes were written.
-        for piece in sse.as_bytes().chunks(7) {
-            t.push(piece);
+        // The proxy writes whole events, one or several per write.
+        let events: Vec<&str> = sse.split_inclusive("\n\n").collect();
+        t.push(events[..3].concat().as_bytes());
+        for event in &events[3..] {
+            t.push(event.as_bytes());
         }
         let message = t.render();
         assert_eq!(message["content"][0]["text"], "Hello");

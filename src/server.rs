@@ -115,7 +115,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if config.metrics.enabled {
         crate::events::install(&engine, &config.known_groups);
     }
-    crate::audit::install(&config.audit, Arc::clone(&engine))?;
+    crate::audit::install(&config.audit)?;
     let conf = ServerConf {
         threads: config.threads,
         ..ServerConf::default()
