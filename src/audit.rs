@@ -26,6 +26,7 @@ use crate::rules::Scope;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,14 +125,14 @@ impl AuditSection {
     }
 }
 
-/// One finding as the audit log shows it.
+/// One finding as the audit log shows it. Fields borrow from the request when written.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct AuditFinding {
-    pub rule: String,
-    pub direction: String,
-    pub action: String,
-    pub path: String,
-    pub placeholder: String,
+pub struct AuditFinding<'a> {
+    pub rule: Cow<'a, str>,
+    pub direction: Cow<'a, str>,
+    pub action: Cow<'a, str>,
+    pub path: Cow<'a, str>,
+    pub placeholder: Cow<'a, str>,
     pub preview: String,
     pub rewritten: bool,
 }
@@ -168,33 +169,34 @@ struct Pending {
     scrub_response: bool,
 }
 
-/// One audit line.
+/// One audit line. Fields borrow from the request when written (no copies on the request
+/// path); read back, they are owned.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct AuditRecord {
+pub struct AuditRecord<'a> {
     pub time: String,
-    pub request_id: String,
+    pub request_id: Cow<'a, str>,
     #[serde(default)]
-    pub session_id: Option<String>,
+    pub session_id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub identity: Option<AuditIdentity>,
-    pub endpoint: String,
-    pub method: String,
+    pub endpoint: Cow<'a, str>,
+    pub method: Cow<'a, str>,
     #[serde(default)]
-    pub model: Option<String>,
+    pub model: Option<Cow<'a, str>>,
     pub streamed: bool,
     pub status: u16,
-    pub decision: String,
+    pub decision: Cow<'a, str>,
     #[serde(default)]
-    pub blocked_rule: Option<String>,
+    pub blocked_rule: Option<Cow<'a, str>>,
     pub tools_blocked: usize,
     #[serde(default)]
-    pub upstream_error: Option<String>,
+    pub upstream_error: Option<Cow<'a, str>>,
     pub late_matches: u64,
     pub timings: Timings,
     pub bytes: ByteCounts,
     #[serde(default)]
-    pub usage: Option<Value>,
-    pub findings: Vec<AuditFinding>,
+    pub usage: Option<crate::events::Usage>,
+    pub findings: Vec<AuditFinding<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Value>,
 }
@@ -576,8 +578,7 @@ fn writer(receiver: Receiver<Vec<u8>>, output: &mut Output, healthy: &AtomicBool
 fn scrub(engine: &Engine, value: &mut Value, scope: Scope) {
     match value {
         Value::String(text) => {
-            let masked = crate::events::masked_label(engine, text, scope);
-            if masked != *text {
+            if let Cow::Owned(masked) = crate::events::masked_label(engine, text, scope) {
                 *text = masked;
             }
         }
@@ -752,38 +753,38 @@ pub fn record(ctx: &mut RequestCtx, engine: &Engine) {
         .map(|(direction, located)| {
             let f = &located.finding;
             AuditFinding {
-                rule: f.rule_id.clone(),
-                direction: direction.to_string(),
-                action: f.action.as_str().to_string(),
+                rule: Cow::Borrowed(&f.rule_id),
+                direction: Cow::Borrowed(direction),
+                action: Cow::Borrowed(f.action.as_str()),
                 path: crate::events::masked_label(engine, &located.path, Scope::Request),
-                placeholder: f.placeholder.clone(),
+                placeholder: Cow::Borrowed(&f.placeholder),
                 preview: preview(engine, f.rule, f.secret_chars),
                 rewritten: f.rewritten,
             }
         })
         .collect();
-    let obs = &mut ctx.obs;
+    let obs = &ctx.obs;
     let record = AuditRecord {
         time: rfc3339(started_at),
-        request_id: ctx.request_id.clone(),
-        session_id: obs.session_id.clone(),
+        request_id: Cow::Borrowed(&ctx.request_id),
+        session_id: obs.session_id.as_deref().map(Cow::Borrowed),
         identity: ctx.identity.as_ref().map(|id| AuditIdentity {
             subject: id.subject.clone(),
             groups: id.groups.clone(),
             profile: id.profile.clone(),
         }),
-        endpoint: ctx.route.map_or("unknown", |r| r.label()).to_string(),
-        method: obs.method.clone(),
+        endpoint: Cow::Borrowed(ctx.route.map_or("unknown", |r| r.label())),
+        method: Cow::Borrowed(&obs.method),
         model: obs.model.as_deref().map(|m| {
-            let m: String = m.chars().take(128).collect();
-            crate::events::masked_label(engine, &m, Scope::Request)
+            let cut = m.char_indices().nth(128).map_or(m, |(at, _)| &m[..at]);
+            crate::events::masked_label(engine, cut, Scope::Request)
         }),
         streamed: obs.streamed,
         status: ctx.status,
-        decision: ctx.outcome.label().to_string(),
-        blocked_rule: ctx.blocked_rule.clone(),
+        decision: Cow::Borrowed(ctx.outcome.label()),
+        blocked_rule: ctx.blocked_rule.as_deref().map(Cow::Borrowed),
         tools_blocked: ctx.tools_blocked,
-        upstream_error: obs.upstream_error.map(|e| e.label().to_string()),
+        upstream_error: obs.upstream_error.map(|e| Cow::Borrowed(e.label())),
         late_matches: ctx.late_matches,
         timings: Timings {
             total_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
@@ -794,21 +795,22 @@ pub fn record(ctx: &mut RequestCtx, engine: &Engine) {
             request: obs.bytes_in,
             response: obs.bytes_out,
         },
-        usage: (!obs.usage.is_empty())
-            .then(|| serde_json::to_value(obs.usage).unwrap_or(Value::Null)),
+        usage: (!obs.usage.is_empty()).then_some(obs.usage),
         findings,
         transcript: None,
     };
+    let mut line = Vec::with_capacity(1024);
+    if serde_json::to_writer(&mut line, &record).is_err() {
+        return;
+    }
+    drop(record);
+    let obs = &mut ctx.obs;
     let pending = Pending {
         request: obs.request_transcript.take(),
         response: obs.response_transcript.take(),
         scrub_request: ctx.request_findings.iter().any(|f| !f.finding.rewritten),
         scrub_response: ctx.response_findings.iter().any(|f| !f.finding.rewritten),
     };
-    let mut line = Vec::with_capacity(1024);
-    if serde_json::to_writer(&mut line, &record).is_err() {
-        return;
-    }
     if pending.request.is_some() || pending.response.is_some() {
         // The record serialises as an object: append the transcript before its `}`.
         let transcript = render_transcript(engine, pending, auditor.transcript_max_bytes);
@@ -837,7 +839,7 @@ pub fn record(ctx: &mut RequestCtx, engine: &Engine) {
 
 /// Every record in the log at `path` and its rotated files, oldest first. Lines that do not
 /// parse (a torn last line) are skipped.
-pub fn read_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+pub fn read_records(path: &Path) -> Result<Vec<AuditRecord<'static>>, AuditError> {
     let mut files = Vec::new();
     let mut n = 1;
     while rotated(path, n).exists() {
@@ -895,7 +897,7 @@ fn content_text(content: &Value) -> Vec<String> {
     }
 }
 
-fn header_line(record: &AuditRecord) -> String {
+fn header_line(record: &AuditRecord<'_>) -> String {
     let who = record
         .identity
         .as_ref()
@@ -918,7 +920,7 @@ fn header_line(record: &AuditRecord) -> String {
     )
 }
 
-fn write_findings(out: &mut String, record: &AuditRecord) {
+fn write_findings(out: &mut String, record: &AuditRecord<'_>) {
     for f in &record.findings {
         out.push_str(&format!(
             "  finding {} {} {} at {}: {} {}\n",
@@ -927,7 +929,7 @@ fn write_findings(out: &mut String, record: &AuditRecord) {
     }
 }
 
-fn write_response(out: &mut String, record: &AuditRecord) {
+fn write_response(out: &mut String, record: &AuditRecord<'_>) {
     let response = record.transcript.as_ref().and_then(|t| t.get("response"));
     match response {
         Some(message) => {
@@ -954,7 +956,7 @@ fn write_response(out: &mut String, record: &AuditRecord) {
 }
 
 /// `streammask audit show`: one request in full.
-pub fn show(records: &[AuditRecord], request_id: &str) -> Option<String> {
+pub fn show(records: &[AuditRecord<'static>], request_id: &str) -> Option<String> {
     let record = records.iter().find(|r| r.request_id == request_id)?;
     let mut out = header_line(record);
     out.push('\n');
@@ -962,7 +964,10 @@ pub fn show(records: &[AuditRecord], request_id: &str) -> Option<String> {
         out.push_str(&format!("session: {session}\n"));
     }
     if let Some(usage) = &record.usage {
-        out.push_str(&format!("usage: {usage}\n"));
+        out.push_str(&format!(
+            "usage: {}\n",
+            serde_json::to_string(usage).unwrap_or_default()
+        ));
     }
     write_findings(&mut out, record);
     let request = record.transcript.as_ref().and_then(|t| t.get("request"));
@@ -986,8 +991,8 @@ pub fn show(records: &[AuditRecord], request_id: &str) -> Option<String> {
 /// `streammask audit replay`: a session turn by turn. Clients resend the whole conversation
 /// each turn, so each turn prints only the user messages added since the previous request
 /// and then the response.
-pub fn replay(records: &[AuditRecord], session: &str) -> Option<String> {
-    let turns: Vec<&AuditRecord> = records
+pub fn replay(records: &[AuditRecord<'static>], session: &str) -> Option<String> {
+    let turns: Vec<&AuditRecord<'static>> = records
         .iter()
         .filter(|r| r.session_id.as_deref() == Some(session))
         .collect();

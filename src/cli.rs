@@ -258,7 +258,7 @@ pub fn placeholder_key_from_env() -> Result<PlaceholderKey> {
 fn audit_print(
     file: Option<PathBuf>,
     config: Option<PathBuf>,
-    render: impl FnOnce(&[crate::audit::AuditRecord]) -> Result<String>,
+    render: impl FnOnce(&[crate::audit::AuditRecord<'static>]) -> Result<String>,
 ) -> Result<ExitCode> {
     let path = match file {
         Some(file) => file,

@@ -938,6 +938,7 @@ impl Proxy {
             }
             let mut done = false;
             let masking = Instant::now();
+            let events_before = sse.events;
             for item in batch {
                 let chunk = match item {
                     Some(Some(chunk)) => chunk,
@@ -976,7 +977,9 @@ impl Proxy {
                     BodyKind::Sse => sse.finish(&mut out),
                     _ => jsonl.finish(&state, &mut out, &mut ctx.response_findings),
                 }
-                ctx.obs.masking += masking.elapsed();
+                let elapsed = masking.elapsed();
+                ctx.obs.masking += elapsed;
+                crate::events::sse_events_masked(sse.events - events_before, elapsed);
                 ctx.obs.bytes_out += out.len();
                 if let Some(transcript) = transcript.as_mut() {
                     transcript.push(&out);
@@ -986,7 +989,9 @@ impl Proxy {
                     .await;
                 break;
             }
-            ctx.obs.masking += masking.elapsed();
+            let elapsed = masking.elapsed();
+            ctx.obs.masking += elapsed;
+            crate::events::sse_events_masked(sse.events - events_before, elapsed);
             guard.held(sse.held());
             ctx.obs.bytes_out += out.len();
             if let Some(transcript) = transcript.as_mut() {

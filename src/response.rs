@@ -242,6 +242,8 @@ pub struct SseTransformer {
     pub max_held: usize,
     /// Usage numbers seen in message_start / message_delta.
     pub usage: Vec<(String, u64)>,
+    /// Upstream events handled so far (for the per-event cost metric).
+    pub events: u64,
 }
 
 impl SseTransformer {
@@ -263,6 +265,7 @@ impl SseTransformer {
             late_matches: 0,
             max_held: 0,
             usage: Vec::new(),
+            events: 0,
         }
     }
 
@@ -306,9 +309,8 @@ impl SseTransformer {
                     if self.fault.is_some() {
                         break;
                     }
-                    let timer = crate::events::event_timer();
+                    self.events += 1;
                     self.on_event(event, out);
-                    crate::events::sse_event_masked(timer);
                 }
             }
             Err(crate::sse::SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
