@@ -979,7 +979,7 @@ impl Proxy {
                 }
                 let elapsed = masking.elapsed();
                 ctx.obs.masking += elapsed;
-                crate::events::sse_events_masked(sse.events - events_before, elapsed);
+                guard.events_masked(sse.events - events_before, elapsed);
                 ctx.obs.bytes_out += out.len();
                 if let Some(transcript) = transcript.as_mut() {
                     transcript.push(&out);
@@ -991,7 +991,7 @@ impl Proxy {
             }
             let elapsed = masking.elapsed();
             ctx.obs.masking += elapsed;
-            crate::events::sse_events_masked(sse.events - events_before, elapsed);
+            guard.events_masked(sse.events - events_before, elapsed);
             guard.held(sse.held());
             ctx.obs.bytes_out += out.len();
             if let Some(transcript) = transcript.as_mut() {
