@@ -380,6 +380,27 @@ mod tests {
     }
 
     #[test]
+    fn observability_sections_reject_unknown_keys_and_values() {
+        for (text, word) in [
+            ("[audit]\nsinks = \"file\"\n", "sinks"),
+            ("[audit]\nsink = \"syslog\"\n", "syslog"),
+            ("[audit]\non_failure = \"ignore\"\n", "ignore"),
+            ("[log]\nformat = \"xml\"\n", "xml"),
+            ("[metrics]\nenable = true\n", "enable"),
+        ] {
+            let err = FileConfig::parse("t.toml", text).unwrap_err().to_string();
+            assert!(err.contains(word), "{text:?} gave {err}");
+        }
+        let file = FileConfig::parse(
+            "t.toml",
+            "[audit]\nsink = \"file\"\npath = \"/tmp/a.jsonl\"\ntranscripts = true\non_failure = \"refuse\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert!(file.audit.transcripts && file.audit.on_failure == crate::audit::OnFailure::Refuse);
+        assert_eq!(file.log.format, crate::events::LogFormat::Json);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("[server]\nlisten = \"nope\"\n", "server.listen"),

@@ -545,6 +545,14 @@ impl Events {
         }
     }
 
+    fn auth_failure(&self, reason: &str) {
+        let index = AUTH_FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(AUTH_FAILURE_REASONS.len() - 1);
+        self.auth_failures[index].inc();
+    }
+
     fn group_index(&self, identity: Option<&Identity>) -> usize {
         let other = self.known_groups.len();
         match identity {
@@ -625,11 +633,7 @@ pub fn render() -> Option<Vec<u8>> {
 /// any other value is counted as `other`, so a label never carries caller input.
 pub fn auth_failure(reason: &'static str) {
     if let Some(events) = EVENTS.get() {
-        let index = AUTH_FAILURE_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(AUTH_FAILURE_REASONS.len() - 1);
-        events.auth_failures[index].inc();
+        events.auth_failure(reason);
     }
 }
 
@@ -1046,6 +1050,63 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    fn engine() -> Engine {
+        use crate::matcher::Matcher;
+        use crate::placeholder::PlaceholderKey;
+        use crate::rules::RuleSet;
+        let rules = include_str!("../tests/fixtures/engine-rules.toml");
+        let set = RuleSet::from_toml("engine-rules.toml", rules).unwrap();
+        let matcher = Matcher::compile(&set, 8190).unwrap();
+        let key = PlaceholderKey::new(b"0123456789abcdef0123").unwrap();
+        Engine::new(matcher, key, 8192).unwrap()
+    }
+
+    #[test]
+    fn groups_and_auth_reasons_use_bounded_labels() {
+        let engine = engine();
+        let events = Events::new(&engine, &["eng".to_string(), "sre".to_string()]);
+        let identity = |groups: &[&str]| Identity {
+            subject: "alice@example.com".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            profile: "default".into(),
+        };
+        let label = |identity: Option<&Identity>| {
+            events.group_label(events.group_index(identity)).to_string()
+        };
+        assert_eq!(label(None), "none");
+        assert_eq!(label(Some(&identity(&[]))), "none");
+        assert_eq!(label(Some(&identity(&["contractors"]))), "other");
+        assert_eq!(
+            label(Some(&identity(&["contractors", "sre", "eng"]))),
+            "sre"
+        );
+        for reason in ["expired", "unknown_kid", "expired", "made-up reason"] {
+            events.auth_failure(reason);
+        }
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&events.registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains(r#"streammask_auth_failures_total{reason="expired"} 2"#));
+        assert!(text.contains(r#"streammask_auth_failures_total{reason="unknown_kid"} 1"#));
+        assert!(text.contains(r#"streammask_auth_failures_total{reason="other"} 1"#));
+        assert!(!text.contains("made-up"));
+        for group in ["eng", "sre", "other", "none"] {
+            assert!(text.contains(&format!(
+                r#"streammask_group_requests_total{{group="{group}"}} 0"#
+            )));
+        }
+        assert!(!text.contains("alice"), "no subject in any label");
+        let rules = engine.matcher().rules().len();
+        let loaded: usize = text
+            .lines()
+            .filter(|l| l.starts_with("streammask_rules_loaded{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(loaded, rules);
     }
 
     #[test]
