@@ -70,6 +70,34 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Print one request: its findings, the masked request and the masked response.
+    Show {
+        request_id: String,
+        /// The audit log (rotated files next to it are read too). Default: audit.path of
+        /// --config, or of the embedded default config.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a Claude Code session (x-claude-code-session-id) turn by turn.
+    Replay {
+        #[arg(long)]
+        session: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,7 +178,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rules,
             log_json,
         } => {
-            init_logging(log_json);
             let overrides = Overrides {
                 listen,
                 admin,
@@ -160,6 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = FileConfig::load(config.as_deref())?
                 .apply(&overrides)
                 .validate()?;
+            init_logging(log_json || config.log.format == crate::events::LogFormat::Json);
             crate::server::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -174,6 +202,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rules {
             command: RulesCommand::Check { rules },
         } => rules_check(rules),
+        Command::Audit {
+            command:
+                AuditCommand::Show {
+                    request_id,
+                    file,
+                    config,
+                },
+        } => audit_print(file, config, |records| {
+            crate::audit::show(records, &request_id)
+                .with_context(|| format!("no audit record for request {request_id}"))
+        }),
+        Command::Audit {
+            command:
+                AuditCommand::Replay {
+                    session,
+                    file,
+                    config,
+                },
+        } => audit_print(file, config, |records| {
+            crate::audit::replay(records, &session)
+                .with_context(|| format!("no audit records for session {session}"))
+        }),
         Command::Rules {
             command: RulesCommand::List { rules },
         } => rules_list(rules),
@@ -205,7 +255,25 @@ pub fn placeholder_key_from_env() -> Result<PlaceholderKey> {
     }
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default `info`).
+fn audit_print(
+    file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    render: impl FnOnce(&[crate::audit::AuditRecord<'static>]) -> Result<String>,
+) -> Result<ExitCode> {
+    let path = match file {
+        Some(file) => file,
+        None => FileConfig::load(config.as_deref())?.audit.path,
+    };
+    let records = crate::audit::read_records(&path)?;
+    let text = render(&records)?;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default `info`). Lines logged
+/// while a request is handled carry its `request_id` (the `request` span).
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -213,7 +281,11 @@ fn init_logging(json: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        let _ = builder.json().try_init();
+        let _ = builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init();
     } else {
         let _ = builder.try_init();
     }

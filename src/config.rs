@@ -52,6 +52,12 @@ pub struct FileConfig {
     pub auth: crate::auth::AuthSection,
     #[serde(default)]
     pub profiles: Vec<crate::policy::ProfileSection>,
+    #[serde(default)]
+    pub audit: crate::audit::AuditSection,
+    #[serde(default)]
+    pub metrics: crate::events::MetricsSection,
+    #[serde(default)]
+    pub log: crate::events::LogSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +216,9 @@ pub struct Config {
     pub profiles: Vec<crate::policy::ProfileSection>,
     pub tls: Option<crate::tls::TlsConfig>,
     pub h2c: bool,
+    pub audit: crate::audit::AuditSection,
+    pub metrics: crate::events::MetricsSection,
+    pub log: crate::events::LogSection,
 }
 
 impl FileConfig {
@@ -307,6 +316,7 @@ impl FileConfig {
                 known_groups.push(group.clone());
             }
         }
+        self.audit.validate()?;
         Ok(Config {
             listen,
             admin,
@@ -325,6 +335,9 @@ impl FileConfig {
             profiles,
             tls: self.server.tls.map(Into::into),
             h2c: self.server.h2c,
+            audit: self.audit,
+            metrics: self.metrics,
+            log: self.log,
         })
     }
 }
@@ -419,6 +432,27 @@ mod tests {
     }
 
     #[test]
+    fn observability_sections_reject_unknown_keys_and_values() {
+        for (text, word) in [
+            ("[audit]\nsinks = \"file\"\n", "sinks"),
+            ("[audit]\nsink = \"syslog\"\n", "syslog"),
+            ("[audit]\non_failure = \"ignore\"\n", "ignore"),
+            ("[log]\nformat = \"xml\"\n", "xml"),
+            ("[metrics]\nenable = true\n", "enable"),
+        ] {
+            let err = FileConfig::parse("t.toml", text).unwrap_err().to_string();
+            assert!(err.contains(word), "{text:?} gave {err}");
+        }
+        let file = FileConfig::parse(
+            "t.toml",
+            "[audit]\nsink = \"file\"\npath = \"/tmp/a.jsonl\"\ntranscripts = true\non_failure = \"refuse\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert!(file.audit.transcripts && file.audit.on_failure == crate::audit::OnFailure::Refuse);
+        assert_eq!(file.log.format, crate::events::LogFormat::Json);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("[server]\nlisten = \"nope\"\n", "server.listen"),
@@ -426,6 +460,9 @@ mod tests {
             ("[server]\nthreads = 0\n", "server.threads"),
             ("[masking]\nmax_hold_bytes = 10\n", "masking.max_hold_bytes"),
             ("[server]\nadmin = \"127.0.0.1:8080\"\n", "server.admin"),
+            ("[audit]\nmax_files = 0\n", "audit.max_files"),
+            ("[audit]\nmax_bytes = 10\n", "audit.max_bytes"),
+            ("[audit]\nqueue = 0\n", "audit.queue"),
         ];
         for (text, key) in cases {
             let file = FileConfig::parse("t.toml", text)

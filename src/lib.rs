@@ -5,11 +5,13 @@
 //! streaming masking with placeholders from [`placeholder`]).
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod events;
 pub mod identity;
 pub mod json_walk;
 pub mod masker;

@@ -19,6 +19,7 @@
 
 use crate::api::{route, ApiError, ErrorKind, Route};
 use crate::config::{Config, ThinkingPolicy};
+use crate::events::{ResponseTranscript, UpstreamError};
 use crate::json_walk::{mask_json, mask_jsonl, ThinkingMode, WalkOptions};
 use crate::masker::Engine;
 use crate::response::{mask_json_response, Located, SseTransformer};
@@ -179,6 +180,8 @@ pub struct RequestCtx {
     pub upstream_error: Option<&'static str>,
     /// The caller's policy profile (its engine masks this request and its response).
     pub profile: Option<Arc<crate::policy::Profile>>,
+    /// Timings, sizes, usage and transcripts for metrics and audit.
+    pub obs: crate::events::RequestObs,
 }
 
 fn new_request_id() -> String {
@@ -255,6 +258,7 @@ impl ProxyHttp for Proxy {
             auth_failure: None,
             upstream_error: None,
             profile: None,
+            obs: Default::default(),
         }
     }
 
@@ -263,7 +267,8 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        if let Err(error) = self.handle(session, ctx).await {
+        let span = tracing::info_span!("request", request_id = %ctx.request_id);
+        if let Err(error) = tracing::Instrument::instrument(self.handle(session, ctx), span).await {
             if error.kind == ErrorKind::Permission {
                 ctx.outcome = Outcome::Blocked;
             } else {
@@ -316,12 +321,20 @@ impl ProxyHttp for Proxy {
             duration_ms = ctx.started.elapsed().as_millis() as u64,
             "request"
         );
+        // Findings carry rule indices of the engine that produced them: the caller's profile.
+        let engine = ctx
+            .profile
+            .as_ref()
+            .map(|profile| Arc::clone(&profile.engine))
+            .unwrap_or_else(|| Arc::clone(&self.state.engine));
+        crate::events::request_finished(ctx, &engine);
     }
 }
 
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &ApiError) {
     let body = error.body();
     ctx.status = error.status;
+    ctx.obs.bytes_out += body.len();
     let Ok(mut header) = ResponseHeader::build(error.status, Some(4)) else {
         return;
     };
@@ -531,6 +544,9 @@ impl Proxy {
         let state = Arc::clone(&self.state);
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
+        ctx.obs.method = method.clone();
+        ctx.obs
+            .set_session_id(header_str(session, "x-claude-code-session-id"));
         let Some(route) = route(&method, &path, &state.config.extra_passthrough_prefixes) else {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
@@ -544,6 +560,10 @@ impl Proxy {
         let limit = profile.max_body_bytes;
 
         let raw_body = read_body(session, limit).await?;
+        ctx.obs.bytes_in = raw_body.len();
+        if let Some(refused) = crate::audit::refusal() {
+            return Err(refused);
+        }
         let encoding = header_str(session, "content-encoding").map(str::to_string);
         let body = decode_body(raw_body, encoding.as_deref(), limit)?;
         let decoded = encoding.is_some();
@@ -569,13 +589,16 @@ impl Proxy {
                 )
                 .with_status(415));
             }
-            let walked =
-                mask_json(&engine, &body, &state.walk_options(Scope::Request)).map_err(|err| {
-                    ApiError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("streammask: the request body is not valid JSON: {err}"),
-                    )
-                })?;
+            let masking = Instant::now();
+            let walked = mask_json(&engine, &body, &state.walk_options(Scope::Request));
+            ctx.obs.masking += masking.elapsed();
+            ctx.obs.model = crate::events::top_level_string(&body, "model");
+            let walked = walked.map_err(|err| {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("streammask: the request body is not valid JSON: {err}"),
+                )
+            })?;
             ctx.request_findings = walked.findings.into_iter().map(Located::from).collect();
             if let Some(blocking) = ctx
                 .request_findings
@@ -717,6 +740,11 @@ impl Proxy {
     ) -> Result<(), ApiError> {
         let state = Arc::clone(&self.state);
         let request = self.upstream_request(session, method, body.len())?;
+        let body = Bytes::from(body);
+        if ctx.obs.wants_transcripts() && !body.is_empty() {
+            ctx.obs.request_transcript = Some(body.clone());
+        }
+        let opened = Instant::now();
         let unavailable = |what: &str| {
             ApiError::new(
                 ErrorKind::Api,
@@ -724,12 +752,15 @@ impl Proxy {
             )
             .with_status(502)
         };
-        let failed = |ctx: &mut RequestCtx, e: pingora::BError| {
+        let failed = |ctx: &mut RequestCtx, stage: UpstreamError, e: pingora::BError| {
             ctx.upstream_error = Some(e.etype().as_str());
+            ctx.obs
+                .upstream_failed(UpstreamError::from_pingora(stage, &e));
             unavailable(e.etype().as_str())
         };
         let Some(addr) = state.resolver.resolve().await else {
             ctx.upstream_error = Some("DnsFailure");
+            ctx.obs.upstream_failed(UpstreamError::Resolve);
             return Err(unavailable("the upstream host does not resolve"));
         };
         let peer = state.peer(addr);
@@ -737,7 +768,7 @@ impl Proxy {
             .connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| failed(ctx, e))?;
+            .map_err(|e| failed(ctx, UpstreamError::Connect, e))?;
         // The connector does not apply the peer's timeouts to the session; without them a
         // silent upstream would hold the client forever.
         let timeout = Duration::from_millis(state.config.upstream.read_timeout_ms);
@@ -746,22 +777,24 @@ impl Proxy {
         upstream
             .write_request_header(Box::new(request))
             .await
-            .map_err(|e| failed(ctx, e))?;
+            .map_err(|e| failed(ctx, UpstreamError::Send, e))?;
         if !body.is_empty() {
             upstream
-                .write_request_body(Bytes::from(body), true)
+                .write_request_body(body, true)
                 .await
-                .map_err(|e| failed(ctx, e))?;
+                .map_err(|e| failed(ctx, UpstreamError::Send, e))?;
         }
         upstream
             .finish_request_body()
             .await
-            .map_err(|e| failed(ctx, e))?;
+            .map_err(|e| failed(ctx, UpstreamError::Send, e))?;
         upstream
             .read_response_header()
             .await
-            .map_err(|e| failed(ctx, e))?;
+            .map_err(|e| failed(ctx, UpstreamError::Read, e))?;
+        ctx.obs.upstream_ttfb = Some(opened.elapsed());
         let Some(upstream_header) = upstream.response_header().cloned() else {
+            ctx.obs.upstream_failed(UpstreamError::Read);
             return Err(unavailable("no response header"));
         };
 
@@ -788,6 +821,7 @@ impl Proxy {
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok());
         let Some(mut decoder) = Decoder::for_encoding(encoding) else {
+            ctx.obs.upstream_failed(UpstreamError::Malformed);
             return Err(unavailable("unsupported response Content-Encoding"));
         };
 
@@ -802,9 +836,11 @@ impl Proxy {
         }
         let _ = downstream.insert_header("x-streammask-request-id", ctx.request_id.as_str());
         ctx.status = upstream_header.status.as_u16();
+        ctx.obs.upstream_status(ctx.status);
 
         match kind {
             BodyKind::Sse | BodyKind::Jsonl => {
+                ctx.obs.streamed = true;
                 if !session.as_downstream().is_http2() {
                     let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
                 }
@@ -820,8 +856,14 @@ impl Proxy {
                 Ok(())
             }
             BodyKind::Json | BodyKind::Text => {
-                let body = self.read_whole(&mut upstream, &mut decoder).await?;
-                let mut body = self.mask_buffered(ctx, body, kind)?;
+                let body = self
+                    .read_whole(&mut upstream, &mut decoder)
+                    .await
+                    .inspect_err(|_| ctx.obs.upstream_failed(UpstreamError::Read))?;
+                let masking = Instant::now();
+                let body = self.mask_buffered(ctx, body, kind);
+                ctx.obs.masking += masking.elapsed();
+                let mut body = body?;
                 if route == Route::Batches {
                     if let Some(host) = header_str(session, "host") {
                         let tls = state.config.tls.is_some();
@@ -831,15 +873,19 @@ impl Proxy {
                     }
                 }
                 let _ = downstream.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+                ctx.obs.usage = crate::events::Usage::from_json_body(&body);
+                ctx.obs.bytes_out += body.len();
+                let body = Bytes::from(body);
+                if ctx.obs.wants_transcripts() {
+                    ctx.obs.response_transcript = Some(ResponseTranscript::Body(body.clone()));
+                }
                 if session
                     .write_response_header(Box::new(downstream), body.is_empty())
                     .await
                     .is_ok()
                     && !body.is_empty()
                 {
-                    let _ = session
-                        .write_response_body(Some(Bytes::from(body)), true)
-                        .await;
+                    let _ = session.write_response_body(Some(body), true).await;
                 }
                 state
                     .connector
@@ -952,6 +998,11 @@ impl Proxy {
             state.config.max_sse_event_bytes,
         );
         let mut jsonl = JsonlMasker::new(Arc::clone(&engine));
+        let mut guard = crate::events::StreamGuard::start();
+        let mut transcript = ctx
+            .obs
+            .wants_transcripts()
+            .then(|| crate::audit::StreamTranscript::new(crate::audit::transcript_limit()));
         let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Option<Bytes>>(READ_AHEAD);
         // The reader hands the session back when the body ended cleanly, so it can be pooled.
         let reader = tokio::spawn(async move {
@@ -992,6 +1043,8 @@ impl Proxy {
                 }
             }
             let mut done = false;
+            let masking = Instant::now();
+            let events_before = sse.events;
             for item in batch {
                 let chunk = match item {
                     Some(Some(chunk)) => chunk,
@@ -1030,10 +1083,25 @@ impl Proxy {
                     BodyKind::Sse => sse.finish(&mut out),
                     _ => jsonl.finish(&state, &mut out, &mut ctx.response_findings),
                 }
+                let elapsed = masking.elapsed();
+                ctx.obs.masking += elapsed;
+                guard.events_masked(sse.events - events_before, elapsed);
+                ctx.obs.bytes_out += out.len();
+                if let Some(transcript) = transcript.as_mut() {
+                    transcript.push(&out);
+                }
                 let _ = session
                     .write_response_body(Some(Bytes::from(std::mem::take(&mut out))), true)
                     .await;
                 break;
+            }
+            let elapsed = masking.elapsed();
+            ctx.obs.masking += elapsed;
+            guard.events_masked(sse.events - events_before, elapsed);
+            guard.held(sse.held());
+            ctx.obs.bytes_out += out.len();
+            if let Some(transcript) = transcript.as_mut() {
+                transcript.push(&out);
             }
             if !out.is_empty()
                 && session
@@ -1048,6 +1116,19 @@ impl Proxy {
         ctx.tools_blocked += sse.tools_blocked();
         ctx.late_matches += sse.late_matches();
         ctx.response_findings.append(&mut sse.findings);
+        for (kind, value) in &sse.usage {
+            ctx.obs.usage.record(kind, *value);
+        }
+        if let Some(transcript) = transcript {
+            ctx.obs.response_transcript = Some(ResponseTranscript::Stream(transcript));
+        }
+        if sse.fault().is_some() {
+            ctx.obs.upstream_failed(UpstreamError::Malformed);
+        } else if !completed && !client_gone {
+            ctx.obs.upstream_failed(UpstreamError::Read);
+        }
+        guard.held(0);
+        drop(guard);
         if client_gone || !completed || sse.fault().is_some() {
             // Dropping the upstream session closes its connection: a request the client left
             // is cancelled, and a connection in an unknown state is never pooled.

@@ -242,6 +242,8 @@ pub struct SseTransformer {
     pub max_held: usize,
     /// Usage numbers seen in message_start / message_delta.
     pub usage: Vec<(String, u64)>,
+    /// Upstream events handled so far (for the per-event cost metric).
+    pub events: u64,
 }
 
 impl SseTransformer {
@@ -263,6 +265,7 @@ impl SseTransformer {
             late_matches: 0,
             max_held: 0,
             usage: Vec::new(),
+            events: 0,
         }
     }
 
@@ -306,6 +309,7 @@ impl SseTransformer {
                     if self.fault.is_some() {
                         break;
                     }
+                    self.events += 1;
                     self.on_event(event, out);
                 }
             }

@@ -1,5 +1,5 @@
 //! Start-up: validated config → engine → Pingora server with the proxy listener and the admin
-//! listener (`/healthz`, `/readyz`).
+//! listener (`/healthz`, `/readyz`, `/metrics`).
 //!
 //! Invariant: everything that can fail (rules, placeholder key, addresses, upstream resolution,
 //! TLS certificate and key, CA bundles, JWKS file, upstream key, policy profiles) fails here,
@@ -41,6 +41,8 @@ pub enum StartError {
     Credentials(#[from] crate::credentials::CredentialsError),
     #[error("{0}")]
     Tls(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Load the placeholder key from the configured file or environment variable; without one, a
@@ -165,6 +167,20 @@ impl ServeHttp for AdminApp {
                 (200, format!("ready: {} rules loaded\n", self.rules_loaded))
             }
             "/readyz" => (503, "not ready\n".to_string()),
+            "/metrics" => match crate::events::render() {
+                Some(text) => {
+                    return Response::builder()
+                        .status(200)
+                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                        .header("content-length", text.len())
+                        .body(text)
+                        .unwrap_or_else(|_| Response::new(Vec::new()))
+                }
+                None => (
+                    404,
+                    "metrics are disabled (metrics.enabled = false)\n".to_string(),
+                ),
+            },
             _ => (404, "not found\n".to_string()),
         };
         Response::builder()
@@ -197,6 +213,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
     let h2c = config.h2c;
     let rules_loaded = engine.matcher().rules().len();
+    if config.metrics.enabled {
+        crate::events::install(&engine, &config.known_groups);
+    }
+    crate::audit::install(&config.audit)?;
     let conf = ServerConf {
         threads: config.threads,
         ..ServerConf::default()

@@ -49,6 +49,9 @@ READY_TIMEOUT_S = 240.0  # compiling the full pack takes ~12 CPU-seconds per pro
 _PROCESSES: list[subprocess.Popen] = []
 # Every proxy log file written in this session (read by test_zz_no_leaks.py).
 PROXY_LOGS: list[Path] = []
+# Audit logs the session's proxies wrote (rotated files next to them included; read by
+# test_zz_no_leaks.py).
+AUDIT_OUTPUTS: list[Path] = []
 
 
 def _kill(proc: subprocess.Popen) -> None:

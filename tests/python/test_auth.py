@@ -467,3 +467,55 @@ def smtest_run(cmd):
 
     env = dict(os.environ, STREAMMASK_PLACEHOLDER_KEY=smtest.PLACEHOLDER_KEY)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_refusal_reasons_reach_metrics_and_the_audit_trail(proxy_factory, mock, idp, keys, upstream_key_file, tmp_path):
+    """The refusal reason is a metric label and an audit field; the token is in neither."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    audit = tmp_path / "audit.jsonl"
+    config = jwt_config(idp, upstream_key_file, tail=f'[audit]\nsink = "file"\npath = "{audit}"\n')
+    proxy = proxy_factory(config=config, name="jwt-audit", fresh=True)
+    now = int(time.time())
+    expired = authkit.token(keys["RS256"], idp.issuer, exp=now - 120, iat=now - 900, nbf=now - 900)
+    outsider = authkit.token(keys["RS256"], idp.issuer, groups=["marketing"], sub="mallory@example.com")
+    valid = authkit.token(keys["RS256"], idp.issuer)
+    mock.script({"kind": "text", "text": "ok"})
+    sent = {
+        "expired": post(proxy, expired),
+        "group_not_allowed": post(proxy, outsider),
+        "missing": post(proxy, None),
+        "ok": post(proxy, valid),
+    }
+    assert [r.status_code for r in sent.values()] == [401, 403, 401, 200]
+
+    def auth_failures() -> dict[str, float]:
+        page = httpx.get(proxy.admin_url + "/metrics", timeout=5).text
+        return {
+            s.labels["reason"]: s.value
+            for family in text_string_to_metric_families(page)
+            for s in family.samples
+            if s.name == "streammask_auth_failures_total"
+        }
+
+    smtest.wait_until(lambda: sum(auth_failures().values()) == 3, 5, what="auth failure metrics")
+    failures = auth_failures()
+    assert {k: v for k, v in failures.items() if v} == {"expired": 1, "group_not_allowed": 1, "missing": 1}
+
+    def records() -> dict[str, dict]:
+        if not audit.exists():
+            return {}
+        lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+        return {r["request_id"]: r for r in lines}
+
+    ids = {name: r.headers["x-streammask-request-id"] for name, r in sent.items()}
+    smtest.wait_until(lambda: set(ids.values()) <= set(records()), 10, what="audit records")
+    by_id = records()
+    for reason in ("expired", "group_not_allowed", "missing"):
+        assert by_id[ids[reason]]["auth_failure"] == reason
+        assert by_id[ids[reason]]["status"] in (401, 403)
+    assert "auth_failure" not in by_id[ids["ok"]]
+    assert by_id[ids["ok"]]["identity"]["subject"] != "anonymous"
+    text = audit.read_text() + httpx.get(proxy.admin_url + "/metrics", timeout=5).text + proxy.log_text()
+    for token in (expired, outsider, valid, UPSTREAM_KEY):
+        assert token not in text

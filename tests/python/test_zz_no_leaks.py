@@ -1,12 +1,14 @@
 """6. No planted secret appears anywhere in the proxies' own output.
 
 Runs last (marker `last`, see conftest.pytest_collection_modifyitems): it reads the stdout and
-stderr logs of every proxy process the session started and greps them for every planted
-secret (the rule pack's example secrets and the specific tests' secrets).
+stderr logs of every proxy process the session started, every audit log (and its rotated
+files) and the default proxy's /metrics page, and greps them for every planted secret (the
+rule pack's example secrets and the specific tests' secrets).
 """
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 import conftest
@@ -22,6 +24,13 @@ def test_no_planted_secret_in_any_proxy_output(rule_examples, proxy):
     assert smtest.GITHUB_TOKEN in secrets
     logs = [p for p in conftest.PROXY_LOGS if p.exists()]
     assert logs, "no proxy log files were written"
+    for audit in conftest.AUDIT_OUTPUTS:
+        logs += sorted(audit.parent.glob(audit.name + "*"))
+    metrics = conftest.Path(logs[0]).parent / "default-proxy-metrics.txt"
+    page = httpx.get(proxy.admin_url + "/metrics", timeout=10)
+    assert page.status_code == 200 and "streammask_requests_total" in page.text
+    metrics.write_text(page.text)
+    logs.append(metrics)
     total = 0
     leaks = []
     for path in logs:
