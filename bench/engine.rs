@@ -7,6 +7,10 @@
 //!
 //! Run: `cargo bench --bench engine` (figures are recorded in bench/README.md).
 
+// The same allocator as the shipped binary (src/main.rs), so figures describe what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/support/corpus.rs"]
 mod corpus;
 

@@ -20,7 +20,7 @@
 //! is re-confirmed as text arrives.
 
 use crate::matcher::{Candidate, Confirmed, Matcher, MatcherError};
-use crate::placeholder::PlaceholderKey;
+use crate::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::rules::{Action, Scope};
 use hyperscan::Stream;
 use std::{borrow::Cow, ops::Range, sync::Arc};
@@ -184,7 +184,17 @@ impl Engine {
                 push_unique(&mut spans, SecretSpan { rule: c.rule, span });
             }
         }
-        let mut out = Vec::with_capacity(if write { bytes.len() + 64 } else { 0 });
+        // Room for every placeholder up front: a placeholder is often longer than its secret,
+        // and growing a multi-megabyte buffer once copies the whole text again.
+        let placeholder_room: usize = spans
+            .iter()
+            .map(|s| PLACEHOLDER_OVERHEAD + self.matcher.rule(s.rule).id().len())
+            .sum();
+        let mut out = Vec::with_capacity(if write {
+            bytes.len() + placeholder_room
+        } else {
+            0
+        });
         let mut findings = Vec::new();
         let mut emitter = Emitter {
             engine: self,

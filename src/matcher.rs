@@ -498,7 +498,14 @@ impl Matcher {
         if local_start > hay.len() {
             return None;
         }
-        let input = Input::new(hay).range(local_start..).anchored(Anchored::Yes);
+        // A match is at most `max_len` bytes; one more byte lets a trailing look-around see
+        // what follows. Bounding the input keeps the anchored search from reading further.
+        let local_end = local_start
+            .saturating_add(compiled.max_len.saturating_add(1))
+            .min(hay.len());
+        let input = Input::new(hay)
+            .range(local_start..local_end)
+            .anchored(Anchored::Yes);
         let mut caps: Captures = compiled.confirm.create_captures();
         compiled.confirm.search_captures(&input, &mut caps);
         let whole = caps.get_match()?;

@@ -20,6 +20,9 @@ pub enum PlaceholderError {
     KeyTooShort(usize),
 }
 
+/// Bytes of a placeholder besides its rule id: `[MASKED:`, `:`, 8 hex digits and `]`.
+pub const PLACEHOLDER_OVERHEAD: usize = "[MASKED:".len() + 1 + 8 + 1;
+
 /// The server key behind placeholders.
 #[derive(Clone)]
 pub struct PlaceholderKey {
@@ -62,6 +65,7 @@ impl PlaceholderKey {
     }
 
     /// The placeholder for `secret` found by rule `rule_id`.
+    /// A placeholder is `PLACEHOLDER_OVERHEAD` bytes plus its rule id.
     pub fn placeholder(&self, rule_id: &str, secret: &[u8]) -> String {
         let mut mac = self.mac.clone();
         mac.update(secret);
@@ -111,6 +115,16 @@ mod tests {
     #[test]
     fn short_key_refused() {
         assert!(PlaceholderKey::new(b"short").is_err());
+    }
+
+    #[test]
+    fn placeholder_length_is_overhead_plus_rule_id() {
+        let key = PlaceholderKey::new(b"0123456789abcdef0123").unwrap();
+        let placeholder = key.placeholder("github-pat-classic", b"secret");
+        assert_eq!(
+            placeholder.len(),
+            PLACEHOLDER_OVERHEAD + "github-pat-classic".len()
+        );
     }
 
     #[test]
