@@ -679,10 +679,15 @@ impl SseTransformer {
                     self.fail(StreamFault::Malformed("masking failed".into()), out);
                     return;
                 }
-                if !*rewrite {
+                // Original bytes only when the event carries nothing but the delta: a field the
+                // masker did not see must not reach the client unscanned (fail closed), so an
+                // event with extra fields is rewritten to the known ones.
+                let plain = only_delta_fields(&data, field);
+                if !*rewrite && plain {
                     out.extend_from_slice(&event.raw);
-                } else if emitted.as_slice() == text.as_bytes() {
-                    // The common case: nothing held, nothing masked — original bytes.
+                } else if !*rewrite {
+                    self.forward_walked(event, out);
+                } else if plain && emitted.as_slice() == text.as_bytes() {
                     out.extend_from_slice(&event.raw);
                 } else if !emitted.is_empty() {
                     out.extend(delta_event(
@@ -785,6 +790,19 @@ impl SseTransformer {
             self.forward_walked(event, out);
         }
     }
+}
+
+/// Whether a delta event holds only `type`, `index` and `delta: {type, <field>}`.
+fn only_delta_fields(data: &Value, field: &str) -> bool {
+    let top_ok = data.as_object().is_some_and(|o| {
+        o.keys()
+            .all(|k| matches!(k.as_str(), "type" | "index" | "delta"))
+    });
+    let delta_ok = data
+        .get("delta")
+        .and_then(Value::as_object)
+        .is_some_and(|o| o.keys().all(|k| k == "type" || k == field));
+    top_ok && delta_ok
 }
 
 /// `event: content_block_delta` carrying one text or thinking delta, exactly.
