@@ -17,6 +17,7 @@ mod corpus;
 use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streammask::json_walk::{mask_json, ThinkingMode, WalkOptions};
 use streammask::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
 use streammask::matcher::Matcher;
 use streammask::placeholder::PlaceholderKey;
@@ -54,6 +55,56 @@ fn mixed_corpus() -> String {
         }
     }
     text
+}
+
+/// A ~1 MiB request shaped like Claude Code's: a long system prompt, tool definitions, and a
+/// conversation whose tool results carry file contents (JSON-escaped newlines and quotes), with
+/// a few secrets in a `.env` file it read.
+fn claude_code_request(target: usize) -> Vec<u8> {
+    let set = RuleSet::embedded().unwrap();
+    let examples: Vec<&String> = set.enabled().flat_map(|r| r.examples.iter()).collect();
+    let tools: Vec<serde_json::Value> = (0..16)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("Tool{i}"),
+                "description": corpus::ordinary_text(100 + i, 2048),
+                "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+            })
+        })
+        .collect();
+    let mut messages = Vec::new();
+    let mut size = 0;
+    let mut turn = 0u64;
+    while size < target {
+        let file = corpus::ordinary_text(1000 + turn, 24 * 1024);
+        let content = if turn % 8 == 3 {
+            let secrets: Vec<&str> = examples
+                .iter()
+                .skip(turn as usize * 5)
+                .take(4)
+                .map(|e| e.as_str())
+                .collect();
+            format!("# .env\n{}\n{file}", secrets.join("\n"))
+        } else {
+            file
+        };
+        size += content.len();
+        messages.push(serde_json::json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": format!("toolu_{turn}"), "name": "Read",
+             "input": {"file_path": format!("/repo/src/file{turn}.rs")}}]}));
+        messages.push(serde_json::json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": format!("toolu_{turn}"), "content": content}]}));
+        turn += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 32000,
+        "stream": true,
+        "system": [{"type": "text", "text": corpus::ordinary_text(7, 16 * 1024)}],
+        "tools": tools,
+        "messages": messages,
+    }))
+    .expect("request serialises")
 }
 
 fn regex_set_baseline() -> regex::bytes::RegexSet {
@@ -199,6 +250,27 @@ fn main() {
         b.iter(|| baseline.matches(black_box(text.as_bytes())))
     });
     block.finish();
+
+    // DESIGN.md: masking a 1 MiB Claude Code request takes ≤ 2 ms (the proxy's whole request
+    // path: JSON walk, scan of every string, rewrite of the raw body).
+    let request = claude_code_request(1 << 20);
+    let walk = WalkOptions {
+        scope: Scope::Request,
+        thinking: ThinkingMode::Report,
+    };
+    let mut requests = criterion.benchmark_group("request");
+    requests.throughput(Throughput::Bytes(request.len() as u64));
+    requests.bench_function("mask_json_claude_code_1MiB", |b| {
+        b.iter(|| mask_json(&engine, black_box(&request), &walk).unwrap())
+    });
+    requests.finish();
+    let walked = mask_json(&engine, &request, &walk).unwrap();
+    println!(
+        "request: {} bytes, {} findings, body rewritten: {}",
+        request.len(),
+        walked.findings.len(),
+        walked.body.is_some()
+    );
 
     let stream_text = &text[..256 * 1024];
     let pieces = deltas(stream_text, 3);
