@@ -13,10 +13,15 @@ import hmac
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
+
+import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -256,3 +261,61 @@ def http_request(method: str, path: str, port: int, body: bytes = b"", headers: 
     if body and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+CLAUDE_TIMEOUT_S = 120
+
+
+def run_claude(
+    base_url: str,
+    prompt: str,
+    tmp: Path,
+    *args: str,
+    session_id: str | None = None,
+    api_key: str | None = API_KEY,
+    settings: dict | None = None,
+    timeout_s: float = CLAUDE_TIMEOUT_S,
+):
+    """Run `claude -p` against `base_url` with a fresh HOME under `tmp`, no telemetry and no
+    nonessential traffic. `api_key=None` leaves ANTHROPIC_API_KEY unset; `settings` is written
+    to ~/.claude/settings.json (e.g. an apiKeyHelper). Claude Code and everything it started
+    are killed after `timeout_s`."""
+    home = tmp / "home"
+    project = tmp / "project"
+    (home / ".claude").mkdir(parents=True, exist_ok=True)
+    project.mkdir(exist_ok=True)
+    if settings is not None:
+        (home / ".claude" / "settings.json").write_text(json.dumps(settings))
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "ANTHROPIC_BASE_URL": base_url,
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    if api_key is not None:
+        env["ANTHROPIC_API_KEY"] = api_key
+    cmd = [CLAUDE_BIN, "-p", prompt, "--session-id", session_id or str(uuid.uuid4()), *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # Claude Code and anything it started
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"claude -p did not finish within {timeout_s}s: {stderr.decode(errors='replace')[-2000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)

@@ -8,9 +8,6 @@ may send (title, quota, warm-up; they carry no `tools`) never take the scripted 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -25,52 +22,13 @@ from smtest import (
     PG_PASSWORD,
     PG_URI,
     has_placeholder_for,
+    run_claude,
 )
 
 pytestmark = pytest.mark.claude_code
 
-TIMEOUT_S = 120
 # Headers Claude Code sets that the proxy must forward unchanged.
 FORWARDED = ("anthropic-beta", "user-agent", "anthropic-version", "x-claude-code-session-id")
-
-
-def run_claude(base_url: str, prompt: str, tmp: Path, *args: str, session_id: str | None = None):
-    home = tmp / "home"
-    project = tmp / "project"
-    home.mkdir(exist_ok=True)
-    project.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "TERM": "dumb",
-        "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": API_KEY,
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    }
-    cmd = [CLAUDE_BIN, "-p", prompt, "--session-id", session_id or str(uuid.uuid4()), *args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=project,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # Claude Code and anything it started
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"claude -p did not finish within {TIMEOUT_S}s: {stderr.decode(errors='replace')[-2000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def secrets_in(record: dict, secrets: list[str]) -> list[str]:

@@ -6,10 +6,7 @@ Claude API key.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,49 +14,27 @@ import pytest
 import authkit
 import smtest
 from authkit import SigningKey
-from smtest import CLAUDE_BIN, GITHUB_TOKEN, has_placeholder_for
+from smtest import CLAUDE_BIN, GITHUB_TOKEN, has_placeholder_for, run_claude
 
 pytestmark = pytest.mark.claude_code
 
-TIMEOUT_S = 120
 UPSTREAM_KEY = "sk-ant-api03-streammask-e2e-org-key-for-claude-code"
 smtest.plant(UPSTREAM_KEY)
 
 
 def run_claude_with_helper(base_url: str, prompt: str, tmp: Path, helper_token: str):
-    home, project = tmp / "home", tmp / "project"
-    (home / ".claude").mkdir(parents=True, exist_ok=True)
-    project.mkdir(exist_ok=True)
-    helper = home / "token-helper.sh"
+    """Claude Code with no API key of its own: its apiKeyHelper prints the developer's JWT."""
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
     token_file = home / "token"
     token_file.write_text(helper_token)
+    helper = home / "token-helper.sh"
     helper.write_text(f"#!/bin/sh\ncat '{token_file}'\n")
     helper.chmod(0o700)
-    (home / ".claude" / "settings.json").write_text(json.dumps({"apiKeyHelper": str(helper)}))
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "TERM": "dumb",
-        "ANTHROPIC_BASE_URL": base_url,
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    }
-    cmd = [CLAUDE_BIN, "-p", prompt, "--session-id", str(uuid.uuid4())]
-    proc = subprocess.Popen(cmd, cwd=project, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"claude -p did not finish within {TIMEOUT_S}s: {stderr.decode(errors='replace')[-2000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+    out = run_claude(base_url, prompt, tmp, api_key=None, settings={"apiKeyHelper": str(helper)})
+    return subprocess.CompletedProcess(
+        out.args, out.returncode, out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
+    )
 
 
 @pytest.fixture(scope="module")
