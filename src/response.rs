@@ -607,8 +607,9 @@ impl SseTransformer {
         );
     }
 
-    /// The fast path for a `text_delta`/`thinking_delta` of an open streamed block. Returns
-    /// false, having done nothing, when the event is not exactly that shape.
+    /// The fast path for a `text_delta`/`thinking_delta` of an open streamed block and an
+    /// `input_json_delta` of an open tool block. Returns false, having done nothing, when the
+    /// event is not exactly that shape.
     fn on_plain_delta(&mut self, event: &Event, out: &mut Vec<u8>) -> bool {
         let Ok(parsed) = serde_json::from_str::<PlainDeltaEvent>(&event.data) else {
             return false;
@@ -616,33 +617,44 @@ impl SseTransformer {
         if parsed.kind != "content_block_delta" {
             return false;
         }
-        let Some(Block::Streamed {
-            masker,
-            delta_type,
-            field,
-            rewrite,
-        }) = self.blocks.get_mut(&parsed.index)
-        else {
-            return false;
-        };
-        let text = match (
-            parsed.delta.kind,
-            &parsed.delta.text,
-            &parsed.delta.thinking,
-        ) {
-            ("text_delta", Some(text), None) if *field == "text" => text,
-            ("thinking_delta", None, Some(thinking)) if *field == "thinking" => thinking,
+        let delta = &parsed.delta;
+        let (masker, delta_type, field, rewrite) = match self.blocks.get_mut(&parsed.index) {
+            Some(Block::Streamed {
+                masker,
+                delta_type,
+                field,
+                rewrite,
+            }) => (masker, *delta_type, *field, *rewrite),
+            // Tool input is buffered to the block's stop and judged whole.
+            Some(Block::Tool { partial_json, .. }) => {
+                return match (
+                    delta.kind,
+                    &delta.partial_json,
+                    &delta.text,
+                    &delta.thinking,
+                ) {
+                    ("input_json_delta", Some(piece), None, None) => {
+                        partial_json.push_str(piece);
+                        true
+                    }
+                    _ => false,
+                };
+            }
             _ => return false,
         };
-        if parsed.delta.kind != *delta_type {
+        if delta.kind != delta_type || delta.partial_json.is_some() {
             return false;
         }
+        let text = match (field, &delta.text, &delta.thinking) {
+            ("text", Some(text), None) | ("thinking", None, Some(text)) => text,
+            _ => return false,
+        };
         let mut emitted = Vec::with_capacity(text.len() + 16);
         if masker.push(text.as_bytes(), &mut emitted).is_err() {
             self.fail(StreamFault::Malformed("masking failed".into()), out);
             return true;
         }
-        if !*rewrite || emitted.as_slice() == text.as_bytes() {
+        if !rewrite || emitted.as_slice() == text.as_bytes() {
             // Report-only blocks, and the common case of nothing held or masked: original bytes.
             out.extend_from_slice(&event.raw);
         } else if !emitted.is_empty() {
@@ -805,7 +817,7 @@ fn only_delta_fields(data: &Value, field: &str) -> bool {
     top_ok && delta_ok
 }
 
-/// `event: content_block_delta` carrying one text or thinking delta, exactly.
+/// `event: content_block_delta` carrying one text, thinking or tool-input delta, exactly.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlainDeltaEvent<'a> {
@@ -825,6 +837,8 @@ struct PlainDelta<'a> {
     text: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     thinking: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn delta_event(index: u64, delta_type: &str, field: &str, text: &str) -> Vec<u8> {
