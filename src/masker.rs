@@ -186,15 +186,16 @@ impl Engine {
         }
         // Room for every placeholder up front: a placeholder is often longer than its secret,
         // and growing a multi-megabyte buffer once copies the whole text again.
-        let placeholder_room: usize = spans
-            .iter()
-            .map(|s| PLACEHOLDER_OVERHEAD + self.matcher.rule(s.rule).id().len())
-            .sum();
-        let mut out = Vec::with_capacity(if write {
-            bytes.len() + placeholder_room
+        let capacity = if write {
+            bytes.len()
+                + spans
+                    .iter()
+                    .map(|s| PLACEHOLDER_OVERHEAD + self.matcher.rule(s.rule).id().len())
+                    .sum::<usize>()
         } else {
             0
-        });
+        };
+        let mut out = Vec::with_capacity(capacity);
         let mut findings = Vec::new();
         let mut emitter = Emitter {
             engine: self,
