@@ -17,10 +17,12 @@ mod corpus;
 use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streammask::config::ThinkingPolicy;
 use streammask::json_walk::{mask_json, ThinkingMode, WalkOptions};
 use streammask::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
 use streammask::matcher::Matcher;
 use streammask::placeholder::PlaceholderKey;
+use streammask::response::SseTransformer;
 use streammask::{RuleSet, Scope};
 
 const CORPUS_BYTES: usize = 4 << 20;
@@ -227,6 +229,44 @@ fn report_delta_percentiles_and_memory(engine: &Arc<Engine>, text: &str) {
     );
 }
 
+/// Ordinary assistant prose with no secrets: the common case on the response path.
+const PROSE: &str = "the deploy script builds the release image then pushes it to the registry \
+    and rolls the service one pod at a time while the health checks watch the error rate so a bad \
+    build stops early and the previous version keeps serving traffic until an operator looks at \
+    the logs and decides whether to retry or to roll back the change by hand. ";
+
+/// A Messages API text stream in the exact shape the API (and loadtest's mock) sends, with the
+/// text cut into deltas of about `delta_chars` characters.
+fn sse_response(text: &str, delta_chars: usize) -> String {
+    let event = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = event(
+        "message_start",
+        r#"{"type":"message_start","message":{"id":"msg_01nAEzImLMlu2TnKMU5uGZ2n","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":40,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}"#,
+    );
+    out += &event("ping", r#"{"type":"ping"}"#);
+    out += &event(
+        "content_block_start",
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+    );
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(delta_chars) {
+        let piece: String = piece.iter().collect();
+        let data = serde_json::json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": piece}});
+        out += &event("content_block_delta", &data.to_string());
+    }
+    out += &event(
+        "content_block_stop",
+        r#"{"type":"content_block_stop","index":0}"#,
+    );
+    out += &event(
+        "message_delta",
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":59}}"#,
+    );
+    out += &event("message_stop", r#"{"type":"message_stop"}"#);
+    out
+}
+
 fn main() {
     let engine = engine();
     let text = mixed_corpus();
@@ -288,6 +328,31 @@ fn main() {
         })
     });
     streaming.finish();
+
+    // What the proxy runs per streamed response: SSE framing, event parsing, the delta
+    // maskers and re-encoding, over a whole Messages API stream handed over in one piece (the
+    // proxy batches every chunk already read).
+    let prose = PROSE.repeat(4);
+    let response = sse_response(&prose, 6);
+    let events = response.matches("\n\n").count();
+    let mut sse = criterion.benchmark_group("sse");
+    sse.throughput(Throughput::Elements(events as u64));
+    sse.bench_function("response_text_stream", |b| {
+        let mut out = Vec::with_capacity(response.len() + 1024);
+        b.iter(|| {
+            out.clear();
+            let mut transformer =
+                SseTransformer::new(Arc::clone(&engine), ThinkingPolicy::Report, 1 << 20);
+            transformer.push(black_box(response.as_bytes()), &mut out);
+            transformer.finish(&mut out);
+            assert!(transformer.saw_message_stop());
+        })
+    });
+    sse.finish();
+    println!(
+        "sse: one response is {} bytes, {events} events",
+        response.len()
+    );
     criterion.final_summary();
 
     report_same_run_comparison(&engine, &text);

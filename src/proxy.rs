@@ -976,10 +976,12 @@ impl Proxy {
 
     /// Stream an SSE or JSONL response to the client, masking as it goes.
     ///
-    /// A reader task pulls upstream chunks into a channel; this loop takes every chunk already
-    /// waiting, masks them together and writes once. The Claude API sends one small write per
-    /// event, and one client write per event would make syscalls the proxy's main cost. The
-    /// channel keeps reads uncancelled (dropping a half-finished read could lose bytes).
+    /// Each round waits for upstream bytes (or the client leaving), then takes every chunk that
+    /// is already readable without waiting, masks them together and writes once. The Claude API
+    /// sends one small write per event, and one client write per event would make syscalls the
+    /// proxy's main cost. Reading in this task rather than a spawned reader costs no task
+    /// wake-up or channel hop per chunk; Pingora's body reader keeps its parse state across a
+    /// dropped read, so the reads raced against the client and polled once are cancel-safe.
     async fn stream_body(
         &self,
         session: &mut Session,
@@ -989,7 +991,8 @@ impl Proxy {
         kind: BodyKind,
         peer: &HttpPeer,
     ) {
-        const READ_AHEAD: usize = 64;
+        /// Write what is ready once this much is waiting, even if more is readable.
+        const WRITE_AT: usize = 64 * 1024;
         let state = Arc::clone(&self.state);
         let engine = self.engine(ctx);
         let mut sse = SseTransformer::new(
@@ -1003,57 +1006,33 @@ impl Proxy {
             .obs
             .wants_transcripts()
             .then(|| crate::audit::StreamTranscript::new(crate::audit::transcript_limit()));
-        let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Option<Bytes>>(READ_AHEAD);
-        // The reader hands the session back when the body ended cleanly, so it can be pooled.
-        let reader = tokio::spawn(async move {
-            loop {
-                match upstream.read_response_body().await {
-                    Ok(Some(chunk)) => {
-                        if chunks_tx.send(Some(chunk)).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = chunks_tx.send(None).await;
-                        return Some(upstream);
-                    }
-                    // An upstream failure ends the channel without the clean `None`.
-                    Err(_) => return None,
-                }
-            }
-        });
         let mut out = Vec::with_capacity(8192);
         let mut completed = false;
         let mut client_gone = false;
         loop {
             out.clear();
             let first = tokio::select! {
-                first = chunks.recv() => first,
+                biased;
+                read = upstream.read_response_body() => read,
                 _ = session.as_downstream_mut().read_body_or_idle(true) => {
                     client_gone = true;
                     break;
                 }
             };
-            // `Some(Some(bytes))`: data; `Some(None)`: clean end; `None`: upstream failed.
-            let mut batch = vec![first];
-            while batch.len() < READ_AHEAD && matches!(batch.last(), Some(Some(Some(_)))) {
-                match chunks.try_recv() {
-                    Ok(next) => batch.push(Some(next)),
-                    Err(_) => break,
-                }
-            }
             let mut done = false;
             let masking = Instant::now();
             let events_before = sse.events;
-            for item in batch {
-                let chunk = match item {
-                    Some(Some(chunk)) => chunk,
-                    Some(None) => {
+            let mut read = Some(first);
+            while let Some(result) = read.take() {
+                let chunk = match result {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => {
                         completed = true;
                         done = true;
                         break;
                     }
-                    None => {
+                    // An upstream failure ends the stream without `completed`.
+                    Err(_) => {
                         done = true;
                         break;
                     }
@@ -1068,7 +1047,6 @@ impl Proxy {
                             "api_error",
                             "streammask: the upstream response could not be decompressed",
                         ));
-                        completed = false;
                         done = true;
                         break;
                     }
@@ -1077,23 +1055,15 @@ impl Proxy {
                     done = true;
                     break;
                 }
+                if out.len() < WRITE_AT {
+                    read = ready_now(upstream.read_response_body());
+                }
             }
             if done {
                 match kind {
                     BodyKind::Sse => sse.finish(&mut out),
                     _ => jsonl.finish(&state, &mut out, &mut ctx.response_findings),
                 }
-                let elapsed = masking.elapsed();
-                ctx.obs.masking += elapsed;
-                guard.events_masked(sse.events - events_before, elapsed);
-                ctx.obs.bytes_out += out.len();
-                if let Some(transcript) = transcript.as_mut() {
-                    transcript.push(&out);
-                }
-                let _ = session
-                    .write_response_body(Some(Bytes::from(std::mem::take(&mut out))), true)
-                    .await;
-                break;
             }
             let elapsed = masking.elapsed();
             ctx.obs.masking += elapsed;
@@ -1102,6 +1072,12 @@ impl Proxy {
             ctx.obs.bytes_out += out.len();
             if let Some(transcript) = transcript.as_mut() {
                 transcript.push(&out);
+            }
+            if done {
+                let _ = session
+                    .write_response_body(Some(Bytes::from(std::mem::take(&mut out))), true)
+                    .await;
+                break;
             }
             if !out.is_empty()
                 && session
@@ -1129,18 +1105,25 @@ impl Proxy {
         }
         guard.held(0);
         drop(guard);
-        if client_gone || !completed || sse.fault().is_some() {
-            // Dropping the upstream session closes its connection: a request the client left
-            // is cancelled, and a connection in an unknown state is never pooled.
-            reader.abort();
-            return;
-        }
-        if let Ok(Some(upstream)) = reader.await {
+        // Dropping the upstream session closes its connection: a request the client left is
+        // cancelled, and a connection in an unknown state is never pooled.
+        if completed && !client_gone && sse.fault().is_none() {
             state
                 .connector
                 .release_http_session(upstream, peer, Some(Duration::from_secs(60)))
                 .await;
         }
+    }
+}
+
+/// Polls a future once: its output if it is ready now, `None` (dropping it) if it would wait.
+/// Only for futures that are cancel-safe while pending.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 

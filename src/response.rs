@@ -18,9 +18,8 @@ use crate::config::ThinkingPolicy;
 use crate::json_walk::{mask_json, ThinkingMode, WalkFinding, WalkOptions};
 use crate::masker::{Engine, Finding, MaskError, StreamMasker};
 use crate::rules::{Action, Scope};
-use crate::sse::{encode_event, Event, SseFramer};
+use crate::sse::{encode_event, write_event, Event, SseFramer};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A finding with where it was (JSON path or content block).
@@ -231,7 +230,7 @@ pub struct SseTransformer {
     engine: Arc<Engine>,
     thinking: ThinkingPolicy,
     framer: SseFramer,
-    blocks: HashMap<u64, Block>,
+    blocks: OpenBlocks,
     tools_blocked: usize,
     tools_allowed: usize,
     saw_message_stop: bool,
@@ -244,6 +243,8 @@ pub struct SseTransformer {
     pub usage: Vec<(String, u64)>,
     /// Upstream events handled so far (for the per-event cost metric).
     pub events: u64,
+    /// Reused for the masker output of each delta.
+    scratch: Vec<u8>,
 }
 
 impl SseTransformer {
@@ -256,7 +257,7 @@ impl SseTransformer {
             engine,
             thinking,
             framer: SseFramer::new(max_event_bytes),
-            blocks: HashMap::new(),
+            blocks: OpenBlocks::default(),
             tools_blocked: 0,
             tools_allowed: 0,
             saw_message_stop: false,
@@ -266,6 +267,7 @@ impl SseTransformer {
             max_held: 0,
             usage: Vec::new(),
             events: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -288,8 +290,9 @@ impl SseTransformer {
     /// Bytes held back across all open blocks right now.
     pub fn held(&self) -> usize {
         self.blocks
-            .values()
-            .map(|b| match b {
+            .0
+            .iter()
+            .map(|(_, b)| match b {
                 Block::Streamed { masker, .. } => masker.held(),
                 Block::Tool { partial_json, .. } => partial_json.len(),
                 Block::Other => 0,
@@ -331,20 +334,13 @@ impl SseTransformer {
             match self.framer.finish() {
                 // The body ended inside an event: complete its framing so nothing is glued to
                 // what follows, then judge it like any other event.
+                // An unterminated event is not canonical, so it is re-encoded with its blank line
+                // when forwarded: nothing is glued to what follows.
                 Ok(Some(event)) => {
-                    let mut raw = event.raw.to_vec();
-                    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        raw.pop();
-                    }
-                    raw.extend_from_slice(b"\n\n");
-                    let event = Event {
-                        raw: raw.into(),
-                        ..event
-                    };
-                    if event.name.is_none() && event.data.is_empty() {
+                    if event.name().is_none() && event.data().is_empty() {
                         // Unterminated bytes that are not even an event: nothing a client could
                         // use, so they are dropped rather than glued to the closing error.
-                    } else if serde_json::from_str::<Value>(&event.data).is_err() {
+                    } else if serde_json::from_str::<serde::de::IgnoredAny>(event.data()).is_err() {
                         self.fail(
                             StreamFault::Malformed(
                                 "the upstream connection ended mid-event".into(),
@@ -385,10 +381,8 @@ impl SseTransformer {
 
     /// Flush maskers of blocks that never got their stop (upstream cut mid-block).
     fn close_open_blocks(&mut self, out: &mut Vec<u8>) {
-        let mut indexes: Vec<u64> = self.blocks.keys().copied().collect();
-        indexes.sort_unstable();
-        for index in indexes {
-            if let Some(block) = self.blocks.remove(&index) {
+        for (index, block) in self.blocks.take_sorted() {
+            {
                 // A tool call that never completed is dropped: a partial command must not run.
                 if let Block::Streamed { .. } = block {
                     self.flush_block(index, block, out);
@@ -411,12 +405,13 @@ impl SseTransformer {
         {
             let mut tail = Vec::new();
             if masker.finish(&mut tail).is_ok() && rewrite && !tail.is_empty() {
-                out.extend(delta_event(
+                write_delta_event(
+                    out,
                     index,
                     delta_type,
                     field,
                     &String::from_utf8_lossy(&tail),
-                ));
+                );
             }
             self.collect(index, &mut masker);
         }
@@ -433,18 +428,36 @@ impl SseTransformer {
     }
 
     fn on_event(&mut self, event: Event, out: &mut Vec<u8>) {
-        if event.name.is_none() && event.data.is_empty() {
+        let (name, data) = (event.name(), event.data());
+        if name.is_none() && data.is_empty() {
             self.forward_as_text(&event, out);
             return;
         }
-        // Most of a response is text deltas: parse those into a borrowed struct of exactly the
-        // expected shape instead of a `Value` tree. Anything else (extra fields, escapes in a
-        // borrowed name, other events) takes the general path below.
-        if event.name.as_deref() == Some("content_block_delta") && self.on_plain_delta(&event, out)
-        {
-            return;
+        // Most of a response is deltas, and the rest is mostly events of one fixed shape:
+        // recognise those in the compact form the API sends without building a `Value` tree.
+        // Anything else (other spacing, extra fields, other events) takes the general path.
+        match (name, data) {
+            (Some("content_block_delta"), data) => {
+                if let Some(delta) = CompactDelta::parse(data) {
+                    if self.on_compact_delta(delta, &event, out) {
+                        return;
+                    }
+                }
+            }
+            (Some("ping"), r#"{"type":"ping"}"#) => return event.write_to(out),
+            (Some("message_stop"), r#"{"type":"message_stop"}"#) => {
+                self.close_open_blocks(out);
+                self.saw_message_stop = true;
+                return event.write_to(out);
+            }
+            (Some("content_block_stop"), data) => {
+                if let Some(index) = compact_block_stop(data) {
+                    return self.on_block_stop(index, &event, out);
+                }
+            }
+            _ => {}
         }
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+        let Ok(data) = serde_json::from_str::<Value>(data) else {
             self.fail(
                 StreamFault::Malformed("the upstream sent an event whose data is not JSON".into()),
                 out,
@@ -469,9 +482,8 @@ impl SseTransformer {
             ("message_stop", _) => {
                 self.close_open_blocks(out);
                 self.saw_message_stop = true;
-                out.extend_from_slice(&event.raw);
+                self.forward_walked(&event, out);
             }
-            ("ping", _) => out.extend_from_slice(&event.raw),
             _ => self.forward_walked(&event, out),
         }
     }
@@ -489,7 +501,7 @@ impl SseTransformer {
     /// Comments, `id:`/`retry:` lines and stray bytes carry no event a client acts on, but they
     /// are still bytes on the wire: scan them as text.
     fn forward_as_text(&mut self, event: &Event, out: &mut Vec<u8>) {
-        let text = String::from_utf8_lossy(&event.raw);
+        let text = String::from_utf8_lossy(event.raw());
         match self.engine.mask(&text, Scope::Response) {
             Ok(masked) => {
                 for finding in masked.findings {
@@ -510,16 +522,13 @@ impl SseTransformer {
             scope: Scope::Response,
             thinking: thinking_mode(self.thinking),
         };
-        match mask_json(&self.engine, event.data.as_bytes(), &options) {
+        match mask_json(&self.engine, event.data().as_bytes(), &options) {
             Ok(walked) => {
                 self.findings
                     .extend(walked.findings.into_iter().map(Located::from));
                 match walked.body {
-                    None => out.extend_from_slice(&event.raw),
-                    Some(body) => out.extend(encode_event(
-                        event.name.as_deref().unwrap_or("message"),
-                        &String::from_utf8_lossy(&body),
-                    )),
+                    None => event.write_to(out),
+                    Some(body) => write_event(out, event.name(), &String::from_utf8_lossy(&body)),
                 }
             }
             Err(_) => self.fail(
@@ -580,7 +589,7 @@ impl SseTransformer {
             .to_string();
         let mut emitted = Vec::new();
         if initial.is_empty() || !rewrite {
-            out.extend_from_slice(&event.raw);
+            event.write_to(out);
             let _ = masker.push(initial.as_bytes(), &mut emitted);
         } else {
             let mut start = data.clone();
@@ -588,12 +597,13 @@ impl SseTransformer {
             out.extend(encode_event("content_block_start", &start.to_string()));
             let _ = masker.push(initial.as_bytes(), &mut emitted);
             if !emitted.is_empty() {
-                out.extend(delta_event(
+                write_delta_event(
+                    out,
                     index,
                     delta_type,
                     field,
                     &String::from_utf8_lossy(&emitted),
-                ));
+                );
             }
         }
         self.blocks.insert(
@@ -607,65 +617,49 @@ impl SseTransformer {
         );
     }
 
-    /// The fast path for a `text_delta`/`thinking_delta` of an open streamed block and an
-    /// `input_json_delta` of an open tool block. Returns false, having done nothing, when the
-    /// event is not exactly that shape.
-    fn on_plain_delta(&mut self, event: &Event, out: &mut Vec<u8>) -> bool {
-        let Ok(parsed) = serde_json::from_str::<PlainDeltaEvent>(&event.data) else {
-            return false;
-        };
-        if parsed.kind != "content_block_delta" {
-            return false;
-        }
-        let delta = &parsed.delta;
-        let (masker, delta_type, field, rewrite) = match self.blocks.get_mut(&parsed.index) {
+    /// The fast path for a compact delta event: a text or thinking delta of an open streamed
+    /// block, or a tool-input piece of an open tool block. Returns false, having done nothing,
+    /// when the delta does not belong to such a block (the general path then decides).
+    fn on_compact_delta(
+        &mut self,
+        delta: CompactDelta<'_>,
+        event: &Event,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let (masker, delta_type, field, rewrite) = match self.blocks.get_mut(delta.index) {
             Some(Block::Streamed {
                 masker,
                 delta_type,
                 field,
                 rewrite,
-            }) => (masker, *delta_type, *field, *rewrite),
+            }) if *delta_type == delta.delta_type => (masker, *delta_type, *field, *rewrite),
             // Tool input is buffered to the block's stop and judged whole.
-            Some(Block::Tool { partial_json, .. }) => {
-                return match (
-                    delta.kind,
-                    &delta.partial_json,
-                    &delta.text,
-                    &delta.thinking,
-                ) {
-                    ("input_json_delta", Some(piece), None, None) => {
-                        partial_json.push_str(piece);
-                        true
-                    }
-                    _ => false,
-                };
+            Some(Block::Tool { partial_json, .. }) if delta.delta_type == "input_json_delta" => {
+                partial_json.push_str(&delta.text);
+                return true;
             }
             _ => return false,
         };
-        if delta.kind != delta_type || delta.partial_json.is_some() {
-            return false;
-        }
-        let text = match (field, &delta.text, &delta.thinking) {
-            ("text", Some(text), None) | ("thinking", None, Some(text)) => text,
-            _ => return false,
-        };
-        let mut emitted = Vec::with_capacity(text.len() + 16);
-        if masker.push(text.as_bytes(), &mut emitted).is_err() {
+        let mut emitted = std::mem::take(&mut self.scratch);
+        emitted.clear();
+        if masker.push(delta.text.as_bytes(), &mut emitted).is_err() {
             self.fail(StreamFault::Malformed("masking failed".into()), out);
             return true;
         }
-        if !rewrite || emitted.as_slice() == text.as_bytes() {
-            // Report-only blocks, and the common case of nothing held or masked: original bytes.
-            out.extend_from_slice(&event.raw);
+        if !rewrite || emitted.as_slice() == delta.text.as_bytes() {
+            // Report-only blocks, and the common case of nothing held or masked: the event as
+            // it came (it carries nothing but the delta, so everything in it was scanned).
+            event.write_to(out);
         } else if !emitted.is_empty() {
             write_delta_event(
                 out,
-                parsed.index,
+                delta.index,
                 delta_type,
                 field,
                 &String::from_utf8_lossy(&emitted),
             );
         }
+        self.scratch = emitted;
         true
     }
 
@@ -674,7 +668,7 @@ impl SseTransformer {
             .pointer("/delta/type")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        match self.blocks.get_mut(&index) {
+        match self.blocks.get_mut(index) {
             Some(Block::Streamed {
                 masker,
                 delta_type,
@@ -696,18 +690,19 @@ impl SseTransformer {
                 // event with extra fields is rewritten to the known ones.
                 let plain = only_delta_fields(&data, field);
                 if !*rewrite && plain {
-                    out.extend_from_slice(&event.raw);
+                    event.write_to(out);
                 } else if !*rewrite {
                     self.forward_walked(event, out);
                 } else if plain && emitted.as_slice() == text.as_bytes() {
-                    out.extend_from_slice(&event.raw);
+                    event.write_to(out);
                 } else if !emitted.is_empty() {
-                    out.extend(delta_event(
+                    write_delta_event(
+                        out,
                         index,
                         delta_type,
                         field,
                         &String::from_utf8_lossy(&emitted),
-                    ));
+                    );
                 }
             }
             Some(Block::Tool { partial_json, .. }) if delta_kind == "input_json_delta" => {
@@ -723,16 +718,16 @@ impl SseTransformer {
     }
 
     fn on_block_stop(&mut self, index: u64, event: &Event, out: &mut Vec<u8>) {
-        match self.blocks.remove(&index) {
+        match self.blocks.remove(index) {
             Some(block @ Block::Streamed { .. }) => {
                 self.flush_block(index, block, out);
-                out.extend_from_slice(&event.raw);
+                event.write_to(out);
             }
             Some(Block::Tool {
                 start,
                 partial_json,
             }) => self.emit_tool(index, start, &partial_json, event, out),
-            Some(Block::Other) | None => out.extend_from_slice(&event.raw),
+            Some(Block::Other) | None => event.write_to(out),
         }
     }
 
@@ -766,7 +761,7 @@ impl SseTransformer {
                     "delta": {"type": "input_json_delta", "partial_json": input},
                 });
                 out.extend(encode_event("content_block_delta", &delta.to_string()));
-                out.extend_from_slice(&stop.raw);
+                stop.write_to(out);
             }
             ToolVerdict::Block {
                 rule_id,
@@ -775,13 +770,14 @@ impl SseTransformer {
                 self.tools_blocked += 1;
                 let start = json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}});
                 out.extend(encode_event("content_block_start", &start.to_string()));
-                out.extend(delta_event(
+                write_delta_event(
+                    out,
                     index,
                     "text_delta",
                     "text",
                     &blocked_tool_text(&name, &rule_id, &description),
-                ));
-                out.extend_from_slice(&stop.raw);
+                );
+                stop.write_to(out);
             }
         }
     }
@@ -792,11 +788,7 @@ impl SseTransformer {
             data.pointer("/delta/stop_reason").and_then(Value::as_str) == Some("tool_use");
         if stop_is_tool_use && self.tools_blocked > 0 && self.tools_allowed == 0 {
             data["delta"]["stop_reason"] = json!("end_turn");
-            let rewritten = Event {
-                raw: encode_event("message_delta", &data.to_string()).into(),
-                name: Some("message_delta".into()),
-                data: data.to_string(),
-            };
+            let rewritten = Event::new("message_delta", &data.to_string());
             self.forward_walked(&rewritten, out);
         } else {
             self.forward_walked(event, out);
@@ -817,30 +809,108 @@ fn only_delta_fields(data: &Value, field: &str) -> bool {
     top_ok && delta_ok
 }
 
-/// `event: content_block_delta` carrying one text, thinking or tool-input delta, exactly.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlainDeltaEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
+/// The open content blocks of one response, by index. A response has a handful, so a
+/// vector beats hashing the index on every delta.
+#[derive(Default)]
+struct OpenBlocks(Vec<(u64, Block)>);
+
+impl OpenBlocks {
+    fn insert(&mut self, index: u64, block: Block) {
+        match self.get_mut(index) {
+            Some(open) => *open = block,
+            None => self.0.push((index, block)),
+        }
+    }
+
+    fn get_mut(&mut self, index: u64) -> Option<&mut Block> {
+        self.0
+            .iter_mut()
+            .find(|(open, _)| *open == index)
+            .map(|(_, block)| block)
+    }
+
+    fn remove(&mut self, index: u64) -> Option<Block> {
+        let position = self.0.iter().position(|(open, _)| *open == index)?;
+        Some(self.0.remove(position).1)
+    }
+
+    /// Every open block, in index order, leaving none open.
+    fn take_sorted(&mut self) -> Vec<(u64, Block)> {
+        let mut blocks = std::mem::take(&mut self.0);
+        blocks.sort_unstable_by_key(|(index, _)| *index);
+        blocks
+    }
+}
+
+/// A `content_block_delta` in the compact form the API sends, exactly:
+/// `{"type":"content_block_delta","index":N,"delta":{"type":"T","F":"…"}}` where (T, F) is
+/// (`text_delta`, `text`), (`thinking_delta`, `thinking`) or (`input_json_delta`,
+/// `partial_json`). Anything else (spacing, another key order, an extra field) does not parse
+/// and takes the general path, so nothing beyond the delta text can ride along unscanned.
+struct CompactDelta<'a> {
     index: u64,
-    #[serde(borrow)]
-    delta: PlainDelta<'a>,
+    delta_type: &'static str,
+    text: std::borrow::Cow<'a, str>,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlainDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(borrow, default)]
-    text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    thinking: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    partial_json: Option<std::borrow::Cow<'a, str>>,
+impl<'a> CompactDelta<'a> {
+    fn parse(data: &'a str) -> Option<CompactDelta<'a>> {
+        const KINDS: [(&str, &str); 3] = [
+            ("text_delta", r#","delta":{"type":"text_delta","text":"#),
+            (
+                "thinking_delta",
+                r#","delta":{"type":"thinking_delta","thinking":"#,
+            ),
+            (
+                "input_json_delta",
+                r#","delta":{"type":"input_json_delta","partial_json":"#,
+            ),
+        ];
+        let rest = data.strip_prefix(r#"{"type":"content_block_delta","index":"#)?;
+        let (index, rest) = compact_index(rest)?;
+        let (delta_type, literal) = KINDS.iter().find_map(|(delta_type, prefix)| {
+            Some((*delta_type, rest.strip_prefix(prefix)?.strip_suffix("}}")?))
+        })?;
+        Some(CompactDelta {
+            index,
+            delta_type,
+            text: json_string_literal(literal)?,
+        })
+    }
 }
 
+/// `{"type":"content_block_stop","index":N}` exactly: its index.
+fn compact_block_stop(data: &str) -> Option<u64> {
+    let rest = data.strip_prefix(r#"{"type":"content_block_stop","index":"#)?;
+    match compact_index(rest)? {
+        (index, "}") => Some(index),
+        _ => None,
+    }
+}
+
+/// A JSON index (no sign, no leading zero) at the start of `text`, and what follows it.
+fn compact_index(text: &str) -> Option<(u64, &str)> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 9 || (digits > 1 && text.starts_with('0')) {
+        return None;
+    }
+    Some((text[..digits].parse().ok()?, &text[digits..]))
+}
+
+/// The value of `literal` when it is exactly one JSON string literal (quotes included).
+/// Without escapes the value is borrowed; with them, serde_json decodes and validates it.
+fn json_string_literal(literal: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // Escapes (or a stray quote or control byte, which the decoder then refuses).
+        return serde_json::from_str::<String>(literal)
+            .ok()
+            .map(std::borrow::Cow::Owned);
+    }
+    Some(std::borrow::Cow::Borrowed(inner))
+}
+
+#[cfg(test)]
 fn delta_event(index: u64, delta_type: &str, field: &str, text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 96);
     write_delta_event(&mut out, index, delta_type, field, text);
@@ -851,12 +921,51 @@ fn delta_event(index: u64, delta_type: &str, field: &str, text: &str) -> Vec<u8>
 /// `encode_event` produces for the equivalent `Value` (key order type, index, delta), without
 /// building one per event.
 fn write_delta_event(out: &mut Vec<u8>, index: u64, delta_type: &str, field: &str, text: &str) {
-    use std::io::Write as _;
-    let quoted = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-    let _ = write!(
-        out,
-        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{index},\"delta\":{{\"type\":\"{delta_type}\",\"{field}\":{quoted}}}}}\n\n"
+    out.reserve(text.len() + 120);
+    out.extend_from_slice(
+        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
     );
+    out.extend_from_slice(index.to_string().as_bytes());
+    out.extend_from_slice(b",\"delta\":{\"type\":\"");
+    out.extend_from_slice(delta_type.as_bytes());
+    out.extend_from_slice(b"\",\"");
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(b"\":");
+    write_json_string(out, text);
+    out.extend_from_slice(b"}}\n\n");
+}
+
+/// Appends `text` as a JSON string literal, escaped exactly as serde_json escapes it (`"`, `\`,
+/// the short forms `\b \f \n \r \t`, other control characters as `\u00XX`).
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut clean_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[clean_from..at]);
+        clean_from = at + 1;
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        }
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+    out.push(b'"');
 }
 
 /// An Anthropic-shaped SSE error event.
@@ -892,19 +1001,44 @@ mod tests {
     }
 
     #[test]
-    fn plain_delta_shape_is_exact() {
-        let ok = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi \"x\""}}"#;
-        let parsed = serde_json::from_str::<PlainDeltaEvent>(ok).expect("plain delta");
-        assert_eq!(parsed.delta.text.as_deref(), Some("hi \"x\""));
-        // An extra field anywhere sends the event down the general (walked) path.
-        for extra in [
+    fn compact_delta_shape_is_exact() {
+        let ok = r#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"hi \"x\"\n"}}"#;
+        let parsed = CompactDelta::parse(ok).expect("compact delta");
+        assert_eq!((parsed.index, parsed.delta_type), (12, "text_delta"));
+        assert_eq!(parsed.text, "hi \"x\"\n");
+        let borrowed = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"plain"}}"#;
+        let parsed = CompactDelta::parse(borrowed).expect("compact delta");
+        assert!(matches!(parsed.text, std::borrow::Cow::Borrowed("plain")));
+        let tool = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#;
+        assert_eq!(
+            CompactDelta::parse(tool).expect("tool piece").text,
+            "{\"a\":"
+        );
+        // Everything else goes to the general (walked) path: extra fields anywhere, a second
+        // string smuggled after the first, other spacing or order, odd indexes, bad escapes.
+        for other in [
             r#"{"type":"content_block_delta","index":0,"extra":"ghp_x","delta":{"type":"text_delta","text":"hi"}}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","extra":"x"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","x":"y"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\"","x":"b"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"},"x":1}"#,
+            r#"{"type": "content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"index":0,"type":"content_block_delta","delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"type":"content_block_delta","index":-1,"delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"bad \q"}}"#,
+            "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"raw \n newline\"}}",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}"#,
         ] {
-            assert!(
-                serde_json::from_str::<PlainDeltaEvent>(extra).is_err(),
-                "{extra}"
-            );
+            assert!(CompactDelta::parse(other).is_none(), "{other}");
         }
+        assert_eq!(
+            compact_block_stop(r#"{"type":"content_block_stop","index":4}"#),
+            Some(4)
+        );
+        assert_eq!(
+            compact_block_stop(r#"{"type":"content_block_stop","index":4,"x":1}"#),
+            None
+        );
     }
 }

@@ -6,7 +6,12 @@
 //!   byte-for-byte;
 //! - `\n`, `\r\n` and `\r` line endings are all accepted, also mixed, also with the `\r` and
 //!   `\n` of one `\r\n` in different chunks;
-//! - memory is bounded: an event larger than `max_event_bytes` is an error, never buffered on.
+//! - memory is bounded: an event larger than `max_event_bytes` is an error, never buffered on;
+//! - an event's name and data are spans of its `raw` bytes (data of several `data:` lines is
+//!   joined into its own string), so framing allocates nothing per event;
+//! - [`Event::write_to`] forwards the raw bytes only when they hold nothing but the event name
+//!   and data in canonical form; otherwise (comments, `id:` lines, `\r` line endings) the event
+//!   is re-encoded from its name and data, so no byte a scanner never saw reaches the client.
 
 use bytes::{Bytes, BytesMut};
 
@@ -19,13 +24,77 @@ pub enum SseError {
 }
 
 /// One complete event.
+/// One event: its bytes as they were on the wire, with its name and data parsed out of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub raw: Bytes,
-    /// The `event:` field, if any.
-    pub name: Option<String>,
-    /// The `data:` lines joined with `\n`.
-    pub data: String,
+    raw: Bytes,
+    name: Option<Span>,
+    data: Data,
+    canonical: bool,
+}
+
+type Span = std::ops::Range<usize>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Data {
+    None,
+    /// One `data:` line: its value inside `raw`.
+    Line(Span),
+    /// Several `data:` lines, joined with `\n` as the SSE spec says.
+    Joined(String),
+}
+
+impl Event {
+    /// A canonical event built by the proxy itself.
+    pub fn new(name: &str, data: &str) -> Event {
+        let raw = Bytes::from(encode_event(name, data));
+        parse_event(raw)
+            .ok()
+            .flatten()
+            .expect("an encoded event parses")
+    }
+
+    /// The event's bytes as received (see [`Event::write_to`] for forwarding them).
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.clone().map(|span| self.text(span))
+    }
+
+    /// The event's data; empty when it had no `data:` line.
+    pub fn data(&self) -> &str {
+        match &self.data {
+            Data::None => "",
+            Data::Line(span) => self.text(span.clone()),
+            Data::Joined(joined) => joined,
+        }
+    }
+
+    /// Whether the event has neither a name nor data (only comments or other fields).
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.data == Data::None
+    }
+
+    /// Appends the event for a client: the raw bytes when they are exactly
+    /// `event: NAME\ndata: DATA\n\n`, otherwise a re-encoding of name and data.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        if self.canonical {
+            out.extend_from_slice(&self.raw);
+        } else {
+            write_event(out, self.name(), self.data());
+        }
+    }
+
+    fn text(&self, span: Span) -> &str {
+        debug_assert!(std::str::from_utf8(&self.raw[span.clone()]).is_ok());
+        // SAFETY: events are only built by `parse_event`, which checks that all of `raw` is
+        // UTF-8, and every span starts and ends at an ASCII delimiter (`:`, space, `\r`, `\n`)
+        // or at the end of `raw`, so each is a char-boundary slice of valid UTF-8. Checking
+        // again would be a second UTF-8 pass over every event.
+        unsafe { std::str::from_utf8_unchecked(&self.raw[span]) }
+    }
 }
 
 #[derive(Debug)]
@@ -113,59 +182,89 @@ impl SseFramer {
 fn parse_event(raw: Bytes) -> Result<Option<Event>, SseError> {
     let text = std::str::from_utf8(&raw).map_err(|_| SseError::NotUtf8)?;
     let mut name = None;
-    let mut data: Option<String> = None;
-    // Lines split on bytes with memchr: an event is one to three short lines, and the
-    // char-pattern `str::split` was a visible share of the proxy's CPU per SSE event.
-    let lines = memchr::memchr2_iter(b'\n', b'\r', text.as_bytes())
-        .chain(std::iter::once(text.len()))
-        .scan(0, |start, end| {
-            let line = &text[*start..end];
-            *start = end + 1;
-            Some(line)
-        });
-    for line in lines {
-        if line.is_empty() || line.starts_with(':') {
+    let mut data = Data::None;
+    let mut lines = 0;
+    let mut line_start = 0;
+    let line_ends =
+        memchr::memchr2_iter(b'\n', b'\r', text.as_bytes()).chain(std::iter::once(text.len()));
+    for line_end in line_ends {
+        let line = &text[line_start..line_end];
+        let start = line_start;
+        line_start = line_end + 1;
+        if line.is_empty() {
             continue;
         }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
+        lines += 1;
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value_start) = match line.find(':') {
+            Some(colon) => {
+                let after = colon + 1;
+                let skip = usize::from(line.as_bytes().get(after) == Some(&b' '));
+                (&line[..colon], start + after + skip)
+            }
+            None => (line, line_end),
         };
+        let value = value_start..line_end;
         match field {
-            "event" => name = Some(value.to_string()),
-            "data" => match &mut data {
-                Some(existing) => {
-                    existing.push('\n');
-                    existing.push_str(value);
+            "event" => name = Some(value),
+            "data" => {
+                data = match data {
+                    Data::None => Data::Line(value),
+                    Data::Line(first) => {
+                        Data::Joined(format!("{}\n{}", &text[first], &text[value]))
+                    }
+                    Data::Joined(mut joined) => {
+                        joined.push('\n');
+                        joined.push_str(&text[value]);
+                        Data::Joined(joined)
+                    }
                 }
-                None => data = Some(value.to_string()),
-            },
+            }
             _ => {}
         }
     }
-    if name.is_none() && data.is_none() {
-        // Comment-only or blank: nothing a client acts on, but keep it so bytes are not lost.
-        return Ok(Some(Event {
-            raw,
-            name: None,
-            data: String::new(),
-        }));
-    }
+    let canonical = match (&name, &data) {
+        (Some(name), Data::Line(data)) => {
+            lines == 2
+                && name.start == 7
+                && text.starts_with("event: ")
+                && text[name.end..].starts_with("\ndata: ")
+                && data.start == name.end + 7
+                && data.end + 2 == text.len()
+                && text.ends_with("\n\n")
+        }
+        _ => false,
+    };
     Ok(Some(Event {
         raw,
         name,
-        data: data.unwrap_or_default(),
+        data,
+        canonical,
     }))
 }
 
-/// Encode an event the way the Claude API does.
+/// An event as the proxy writes it: `event:` line (when named), one `data:` line per line of
+/// `data`, blank line.
+pub fn write_event(out: &mut Vec<u8>, name: Option<&str>, data: &str) {
+    out.reserve(data.len() + name.map_or(0, str::len) + 16);
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
 pub fn encode_event(name: &str, data: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + data.len() + 16);
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
+    write_event(&mut out, Some(name), data);
     out
 }
 
@@ -195,9 +294,9 @@ mod tests {
             for chunk in 1..input.len() {
                 let events = frame_all(input.as_bytes(), chunk);
                 assert_eq!(events.len(), 2, "chunk {chunk} of {input:?}");
-                assert_eq!(events[0].name.as_deref(), Some("ping"));
-                assert_eq!(events[1].data, "{\"type\":\"message_stop\"}");
-                let joined: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
+                assert_eq!(events[0].name(), Some("ping"));
+                assert_eq!(events[1].data(), "{\"type\":\"message_stop\"}");
+                let joined: Vec<u8> = events.iter().flat_map(|e| e.raw().to_vec()).collect();
                 assert_eq!(joined, input.as_bytes());
             }
         }
@@ -207,7 +306,46 @@ mod tests {
     fn multi_line_data_and_comments() {
         let events = frame_all(b": comment\n\ndata: a\ndata: b\n\n", 3);
         assert_eq!(events.len(), 2);
-        assert_eq!(events[1].data, "a\nb");
+        assert_eq!(events[1].data(), "a\nb");
+    }
+
+    #[test]
+    fn only_canonical_events_are_forwarded_as_raw_bytes() {
+        let canonical = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+        let events = frame_all(canonical.as_bytes(), 5);
+        let mut out = Vec::new();
+        events[0].write_to(&mut out);
+        assert_eq!(out, canonical.as_bytes());
+        assert_eq!(
+            Event::new("ping", "{\"type\":\"ping\"}").raw(),
+            canonical.as_bytes()
+        );
+
+        // A comment, an id line, CRLF endings, several data lines: re-encoded from name and
+        // data, so the comment (never scanned as part of the event) is not forwarded.
+        for (input, expected) in [
+            (
+                "event: ping\n: sk-secret-comment\ndata: {}\n\n",
+                "event: ping\ndata: {}\n\n",
+            ),
+            (
+                "id: 7\nevent: ping\ndata: {}\n\n",
+                "event: ping\ndata: {}\n\n",
+            ),
+            (
+                "event: ping\r\ndata: {}\r\n\r\n",
+                "event: ping\ndata: {}\n\n",
+            ),
+            ("event:ping\ndata:{}\n\n", "event: ping\ndata: {}\n\n"),
+            ("data: a\ndata: b\n\n", "data: a\ndata: b\n\n"),
+            ("event: x\ndata: {}\nretry: 5\n\n", "event: x\ndata: {}\n\n"),
+        ] {
+            let events = frame_all(input.as_bytes(), 3);
+            assert_eq!(events.len(), 1, "{input:?}");
+            let mut out = Vec::new();
+            events[0].write_to(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{input:?}");
+        }
     }
 
     #[test]
@@ -233,7 +371,7 @@ mod tests {
     fn unterminated_final_event_is_kept() {
         let events = frame_all(b"event: ping\ndata: {}", 4);
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].data, "{}");
+        assert_eq!(events[0].data(), "{}");
     }
 
     #[test]
@@ -244,9 +382,7 @@ mod tests {
         ));
         if let Ok(fixture) = fixture {
             let events = frame_all(&fixture, 7);
-            assert!(events
-                .iter()
-                .any(|e| e.name.as_deref() == Some("message_stop")));
+            assert!(events.iter().any(|e| e.name() == Some("message_stop")));
         }
     }
 }
