@@ -242,6 +242,11 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
+    /// No downstream modules: Pingora's default adds a (disabled) response-compression module
+    /// whose filter would still run on every body write; streammask never compresses what it
+    /// writes (a client asking for gzip gets an identity-encoded response).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             request_id: new_request_id(),
