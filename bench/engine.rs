@@ -229,6 +229,50 @@ fn report_delta_percentiles_and_memory(engine: &Arc<Engine>, text: &str) {
     );
 }
 
+/// The same delta events through the whole SSE transformer, once back to back and once with the
+/// thread asleep between events as a proxy is between a model's events. On a VM the second is
+/// dominated by caches emptied while idle (the code path is identical), which is why
+/// `bench_proxy.py` part 1 (one paced stream) shows a far higher cost per event than part 3 (many
+/// streams keeping the proxy busy).
+fn report_sse_event_cost_warm_and_after_idle(engine: &Arc<Engine>) {
+    let pieces = deltas(PROSE, 11);
+    for idle in [Duration::ZERO, Duration::from_millis(5)] {
+        let mut transformer =
+            SseTransformer::new(Arc::clone(engine), ThinkingPolicy::Report, 1 << 20);
+        let mut out = Vec::with_capacity(1024);
+        transformer.push(
+            br#"event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}
+
+"#,
+            &mut out,
+        );
+        let mut samples = Vec::new();
+        for piece in pieces.iter().cycle().take(400) {
+            let event = format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}})
+            );
+            if !idle.is_zero() {
+                std::thread::sleep(idle);
+            }
+            out.clear();
+            let start = Instant::now();
+            transformer.push(event.as_bytes(), &mut out);
+            samples.push(start.elapsed().as_nanos() as u64);
+        }
+        samples.sort_unstable();
+        println!(
+            "sse event, {} ms idle before each: p50 {} ns, p99 {} ns per event ({} events)",
+            idle.as_millis(),
+            samples[samples.len() / 2],
+            samples[samples.len() * 99 / 100],
+            samples.len()
+        );
+    }
+}
+
 /// Ordinary assistant prose with no secrets: the common case on the response path.
 const PROSE: &str = "the deploy script builds the release image then pushes it to the registry \
     and rolls the service one pod at a time while the health checks watch the error rate so a bad \
@@ -357,4 +401,5 @@ fn main() {
 
     report_same_run_comparison(&engine, &text);
     report_delta_percentiles_and_memory(&engine, stream_text);
+    report_sse_event_cost_warm_and_after_idle(&engine);
 }

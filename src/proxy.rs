@@ -1012,6 +1012,7 @@ impl Proxy {
             .wants_transcripts()
             .then(|| crate::audit::StreamTranscript::new(crate::audit::transcript_limit()));
         let mut out = Vec::with_capacity(8192);
+        let mut batch: Vec<Bytes> = Vec::new();
         let mut completed = false;
         let mut client_gone = false;
         loop {
@@ -1024,24 +1025,30 @@ impl Proxy {
                     break;
                 }
             };
-            let mut done = false;
+            // Collect what is readable now, then mask it as one timed batch: the clock covers
+            // the masking work only, not the reads.
+            let mut ended = None;
+            let mut read = Some(first);
+            let mut batched = 0;
+            while let Some(result) = read.take() {
+                match result {
+                    Ok(Some(chunk)) => {
+                        batched += chunk.len();
+                        batch.push(chunk);
+                    }
+                    Ok(None) => ended = Some(UpstreamEnd::Complete),
+                    // An upstream failure ends the stream without `completed`.
+                    Err(_) => ended = Some(UpstreamEnd::Failed),
+                }
+                if ended.is_none() && batched < WRITE_AT {
+                    read = ready_now(upstream.read_response_body());
+                }
+            }
+            completed = ended == Some(UpstreamEnd::Complete);
+            let mut done = ended.is_some();
             let masking = Instant::now();
             let events_before = sse.events;
-            let mut read = Some(first);
-            while let Some(result) = read.take() {
-                let chunk = match result {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => {
-                        completed = true;
-                        done = true;
-                        break;
-                    }
-                    // An upstream failure ends the stream without `completed`.
-                    Err(_) => {
-                        done = true;
-                        break;
-                    }
-                };
+            for chunk in batch.drain(..) {
                 match decoder.decode(&chunk) {
                     Ok(decoded) => match kind {
                         BodyKind::Sse => sse.push(&decoded, &mut out),
@@ -1052,6 +1059,7 @@ impl Proxy {
                             "api_error",
                             "streammask: the upstream response could not be decompressed",
                         ));
+                        completed = false;
                         done = true;
                         break;
                     }
@@ -1060,10 +1068,8 @@ impl Proxy {
                     done = true;
                     break;
                 }
-                if out.len() < WRITE_AT {
-                    read = ready_now(upstream.read_response_body());
-                }
             }
+            batch.clear();
             if done {
                 match kind {
                     BodyKind::Sse => sse.finish(&mut out),
@@ -1119,6 +1125,12 @@ impl Proxy {
                 .await;
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpstreamEnd {
+    Complete,
+    Failed,
 }
 
 /// Polls a future once: its output if it is ready now, `None` (dropping it) if it would wait.
