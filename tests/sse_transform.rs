@@ -1,4 +1,4 @@
-//! The SSE transformer fails closed on delta events of an unexpected shape: a field the
+//! The SSE transformer fails closed on events of an unexpected shape: a field the
 //! streaming masker does not read never reaches the client unscanned.
 
 mod support;
@@ -86,4 +86,49 @@ fn a_secret_split_across_plain_deltas_is_masked() {
     assert!(!out.contains(a) || !out.contains(b), "{out}");
     assert!(!out.contains(PLANTED));
     assert!(out.contains("[MASKED:github-pat-classic:"), "{out}");
+}
+
+#[test]
+fn lines_beside_name_and_data_are_never_forwarded_unscanned() {
+    // Comments and `id:` lines are legal SSE but carry nothing a client acts on; an event that
+    // has them is re-encoded from its (scanned) name and data instead of forwarded raw. Every
+    // event kind with a fast path is covered: start, delta, stop, ping, message_stop.
+    let delta = event(
+        Some("content_block_delta"),
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hello world "}}"#,
+    );
+    let mut events = stream_with_delta(delta);
+    events.insert(0, event(Some("ping"), r#"{"type":"ping"}"#));
+    let extras = [format!(": {PLANTED}\n"), format!("id: {PLANTED}\n")];
+    let events: Vec<String> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.replacen("\ndata:", &format!("\n{}data:", extras[i % 2]), 1))
+        .collect();
+    assert!(events.iter().all(|e| e.contains(PLANTED)));
+    let out = transform(&events);
+    assert!(!out.contains(PLANTED), "{out}");
+    assert!(out.contains("hello world"), "{out}");
+    assert!(
+        out.contains("event: ping\ndata: {\"type\":\"ping\"}\n\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_secret_in_a_delta_with_json_escapes_is_masked() {
+    let data = format!(
+        r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"line one\n\"GITHUB_TOKEN\": \"{PLANTED}\"\tdone "}}}}"#
+    );
+    let out = transform(&stream_with_delta(event(
+        Some("content_block_delta"),
+        &data,
+    )));
+    assert!(!out.contains(PLANTED), "{out}");
+    assert!(out.contains("[MASKED:github-pat-classic:"), "{out}");
+    assert!(out.contains(r#"line one\n\"GITHUB_TOKEN\""#), "{out}");
 }
