@@ -444,7 +444,7 @@ EVENT_COST = "streammask_sse_event_masking_seconds"
 
 def event_cost_snapshot(admin_port: int) -> dict:
     """Cumulative buckets, sum and count of streammask's per-SSE-event cost histogram."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+    with NO_PROXY_OPENER.open(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     snap = {"buckets": {}, "sum": 0.0, "count": 0}
     for line in text.splitlines():

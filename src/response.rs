@@ -337,7 +337,7 @@ impl SseTransformer {
                 // An unterminated event is not canonical, so it is re-encoded with its blank line
                 // when forwarded: nothing is glued to what follows.
                 Ok(Some(event)) => {
-                    if event.name().is_none() && event.data().is_empty() {
+                    if event.is_empty() {
                         // Unterminated bytes that are not even an event: nothing a client could
                         // use, so they are dropped rather than glued to the closing error.
                     } else if serde_json::from_str::<serde::de::IgnoredAny>(event.data()).is_err() {
@@ -382,15 +382,13 @@ impl SseTransformer {
     /// Flush maskers of blocks that never got their stop (upstream cut mid-block).
     fn close_open_blocks(&mut self, out: &mut Vec<u8>) {
         for (index, block) in self.blocks.take_sorted() {
-            {
-                // A tool call that never completed is dropped: a partial command must not run.
-                if let Block::Streamed { .. } = block {
-                    self.flush_block(index, block, out);
-                    out.extend(encode_event(
-                        "content_block_stop",
-                        &json!({"type": "content_block_stop", "index": index}).to_string(),
-                    ));
-                }
+            // A tool call that never completed is dropped: a partial command must not run.
+            if let Block::Streamed { .. } = block {
+                self.flush_block(index, block, out);
+                out.extend(encode_event(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": index}).to_string(),
+                ));
             }
         }
     }
@@ -428,11 +426,11 @@ impl SseTransformer {
     }
 
     fn on_event(&mut self, event: Event, out: &mut Vec<u8>) {
-        let (name, data) = (event.name(), event.data());
-        if name.is_none() && data.is_empty() {
+        if event.is_empty() {
             self.forward_as_text(&event, out);
             return;
         }
+        let (name, data) = (event.name(), event.data());
         // Most of a response is deltas, and the rest is mostly events of one fixed shape:
         // recognise those in the compact form the API sends without building a `Value` tree.
         // Anything else (other spacing, extra fields, other events) takes the general path.

@@ -45,13 +45,27 @@ enum Data {
 }
 
 impl Event {
-    /// A canonical event built by the proxy itself.
+    /// An event built by the proxy itself, encoded as [`encode_event`] writes it.
     pub fn new(name: &str, data: &str) -> Event {
+        debug_assert!(
+            !name.contains(['\n', '\r']),
+            "event names are single tokens"
+        );
         let raw = Bytes::from(encode_event(name, data));
-        parse_event(raw)
-            .ok()
-            .flatten()
-            .expect("an encoded event parses")
+        let name_span = 7..7 + name.len();
+        let one_line = !data.contains(['\n', '\r']);
+        let data = if one_line {
+            let start = name_span.end + 7;
+            Data::Line(start..start + data.len())
+        } else {
+            Data::Joined(data.to_string())
+        };
+        Event {
+            raw,
+            name: Some(name_span),
+            data,
+            canonical: one_line,
+        }
     }
 
     /// The event's bytes as received (see [`Event::write_to`] for forwarding them).
@@ -72,9 +86,10 @@ impl Event {
         }
     }
 
-    /// Whether the event has neither a name nor data (only comments or other fields).
+    /// Whether the event has neither a name nor data (only comments, other fields, or an
+    /// empty `data:` line): nothing a client acts on.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.data == Data::None
+        self.name.is_none() && self.data().is_empty()
     }
 
     /// Appends the event for a client: the raw bytes when they are exactly
@@ -89,10 +104,11 @@ impl Event {
 
     fn text(&self, span: Span) -> &str {
         debug_assert!(std::str::from_utf8(&self.raw[span.clone()]).is_ok());
-        // SAFETY: events are only built by `parse_event`, which checks that all of `raw` is
-        // UTF-8, and every span starts and ends at an ASCII delimiter (`:`, space, `\r`, `\n`)
-        // or at the end of `raw`, so each is a char-boundary slice of valid UTF-8. Checking
-        // again would be a second UTF-8 pass over every event.
+        // SAFETY: `raw` is UTF-8 in both constructors: `parse_event` checks it, and
+        // `Event::new` encodes it from `&str`s and ASCII. Every span starts and ends at an
+        // ASCII delimiter (`:`, space, `\r`, `\n`), at the end of `raw`, or (in `Event::new`)
+        // at the ends of a copied `&str`, so each is a char-boundary slice of valid UTF-8.
+        // Checking again would be a second UTF-8 pass over every event.
         unsafe { std::str::from_utf8_unchecked(&self.raw[span]) }
     }
 }
@@ -320,6 +336,15 @@ mod tests {
             Event::new("ping", "{\"type\":\"ping\"}").raw(),
             canonical.as_bytes()
         );
+        for data in ["{}", "a\nb", ""] {
+            let built = Event::new("x", data);
+            let parsed = frame_all(&encode_event("x", data), 4).remove(0);
+            assert_eq!((built.name(), built.data()), (parsed.name(), parsed.data()));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            built.write_to(&mut a);
+            parsed.write_to(&mut b);
+            assert_eq!(a, b, "{data:?}");
+        }
 
         // A comment, an id line, CRLF endings, several data lines: re-encoded from name and
         // data, so the comment (never scanned as part of the event) is not forwarded.
