@@ -9,7 +9,7 @@ Everything runs on loopback and stops by itself (about 5 minutes with the defaul
                    (both --no-record --no-split-writes --threads 1)
   nginx            foreground, config in a temp dir: proxy_buffering off, HTTP/1.1 upstream
                    keepalive, worker_processes = streammask's server.threads (2)
-  pingora          streammask-bench-pingora (loadtest/pingora_passthrough.rs): Pingora's own proxy
+  pingora          streammask-bench-pingora (loadtest/pingora-passthrough): Pingora's own proxy
                    path with nothing inspected, same threads, allocator and upstream pooling; it
                    separates what Pingora costs from what masking costs
   streammask run   RUST_LOG=warn, default config (server.threads = 2)
@@ -676,7 +676,7 @@ def main():
     for b in (sm_bin, mock_bin, pg_bin):
         if not os.access(b, os.X_OK):
             missing.append(f"{b} (build: cd /work/main && CARGO_TARGET_DIR=/root/.cache/streammask-target "
-                           "cargo build --release --bins; or set STREAMMASK_BIN_DIR)")
+                           "cargo build --release --workspace --bins; or set STREAMMASK_BIN_DIR)")
     nginx_bin = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
     wrk_bin = shutil.which("wrk")
     if not nginx_bin:

@@ -86,7 +86,7 @@ def pytest_sessionstart(session):
     for binary in (PROXY_BIN, MOCK_BIN):
         if not binary.exists():
             raise pytest.UsageError(
-                f"{binary} not found: build with `cargo build --release --bins` "
+                f"{binary} not found: build with `cargo build --release --workspace --bins` "
                 f"or set STREAMMASK_BIN_DIR"
             )
 

@@ -1,0 +1,129 @@
+//! `streammask-mock`: a mock of the Anthropic Messages API. It is the upstream for
+//! streammask's integration tests and for the load benchmark that compares nginx pass-through
+//! against the proxy.
+//!
+//! This binary does not link the `streammask` library. It has to keep building while `src/`
+//! changes, and it must stay a neutral reference that shares no code with the proxy it tests.
+//!
+//! # Guarantees
+//!
+//! * **Wire format.** `POST /v1/messages` answers with the same JSON message shape and the same
+//!   SSE grammar as the real API: `message_start`, `ping`, then for each block
+//!   `content_block_start`, deltas, `content_block_stop`, then `message_delta` and
+//!   `message_stop`. A script can add a mid-stream `event: error`. Every `data:` line is one
+//!   complete JSON document, except under `kind: garbage`, which exists to break that. The
+//!   `text_delta`/`thinking_delta` pieces of a block concatenate to the block's text. The
+//!   `input_json_delta.partial_json` pieces concatenate to the tool input's JSON text, which
+//!   parses back to the scripted input.
+//! * **Legal but awkward framing.** Deltas are cut at random *character* boundaries (never
+//!   inside a UTF-8 sequence). By default a streamed response goes out as many small writes
+//!   (TCP_NODELAY, 1..=64 bytes). Those writes do not line up with event, line, chunk or
+//!   header boundaries, so the proxy under test has to reassemble them.
+//! * **Determinism.** With `--seed N`, ids, delta sizes and write sizes depend only on the seed
+//!   and the API-request sequence number. `POST /_mock/reset` sets that number back to 0.
+//! * **Observability.** Every API request (any path outside `/_mock/`) is counted. Unless
+//!   `--no-record` is given, it is also recorded verbatim. Control-plane traffic is never counted
+//!   or recorded, so tests can inspect the mock without disturbing what they measure.
+//! * **Exact fault injection.** `disconnect_after_events` writes exactly N whole events and
+//!   `disconnect_after_bytes` writes exactly N entity bytes. In both cases the socket is then
+//!   closed without finishing the HTTP message. The one exception is a body shorter than N
+//!   bytes: it is sent complete, and the connection is closed after it anyway.
+//!
+//! `loadtest/README.md` documents the control plane and the reply-script language.
+//!
+//! # Modules
+//!
+//! `server` accepts connections and counts and records requests. `http` reads requests.
+//! `api`, `control` and `batches` answer them. `script` is the reply-script language.
+//! `messages` and `sse` build the reply bodies. `response` writes them with the scripted
+//! framing and faults. `rng` is the seeded randomness behind every id and cut.
+
+mod api;
+mod batches;
+mod control;
+mod http;
+mod messages;
+mod response;
+mod rng;
+mod script;
+mod server;
+mod sse;
+#[cfg(test)]
+mod testing;
+
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use crate::server::State;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "streammask-mock",
+    about = "Mock Anthropic Messages API upstream for streammask tests and load benchmarks"
+)]
+struct Cli {
+    /// Address to listen on. Use port 0 for an ephemeral port; the bound address is printed as
+    /// `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Seed for ids, delta sizes and write splits. Random if omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the bound port (decimal, no newline) to this file once listening.
+    #[arg(long)]
+    port_file: Option<PathBuf>,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Do not keep received requests in memory (for load tests; /_mock/received stays empty).
+    #[arg(long)]
+    no_record: bool,
+    /// Make `split_writes` default to off for streamed responses too (scripts can still turn
+    /// it on). Benchmarks need this when they cannot inject an `x-mock-script` header.
+    #[arg(long)]
+    no_split_writes: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+        .context("building tokio runtime")?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(&cli.listen)
+            .await
+            .with_context(|| format!("binding {}", cli.listen))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::new(
+            addr,
+            cli.seed.unwrap_or_else(rand::random),
+            !cli.no_record,
+            !cli.no_split_writes,
+        ));
+        if let Some(path) = &cli.port_file {
+            write_port_file(path, addr.port())?;
+        }
+        // Announce last: a harness that waits for this line can connect right away.
+        println!("listening on {addr}");
+        io::stdout().flush()?;
+        server::serve(listener, state).await;
+        Ok(())
+    })
+}
+
+/// Writes to a temporary file and renames it, so a test polling for the file never reads it
+/// half-written.
+fn write_port_file(path: &Path, port: u16) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, port.to_string()).with_context(|| format!("writing {tmp:?}"))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
