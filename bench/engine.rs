@@ -17,26 +17,23 @@ mod corpus;
 use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streammask::config::ThinkingPolicy;
-use streammask::json_walk::{mask_json, ThinkingMode, WalkOptions};
-use streammask::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
-use streammask::matcher::Matcher;
-use streammask::placeholder::PlaceholderKey;
-use streammask::response::SseTransformer;
+use streammask::anthropic::messages::SseTransformer;
+use streammask::engine::json_walk::{mask_json, ThinkingMode, WalkOptions};
+use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
+use streammask::engine::placeholder::PlaceholderKey;
 use streammask::{RuleSet, Scope};
 
 const CORPUS_BYTES: usize = 4 << 20;
 
 fn engine() -> Arc<Engine> {
     let set = RuleSet::embedded().expect("embedded pack");
-    let matcher = Matcher::compile(&set, DEFAULT_MAX_HOLD_BYTES - 2).expect("pack compiles");
     Arc::new(
-        Engine::new(
-            matcher,
+        Engine::compile(
+            &set,
             PlaceholderKey::new(b"bench-key-0123456789abcdef").unwrap(),
             DEFAULT_MAX_HOLD_BYTES,
         )
-        .expect("engine"),
+        .expect("pack compiles"),
     )
 }
 
@@ -238,7 +235,7 @@ fn report_sse_event_cost_warm_and_after_idle(engine: &Arc<Engine>) {
     let pieces = deltas(PROSE, 11);
     for idle in [Duration::ZERO, Duration::from_millis(5)] {
         let mut transformer =
-            SseTransformer::new(Arc::clone(engine), ThinkingPolicy::Report, 1 << 20);
+            SseTransformer::new(Arc::clone(engine), ThinkingMode::Report, 1 << 20);
         let mut out = Vec::with_capacity(1024);
         transformer.push(
             br#"event: content_block_start
@@ -386,7 +383,7 @@ fn main() {
         b.iter(|| {
             out.clear();
             let mut transformer =
-                SseTransformer::new(Arc::clone(&engine), ThinkingPolicy::Report, 1 << 20);
+                SseTransformer::new(Arc::clone(&engine), ThinkingMode::Report, 1 << 20);
             transformer.push(black_box(response.as_bytes()), &mut out);
             transformer.finish(&mut out);
             assert!(transformer.saw_message_stop());

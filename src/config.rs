@@ -6,38 +6,33 @@
 //! - every validation error names the key it is about (`upstream.url: …`);
 //! - a [`Config`] is complete and checked: addresses parse, limits are in range. Nothing on the
 //!   request path re-validates it. The upstream host is *not* resolved here: DNS answers change
-//!   and may be unavailable at start-up, so the proxy resolves it asynchronously (see
-//!   `proxy::Resolver`).
+//!   and may be unavailable at start-up, so the proxy resolves it asynchronously;
+//! - files named here (certificates, keys, CA bundles, JWKS) are not read here either, so
+//!   `config check` works without the secrets present; start-up reads and checks them.
+//!
+//! Layer: sections live next to the module that uses them (`[auth]` in `policy::auth`,
+//! `[audit]` in `observe::audit`); this module composes them, so it sits above `policy` and
+//! `observe` and below the proxy and start-up. Validation errors are
+//! [`crate::config_error::ConfigError`].
 //!
 //! Naming: sections are nouns (`server`, `upstream`, `masking`), keys are snake_case, sizes end
 //! in `_bytes`, durations in `_ms` or `_secs`.
 
+use crate::config_error::invalid;
+pub use crate::config_error::ConfigError;
+use crate::engine::ThinkingMode;
+use crate::observe::audit::AuditSection;
+use crate::observe::log::LogSection;
+use crate::observe::metrics::MetricsSection;
+use crate::policy::auth::{AuthConfig, AuthSection};
+use crate::policy::credentials::{CredentialsMode, CredentialsSettings, KeySource};
+use crate::policy::profiles::ProfileSection;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The configuration used when no file is given: a local proxy in front of the Claude API.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../deploy/default.toml");
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{origin}: {message}")]
-    Parse { origin: String, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -49,15 +44,15 @@ pub struct FileConfig {
     #[serde(default)]
     pub masking: MaskingSection,
     #[serde(default)]
-    pub auth: crate::auth::AuthSection,
+    pub auth: AuthSection,
     #[serde(default)]
-    pub profiles: Vec<crate::policy::ProfileSection>,
+    pub profiles: Vec<ProfileSection>,
     #[serde(default)]
-    pub audit: crate::audit::AuditSection,
+    pub audit: AuditSection,
     #[serde(default)]
-    pub metrics: crate::events::MetricsSection,
+    pub metrics: MetricsSection,
     #[serde(default)]
-    pub log: crate::events::LogSection,
+    pub log: LogSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,7 +65,7 @@ pub struct ServerSection {
     /// Path prefixes forwarded besides the Messages API routes (bodies still scanned).
     pub extra_passthrough_prefixes: Vec<String>,
     /// TLS on the listener (`[server.tls]`); plain HTTP without it.
-    pub tls: Option<crate::tls::TlsSection>,
+    pub tls: Option<TlsSection>,
     /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.1, for meshes whose sidecar
     /// terminates TLS.
     pub h2c: bool,
@@ -100,7 +95,7 @@ pub struct UpstreamSection {
     pub max_response_bytes: usize,
     /// `inject` (the proxy's key replaces the caller's) or `passthrough`; default: `inject`
     /// when a key is configured, else `passthrough`.
-    pub credentials: Option<crate::credentials::CredentialsMode>,
+    pub credentials: Option<CredentialsMode>,
     pub api_key_env: Option<String>,
     pub api_key_file: Option<PathBuf>,
     /// CA bundle (PEM) that replaces the system roots for the upstream's certificate.
@@ -122,15 +117,6 @@ impl Default for UpstreamSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ThinkingPolicy {
-    /// Scan and report findings in thinking text, never rewrite it (rewriting breaks the
-    /// block's signature and the API rejects the next turn).
-    Report,
-    Mask,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaskingSection {
@@ -139,7 +125,9 @@ pub struct MaskingSection {
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
-    pub thinking: ThinkingPolicy,
+    /// `report` (default): scan and report findings in thinking text, never rewrite it
+    /// (rewriting breaks the block's signature and the API rejects the next turn); `mask`.
+    pub thinking: ThinkingMode,
 }
 
 impl Default for MaskingSection {
@@ -148,9 +136,44 @@ impl Default for MaskingSection {
             rules_dir: None,
             placeholder_key_env: "STREAMMASK_PLACEHOLDER_KEY".into(),
             placeholder_key_file: None,
-            max_hold_bytes: crate::masker::DEFAULT_MAX_HOLD_BYTES,
+            max_hold_bytes: crate::engine::masker::DEFAULT_MAX_HOLD_BYTES,
             max_sse_event_bytes: 1 << 20,
-            thinking: ThinkingPolicy::Report,
+            thinking: ThinkingMode::Report,
+        }
+    }
+}
+
+/// `[server.tls]` as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 stays available).
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Validated listener TLS settings (the files are read at start-up, not by `config check`).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub http2: bool,
+}
+
+impl From<TlsSection> for TlsConfig {
+    fn from(section: TlsSection) -> TlsConfig {
+        TlsConfig {
+            cert_file: section.cert_file,
+            key_file: section.key_file,
+            http2: section.http2,
         }
     }
 }
@@ -175,9 +198,9 @@ pub struct Upstream {
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub max_response_bytes: usize,
-    pub credentials: crate::credentials::CredentialsMode,
+    pub credentials: CredentialsMode,
     /// Where the injected key comes from (`Some` exactly when `credentials` is `Inject`).
-    pub api_key: Option<crate::credentials::KeySource>,
+    pub api_key: Option<KeySource>,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -207,18 +230,18 @@ pub struct Config {
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
-    pub thinking: ThinkingPolicy,
+    pub thinking: ThinkingMode,
     /// Caller groups named in the configuration (policy profiles). Metrics label requests by
     /// these groups only; every other group is counted as `other`, so label values stay bounded.
     pub known_groups: Vec<String>,
-    pub auth: crate::auth::AuthConfig,
-    /// Policy profiles, `default` last (see [`crate::policy::validate_profiles`]).
-    pub profiles: Vec<crate::policy::ProfileSection>,
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub auth: AuthConfig,
+    /// Policy profiles, `default` last (see [`crate::policy::profiles::validate_profiles`]).
+    pub profiles: Vec<ProfileSection>,
+    pub tls: Option<TlsConfig>,
     pub h2c: bool,
-    pub audit: crate::audit::AuditSection,
-    pub metrics: crate::events::MetricsSection,
-    pub log: crate::events::LogSection,
+    pub audit: AuditSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
 }
 
 impl FileConfig {
@@ -303,14 +326,28 @@ impl FileConfig {
             }
         }
         let auth = self.auth.validate()?;
-        let credentials = crate::credentials::validate(&self.upstream, &upstream, &auth)?;
+        let (credentials, api_key) = crate::policy::credentials::validate(
+            CredentialsSettings {
+                credentials: self.upstream.credentials,
+                api_key_env: self.upstream.api_key_env.as_deref(),
+                api_key_file: self.upstream.api_key_file.as_deref(),
+            },
+            auth.enabled(),
+        )?;
+        if upstream.ca_file.is_some() && !upstream.tls {
+            return Err(invalid(
+                "upstream.ca_file",
+                "is only used with an https:// upstream.url",
+            ));
+        }
         let upstream = Upstream {
-            credentials: credentials.0,
-            api_key: credentials.1,
+            credentials,
+            api_key,
             ..upstream
         };
-        let profiles = crate::policy::validate_profiles(self.profiles, self.server.max_body_bytes)?;
-        let mut known_groups = crate::policy::profile_groups(&profiles);
+        let profiles =
+            crate::policy::profiles::validate_profiles(self.profiles, self.server.max_body_bytes)?;
+        let mut known_groups = crate::policy::profiles::profile_groups(&profiles);
         for group in auth.groups() {
             if !known_groups.contains(group) {
                 known_groups.push(group.clone());
@@ -398,7 +435,7 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         connect_timeout_ms: section.connect_timeout_ms,
         read_timeout_ms: section.read_timeout_ms,
         max_response_bytes: section.max_response_bytes,
-        credentials: crate::credentials::CredentialsMode::Passthrough,
+        credentials: CredentialsMode::Passthrough,
         api_key: None,
         ca_file: section.ca_file.clone(),
     })
@@ -448,8 +485,11 @@ mod tests {
             "[audit]\nsink = \"file\"\npath = \"/tmp/a.jsonl\"\ntranscripts = true\non_failure = \"refuse\"\n[log]\nformat = \"json\"\n",
         )
         .unwrap();
-        assert!(file.audit.transcripts && file.audit.on_failure == crate::audit::OnFailure::Refuse);
-        assert_eq!(file.log.format, crate::events::LogFormat::Json);
+        assert!(
+            file.audit.transcripts
+                && file.audit.on_failure == crate::observe::audit::OnFailure::Refuse
+        );
+        assert_eq!(file.log.format, crate::observe::log::LogFormat::Json);
     }
 
     #[test]

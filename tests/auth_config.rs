@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use streammask::config::{FileConfig, Overrides};
-use streammask::credentials::CredentialsMode;
+use streammask::policy::credentials::CredentialsMode;
 
 fn example(name: &str) -> streammask::config::Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,14 +23,17 @@ fn examples_validate_to_their_modes() {
 
     let url = example("jwt-jwks-url.toml");
     let jwt = url.auth.jwt.as_ref().unwrap();
-    assert!(matches!(jwt.source, streammask::auth::KeySource::Url(_)));
+    assert!(matches!(
+        jwt.source,
+        streammask::policy::auth::KeySource::Url(_)
+    ));
     assert_eq!(url.upstream.credentials, CredentialsMode::Inject);
 
     let discovery = example("jwt-oidc-discovery.toml");
     let jwt = discovery.auth.jwt.as_ref().unwrap();
     assert_eq!(
         jwt.source,
-        streammask::auth::KeySource::Discovery(
+        streammask::policy::auth::KeySource::Discovery(
             "https://login.example.com/realms/engineering/.well-known/openid-configuration".into()
         )
     );
@@ -40,7 +43,7 @@ fn examples_validate_to_their_modes() {
     let file = example("jwt-jwks-file.toml");
     assert!(matches!(
         file.auth.jwt.as_ref().unwrap().source,
-        streammask::auth::KeySource::File(_)
+        streammask::policy::auth::KeySource::File(_)
     ));
 
     let keys = example("static-keys.toml");

@@ -3,7 +3,7 @@
 //! changed rule gets its own entry. Own test binary, because the cache is chosen by an
 //! environment variable (process-global).
 
-use streammask::matcher::{Matcher, HS_CACHE_ENV};
+use streammask::engine::matcher::{Matcher, HS_CACHE_ENV};
 use streammask::RuleSet;
 
 const RULES: &str = r#"

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use streammask::json_walk::{mask_json, mask_jsonl, ThinkingMode, WalkError, WalkOptions};
-use streammask::masker::Engine;
+use streammask::engine::json_walk::{mask_json, mask_jsonl, ThinkingMode, WalkError, WalkOptions};
+use streammask::engine::masker::Engine;
 use streammask::Scope;
 use support::corpus::{ordinary_text, Rng};
 
@@ -559,7 +559,7 @@ fn default_engine() -> Option<Engine> {
     if set.is_empty() {
         return None;
     }
-    let matcher = streammask::matcher::Matcher::compile(&set, 8190).ok()?;
+    let matcher = streammask::engine::matcher::Matcher::compile(&set, 8190).ok()?;
     Engine::new(matcher, support::key(), 8192).ok()
 }
 

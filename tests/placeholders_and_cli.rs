@@ -5,14 +5,14 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use streammask::placeholder::{is_placeholder, PlaceholderKey};
-use streammask::{masker::DEFAULT_MAX_HOLD_BYTES, RuleSet, Scope};
+use streammask::engine::placeholder::{is_placeholder, PlaceholderKey};
+use streammask::{engine::masker::DEFAULT_MAX_HOLD_BYTES, RuleSet, Scope};
 use support::*;
 
 #[test]
 fn embedded_pack_passes_rules_check_and_is_large_enough() {
     let set = RuleSet::embedded().unwrap();
-    let report = streammask::check::check_rules(&set, DEFAULT_MAX_HOLD_BYTES);
+    let report = streammask::engine::check::check_rules(&set, DEFAULT_MAX_HOLD_BYTES);
     assert!(report.passed(), "{:#?}", report.problems);
     assert!(set.len() >= 120, "only {} rules", set.len());
     for rule in set.all() {
@@ -29,16 +29,12 @@ fn placeholders_are_identical_across_engines_with_one_key_and_differ_across_keys
     let set = RuleSet::embedded().unwrap();
     let a = engine_for(&set, DEFAULT_MAX_HOLD_BYTES);
     let b = engine_for(&set, DEFAULT_MAX_HOLD_BYTES);
-    let other = {
-        let matcher =
-            streammask::matcher::Matcher::compile(&set, DEFAULT_MAX_HOLD_BYTES - 2).unwrap();
-        streammask::Engine::new(
-            matcher,
-            PlaceholderKey::new(b"another-key-0123456789").unwrap(),
-            DEFAULT_MAX_HOLD_BYTES,
-        )
-        .unwrap()
-    };
+    let other = streammask::Engine::compile(
+        &set,
+        PlaceholderKey::new(b"another-key-0123456789").unwrap(),
+        DEFAULT_MAX_HOLD_BYTES,
+    )
+    .unwrap();
     let mut compared = 0;
     for rule in set
         .enabled()

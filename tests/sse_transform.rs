@@ -3,14 +3,14 @@
 
 mod support;
 
-use streammask::config::ThinkingPolicy;
-use streammask::response::SseTransformer;
+use streammask::anthropic::messages::SseTransformer;
+use streammask::engine::ThinkingMode;
 use support::*;
 
 const PLANTED: &str = "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";
 
 fn transform(events: &[String]) -> String {
-    let mut sse = SseTransformer::new(default_engine(), ThinkingPolicy::Report, 1 << 20);
+    let mut sse = SseTransformer::new(default_engine(), ThinkingMode::Report, 1 << 20);
     let mut out = Vec::new();
     for event in events {
         sse.push(event.as_bytes(), &mut out);

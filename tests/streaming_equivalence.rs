@@ -7,7 +7,7 @@
 mod support;
 
 use proptest::prelude::*;
-use streammask::masker::DEFAULT_MAX_HOLD_BYTES;
+use streammask::engine::masker::DEFAULT_MAX_HOLD_BYTES;
 use streammask::Scope;
 use support::*;
 

@@ -86,6 +86,15 @@ pub enum Route {
 }
 
 impl Route {
+    pub const ALL: [Route; 6] = [
+        Route::Messages,
+        Route::CountTokens,
+        Route::Batches,
+        Route::BatchResults,
+        Route::Models,
+        Route::Passthrough,
+    ];
+
     /// Bounded label value for metrics and audit.
     pub fn label(self) -> &'static str {
         match self {
@@ -127,9 +136,104 @@ pub fn route(method: &str, path: &str, extra_prefixes: &[String]) -> Option<Rout
     }
 }
 
+/// The `model` a request body names at its top level, as the client wrote it.
+pub fn request_model(body: &[u8]) -> Option<String> {
+    top_level_string(body, "model")
+}
+
+/// The string value of top-level `key` in a JSON object, without parsing the rest: strings are
+/// skipped with `memchr`, so a multi-megabyte request costs microseconds. `body` must already
+/// be valid JSON (the walker checked it).
+fn top_level_string(body: &[u8], key: &str) -> Option<String> {
+    fn string_end(body: &[u8], mut at: usize) -> Option<usize> {
+        loop {
+            let found = at + memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
+            if body[found] == b'"' {
+                return Some(found);
+            }
+            at = found + 2;
+        }
+    }
+    let skip_ws = |mut at: usize| {
+        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        at
+    };
+    let mut at = skip_ws(0);
+    if body.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    let mut depth = 1usize;
+    let mut expect_key = true;
+    while at < body.len() {
+        match body[at] {
+            b'"' => {
+                let end = string_end(body, at + 1)?;
+                if depth == 1 && expect_key {
+                    expect_key = false;
+                    if &body[at + 1..end] == key.as_bytes() {
+                        let colon = skip_ws(end + 1);
+                        let value = skip_ws(colon + 1);
+                        if body.get(value) != Some(&b'"') {
+                            return None;
+                        }
+                        let value_end = string_end(body, value + 1)?;
+                        return serde_json::from_slice(&body[value..=value_end]).ok();
+                    }
+                }
+                at = end + 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                at += 1;
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+                at += 1;
+            }
+            b',' => {
+                expect_key = depth == 1;
+                at += 1;
+            }
+            _ => at += 1,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_level_model_is_found_anywhere_in_the_object() {
+        let cases: [(&str, Option<&str>); 6] = [
+            (
+                r#"{"model":"claude-opus-4-8","messages":[]}"#,
+                Some("claude-opus-4-8"),
+            ),
+            (
+                r#" { "messages" : [{"model":"inner","content":"a \" \\ \"model\": \"x"}], "model" : "m\u0031" } "#,
+                Some("m1"),
+            ),
+            (r#"{"messages":[{"model":"inner"}]}"#, None),
+            (r#"{"metadata":{"model":"inner"},"max_tokens":5}"#, None),
+            (r#"["model","x"]"#, None),
+            (r#"{"model":5}"#, None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                top_level_string(body.as_bytes(), "model").as_deref(),
+                want,
+                "{body}"
+            );
+        }
+    }
 
     #[test]
     fn routes() {

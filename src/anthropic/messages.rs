@@ -14,193 +14,51 @@
 //! - nothing unscanned is forwarded: malformed or oversized events end the stream with an
 //!   Anthropic-shaped `error` event, and [`SseTransformer::finish`] flushes every open block.
 
-use crate::config::ThinkingPolicy;
-use crate::json_walk::{mask_json, ThinkingMode, WalkFinding, WalkOptions};
-use crate::masker::{Engine, Finding, MaskError, StreamMasker};
-use crate::rules::{Action, Scope};
-use crate::sse::{encode_event, write_event, Event, SseFramer};
+use crate::anthropic::compact::{compact_block_stop, write_delta_event, CompactDelta};
+use crate::anthropic::sse::{encode_event, write_event, Event, SseError, SseFramer};
+use crate::anthropic::tools::{judge_message_tools, judge_tool_input, ToolBlock, ToolVerdict};
+use crate::anthropic::usage::Usage;
+use crate::engine::json_walk::{mask_json, ThinkingMode, WalkError, WalkOptions};
+use crate::engine::{Engine, Findings, MaskError, Scope, StreamMasker};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// A finding with where it was (JSON path or content block).
-#[derive(Debug, Clone)]
-pub struct Located {
-    pub path: String,
-    pub finding: Finding,
-}
-
-impl From<WalkFinding> for Located {
-    fn from(found: WalkFinding) -> Located {
-        Located {
-            path: found.path,
-            finding: found.finding,
-        }
-    }
-}
-
-/// The decision on one complete tool call.
-#[derive(Debug)]
-pub enum ToolVerdict {
-    /// Forward this (possibly masked) input JSON.
-    Allow(Vec<u8>),
-    /// A `block` rule matched: the call must not reach the client.
-    Block {
-        rule_id: String,
-        description: String,
-    },
-}
-
-fn thinking_mode(policy: ThinkingPolicy) -> ThinkingMode {
-    match policy {
-        ThinkingPolicy::Report => ThinkingMode::Report,
-        ThinkingPolicy::Mask => ThinkingMode::Mask,
-    }
-}
-
-/// Judge a complete tool input (`{}` when empty) with the `tool_input` rules.
-pub fn judge_tool_input(
-    engine: &Engine,
-    input: &[u8],
-    findings: &mut Vec<Located>,
-    path: &str,
-) -> ToolVerdict {
-    let input: &[u8] = if input.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        input
-    };
-    let options = WalkOptions {
-        scope: Scope::ToolInput,
-        thinking: ThinkingMode::Report,
-    };
-    let walked = match mask_json(engine, input, &options) {
-        Ok(walked) => walked,
-        // Input that is not JSON cannot be judged: refuse it rather than pass it unscanned.
-        Err(_) => {
-            return ToolVerdict::Block {
-                rule_id: "streammask-unparseable-tool-input".into(),
-                description: "the tool input could not be parsed, so it could not be checked"
-                    .into(),
-            }
-        }
-    };
-    let blocking = walked
-        .findings
-        .iter()
-        .find(|f| f.finding.action == Action::Block)
-        .map(|f| f.finding.rule_id.clone());
-    for found in walked.findings {
-        findings.push(Located {
-            path: format!("{path}.input{}", prefix_path(&found.path)),
-            finding: found.finding,
-        });
-    }
-    match blocking {
-        Some(rule_id) => {
-            let description = engine
-                .matcher()
-                .rules()
-                .iter()
-                .find(|r| r.id() == rule_id)
-                .map(|r| r.rule.description.clone())
-                .unwrap_or_default();
-            ToolVerdict::Block {
-                rule_id,
-                description,
-            }
-        }
-        None => ToolVerdict::Allow(walked.body.unwrap_or_else(|| input.to_vec())),
-    }
-}
-
-fn prefix_path(path: &str) -> String {
-    if path.is_empty() || path.starts_with('[') {
-        path.to_string()
-    } else {
-        format!(".{path}")
-    }
-}
-
-/// What the client sees instead of a blocked tool call.
-pub fn blocked_tool_text(tool_name: &str, rule_id: &str, description: &str) -> String {
-    format!(
-        "[streammask] The {tool_name} tool call was blocked by the organisation's policy \
-         (rule `{rule_id}`: {description}). It was not run. Ask your security team if you \
-         need this action."
-    )
+/// A complete JSON response body after masking.
+#[derive(Debug, Default)]
+pub struct MaskedBody {
+    /// The new body, or `None` when it is unchanged (forward the original bytes).
+    pub body: Option<Vec<u8>>,
+    pub findings: Findings,
+    /// Tool calls replaced by a text block.
+    pub blocked_tools: Vec<ToolBlock>,
 }
 
 /// Mask a complete JSON response body (non-streaming Messages response, batch object, model
-/// list, error). Returns the new body, or `None` when it is unchanged.
+/// list, error). Tool calls are judged whole with the `tool_input` rules first.
 pub fn mask_json_response(
     engine: &Engine,
     body: &[u8],
-    thinking: ThinkingPolicy,
-    findings: &mut Vec<Located>,
-) -> Result<Option<Vec<u8>>, crate::json_walk::WalkError> {
+    thinking: ThinkingMode,
+) -> Result<MaskedBody, WalkError> {
     let options = WalkOptions {
         scope: Scope::Response,
-        thinking: thinking_mode(thinking),
+        thinking,
     };
-    // Tool calls are judged whole with the tool_input rules first.
+    let mut masked = MaskedBody::default();
     let mut rewritten: Option<Vec<u8>> = None;
     if let Ok(mut message) = serde_json::from_slice::<Value>(body) {
-        if judge_message_tools(engine, &mut message, findings) {
+        let tools = judge_message_tools(engine, &mut message);
+        if tools.changed {
             rewritten = Some(serde_json::to_vec(&message).unwrap_or_default());
         }
+        masked.findings = tools.findings;
+        masked.blocked_tools = tools.blocked;
     }
     let source = rewritten.as_deref().unwrap_or(body);
     let walked = mask_json(engine, source, &options)?;
-    findings.extend(walked.findings.into_iter().map(Located::from));
-    Ok(walked.body.or(rewritten))
-}
-
-/// Judge every tool_use block of a message in place. Returns whether anything changed.
-fn judge_message_tools(engine: &Engine, message: &mut Value, findings: &mut Vec<Located>) -> bool {
-    let Some(content) = message.get_mut("content").and_then(Value::as_array_mut) else {
-        return false;
-    };
-    let mut changed = false;
-    let mut blocked = 0;
-    let mut remaining = 0;
-    for (index, block) in content.iter_mut().enumerate() {
-        if block.get("type").and_then(Value::as_str) != Some("tool_use") {
-            continue;
-        }
-        let input =
-            serde_json::to_vec(block.get("input").unwrap_or(&Value::Null)).unwrap_or_default();
-        let name = block
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("tool")
-            .to_string();
-        match judge_tool_input(engine, &input, findings, &format!("content[{index}]")) {
-            ToolVerdict::Allow(masked) => {
-                remaining += 1;
-                if masked != input {
-                    if let Ok(value) = serde_json::from_slice(&masked) {
-                        block["input"] = value;
-                        changed = true;
-                    }
-                }
-            }
-            ToolVerdict::Block {
-                rule_id,
-                description,
-            } => {
-                blocked += 1;
-                *block = json!({"type": "text", "text": blocked_tool_text(&name, &rule_id, &description)});
-                changed = true;
-            }
-        }
-    }
-    if blocked > 0
-        && remaining == 0
-        && message.get("stop_reason").and_then(Value::as_str) == Some("tool_use")
-    {
-        message["stop_reason"] = json!("end_turn");
-    }
-    changed
+    masked.findings.append(walked.findings);
+    masked.body = walked.body.or(rewritten);
+    Ok(masked)
 }
 
 enum Block {
@@ -228,21 +86,18 @@ pub enum StreamFault {
 /// Masks one SSE response. Feed it upstream bytes; it appends client bytes to `out`.
 pub struct SseTransformer {
     engine: Arc<Engine>,
-    thinking: ThinkingPolicy,
+    thinking: ThinkingMode,
     framer: SseFramer,
     blocks: OpenBlocks,
-    tools_blocked: usize,
+    blocked_tools: Vec<ToolBlock>,
     tools_allowed: usize,
     saw_message_stop: bool,
     fault: Option<StreamFault>,
-    pub findings: Vec<Located>,
+    findings: Findings,
     late_matches: u64,
-    /// Largest number of bytes held by any one block's masker (for metrics).
-    pub max_held: usize,
-    /// Usage numbers seen in message_start / message_delta.
-    pub usage: Vec<(String, u64)>,
+    usage: Usage,
     /// Upstream events handled so far (for the per-event cost metric).
-    pub events: u64,
+    events: u64,
     /// Reused for the masker output of each delta.
     scratch: Vec<u8>,
 }
@@ -250,7 +105,7 @@ pub struct SseTransformer {
 impl SseTransformer {
     pub fn new(
         engine: Arc<Engine>,
-        thinking: ThinkingPolicy,
+        thinking: ThinkingMode,
         max_event_bytes: usize,
     ) -> SseTransformer {
         SseTransformer {
@@ -258,14 +113,13 @@ impl SseTransformer {
             thinking,
             framer: SseFramer::new(max_event_bytes),
             blocks: OpenBlocks::default(),
-            tools_blocked: 0,
+            blocked_tools: Vec::new(),
             tools_allowed: 0,
             saw_message_stop: false,
             fault: None,
-            findings: Vec::new(),
+            findings: Findings::new(),
             late_matches: 0,
-            max_held: 0,
-            usage: Vec::new(),
+            usage: Usage::default(),
             events: 0,
             scratch: Vec::new(),
         }
@@ -283,8 +137,24 @@ impl SseTransformer {
         self.late_matches
     }
 
-    pub fn tools_blocked(&self) -> usize {
-        self.tools_blocked
+    /// Upstream events handled so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Token usage reported by `message_start` and `message_delta` so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The findings so far, leaving none behind (call once the stream is over).
+    pub fn take_findings(&mut self) -> Findings {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// The tool calls replaced so far, leaving none behind.
+    pub fn take_blocked_tools(&mut self) -> Vec<ToolBlock> {
+        std::mem::take(&mut self.blocked_tools)
     }
 
     /// Bytes held back across all open blocks right now.
@@ -316,14 +186,12 @@ impl SseTransformer {
                     self.on_event(event, out);
                 }
             }
-            Err(crate::sse::SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
+            Err(SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
             Err(err) => self.fail(
                 StreamFault::Malformed(format!("the upstream sent a malformed stream ({err})")),
                 out,
             ),
         }
-        let held = self.held();
-        self.max_held = self.max_held.max(held);
     }
 
     /// The upstream body ended (cleanly or not): flush every open block so nothing is held,
@@ -417,11 +285,9 @@ impl SseTransformer {
 
     fn collect(&mut self, index: u64, masker: &mut StreamMasker) {
         self.late_matches += masker.late_matches();
+        let path = format!("content[{index}]");
         for finding in masker.take_findings() {
-            self.findings.push(Located {
-                path: format!("content[{index}]"),
-                finding,
-            });
+            self.findings.push(path.as_str(), finding);
         }
     }
 
@@ -488,11 +354,7 @@ impl SseTransformer {
 
     fn record_usage(&mut self, usage: Option<&Value>) {
         if let Some(Value::Object(usage)) = usage {
-            for (kind, value) in usage {
-                if let Some(n) = value.as_u64() {
-                    self.usage.push((kind.clone(), n));
-                }
-            }
+            self.usage.record(usage);
         }
     }
 
@@ -503,10 +365,7 @@ impl SseTransformer {
         match self.engine.mask(&text, Scope::Response) {
             Ok(masked) => {
                 for finding in masked.findings {
-                    self.findings.push(Located {
-                        path: "(sse comment)".into(),
-                        finding,
-                    });
+                    self.findings.push("(sse comment)", finding);
                 }
                 out.extend_from_slice(masked.text.as_bytes());
             }
@@ -518,12 +377,11 @@ impl SseTransformer {
     fn forward_walked(&mut self, event: &Event, out: &mut Vec<u8>) {
         let options = WalkOptions {
             scope: Scope::Response,
-            thinking: thinking_mode(self.thinking),
+            thinking: self.thinking,
         };
         match mask_json(&self.engine, event.data().as_bytes(), &options) {
             Ok(walked) => {
-                self.findings
-                    .extend(walked.findings.into_iter().map(Located::from));
+                self.findings.append(walked.findings);
                 match walked.body {
                     None => event.write_to(out),
                     Some(body) => write_event(out, event.name(), &String::from_utf8_lossy(&body)),
@@ -553,7 +411,7 @@ impl SseTransformer {
             "thinking" => (
                 "thinking_delta",
                 "thinking",
-                self.thinking == ThinkingPolicy::Mask,
+                self.thinking == ThinkingMode::Mask,
             ),
             "tool_use" | "server_tool_use" => {
                 self.blocks.insert(
@@ -586,14 +444,16 @@ impl SseTransformer {
             .unwrap_or_default()
             .to_string();
         let mut emitted = Vec::new();
+        if masker.push(initial.as_bytes(), &mut emitted).is_err() {
+            self.fail(StreamFault::Malformed("masking failed".into()), out);
+            return;
+        }
         if initial.is_empty() || !rewrite {
             event.write_to(out);
-            let _ = masker.push(initial.as_bytes(), &mut emitted);
         } else {
             let mut start = data.clone();
             start["content_block"][field] = json!("");
             out.extend(encode_event("content_block_start", &start.to_string()));
-            let _ = masker.push(initial.as_bytes(), &mut emitted);
             if !emitted.is_empty() {
                 write_delta_event(
                     out,
@@ -737,17 +597,12 @@ impl SseTransformer {
         stop: &Event,
         out: &mut Vec<u8>,
     ) {
-        let name = start
-            .pointer("/content_block/name")
-            .and_then(Value::as_str)
-            .unwrap_or("tool")
-            .to_string();
-        let verdict = judge_tool_input(
+        let (verdict, findings) = judge_tool_input(
             &self.engine,
             partial_json.as_bytes(),
-            &mut self.findings,
             &format!("content[{index}]"),
         );
+        self.findings.append(findings);
         match verdict {
             ToolVerdict::Allow(input) => {
                 self.tools_allowed += 1;
@@ -761,20 +616,16 @@ impl SseTransformer {
                 out.extend(encode_event("content_block_delta", &delta.to_string()));
                 stop.write_to(out);
             }
-            ToolVerdict::Block {
-                rule_id,
-                description,
-            } => {
-                self.tools_blocked += 1;
+            ToolVerdict::Block(refusal) => {
+                let name = start
+                    .pointer("/content_block/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("tool");
+                let text = refusal.client_text(&self.engine, name);
+                self.blocked_tools.push(refusal);
                 let start = json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}});
                 out.extend(encode_event("content_block_start", &start.to_string()));
-                write_delta_event(
-                    out,
-                    index,
-                    "text_delta",
-                    "text",
-                    &blocked_tool_text(&name, &rule_id, &description),
-                );
+                write_delta_event(out, index, "text_delta", "text", &text);
                 stop.write_to(out);
             }
         }
@@ -784,7 +635,7 @@ impl SseTransformer {
         self.record_usage(data.get("usage"));
         let stop_is_tool_use =
             data.pointer("/delta/stop_reason").and_then(Value::as_str) == Some("tool_use");
-        if stop_is_tool_use && self.tools_blocked > 0 && self.tools_allowed == 0 {
+        if stop_is_tool_use && !self.blocked_tools.is_empty() && self.tools_allowed == 0 {
             data["delta"]["stop_reason"] = json!("end_turn");
             let rewritten = Event::new("message_delta", &data.to_string());
             self.forward_walked(&rewritten, out);
@@ -840,203 +691,8 @@ impl OpenBlocks {
     }
 }
 
-/// A `content_block_delta` in the compact form the API sends, exactly:
-/// `{"type":"content_block_delta","index":N,"delta":{"type":"T","F":"…"}}` where (T, F) is
-/// (`text_delta`, `text`), (`thinking_delta`, `thinking`) or (`input_json_delta`,
-/// `partial_json`). Anything else (spacing, another key order, an extra field) does not parse
-/// and takes the general path, so nothing beyond the delta text can ride along unscanned.
-struct CompactDelta<'a> {
-    index: u64,
-    delta_type: &'static str,
-    text: std::borrow::Cow<'a, str>,
-}
-
-impl<'a> CompactDelta<'a> {
-    fn parse(data: &'a str) -> Option<CompactDelta<'a>> {
-        const KINDS: [(&str, &str); 3] = [
-            ("text_delta", r#","delta":{"type":"text_delta","text":"#),
-            (
-                "thinking_delta",
-                r#","delta":{"type":"thinking_delta","thinking":"#,
-            ),
-            (
-                "input_json_delta",
-                r#","delta":{"type":"input_json_delta","partial_json":"#,
-            ),
-        ];
-        let rest = data.strip_prefix(r#"{"type":"content_block_delta","index":"#)?;
-        let (index, rest) = compact_index(rest)?;
-        let (delta_type, literal) = KINDS.iter().find_map(|(delta_type, prefix)| {
-            Some((*delta_type, rest.strip_prefix(prefix)?.strip_suffix("}}")?))
-        })?;
-        Some(CompactDelta {
-            index,
-            delta_type,
-            text: json_string_literal(literal)?,
-        })
-    }
-}
-
-/// `{"type":"content_block_stop","index":N}` exactly: its index.
-fn compact_block_stop(data: &str) -> Option<u64> {
-    let rest = data.strip_prefix(r#"{"type":"content_block_stop","index":"#)?;
-    match compact_index(rest)? {
-        (index, "}") => Some(index),
-        _ => None,
-    }
-}
-
-/// A JSON index (no sign, no leading zero) at the start of `text`, and what follows it.
-fn compact_index(text: &str) -> Option<(u64, &str)> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || digits > 9 || (digits > 1 && text.starts_with('0')) {
-        return None;
-    }
-    Some((text[..digits].parse().ok()?, &text[digits..]))
-}
-
-/// The value of `literal` when it is exactly one JSON string literal (quotes included).
-/// Without escapes the value is borrowed; with them, serde_json decodes and validates it.
-fn json_string_literal(literal: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        // Escapes (or a stray quote or control byte, which the decoder then refuses).
-        return serde_json::from_str::<String>(literal)
-            .ok()
-            .map(std::borrow::Cow::Owned);
-    }
-    Some(std::borrow::Cow::Borrowed(inner))
-}
-
-#[cfg(test)]
-fn delta_event(index: u64, delta_type: &str, field: &str, text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 96);
-    write_delta_event(&mut out, index, delta_type, field, text);
-    out
-}
-
-/// Appends a `content_block_delta` event, written from a template: the same bytes
-/// `encode_event` produces for the equivalent `Value` (key order type, index, delta), without
-/// building one per event.
-fn write_delta_event(out: &mut Vec<u8>, index: u64, delta_type: &str, field: &str, text: &str) {
-    out.reserve(text.len() + 120);
-    out.extend_from_slice(
-        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
-    );
-    out.extend_from_slice(index.to_string().as_bytes());
-    out.extend_from_slice(b",\"delta\":{\"type\":\"");
-    out.extend_from_slice(delta_type.as_bytes());
-    out.extend_from_slice(b"\",\"");
-    out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(b"\":");
-    write_json_string(out, text);
-    out.extend_from_slice(b"}}\n\n");
-}
-
-/// Appends `text` as a JSON string literal, escaped exactly as serde_json escapes it (`"`, `\`,
-/// the short forms `\b \f \n \r \t`, other control characters as `\u00XX`).
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut clean_from = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
-        let short = match byte {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[clean_from..at]);
-        clean_from = at + 1;
-        out.push(b'\\');
-        out.push(short);
-        if short == b'u' {
-            out.extend_from_slice(b"00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0xf)]);
-        }
-    }
-    out.extend_from_slice(&bytes[clean_from..]);
-    out.push(b'"');
-}
-
 /// An Anthropic-shaped SSE error event.
 pub fn error_event(error_type: &str, message: &str) -> Vec<u8> {
     let data = json!({"type": "error", "error": {"type": error_type, "message": message}});
     encode_event("error", &data.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templated_delta_event_equals_the_value_encoding() {
-        for text in [
-            "",
-            "plain words ",
-            "quote \" backslash \\ newline \n tab \t",
-            "ünïcödé ✓ \u{1}",
-        ] {
-            let value = json!({
-                "type": "content_block_delta",
-                "index": 3,
-                "delta": {"type": "text_delta", "text": text},
-            });
-            let expected = encode_event("content_block_delta", &value.to_string());
-            assert_eq!(
-                delta_event(3, "text_delta", "text", text),
-                expected,
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn compact_delta_shape_is_exact() {
-        let ok = r#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"hi \"x\"\n"}}"#;
-        let parsed = CompactDelta::parse(ok).expect("compact delta");
-        assert_eq!((parsed.index, parsed.delta_type), (12, "text_delta"));
-        assert_eq!(parsed.text, "hi \"x\"\n");
-        let borrowed = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"plain"}}"#;
-        let parsed = CompactDelta::parse(borrowed).expect("compact delta");
-        assert!(matches!(parsed.text, std::borrow::Cow::Borrowed("plain")));
-        let tool = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#;
-        assert_eq!(
-            CompactDelta::parse(tool).expect("tool piece").text,
-            "{\"a\":"
-        );
-        // Everything else goes to the general (walked) path: extra fields anywhere, a second
-        // string smuggled after the first, other spacing or order, odd indexes, bad escapes.
-        for other in [
-            r#"{"type":"content_block_delta","index":0,"extra":"ghp_x","delta":{"type":"text_delta","text":"hi"}}"#,
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","extra":"x"}}"#,
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi","x":"y"}}"#,
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\"","x":"b"}}"#,
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"},"x":1}"#,
-            r#"{"type": "content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
-            r#"{"index":0,"type":"content_block_delta","delta":{"type":"text_delta","text":"hi"}}"#,
-            r#"{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"hi"}}"#,
-            r#"{"type":"content_block_delta","index":-1,"delta":{"type":"text_delta","text":"hi"}}"#,
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"bad \q"}}"#,
-            "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"raw \n newline\"}}",
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}"#,
-        ] {
-            assert!(CompactDelta::parse(other).is_none(), "{other}");
-        }
-        assert_eq!(
-            compact_block_stop(r#"{"type":"content_block_stop","index":4}"#),
-            Some(4)
-        );
-        assert_eq!(
-            compact_block_stop(r#"{"type":"content_block_stop","index":4,"x":1}"#),
-            None
-        );
-    }
 }

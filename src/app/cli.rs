@@ -1,14 +1,16 @@
-//! The command line: `scan`, `rules check`, `rules list` (and, as they land, `run` and
-//! `config check`). Other tools depend on these exact forms, so flags are only ever added.
+//! The command line: `run`, `scan`, `config check`, `rules check|list|bench|examples` and
+//! `audit show|replay`. Other tools depend on these exact forms, so flags are only ever added.
 //!
 //! The CLI never prints a secret: `scan` reports findings by rule id and placeholder only.
 
-use crate::check::{check_rules, default_max_hold};
 use crate::config::{FileConfig, Overrides};
-use crate::masker::Engine;
-use crate::matcher::Matcher;
-use crate::placeholder::PlaceholderKey;
-use crate::rules::{RuleSet, Scope};
+use crate::engine::check::{check_rules, default_max_hold};
+use crate::engine::masker::max_match_len;
+use crate::engine::matcher::Matcher;
+use crate::engine::placeholder::PlaceholderKey;
+use crate::engine::{Engine, RuleSet, Scope};
+use crate::observe::audit::AuditRecord;
+use crate::observe::log::LogFormat;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{Read, Write};
@@ -187,15 +189,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = FileConfig::load(config.as_deref())?
                 .apply(&overrides)
                 .validate()?;
-            init_logging(log_json || config.log.format == crate::events::LogFormat::Json);
-            crate::server::run(config)?;
+            crate::observe::log::init(if log_json {
+                LogFormat::Json
+            } else {
+                config.log.format
+            });
+            super::server::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
             let config = FileConfig::load(Some(&file))?.validate()?;
-            crate::server::build_policy(&config)?;
+            super::server::build_policy(&config)?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -210,7 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     config,
                 },
         } => audit_print(file, config, |records| {
-            crate::audit::show(records, &request_id)
+            crate::observe::audit::show(records, &request_id)
                 .with_context(|| format!("no audit record for request {request_id}"))
         }),
         Command::Audit {
@@ -221,7 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     config,
                 },
         } => audit_print(file, config, |records| {
-            crate::audit::replay(records, &session)
+            crate::observe::audit::replay(records, &session)
                 .with_context(|| format!("no audit records for session {session}"))
         }),
         Command::Rules {
@@ -242,29 +248,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The placeholder key from the environment, or a random one with a warning.
-pub fn placeholder_key_from_env() -> Result<PlaceholderKey> {
-    match std::env::var(PLACEHOLDER_KEY_ENV) {
-        Ok(key) => PlaceholderKey::new(key.as_bytes()).context(PLACEHOLDER_KEY_ENV),
-        Err(_) => {
-            eprintln!(
-                "streammask: warning: {PLACEHOLDER_KEY_ENV} is not set; using a random placeholder key, \
-                 so placeholders will differ across restarts and replicas"
-            );
-            Ok(PlaceholderKey::random())
-        }
+fn placeholder_key_from_env() -> Result<PlaceholderKey> {
+    let key = super::server::placeholder_key(None, PLACEHOLDER_KEY_ENV)?;
+    if key.is_random() {
+        eprintln!(
+            "streammask: warning: {PLACEHOLDER_KEY_ENV} is not set; using a random placeholder key, \
+             so placeholders will differ across restarts and replicas"
+        );
     }
+    Ok(key)
 }
 
 fn audit_print(
     file: Option<PathBuf>,
     config: Option<PathBuf>,
-    render: impl FnOnce(&[crate::audit::AuditRecord<'static>]) -> Result<String>,
+    render: impl FnOnce(&[AuditRecord<'static>]) -> Result<String>,
 ) -> Result<ExitCode> {
     let path = match file {
         Some(file) => file,
         None => FileConfig::load(config.as_deref())?.audit.path,
     };
-    let records = crate::audit::read_records(&path)?;
+    let records = crate::observe::audit::read_records(&path)?;
     let text = render(&records)?;
     std::io::stdout()
         .write_all(text.as_bytes())
@@ -272,30 +276,13 @@ fn audit_print(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default `info`). Lines logged
-/// while a request is handled carry its `request_id` (the `request` span).
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        let _ = builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
-
 fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Result<ExitCode> {
     let set = RuleSet::load(rules.as_deref())?;
-    let max_hold = default_max_hold();
-    let matcher = Matcher::compile(&set, max_hold - 2)?;
-    let engine = Arc::new(Engine::new(matcher, placeholder_key_from_env()?, max_hold)?);
+    let engine = Arc::new(Engine::compile(
+        &set,
+        placeholder_key_from_env()?,
+        default_max_hold(),
+    )?);
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
@@ -383,8 +370,7 @@ fn rules_examples(rules: Option<PathBuf>) -> Result<ExitCode> {
     let key = PlaceholderKey::random();
     let mut stdout = std::io::stdout().lock();
     for rule in set.enabled() {
-        let matcher = Matcher::compile(&RuleSet::single(rule), default_max_hold() - 2)?;
-        let engine = Engine::new(matcher, key.clone(), default_max_hold())?;
+        let engine = Engine::compile(&RuleSet::single(rule), key.clone(), default_max_hold())?;
         for example in &rule.examples {
             let scope = rule.applies_to[0];
             let masked = engine.mask(example, scope)?;
@@ -428,7 +414,7 @@ fn rules_bench(rules: Option<PathBuf>, per_rule: bool, file: Option<PathBuf>) ->
         }
     };
     let started = std::time::Instant::now();
-    let matcher = Matcher::compile(&set, default_max_hold() - 2)?;
+    let matcher = Matcher::compile(&set, max_match_len(default_max_hold()))?;
     println!(
         "pack: {} rules compiled in {:.1} s, {:.0} MB/s over {} bytes",
         matcher.rules().len(),
@@ -439,7 +425,8 @@ fn rules_bench(rules: Option<PathBuf>, per_rule: bool, file: Option<PathBuf>) ->
     if per_rule {
         let mut speeds = Vec::new();
         for rule in set.enabled() {
-            let alone = Matcher::compile(&RuleSet::single(rule), default_max_hold() - 2)?;
+            let alone =
+                Matcher::compile(&RuleSet::single(rule), max_match_len(default_max_hold()))?;
             speeds.push((throughput_mb_s(&alone, &text)?, rule.id.clone()));
         }
         speeds.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -1,89 +1,86 @@
-//! Start-up: validated config → engine → Pingora server with the proxy listener and the admin
-//! listener (`/healthz`, `/readyz`, `/metrics`).
+//! Start-up: validated config → engines, policy, observability → the Pingora server with the
+//! proxy listener and the admin listener.
 //!
-//! Invariant: everything that can fail (rules, placeholder key, addresses, upstream resolution,
-//! TLS certificate and key, CA bundles, JWKS file, upstream key, policy profiles) fails here,
-//! before a socket is opened, with a message naming the cause.
+//! Invariants:
+//! - everything that can fail (rules, placeholder key, addresses, TLS certificate and key, CA
+//!   bundles, JWKS file, upstream key, policy profiles, the audit sink) fails here, before a
+//!   socket is opened, with a message naming the cause;
+//! - start-up builds one [`ProxyState`] — config, policy with its engines, metrics, audit
+//!   writer — and hands it down; nothing is kept in process-wide statics.
 
+use super::admin::Admin;
 use crate::config::Config;
-use crate::masker::Engine;
-use crate::matcher::Matcher;
-use crate::placeholder::PlaceholderKey;
+use crate::engine::placeholder::PlaceholderKey;
+use crate::engine::{Engine, MaskError, RuleSet};
+use crate::observe::audit::Auditor;
+use crate::observe::metrics::Metrics;
+use crate::policy::auth::Authenticator;
+use crate::policy::credentials::UpstreamKey;
+use crate::policy::profiles::Policy;
+use crate::policy::Security;
 use crate::proxy::{Proxy, ProxyState};
-use crate::rules::RuleSet;
-use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::{HttpServer, ServeHttp};
-use pingora::protocols::http::ServerSession;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Rules(#[from] crate::rules::RulesError),
+    Rules(#[from] crate::engine::rules::RulesError),
     #[error(transparent)]
-    Matcher(#[from] crate::matcher::MatcherError),
-    #[error(transparent)]
-    Mask(#[from] crate::masker::MaskError),
+    Engine(#[from] MaskError),
     #[error("placeholder key: {0}")]
     Key(String),
     #[error("server: {0}")]
     Server(String),
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
+    Policy(#[from] crate::policy::profiles::PolicyError),
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthStartError),
+    Auth(#[from] crate::policy::auth::AuthStartError),
     #[error(transparent)]
-    Credentials(#[from] crate::credentials::CredentialsError),
+    Credentials(#[from] crate::policy::credentials::CredentialsError),
     #[error("{0}")]
     Tls(String),
     #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] crate::observe::audit::AuditError),
 }
 
-/// Load the placeholder key from the configured file or environment variable; without one, a
-/// random key and a warning (placeholders then differ across restarts and replicas).
-pub fn load_placeholder_key(config: &Config) -> Result<PlaceholderKey, StartError> {
-    if let Some(path) = &config.placeholder_key_file {
+/// The placeholder key: from `file` if one is configured, else from the environment variable
+/// `env`, else a random key (placeholders then differ across restarts and replicas; callers
+/// warn, see [`PlaceholderKey::is_random`]).
+pub fn placeholder_key(file: Option<&Path>, env: &str) -> Result<PlaceholderKey, StartError> {
+    if let Some(path) = file {
         let key =
             std::fs::read(path).map_err(|e| StartError::Key(format!("{}: {e}", path.display())))?;
-        let trimmed = key.trim_ascii();
-        return PlaceholderKey::new(trimmed).map_err(|e| StartError::Key(e.to_string()));
+        return PlaceholderKey::new(key.trim_ascii()).map_err(|e| StartError::Key(e.to_string()));
     }
-    match std::env::var(&config.placeholder_key_env) {
+    match std::env::var(env) {
         Ok(key) if !key.is_empty() => {
-            PlaceholderKey::new(key.as_bytes()).map_err(|e| StartError::Key(e.to_string()))
+            PlaceholderKey::new(key.as_bytes()).map_err(|e| StartError::Key(format!("{env}: {e}")))
         }
-        _ => {
-            tracing::warn!(
-                env = %config.placeholder_key_env,
-                "no placeholder key configured: using a random key, so placeholders will differ across restarts and replicas"
-            );
-            Ok(PlaceholderKey::random())
-        }
+        _ => Ok(PlaceholderKey::random()),
     }
 }
 
-/// Compile the rules and build the engine the proxy will use.
-pub fn build_engine(config: &Config) -> Result<Arc<Engine>, StartError> {
-    let rules = RuleSet::load(config.rules_dir.as_deref())?;
-    let matcher = Matcher::compile(&rules, config.max_hold_bytes - 2)?;
-    let key = load_placeholder_key(config)?;
-    Ok(Arc::new(Engine::new(matcher, key, config.max_hold_bytes)?))
-}
-
-/// The base engine and every profile's engine (see [`crate::policy`]), sharing one
+/// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
 /// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
-pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, crate::policy::Policy), StartError> {
+pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError> {
     let rules = RuleSet::load(config.rules_dir.as_deref())?;
-    let matcher = Matcher::compile(&rules, config.max_hold_bytes - 2)?;
-    let key = load_placeholder_key(config)?;
-    let engine = Arc::new(Engine::new(matcher, key.clone(), config.max_hold_bytes)?);
-    let policy = crate::policy::Policy::build(
+    let key = placeholder_key(
+        config.placeholder_key_file.as_deref(),
+        &config.placeholder_key_env,
+    )?;
+    if key.is_random() {
+        tracing::warn!(
+            env = %config.placeholder_key_env,
+            "no placeholder key configured: using a random key, so placeholders will differ across restarts and replicas"
+        );
+    }
+    let engine = Arc::new(Engine::compile(&rules, key.clone(), config.max_hold_bytes)?);
+    let policy = Policy::build(
         &config.profiles,
         &rules,
         &engine,
@@ -95,31 +92,66 @@ pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, crate::policy::Poli
 
 /// Authentication, policy and the upstream key: everything that reads secrets or files at
 /// start-up (`config check` does not, so example configs check without the secrets present).
-pub fn build_security(
-    config: &Config,
-    policy: crate::policy::Policy,
-) -> Result<crate::proxy::Security, StartError> {
-    let auth = crate::auth::Authenticator::new(&config.auth)?;
+pub fn build_security(config: &Config, policy: Policy) -> Result<Security, StartError> {
+    let auth = Authenticator::new(&config.auth)?;
     let upstream_key = match &config.upstream.api_key {
-        Some(source) => Some(Arc::new(crate::credentials::UpstreamKey::load(
-            source.clone(),
-        )?)),
+        Some(source) => Some(Arc::new(UpstreamKey::load(source.clone())?)),
         None => None,
     };
     if let Some(ca) = &config.upstream.ca_file {
-        crate::tls::check_ca_file(ca)
+        crate::policy::trust::check_ca_file(ca)
             .map_err(|e| StartError::Tls(format!("upstream.ca_file: {e}")))?;
     }
-    Ok(crate::proxy::Security {
+    Ok(Security {
         auth,
         policy,
         upstream_key,
     })
 }
 
+/// Everything the proxy runs on, built from a validated config: engines, policy, metrics and
+/// the audit writer (started).
+pub fn build_state(config: Config) -> Result<ProxyState, StartError> {
+    let (engine, policy) = build_policy(&config)?;
+    let security = build_security(&config, policy)?;
+    let metrics = config
+        .metrics
+        .enabled
+        .then(|| Arc::new(Metrics::new(&engine, &config.known_groups)));
+    let auditor = Auditor::start(&config.audit, metrics.as_ref().map(|m| m.audit_counters()))?;
+    Ok(ProxyState::new(config, engine, security, metrics, auditor))
+}
+
+/// The proxy's listening service for `state` (TLS and h2c as configured), not yet started.
+pub fn proxy_service(
+    server_conf: &Arc<ServerConf>,
+    state: Arc<ProxyState>,
+    tls: Option<pingora::listeners::tls::TlsSettings>,
+) -> Service<HttpProxy<Proxy>> {
+    let listen = state.config.listen.to_string();
+    let h2c = state.config.h2c;
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        server_conf,
+        Proxy::new(state),
+        "streammask proxy",
+    );
+    if h2c {
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+    }
+    match tls {
+        Some(settings) => proxy.add_tls_with_settings(&listen, None, settings),
+        None => proxy.add_tcp(&listen),
+    }
+    proxy
+}
+
 /// Re-read the upstream key on SIGHUP (a failed reload keeps the old key). Pingora uses
 /// SIGQUIT, SIGTERM and SIGINT, not SIGHUP.
-fn reload_on_sighup(key: Arc<crate::credentials::UpstreamKey>) {
+fn reload_on_sighup(key: Arc<UpstreamKey>) {
     let spawned = std::thread::Builder::new()
         .name("streammask-sighup".into())
         .spawn(move || {
@@ -151,119 +183,53 @@ fn reload_on_sighup(key: Arc<crate::credentials::UpstreamKey>) {
     }
 }
 
-/// The admin listener's app.
-pub struct AdminApp {
-    ready: Arc<AtomicBool>,
-    rules_loaded: usize,
-}
-
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        let (status, body) = match path.as_str() {
-            "/healthz" => (200, "ok\n".to_string()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => {
-                (200, format!("ready: {} rules loaded\n", self.rules_loaded))
-            }
-            "/readyz" => (503, "not ready\n".to_string()),
-            "/metrics" => match crate::events::render() {
-                Some(text) => {
-                    return Response::builder()
-                        .status(200)
-                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                        .header("content-length", text.len())
-                        .body(text)
-                        .unwrap_or_else(|_| Response::new(Vec::new()))
-                }
-                None => (
-                    404,
-                    "metrics are disabled (metrics.enabled = false)\n".to_string(),
-                ),
-            },
-            _ => (404, "not found\n".to_string()),
-        };
-        Response::builder()
-            .status(status)
-            .header("content-type", "text/plain; charset=utf-8")
-            .header("content-length", body.len())
-            .body(body.into_bytes())
-            .unwrap_or_else(|_| Response::new(Vec::new()))
-    }
-}
-
 /// Build and run the server; does not return while the server runs.
 pub fn run(config: Config) -> Result<(), StartError> {
     // Cheap checks of files first, so a bad certificate fails before rules compile.
     let tls = match &config.tls {
-        Some(tls) => Some(crate::tls::listener_settings(tls).map_err(StartError::Tls)?),
+        Some(tls) => Some(crate::proxy::tls::listener_settings(tls).map_err(StartError::Tls)?),
         None => None,
     };
-    let (engine, policy) = build_policy(&config)?;
-    let profiles = policy.len();
-    let security = build_security(&config, policy)?;
-    if let Some(key) = &security.upstream_key {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let state = Arc::new(build_state(config)?);
+    let config = &state.config;
+    if let Some(key) = &state.security.upstream_key {
         reload_on_sighup(Arc::clone(key));
     }
-    let auth_on = security.auth.enabled();
-    if !auth_on && security.upstream_key.is_some() {
+    let auth_on = state.security.auth.enabled();
+    if !auth_on && state.security.upstream_key.is_some() {
         tracing::warn!(
             "the proxy injects its upstream key but [auth] is off: anyone who can reach the listener uses that key"
         );
     }
-    let h2c = config.h2c;
-    let rules_loaded = engine.matcher().rules().len();
-    if config.metrics.enabled {
-        crate::events::install(&engine, &config.known_groups);
-    }
-    crate::audit::install(&config.audit)?;
-    let conf = ServerConf {
-        threads: config.threads,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
+    let rules_loaded = state.engine.matcher().rules().len();
+    let profiles = state.security.policy.len();
     let listen = config.listen.to_string();
-    let admin = config.admin.to_string();
+    let admin_addr = config.admin.to_string();
     let upstream = format!(
         "{}://{}{}",
         if config.upstream.tls { "https" } else { "http" },
         config.upstream.authority(),
         config.upstream.base_path
     );
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let state = Arc::new(ProxyState::new(config, engine, security));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let admin = Admin::bind(config.admin, state.metrics.clone(), rules_loaded)
+        .map_err(|e| StartError::Server(format!("server.admin {admin_addr}: {e}")))?;
+    let conf = ServerConf {
+        threads: config.threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(proxy_service(
         &server.configuration,
-        Proxy::new(state),
-        "streammask proxy",
-    );
-    if h2c {
-        if let Some(app) = proxy.app_logic_mut() {
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
-    }
-    match tls {
-        Some(settings) => proxy.add_tls_with_settings(&listen, None, settings),
-        None => proxy.add_tcp(&listen),
-    }
-    server.add_service(proxy);
-
-    let ready = Arc::new(AtomicBool::new(true));
-    let mut admin_service = Service::new(
-        "streammask admin".to_string(),
-        HttpServer::new_app(AdminApp {
-            ready: Arc::clone(&ready),
-            rules_loaded,
-        }),
-    );
-    admin_service.add_tcp(&admin);
-    server.add_service(admin_service);
-
-    tracing::info!(%listen, %admin, %upstream, rules = rules_loaded, profiles, auth = auth_on, "streammask starting");
-    eprintln!("streammask: listening on {scheme}://{listen} (admin {admin}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}", if auth_on { "on" } else { "off" });
+        Arc::clone(&state),
+        tls,
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "streammask admin",
+        admin,
+    ));
+    tracing::info!(%listen, admin = %admin_addr, %upstream, rules = rules_loaded, profiles, auth = auth_on, "streammask starting");
+    eprintln!("streammask: listening on {scheme}://{listen} (admin {admin_addr}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}", if auth_on { "on" } else { "off" });
     server.run_forever()
 }

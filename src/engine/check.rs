@@ -15,10 +15,10 @@
 //! Then the whole pack is compiled together and placeholders of every rule id, put where a
 //! secret would be, must not be matched by any rule.
 
-use crate::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
-use crate::matcher::{Matcher, MatcherError, RuleError};
-use crate::placeholder::PlaceholderKey;
-use crate::rules::{Rule, RuleSet, Scope};
+use crate::engine::masker::{Engine, MaskError, DEFAULT_MAX_HOLD_BYTES};
+use crate::engine::matcher::{MatcherError, RuleError};
+use crate::engine::placeholder::PlaceholderKey;
+use crate::engine::rules::{Rule, RuleSet, Scope};
 use std::sync::Arc;
 
 /// Contexts a placeholder is put in to check that no rule re-masks it.
@@ -86,21 +86,14 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
     }
     let mut single = rule.clone();
     single.enabled = true;
-    let matcher = match Matcher::compile(&RuleSet::single(&single), max_hold - 2) {
-        Ok(matcher) => matcher,
-        Err(MatcherError::Rules(errors)) => {
+    let engine = match Engine::compile(&RuleSet::single(&single), check_key(), max_hold) {
+        Ok(engine) => Arc::new(engine),
+        Err(MaskError::Matcher(MatcherError::Rules(errors))) => {
             report.problems.extend(errors);
             return;
         }
         Err(other) => {
             report.problem(id, other.to_string());
-            return;
-        }
-    };
-    let engine = match Engine::new(matcher, check_key(), max_hold) {
-        Ok(engine) => Arc::new(engine),
-        Err(err) => {
-            report.problem(id, err.to_string());
             return;
         }
     };
@@ -195,13 +188,10 @@ pub fn check_rules(set: &RuleSet, max_hold: usize) -> CheckReport {
     if !report.passed() {
         return report;
     }
-    let engine = match Matcher::compile(set, max_hold - 2)
-        .map_err(|e| e.to_string())
-        .and_then(|m| Engine::new(m, check_key(), max_hold).map_err(|e| e.to_string()))
-    {
+    let engine = match Engine::compile(set, check_key(), max_hold) {
         Ok(engine) => engine,
         Err(err) => {
-            report.problem("(pack)", err);
+            report.problem("(pack)", err.to_string());
             return report;
         }
     };

@@ -40,16 +40,18 @@
 //! escapes is handed to the engine as a slice of the input; only strings with escapes are
 //! decoded, into one reused buffer.
 
-use crate::masker::{Engine, Finding, MaskError};
-use crate::rules::Scope;
+use crate::engine::findings::{Findings, Located};
+use crate::engine::masker::{Engine, MaskError};
+use crate::engine::rules::Scope;
 use std::borrow::Cow;
 use std::ops::Range;
 
 /// Containers may nest this deep; one more is [`WalkError::TooDeep`].
 pub const MAX_DEPTH: usize = 256;
 
-/// What happens to findings in `thinking` text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What happens to findings in `thinking` text (`[masking] thinking` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ThinkingMode {
     /// Report findings, leave the text (and so the block's signature) intact.
     #[default]
@@ -73,21 +75,13 @@ impl Default for WalkOptions {
     }
 }
 
-/// A finding in one string of the document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalkFinding {
-    /// Where the string is, e.g. `messages[3].content[0].text` (`[line N].…` in JSONL).
-    pub path: String,
-    /// `span` is a byte span in the decoded string.
-    pub finding: Finding,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Walked {
     /// The rewritten body, or `None` when nothing was rewritten (forward the original bytes).
     pub body: Option<Vec<u8>>,
-    /// Every finding, in document order.
-    pub findings: Vec<WalkFinding>,
+    /// Every finding, in document order; paths are JSON paths such as
+    /// `messages[3].content[0].text` (`[line N].…` in JSON Lines).
+    pub findings: Findings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -634,7 +628,7 @@ struct Walker<'a> {
     scratch: String,
     /// Raw spans to replace, in document order, with their placeholders.
     replacements: Vec<(Range<usize>, String)>,
-    findings: Vec<WalkFinding>,
+    findings: Findings,
 }
 
 impl<'a> Walker<'a> {
@@ -647,7 +641,7 @@ impl<'a> Walker<'a> {
             path: Vec::new(),
             scratch: String::new(),
             replacements: Vec::new(),
-            findings: Vec::new(),
+            findings: Findings::new(),
         }
     }
 
@@ -828,7 +822,7 @@ impl<'a> Walker<'a> {
             if report_only {
                 finding.rewritten = false;
             }
-            walk_findings.push(WalkFinding {
+            walk_findings.push(Located {
                 path: path.clone(),
                 finding,
             });
@@ -956,12 +950,12 @@ fn push_json_string(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matcher::Matcher;
-    use crate::placeholder::PlaceholderKey;
-    use crate::rules::RuleSet;
+    use crate::engine::matcher::Matcher;
+    use crate::engine::placeholder::PlaceholderKey;
+    use crate::engine::rules::RuleSet;
     use proptest::prelude::*;
 
-    const RULES: &str = include_str!("../tests/fixtures/engine-rules.toml");
+    const RULES: &str = include_str!("../../tests/fixtures/engine-rules.toml");
     const TOKEN: &str = "tok_abcdefghijklmnopqrstuv";
 
     fn engine() -> &'static Engine {

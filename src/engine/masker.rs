@@ -19,9 +19,9 @@
 //! rule's maximum length has arrived after its start, or at the end of the text. Until then it
 //! is re-confirmed as text arrives.
 
-use crate::matcher::{Candidate, Confirmed, Matcher, MatcherError};
-use crate::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
-use crate::rules::{Action, Scope};
+use crate::engine::matcher::{Candidate, Confirmed, Matcher, MatcherError};
+use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
+use crate::engine::rules::{Action, RuleSet, Scope};
 use hyperscan::Stream;
 use std::{borrow::Cow, ops::Range, sync::Arc};
 
@@ -89,7 +89,24 @@ struct SecretSpan {
     span: Range<usize>,
 }
 
+/// The longest match a rule may have for an engine holding at most `max_hold` bytes: a match
+/// must fit in the hold with one byte to spare on each side (the byte that ends a candidate and
+/// the byte forced out at the cap), so that forced emission never cuts an undecided secret.
+pub const fn max_match_len(max_hold: usize) -> usize {
+    max_hold.saturating_sub(2)
+}
+
 impl Engine {
+    /// Compile the enabled rules of `set` for a hold cap of `max_hold` bytes.
+    pub fn compile(
+        set: &RuleSet,
+        key: PlaceholderKey,
+        max_hold: usize,
+    ) -> Result<Engine, MaskError> {
+        let matcher = Matcher::compile(set, max_match_len(max_hold))?;
+        Engine::new(matcher, key, max_hold)
+    }
+
     pub fn new(
         matcher: Matcher,
         key: PlaceholderKey,
@@ -118,6 +135,35 @@ impl Engine {
 
     pub fn placeholder_key(&self) -> &PlaceholderKey {
         &self.key
+    }
+
+    /// The description of the rule `rule_id`, for messages that say why something was refused.
+    pub fn rule_description(&self, rule_id: &str) -> &str {
+        self.matcher
+            .rule_by_id(rule_id)
+            .map_or("", |r| r.rule.description.as_str())
+    }
+
+    /// `text` with every finding replaced by its placeholder, whatever the rule's action: for
+    /// short client-chosen strings (a model name, a JSON path) and transcripts that end up in
+    /// the audit log, which must hold no text any rule matches.
+    pub fn redact<'t>(&self, text: &'t str, scope: Scope) -> Cow<'t, str> {
+        let findings = match self.scan(text, scope) {
+            Ok(findings) if findings.is_empty() => return Cow::Borrowed(text),
+            Ok(findings) => findings,
+            Err(_) => return Cow::Borrowed("[unscannable]"),
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for finding in &findings {
+            if finding.span.start >= last {
+                out.push_str(&text[last..finding.span.start]);
+                out.push_str(&finding.placeholder);
+                last = finding.span.end;
+            }
+        }
+        out.push_str(&text[last..]);
+        Cow::Owned(out)
     }
 
     fn in_scope(&self, rule: u32, scope: Scope) -> bool {

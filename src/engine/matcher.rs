@@ -21,7 +21,7 @@
 //!   scratch with the old one and no lock is taken on the scan path;
 //! - a Hyperscan stream is always closed (its state is freed only by `hs_close_stream`).
 
-use crate::rules::{Action, Rule, RuleSet};
+use crate::engine::rules::{Action, Rule, RuleSet};
 use hyperscan::prelude::*;
 use hyperscan::{CompileFlags, ScratchRef, Serialized};
 use regex_automata::{
@@ -99,6 +99,9 @@ pub struct CompiledRule {
     /// Hyperscan's minimum match width for this rule.
     pub min_len: usize,
     pub scope_bits: u8,
+    /// What a preview of a secret this rule found may show: the literal its matches start with
+    /// (see [`literal_prefix`]).
+    pub preview_prefix: String,
 }
 
 impl CompiledRule {
@@ -110,11 +113,14 @@ impl CompiledRule {
         self.rule.action
     }
 
-    pub fn checksum(&self) -> Option<crate::rules::Checksum> {
+    pub fn checksum(&self) -> Option<crate::engine::rules::Checksum> {
         self.rule.checksum
     }
 }
 
+/// Matcher generations are numbered process-wide so that per-thread scratch space, which is
+/// keyed by generation, is never shared between a matcher and one that replaced it. A number
+/// source, not shared state: nothing reads it but `Matcher::compile`.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 pub struct Matcher {
@@ -206,7 +212,43 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
         max_len,
         min_len,
         scope_bits: rule.scope_bits(),
+        preview_prefix: literal_prefix(&rule.pattern),
     })
+}
+
+/// The literal every match of `pattern`'s secret (group `secret`, else the whole match) starts
+/// with, cut to 4 characters; empty when there is none or it is case-insensitive. It comes from
+/// the pattern, never from a secret, so it may be shown where the secret may not.
+pub fn literal_prefix(pattern: &str) -> String {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::{Hir, HirKind};
+    fn secret_group(hir: &Hir) -> Option<&Hir> {
+        match hir.kind() {
+            HirKind::Capture(cap) if cap.name.as_deref() == Some("secret") => Some(&cap.sub),
+            HirKind::Capture(cap) => secret_group(&cap.sub),
+            HirKind::Repetition(rep) => secret_group(&rep.sub),
+            HirKind::Concat(items) | HirKind::Alternation(items) => {
+                items.iter().find_map(secret_group)
+            }
+            _ => None,
+        }
+    }
+    let Ok(hir) = regex_syntax::parse(pattern) else {
+        return String::new();
+    };
+    let target = secret_group(&hir).unwrap_or(&hir);
+    let mut extractor = Extractor::new();
+    extractor.kind(ExtractKind::Prefix);
+    let seq = extractor.extract(target);
+    let Some(common) = seq.longest_common_prefix() else {
+        return String::new();
+    };
+    // A case-insensitive prefix expands into several literals whose common prefix is empty.
+    String::from_utf8_lossy(common)
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .take(4)
+        .collect()
 }
 
 /// Environment variable naming a directory where compiled Hyperscan databases are cached.
@@ -354,6 +396,10 @@ impl Matcher {
 
     pub fn rules(&self) -> &[CompiledRule] {
         &self.rules
+    }
+
+    pub fn rule_by_id(&self, id: &str) -> Option<&CompiledRule> {
+        self.rules.iter().find(|r| r.id() == id)
     }
 
     pub fn rule(&self, index: u32) -> &CompiledRule {
@@ -551,6 +597,23 @@ fn widen_to_char_boundaries(hay: &[u8], mut span: Range<usize>) -> Range<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_prefixes_come_from_the_pattern_only() {
+        assert_eq!(literal_prefix("ghp_[A-Za-z0-9]{36}"), "ghp_");
+        assert_eq!(literal_prefix("AKIA[0-9A-Z]{16}"), "AKIA");
+        assert_eq!(literal_prefix("sk-ant-api03-[A-Za-z0-9_-]{90,}"), "sk-a");
+        assert_eq!(
+            literal_prefix(r"password\s*=\s*(?P<secret>[^\s]{8,64})"),
+            ""
+        );
+        assert_eq!(
+            literal_prefix(r"token: (?P<secret>xoxb-[0-9]{10,})"),
+            "xoxb"
+        );
+        assert_eq!(literal_prefix("(?i)secret_[a-z]{10}"), "");
+        assert_eq!(literal_prefix("("), "");
+    }
 
     fn set(toml: &str) -> RuleSet {
         RuleSet::from_toml("test.toml", toml).expect("rules parse")

@@ -20,7 +20,7 @@ mod embedded {
 }
 
 /// A checksum a token format carries. It is verified on every finding of the rule and
-/// reported as [`crate::Finding::checksum_valid`]; it never decides whether text is masked
+/// reported as [`crate::engine::masker::Finding::checksum_valid`]; it never decides whether text is masked
 /// (a token with a broken checksum is still masked: fail closed), it tells the audit trail
 /// which findings are certainly real tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -76,6 +76,8 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 4] = [Action::Mask, Action::Block, Action::Approve, Action::Audit];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Mask => "mask",

@@ -10,9 +10,10 @@
 //! it is held as a sensitive header value, so `Debug` never prints it; no error or log line
 //! carries it, only the variable or file it came from.
 
+use crate::config_error::{invalid, ConfigError};
 use http::HeaderValue;
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -38,17 +39,21 @@ pub enum CredentialsError {
     NotHeaderSafe(&'static str),
 }
 
-/// Decide the credentials mode from `[upstream]` (and `[auth]`, which rules out passthrough).
+/// `[upstream]`'s credential settings as written in the file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CredentialsSettings<'a> {
+    pub credentials: Option<CredentialsMode>,
+    pub api_key_env: Option<&'a str>,
+    pub api_key_file: Option<&'a Path>,
+}
+
+/// Decide the credentials mode from `[upstream]` (and whether `[auth]` is on, which rules out
+/// passthrough).
 pub fn validate(
-    section: &crate::config::UpstreamSection,
-    upstream: &crate::config::Upstream,
-    auth: &crate::auth::AuthConfig,
-) -> Result<(CredentialsMode, Option<KeySource>), crate::config::ConfigError> {
-    let invalid = |key: &'static str, message: &str| crate::config::ConfigError::Invalid {
-        key,
-        message: message.to_string(),
-    };
-    let source = match (&section.api_key_env, &section.api_key_file) {
+    section: CredentialsSettings<'_>,
+    auth_enabled: bool,
+) -> Result<(CredentialsMode, Option<KeySource>), ConfigError> {
+    let source = match (section.api_key_env, section.api_key_file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "upstream.api_key_env",
@@ -58,8 +63,8 @@ pub fn validate(
         (Some(name), None) if name.trim().is_empty() => {
             return Err(invalid("upstream.api_key_env", "must not be empty"))
         }
-        (Some(name), None) => Some(KeySource::Env(name.clone())),
-        (None, Some(path)) => Some(KeySource::File(path.clone())),
+        (Some(name), None) => Some(KeySource::Env(name.to_string())),
+        (None, Some(path)) => Some(KeySource::File(path.to_path_buf())),
         (None, None) => None,
     };
     let mode = section.credentials.unwrap_or(if source.is_some() {
@@ -76,19 +81,11 @@ pub fn validate(
             "upstream.credentials",
             "\"passthrough\" forwards the caller's key; remove api_key_env/api_key_file or use \"inject\"",
         )),
-        CredentialsMode::Passthrough if auth.enabled() => Err(invalid(
+        CredentialsMode::Passthrough if auth_enabled => Err(invalid(
             "upstream.credentials",
             "with authentication on, callers present identity tokens that must not go upstream: configure api_key_env or api_key_file (\"inject\")",
         )),
-        _ => {
-            if upstream.ca_file.is_some() && !upstream.tls {
-                return Err(invalid(
-                    "upstream.ca_file",
-                    "is only used with an https:// upstream.url",
-                ));
-            }
-            Ok((mode, source))
-        }
+        _ => Ok((mode, source)),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Who is calling. The authentication layer (issue 4) produces an [`Identity`] for every
-//! request it admits; audit records and metrics read it from the request context.
+//! Who is calling. Authentication produces an [`Identity`] for every request it admits; audit
+//! records and metrics read it from the request's exchange record.
 //!
 //! Invariant: an `Identity` never carries the caller's credential, only what was derived from it.
 

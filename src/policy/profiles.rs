@@ -10,11 +10,11 @@
 //!   engine uses the same placeholder key (a secret masks the same way for every group);
 //! - a profile that names an unknown rule fails start-up (and `config check`).
 
-use crate::config::ConfigError;
-use crate::masker::Engine;
-use crate::matcher::Matcher;
-use crate::placeholder::PlaceholderKey;
-use crate::rules::{Action, RuleSet};
+use crate::anthropic::api::Route;
+use crate::config_error::ConfigError;
+use crate::engine::masker::MaskError;
+use crate::engine::placeholder::PlaceholderKey;
+use crate::engine::{Action, Engine, RuleSet};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,10 +52,7 @@ impl ProfileSection {
 }
 
 fn invalid(message: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: "profiles",
-        message,
-    }
+    crate::config_error::invalid("profiles", message)
 }
 
 /// Validate the profiles; returns them with a `default` profile last (implicit if absent).
@@ -158,6 +155,40 @@ impl Profile {
     pub fn restricts_models(&self) -> bool {
         !self.allowed_models.is_empty()
     }
+
+    /// Whether every model `body` names is allowed: `model` of a message request,
+    /// `requests[].params.model` of a batch. Other routes name no model. A body that is not of
+    /// this shape names none here; the walker or the upstream refuses it later.
+    pub fn allows_request_models(&self, route: Route, body: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Params {
+            model: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct BatchRequest {
+            params: Option<Params>,
+        }
+        #[derive(Deserialize)]
+        struct Top {
+            model: Option<String>,
+            requests: Option<Vec<BatchRequest>>,
+        }
+        if !self.restricts_models()
+            || !matches!(route, Route::Messages | Route::CountTokens | Route::Batches)
+        {
+            return true;
+        }
+        let Ok(top) = serde_json::from_slice::<Top>(body) else {
+            return true;
+        };
+        let mut models = top.model.into_iter().chain(
+            top.requests
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|r| r.params.and_then(|p| p.model)),
+        );
+        models.all(|model| self.allows_model(&model))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,15 +196,7 @@ pub enum PolicyError {
     #[error("profiles: profile {profile:?} names unknown rule {rule:?}")]
     UnknownRule { profile: String, rule: String },
     #[error("profiles: profile {profile:?}: {source}")]
-    Matcher {
-        profile: String,
-        source: crate::matcher::MatcherError,
-    },
-    #[error("profiles: profile {profile:?}: {source}")]
-    Engine {
-        profile: String,
-        source: crate::masker::MaskError,
-    },
+    Engine { profile: String, source: MaskError },
 }
 
 /// All profiles; the last one is `default`.
@@ -204,13 +227,7 @@ impl Policy {
                             profile: section.name.clone(),
                             rule,
                         })?;
-                    let matcher = Matcher::compile(&set, max_hold_bytes - 2).map_err(|source| {
-                        PolicyError::Matcher {
-                            profile: section.name.clone(),
-                            source,
-                        }
-                    })?;
-                    Arc::new(Engine::new(matcher, key.clone(), max_hold_bytes).map_err(
+                    Arc::new(Engine::compile(&set, key.clone(), max_hold_bytes).map_err(
                         |source| PolicyError::Engine {
                             profile: section.name.clone(),
                             source,
@@ -319,7 +336,41 @@ mod tests {
             "[[rules]]\nid = \"t\"\ndescription = \"t\"\npattern = 'tok_[a-z]{8}'\naction = \"mask\"\n",
         )
         .unwrap();
-        let matcher = Matcher::compile(&set, 1000).unwrap();
-        Arc::new(Engine::new(matcher, PlaceholderKey::random(), 1024).unwrap())
+        Arc::new(Engine::compile(&set, PlaceholderKey::random(), 1024).unwrap())
+    }
+
+    #[test]
+    fn request_models_are_read_from_messages_and_batches_only() {
+        let profile = |models: &[&str]| Profile {
+            name: "p".into(),
+            groups: vec![],
+            allowed_models: models.iter().map(|m| m.to_string()).collect(),
+            max_body_bytes: 1,
+            engine: test_engine(),
+        };
+        let haiku_only = profile(&["claude-haiku-*"]);
+        let message = |model: &str| format!(r#"{{"model":"{model}","messages":[]}}"#);
+        let ok = message("claude-haiku-4-5");
+        let opus = message("claude-opus-4-1");
+        for route in [Route::Messages, Route::CountTokens] {
+            assert!(haiku_only.allows_request_models(route, ok.as_bytes()));
+            assert!(!haiku_only.allows_request_models(route, opus.as_bytes()));
+        }
+        // A batch is refused when any of its requests names a model the profile lacks.
+        let batch = r#"{"requests":[
+            {"custom_id":"a","params":{"model":"claude-haiku-4-5","messages":[]}},
+            {"custom_id":"b","params":{"model":"claude-opus-4-1","messages":[]}}]}"#;
+        assert!(!haiku_only.allows_request_models(Route::Batches, batch.as_bytes()));
+        let clean_batch =
+            r#"{"requests":[{"custom_id":"a","params":{"model":"claude-haiku-4-5"}}]}"#;
+        assert!(haiku_only.allows_request_models(Route::Batches, clean_batch.as_bytes()));
+        // Routes that name no model, bodies of another shape, and profiles without a list.
+        assert!(haiku_only.allows_request_models(Route::Models, opus.as_bytes()));
+        assert!(haiku_only.allows_request_models(Route::Messages, b"not json"));
+        assert!(haiku_only.allows_request_models(Route::Messages, br#"{"model":5}"#));
+        assert!(profile(&[]).allows_request_models(Route::Messages, opus.as_bytes()));
+        // The model nested in metadata is not the request's model.
+        let nested = r#"{"model":"claude-haiku-4-5","metadata":{"model":"claude-opus-4-1"}}"#;
+        assert!(haiku_only.allows_request_models(Route::Messages, nested.as_bytes()));
     }
 }

@@ -1,50 +1,15 @@
-//! TLS on the listener (`[server.tls]`) and checks of PEM files used for TLS.
+//! TLS on the listener (`[server.tls]`): the certificate and key checked and loaded.
 //!
 //! Invariants: the listener speaks TLS 1.2 and 1.3 only (Mozilla "intermediate" settings),
 //! offers HTTP/2 by ALPN unless `http2 = false`, and start-up fails with a message naming the
 //! key and the file when a certificate or key is unreadable, not PEM, or the two do not belong
 //! together. File contents never appear in messages.
 
+use crate::config::TlsConfig;
 use pingora::listeners::tls::TlsSettings;
 use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
-
-/// `[server.tls]` as written in the file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM certificate chain (leaf first).
-    pub cert_file: PathBuf,
-    /// PEM private key of the leaf certificate.
-    pub key_file: PathBuf,
-    /// Offer HTTP/2 by ALPN (HTTP/1.1 stays available).
-    #[serde(default = "yes")]
-    pub http2: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Validated listener TLS settings (the files are read at start-up, not by `config check`).
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub http2: bool,
-}
-
-impl From<TlsSection> for TlsConfig {
-    fn from(section: TlsSection) -> TlsConfig {
-        TlsConfig {
-            cert_file: section.cert_file,
-            key_file: section.key_file,
-            http2: section.http2,
-        }
-    }
-}
+use std::path::Path;
 
 /// Read and check the certificate and key, and build the listener's TLS settings.
 pub fn listener_settings(config: &TlsConfig) -> Result<TlsSettings, String> {
@@ -102,19 +67,6 @@ pub fn listener_settings(config: &TlsConfig) -> Result<TlsSettings, String> {
 fn path_str<'p>(key: &str, path: &'p Path) -> Result<&'p str, String> {
     path.to_str()
         .ok_or_else(|| format!("{key}: the path {} is not UTF-8", path.display()))
-}
-
-/// A CA bundle must be readable and hold at least one PEM certificate (Pingora's connector
-/// panics on a bad one, so this is checked at start-up).
-pub fn check_ca_file(path: &Path) -> Result<(), String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    match X509::stack_from_pem(&pem) {
-        Ok(certs) if !certs.is_empty() => {
-            path_str("ca_file", path)?;
-            Ok(())
-        }
-        _ => Err(format!("{} holds no PEM certificate", path.display())),
-    }
 }
 
 trait ContextStr {

@@ -212,7 +212,7 @@ def test_metrics_page_has_exact_counts_after_scripted_traffic(obs, tool_block_ru
     assert value(m, "streammask_held_bytes") == 0
     errors = {dict(ls)["kind"]: v for ls, v in series(m, "streammask_upstream_errors_total").items()}
     assert errors.pop("status_5xx") == 1 and not any(errors.values()), errors
-    assert len(series(m, "streammask_auth_failures_total")) == 16 and total(m, "streammask_auth_failures_total") == 0
+    assert len(series(m, "streammask_auth_failures_total")) == 15 and total(m, "streammask_auth_failures_total") == 0
 
     tokens = {
         (dict(ls)["model"], dict(ls)["group"], dict(ls)["kind"]): v

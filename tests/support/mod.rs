@@ -6,9 +6,8 @@ pub mod corpus;
 
 use std::path::Path;
 use std::sync::Arc;
-use streammask::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
-use streammask::matcher::Matcher;
-use streammask::placeholder::PlaceholderKey;
+use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
+use streammask::engine::placeholder::PlaceholderKey;
 use streammask::{RuleSet, Scope};
 
 pub fn key() -> PlaceholderKey {
@@ -16,8 +15,7 @@ pub fn key() -> PlaceholderKey {
 }
 
 pub fn engine_for(set: &RuleSet, max_hold: usize) -> Arc<Engine> {
-    let matcher = Matcher::compile(set, max_hold - 2).expect("rules compile");
-    Arc::new(Engine::new(matcher, key(), max_hold).expect("engine"))
+    Arc::new(Engine::compile(set, key(), max_hold).expect("rules compile"))
 }
 
 /// The default pack as shipped.

@@ -11,7 +11,9 @@
 //!   refetch keeps the old keys.
 
 use super::fetch::{Fetcher, Url};
-use super::{groups_from_claims, AuthError, AuthStartError, Caller, JwtConfig, KeySource};
+use super::{
+    groups_from_claims, AuthError, AuthFailure, AuthStartError, Caller, JwtConfig, KeySource,
+};
 use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -127,7 +129,8 @@ struct TokenHeader {
 }
 
 fn token_header(token: &str) -> Result<TokenHeader, AuthError> {
-    let malformed = AuthError::unauthenticated("malformed", "streammask: the token is malformed");
+    let malformed =
+        AuthError::unauthenticated(AuthFailure::Malformed, "streammask: the token is malformed");
     let encoded = token.split('.').next().ok_or(malformed.clone())?;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(encoded.trim_end_matches('='))
@@ -175,7 +178,7 @@ impl JwtVerifier {
             }
             KeySource::Url(url) | KeySource::Discovery(url) => {
                 if let Some(ca) = &config.ca_file {
-                    crate::tls::check_ca_file(ca).map_err(AuthStartError::CaFile)?;
+                    crate::policy::trust::check_ca_file(ca).map_err(AuthStartError::CaFile)?;
                 }
                 let parsed =
                     Url::parse(url).map_err(|e| AuthStartError::JwksFile(format!("{url}: {e}")))?;
@@ -316,7 +319,7 @@ impl JwtVerifier {
         let alg = asymmetric_algorithm(&header.alg)
             .filter(|alg| self.config.algorithms.contains(alg))
             .ok_or(AuthError::unauthenticated(
-                "alg_not_allowed",
+                AuthFailure::AlgNotAllowed,
                 "streammask: the token's signature algorithm is not accepted",
             ))?;
         let key = match self.lookup(header.kid.as_deref(), alg) {
@@ -334,14 +337,14 @@ impl JwtVerifier {
                     Lookup::Found(key) | Lookup::Stale(key) => key,
                     Lookup::Empty => {
                         return Err(AuthError {
-                            reason: "keys_unavailable",
+                            reason: AuthFailure::KeysUnavailable,
                             status: 503,
                             message: "streammask: the identity provider's keys are unavailable",
                         })
                     }
                     Lookup::Missing => {
                         return Err(AuthError::unauthenticated(
-                            "unknown_kid",
+                            AuthFailure::UnknownKid,
                             "streammask: the token was signed by an unknown key",
                         ))
                     }
@@ -350,7 +353,7 @@ impl JwtVerifier {
         };
         if !key.algorithms.contains(&alg) {
             return Err(AuthError::unauthenticated(
-                "alg_not_allowed",
+                AuthFailure::AlgNotAllowed,
                 "streammask: the token's algorithm does not match its key",
             ));
         }
@@ -363,7 +366,7 @@ impl JwtVerifier {
             .and_then(|s| s.as_str())
             .filter(|s| !s.is_empty())
             .ok_or(AuthError::unauthenticated(
-                "missing_claim",
+                AuthFailure::MissingClaim,
                 "streammask: the token has no subject",
             ))?
             .to_string();
@@ -386,32 +389,36 @@ fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
     use jsonwebtoken::errors::ErrorKind as K;
     match kind {
         K::ExpiredSignature => {
-            AuthError::unauthenticated("expired", "streammask: the token has expired")
+            AuthError::unauthenticated(AuthFailure::Expired, "streammask: the token has expired")
         }
-        K::ImmatureSignature => {
-            AuthError::unauthenticated("not_yet_valid", "streammask: the token is not yet valid")
-        }
+        K::ImmatureSignature => AuthError::unauthenticated(
+            AuthFailure::NotYetValid,
+            "streammask: the token is not yet valid",
+        ),
         K::InvalidAudience => AuthError::unauthenticated(
-            "wrong_audience",
+            AuthFailure::WrongAudience,
             "streammask: the token is not meant for this proxy (audience)",
         ),
         K::InvalidIssuer => AuthError::unauthenticated(
-            "wrong_issuer",
+            AuthFailure::WrongIssuer,
             "streammask: the token comes from an untrusted issuer",
         ),
         K::InvalidSignature => AuthError::unauthenticated(
-            "bad_signature",
+            AuthFailure::BadSignature,
             "streammask: the token's signature is invalid",
         ),
         K::MissingRequiredClaim(_) => AuthError::unauthenticated(
-            "missing_claim",
+            AuthFailure::MissingClaim,
             "streammask: the token lacks a required claim (exp, iss, aud, sub)",
         ),
         K::InvalidAlgorithm | K::InvalidAlgorithmName => AuthError::unauthenticated(
-            "alg_not_allowed",
+            AuthFailure::AlgNotAllowed,
             "streammask: the token's signature algorithm is not accepted",
         ),
-        _ => AuthError::unauthenticated("invalid_token", "streammask: the token is invalid"),
+        _ => AuthError::unauthenticated(
+            AuthFailure::InvalidToken,
+            "streammask: the token is invalid",
+        ),
     }
 }
 

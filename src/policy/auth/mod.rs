@@ -8,7 +8,7 @@
 //! - the credential is taken from `Authorization: Bearer …` or, failing that, `x-api-key`
 //!   (Claude Code's `apiKeyHelper` and `ANTHROPIC_AUTH_TOKEN` use these), and it never leaves
 //!   this module: no log line, error message or [`AuthError`] carries it or any part of it;
-//! - a refusal has a bounded reason label ([`AuthError::reason`]) for audit and metrics, and a
+//! - a refusal has a bounded reason ([`AuthFailure`]) for audit and metrics, and a
 //!   status: 401 for missing or invalid credentials, 403 for valid but not allowed;
 //! - only asymmetric signatures are accepted; `alg: none` and HMAC are refused before any key
 //!   is looked at, so a public key can never be used as an HMAC secret;
@@ -18,29 +18,93 @@ pub mod fetch;
 pub mod jwt;
 pub mod static_keys;
 
-use crate::config::ConfigError;
-use crate::identity::Identity;
+use crate::config_error::{invalid, ConfigError};
+use crate::policy::identity::Identity;
 use serde::Deserialize;
 use std::path::PathBuf;
 
 pub use jwt::JwtVerifier;
 pub use static_keys::StaticKeys;
 
-/// Why a request was refused. The message is static text; the reason is a bounded label.
+/// Why a caller was refused: a bounded label for audit, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Malformed,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    UnknownKid,
+    AlgNotAllowed,
+    MissingClaim,
+    InvalidToken,
+    UnknownKey,
+    KeysUnavailable,
+    GroupNotAllowed,
+    /// The caller's profile does not allow the model the request names.
+    ModelNotAllowed,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 15] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::Expired,
+        AuthFailure::NotYetValid,
+        AuthFailure::BadSignature,
+        AuthFailure::WrongIssuer,
+        AuthFailure::WrongAudience,
+        AuthFailure::UnknownKid,
+        AuthFailure::AlgNotAllowed,
+        AuthFailure::MissingClaim,
+        AuthFailure::InvalidToken,
+        AuthFailure::UnknownKey,
+        AuthFailure::KeysUnavailable,
+        AuthFailure::GroupNotAllowed,
+        AuthFailure::ModelNotAllowed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::WrongIssuer => "wrong_issuer",
+            AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::UnknownKid => "unknown_kid",
+            AuthFailure::AlgNotAllowed => "alg_not_allowed",
+            AuthFailure::MissingClaim => "missing_claim",
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::KeysUnavailable => "keys_unavailable",
+            AuthFailure::GroupNotAllowed => "group_not_allowed",
+            AuthFailure::ModelNotAllowed => "model_not_allowed",
+        }
+    }
+}
+
+impl PartialEq<&str> for AuthFailure {
+    fn eq(&self, label: &&str) -> bool {
+        self.label() == *label
+    }
+}
+
+/// Why a request was refused. The message is static text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct AuthError {
-    /// Bounded label: `missing`, `malformed`, `expired`, `not_yet_valid`, `bad_signature`,
-    /// `unknown_kid`, `wrong_audience`, `wrong_issuer`, `alg_not_allowed`, `missing_claim`,
-    /// `unknown_key`, `group_not_allowed`, `keys_unavailable`, `invalid_token`.
-    pub reason: &'static str,
+    pub reason: AuthFailure,
     /// 401, 403 or 503.
     pub status: u16,
     pub message: &'static str,
 }
 
 impl AuthError {
-    pub const fn unauthenticated(reason: &'static str, message: &'static str) -> AuthError {
+    pub const fn unauthenticated(reason: AuthFailure, message: &'static str) -> AuthError {
         AuthError {
             reason,
             status: 401,
@@ -48,7 +112,7 @@ impl AuthError {
         }
     }
 
-    pub const fn forbidden(reason: &'static str, message: &'static str) -> AuthError {
+    pub const fn forbidden(reason: AuthFailure, message: &'static str) -> AuthError {
         AuthError {
             reason,
             status: 403,
@@ -217,13 +281,6 @@ impl AuthConfig {
         self.required_groups
             .iter()
             .chain(self.static_keys.iter().flat_map(|(_, _, groups)| groups))
-    }
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
     }
 }
 
@@ -487,12 +544,12 @@ impl Authenticator {
             jwt.verify(token).await?
         } else if self.jwt.is_some() && self.static_keys.is_none() {
             return Err(AuthError::unauthenticated(
-                "malformed",
+                AuthFailure::Malformed,
                 "streammask: the credential is not a JWT",
             ));
         } else {
             return Err(AuthError::unauthenticated(
-                "unknown_key",
+                AuthFailure::UnknownKey,
                 "streammask: the API key is not known to the proxy",
             ));
         };
@@ -503,7 +560,7 @@ impl Authenticator {
                 .any(|g| self.required_groups.contains(g))
         {
             return Err(AuthError::forbidden(
-                "group_not_allowed",
+                AuthFailure::GroupNotAllowed,
                 "streammask: the caller is not in a group allowed to use this proxy",
             ));
         }
@@ -518,22 +575,25 @@ fn looks_like_jwt(token: &str) -> bool {
 /// The caller's credential: `Authorization: Bearer …`, else `x-api-key`.
 fn credential(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     let missing = AuthError::unauthenticated(
-        "missing",
+        AuthFailure::Missing,
         "streammask: authentication required (Authorization: Bearer <token> or x-api-key)",
     );
     if let Some(value) = headers.get(http::header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| {
-            AuthError::unauthenticated("malformed", "streammask: unreadable Authorization header")
+            AuthError::unauthenticated(
+                AuthFailure::Malformed,
+                "streammask: unreadable Authorization header",
+            )
         })?;
         let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| {
             AuthError::unauthenticated(
-                "malformed",
+                AuthFailure::Malformed,
                 "streammask: the Authorization header must be `Bearer <token>`",
             )
         })?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::unauthenticated(
-                "malformed",
+                AuthFailure::Malformed,
                 "streammask: the Authorization header must be `Bearer <token>`",
             ));
         }
@@ -546,7 +606,7 @@ fn credential(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     match headers.get("x-api-key").map(|v| v.to_str()) {
         Some(Ok(token)) if !token.trim().is_empty() => Ok(token.trim()),
         Some(Err(_)) => Err(AuthError::unauthenticated(
-            "malformed",
+            AuthFailure::Malformed,
             "streammask: unreadable x-api-key header",
         )),
         _ => Err(missing),

@@ -1,0 +1,18 @@
+//! The Claude API as streammask reads and writes it: routes and the error shape
+//! ([`api`]), Server-Sent Events framing ([`sse`]), the masked Messages stream ([`messages`],
+//! with the hand-read wire forms in `compact` and tool calls judged whole in [`tools`]),
+//! JSON Lines batch results ([`jsonl`]), batch objects ([`batches`]), token [`usage`] and
+//! response [`transcript`]s.
+//!
+//! Layer: above the engine, which it drives; below everything that knows about callers,
+//! policy, observability or Pingora. It may import only `engine` (`tests/layers.rs`).
+
+pub mod api;
+pub mod batches;
+mod compact;
+pub mod jsonl;
+pub mod messages;
+pub mod sse;
+pub mod tools;
+pub mod transcript;
+pub mod usage;

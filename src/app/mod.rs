@@ -1,0 +1,9 @@
+//! The application: start-up ([`server`]: validated config → engines, policy, observability →
+//! the Pingora server), the admin listener ([`admin`]) and the command line ([`cli`]).
+//!
+//! Layer: the top. It may import every other layer and nothing imports it; `main.rs` only
+//! hands over to [`cli::main`]. `anyhow` is used here and nowhere below.
+
+pub mod admin;
+pub mod cli;
+pub mod server;

@@ -1,0 +1,26 @@
+//! The engine: rules as data, compiled into one Hyperscan database per mode, and the maskers
+//! that turn text (whole, streamed in deltas, or the strings of a JSON document) into masked
+//! text and findings.
+//!
+//! Layer: the bottom of the crate. It knows nothing of HTTP, the Claude API, callers or
+//! observability, and imports no other module of the crate (`tests/layers.rs` enforces it).
+//!
+//! - [`rules`]: the data model of `rules/*.toml` and the embedded pack;
+//! - [`matcher`]: Hyperscan candidates, confirmed and extracted with `regex`;
+//! - [`masker`]: block and streaming masking with placeholders from [`placeholder`];
+//! - [`json_walk`]: every string of a JSON document scanned, only masked spans rewritten;
+//! - [`findings`]: findings with where they were, the one way findings leave a producer;
+//! - [`check`]: `rules check`, every rule run against its own examples.
+
+pub mod check;
+pub mod findings;
+pub mod json_walk;
+pub mod masker;
+pub mod matcher;
+pub mod placeholder;
+pub mod rules;
+
+pub use findings::{Findings, Located};
+pub use json_walk::ThinkingMode;
+pub use masker::{Engine, Finding, MaskError, Masked, StreamMasker};
+pub use rules::{Action, Rule, RuleSet, Scope};

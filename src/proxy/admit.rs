@@ -1,0 +1,223 @@
+//! Admission: everything decided about a request before a byte of it goes upstream — its
+//! route, its caller and profile, its body (read whole, size-limited, decoded) and what the
+//! rules say about it (block, mask or forward as it came).
+//!
+//! Invariants:
+//! - anything but a known route is a 404, never an unscanned pass-through;
+//! - the caller is identified before the body is read, and the body limit is the profile's;
+//! - the body is scanned in the form the upstream will read it (decoded), and what goes
+//!   upstream is either the bytes scanned (no rewritten finding) or the walker's rewrite;
+//! - every refusal is an Anthropic-shaped error whose message carries rule ids and sizes, never
+//!   request content.
+
+use super::encoding::{decode_body, EncodingError};
+use super::headers::{header_str, is_json_content_type};
+use super::{ProxyState, RequestCtx};
+use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
+use crate::engine::json_walk::{mask_json, WalkOptions};
+use crate::engine::{Action, Engine, Scope};
+use crate::exchange::Outcome;
+use crate::policy::auth::AuthFailure;
+use crate::policy::identity::Identity;
+use crate::policy::profiles::Profile;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A request the proxy will forward: where, and the body to send (decoded and masked).
+pub(super) struct Admitted {
+    pub route: Route,
+    pub body: Vec<u8>,
+}
+
+/// Route, authenticate, read and judge the request. On success the body is ready to forward.
+pub(super) async fn admit(
+    state: &ProxyState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Admitted, ApiError> {
+    let exchange = &mut ctx.exchange;
+    exchange.method = session.req_header().method.as_str().to_string();
+    exchange.set_session_id(header_str(session, "x-claude-code-session-id"));
+    let path = session.req_header().uri.path();
+    let Some(route) = route(
+        &exchange.method,
+        path,
+        &state.config.extra_passthrough_prefixes,
+    ) else {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "streammask: this endpoint is not served by the proxy",
+        ));
+    };
+    exchange.route = Some(route);
+    // Identify the caller before reading a byte of the body.
+    let profile = authenticate(state, session, ctx).await?;
+    let raw = read_body(session, profile.max_body_bytes).await?;
+    ctx.exchange.bytes_in = raw.len();
+    if let Some(refused) = state.auditor.as_ref().and_then(|a| a.refusal()) {
+        return Err(refused);
+    }
+    let encoding = header_str(session, "content-encoding");
+    let body = decode_body(raw, encoding, profile.max_body_bytes).map_err(encoding_error)?;
+    if !profile.allows_request_models(route, &body) {
+        ctx.exchange.auth_failure = Some(AuthFailure::ModelNotAllowed);
+        return Err(ApiError::new(
+            ErrorKind::Permission,
+            format!(
+                "streammask: profile `{}` may not use this model",
+                profile.name
+            ),
+        ));
+    }
+    let body = judge_body(state, session, ctx, &profile.engine, route, body)?;
+    Ok(Admitted { route, body })
+}
+
+/// Authenticate the caller, record its identity and choose its profile.
+async fn authenticate(
+    state: &ProxyState,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Arc<Profile>, ApiError> {
+    let security = &state.security;
+    let caller = match security
+        .auth
+        .authenticate(&session.req_header().headers)
+        .await
+    {
+        Ok(caller) => caller,
+        Err(refused) => {
+            ctx.exchange.auth_failure = Some(refused.reason);
+            let kind = match refused.status {
+                401 => ErrorKind::Authentication,
+                403 => ErrorKind::Permission,
+                _ => ErrorKind::Api,
+            };
+            return Err(ApiError::new(kind, refused.message).with_status(refused.status));
+        }
+    };
+    let profile = Arc::clone(security.policy.profile_for(&caller.groups));
+    ctx.exchange.caller = Some(Arc::new(Identity {
+        subject: caller.subject,
+        groups: caller.groups,
+        profile: profile.name.clone(),
+    }));
+    ctx.profile = Some(Arc::clone(&profile));
+    Ok(profile)
+}
+
+/// Read the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::RequestTooLarge,
+            format!("streammask: request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(length) = header_str(session, "content-length") {
+        match length.trim().parse::<usize>() {
+            Ok(length) if length > limit => return Err(too_large()),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "streammask: invalid Content-Length",
+                ))
+            }
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "streammask: the request body could not be read (truncated or malformed framing)",
+            )),
+        }
+    }
+}
+
+fn encoding_error(error: EncodingError) -> ApiError {
+    match error {
+        EncodingError::Unsupported(coding) => ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("streammask: unsupported Content-Encoding {coding:?}"),
+        )
+        .with_status(415),
+        EncodingError::Invalid(coding) => ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("streammask: the request body is not valid {coding}"),
+        ),
+        EncodingError::TooLarge(limit) => ApiError::new(
+            ErrorKind::RequestTooLarge,
+            format!("streammask: decompressed request body exceeds the limit of {limit} bytes"),
+        ),
+    }
+}
+
+/// Scan the body and decide: refuse it (a `block` finding), forward the walker's rewrite
+/// (masked findings) or forward it as it is.
+fn judge_body(
+    state: &ProxyState,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    engine: &Engine,
+    route: Route,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
+    let exchange = &mut ctx.exchange;
+    if body.is_empty() {
+        if exchange.method == "POST" && matches!(route, Route::Messages | Route::CountTokens) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "streammask: the request body is empty",
+            ));
+        }
+        return Ok(body);
+    }
+    if !is_json_content_type(header_str(session, "content-type")) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "streammask: the request body must be JSON (Content-Type: application/json)",
+        )
+        .with_status(415));
+    }
+    let masking = Instant::now();
+    let options = WalkOptions {
+        scope: Scope::Request,
+        thinking: state.config.thinking,
+    };
+    let walked = mask_json(engine, &body, &options);
+    exchange.masking += masking.elapsed();
+    exchange.model = request_model(&body);
+    let walked = walked.map_err(|err| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("streammask: the request body is not valid JSON: {err}"),
+        )
+    })?;
+    exchange.request_findings = walked.findings;
+    if let Some(blocking) = exchange.request_findings.first_with(Action::Block) {
+        let rule_id = blocking.finding.rule_id.clone();
+        let description = engine.rule_description(&rule_id);
+        let message =
+            format!("streammask blocked this request: it matched rule `{rule_id}` ({description})");
+        exchange.blocked_rule = Some(rule_id);
+        return Err(ApiError::new(ErrorKind::Permission, message));
+    }
+    Ok(match walked.body {
+        Some(masked) => {
+            exchange.outcome = Outcome::Masked;
+            masked
+        }
+        None => body,
+    })
+}

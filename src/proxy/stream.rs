@@ -1,0 +1,464 @@
+//! The response side of an exchange: the upstream's header relayed (framing and encoding
+//! rewritten), its body masked on the way — SSE through the Messages stream transformer, JSON
+//! Lines line by line, JSON through the walker, anything else scanned as text or refused.
+//!
+//! Invariants:
+//! - nothing unscanned reaches the client: the scanner is chosen from the response's type and
+//!   route, and a body that cannot be scanned (not text, not decodable, over the size limit)
+//!   is answered with a 502 or ends the stream with an SSE `error` event;
+//! - a compressed response is decompressed before scanning or refused;
+//! - a client that disconnects mid-stream drops the upstream connection (cancelling it); only a
+//!   response read to its end returns its connection to the pool;
+//! - streams are written as chunked HTTP/1.1 (or plain HTTP/2 data frames), since masking
+//!   changes their length.
+
+use super::encoding::Decoder;
+use super::headers::{end_to_end_headers, header_str, is_json_content_type};
+use super::upstream::{unavailable, Opened};
+use super::{ProxyState, RequestCtx};
+use crate::anthropic::api::{ApiError, ErrorKind, Route};
+use crate::anthropic::batches::point_results_url_at_proxy;
+use crate::anthropic::jsonl::JsonlMasker;
+use crate::anthropic::messages::{error_event, mask_json_response, SseTransformer};
+use crate::anthropic::transcript::{ResponseTranscript, StreamTranscript};
+use crate::anthropic::usage::Usage;
+use crate::engine::{Engine, Findings, Scope};
+use crate::exchange::{Exchange, UpstreamError};
+use crate::observe::metrics::StreamGuard;
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession as ClientSession;
+use pingora::proxy::Session;
+use std::time::Instant;
+
+/// How an upstream response body is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Sse,
+    Jsonl,
+    Json,
+    Text,
+}
+
+impl BodyKind {
+    fn of(route: Route, content_type: &str) -> BodyKind {
+        let content_type = content_type.to_ascii_lowercase();
+        if content_type.starts_with("text/event-stream") {
+            BodyKind::Sse
+        } else if route == Route::BatchResults
+            || content_type.contains("jsonl")
+            || content_type.contains("ndjson")
+        {
+            BodyKind::Jsonl
+        } else if is_json_content_type(Some(&content_type)) {
+            BodyKind::Json
+        } else {
+            BodyKind::Text
+        }
+    }
+}
+
+/// Relay the upstream's response to the client, masking its body.
+pub(super) async fn relay(
+    state: &ProxyState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: Route,
+    opened: Opened,
+) -> Result<(), ApiError> {
+    let Opened {
+        session: mut upstream,
+        header: upstream_header,
+        peer,
+    } = opened;
+    let exchange = &mut ctx.exchange;
+    let header_text = |name| {
+        upstream_header
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    };
+    let kind = BodyKind::of(route, header_text(header::CONTENT_TYPE).unwrap_or(""));
+    let Some(mut decoder) = Decoder::for_encoding(header_text(header::CONTENT_ENCODING)) else {
+        exchange.upstream_failed(UpstreamError::Malformed, None);
+        return Err(unavailable("unsupported response Content-Encoding"));
+    };
+    let mut downstream = ResponseHeader::build(
+        upstream_header.status,
+        Some(upstream_header.headers.len() + 2),
+    )
+    .map_err(|_| unavailable("bad response header"))?;
+    let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING];
+    for (name, value) in end_to_end_headers(&upstream_header.headers, &rewritten) {
+        let _ = downstream.append_header(name.clone(), value.clone());
+    }
+    let _ = downstream.insert_header("x-streammask-request-id", exchange.request_id.as_str());
+    exchange.upstream_status(upstream_header.status.as_u16());
+    let engine = ctx.engine(state);
+    match kind {
+        BodyKind::Sse | BodyKind::Jsonl => {
+            ctx.exchange.streamed = true;
+            if !session.as_downstream().is_http2() {
+                let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
+            }
+            if session
+                .write_response_header(Box::new(downstream), false)
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            let stream = Stream {
+                state,
+                engine: &engine,
+                kind,
+            };
+            if stream
+                .run(session, &mut ctx.exchange, &mut upstream, &mut decoder)
+                .await
+            {
+                state.upstream.release(upstream, &peer).await;
+            }
+            Ok(())
+        }
+        BodyKind::Json | BodyKind::Text => {
+            let exchange = &mut ctx.exchange;
+            let body = read_whole(state, &mut upstream, &mut decoder)
+                .await
+                .inspect_err(|_| exchange.upstream_failed(UpstreamError::Read, None))?;
+            let masking = Instant::now();
+            let body = mask_buffered(state, &engine, exchange, body, kind);
+            exchange.masking += masking.elapsed();
+            let mut body = body?;
+            if route == Route::Batches {
+                if let Some(host) = header_str(session, "host") {
+                    let tls = state.config.tls.is_some();
+                    if let Some(rewritten) = point_results_url_at_proxy(&body, host, tls) {
+                        body = rewritten;
+                    }
+                }
+            }
+            let _ = downstream.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+            exchange.usage = Usage::from_json_body(&body);
+            exchange.bytes_out += body.len();
+            let body = Bytes::from(body);
+            if exchange.keep_transcripts {
+                exchange.response_transcript = Some(ResponseTranscript::Body(body.clone()));
+            }
+            if session
+                .write_response_header(Box::new(downstream), body.is_empty())
+                .await
+                .is_ok()
+                && !body.is_empty()
+            {
+                let _ = session.write_response_body(Some(body), true).await;
+            }
+            state.upstream.release(upstream, &peer).await;
+            Ok(())
+        }
+    }
+}
+
+/// Read a whole (decoded) response body, refusing more than `max_response_bytes`.
+async fn read_whole(
+    state: &ProxyState,
+    upstream: &mut ClientSession,
+    decoder: &mut Decoder,
+) -> Result<Vec<u8>, ApiError> {
+    let limit = state.upstream.max_response_bytes();
+    let bad_gateway =
+        |message: &'static str| ApiError::new(ErrorKind::Api, message).with_status(502);
+    let mut body = Vec::new();
+    loop {
+        match upstream.read_response_body().await {
+            Ok(Some(chunk)) => {
+                let decoded = decoder.decode(&chunk).map_err(|_| {
+                    bad_gateway("streammask: the upstream response could not be decompressed")
+                })?;
+                body.extend_from_slice(&decoded);
+                if body.len() > limit {
+                    return Err(bad_gateway(
+                        "streammask: the upstream response is too large to scan",
+                    ));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(bad_gateway(
+                    "streammask: the upstream connection failed mid-response",
+                ))
+            }
+        }
+    }
+}
+
+/// Mask a whole response body: as JSON (tool calls judged whole) when it is JSON, else as
+/// text; a body that is not even text cannot be scanned and is refused.
+fn mask_buffered(
+    state: &ProxyState,
+    engine: &Engine,
+    exchange: &mut Exchange,
+    body: Vec<u8>,
+    kind: BodyKind,
+) -> Result<Vec<u8>, ApiError> {
+    if kind == BodyKind::Json {
+        if let Ok(masked) = mask_json_response(engine, &body, state.config.thinking) {
+            exchange.blocked_tools.extend(masked.blocked_tools);
+            exchange.response_findings.append(masked.findings);
+            return Ok(masked.body.unwrap_or(body));
+        }
+    }
+    // Not JSON after all: scan it as text, and refuse what cannot be read as text.
+    let text = String::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            ErrorKind::Api,
+            "streammask: the upstream response is not text and cannot be scanned",
+        )
+        .with_status(502)
+    })?;
+    let masked = engine
+        .mask(&text, Scope::Response)
+        .map_err(|_| ApiError::new(ErrorKind::Api, "streammask: scanning failed"))?;
+    let mut findings = Findings::new();
+    for finding in masked.findings {
+        findings.push("", finding);
+    }
+    exchange.response_findings.append(findings);
+    Ok(masked.text.into_owned().into_bytes())
+}
+
+/// How the upstream body ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpstreamEnd {
+    Complete,
+    Failed,
+}
+
+/// One streamed response body (SSE or JSON Lines) on its way to the client.
+struct Stream<'s> {
+    state: &'s ProxyState,
+    engine: &'s std::sync::Arc<Engine>,
+    kind: BodyKind,
+}
+
+/// The masker of a streamed body.
+enum StreamMasker {
+    Sse(Box<SseTransformer>),
+    Jsonl(JsonlMasker),
+}
+
+impl StreamMasker {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        match self {
+            StreamMasker::Sse(sse) => sse.push(chunk, out),
+            StreamMasker::Jsonl(jsonl) => jsonl.push(chunk, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            StreamMasker::Sse(sse) => sse.finish(out),
+            StreamMasker::Jsonl(jsonl) => jsonl.finish(out),
+        }
+    }
+
+    /// Whether the stream was ended for a malformed or oversized upstream event.
+    fn faulted(&self) -> bool {
+        matches!(self, StreamMasker::Sse(sse) if sse.fault().is_some())
+    }
+
+    fn events(&self) -> u64 {
+        match self {
+            StreamMasker::Sse(sse) => sse.events(),
+            StreamMasker::Jsonl(_) => 0,
+        }
+    }
+
+    fn held(&self) -> usize {
+        match self {
+            StreamMasker::Sse(sse) => sse.held(),
+            StreamMasker::Jsonl(_) => 0,
+        }
+    }
+
+    /// Move what the masker found into the exchange.
+    fn record(&mut self, exchange: &mut Exchange) {
+        match self {
+            StreamMasker::Sse(sse) => {
+                exchange.blocked_tools.extend(sse.take_blocked_tools());
+                exchange.late_matches += sse.late_matches();
+                exchange.response_findings.append(sse.take_findings());
+                exchange.usage = sse.usage();
+            }
+            StreamMasker::Jsonl(jsonl) => exchange.response_findings.append(jsonl.take_findings()),
+        }
+    }
+}
+
+/// Write what is ready once this much is waiting, even if more is readable.
+const WRITE_AT: usize = 64 * 1024;
+
+impl Stream<'_> {
+    /// Stream the body to the client, masking as it goes. Returns whether the upstream
+    /// connection may be reused (the body was read to its end and the client stayed).
+    ///
+    /// Each round waits for upstream bytes (or the client leaving), then takes every chunk that
+    /// is already readable without waiting, masks them together and writes once. The Claude API
+    /// sends one small write per event, and one client write per event would make syscalls the
+    /// proxy's main cost. Reading in this task rather than a spawned reader costs no task
+    /// wake-up or channel hop per chunk; Pingora's body reader keeps its parse state across a
+    /// dropped read, so the reads raced against the client and polled once are cancel-safe.
+    async fn run(
+        &self,
+        session: &mut Session,
+        exchange: &mut Exchange,
+        upstream: &mut ClientSession,
+        decoder: &mut Decoder,
+    ) -> bool {
+        let config = &self.state.config;
+        let mut masker = match self.kind {
+            BodyKind::Sse => StreamMasker::Sse(Box::new(SseTransformer::new(
+                std::sync::Arc::clone(self.engine),
+                config.thinking,
+                config.max_sse_event_bytes,
+            ))),
+            _ => StreamMasker::Jsonl(JsonlMasker::new(
+                std::sync::Arc::clone(self.engine),
+                config.thinking,
+            )),
+        };
+        let mut guard = StreamGuard::start(self.state.metrics.as_deref());
+        let mut transcript = exchange
+            .keep_transcripts
+            .then(|| StreamTranscript::new(self.state.transcript_limit()));
+        let mut out = Vec::with_capacity(8192);
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut completed = false;
+        let mut client_gone = false;
+        loop {
+            out.clear();
+            let first = tokio::select! {
+                biased;
+                read = upstream.read_response_body() => read,
+                _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                    client_gone = true;
+                    break;
+                }
+            };
+            let ended = read_ready(upstream, first, &mut batch);
+            completed = ended == Some(UpstreamEnd::Complete);
+            let masking = Instant::now();
+            let events_before = masker.events();
+            let decoded_all = mask_batch(&mut masker, decoder, &mut batch, &mut out);
+            let done = ended.is_some() || !decoded_all || masker.faulted();
+            if !decoded_all {
+                completed = false;
+            }
+            if done {
+                masker.finish(&mut out);
+            }
+            let elapsed = masking.elapsed();
+            exchange.masking += elapsed;
+            guard.events_masked(masker.events() - events_before, elapsed);
+            guard.held(masker.held());
+            exchange.bytes_out += out.len();
+            if let Some(transcript) = transcript.as_mut() {
+                transcript.push(&out);
+            }
+            let body = Bytes::from(std::mem::take(&mut out));
+            if done {
+                let _ = session.write_response_body(Some(body), true).await;
+                break;
+            }
+            if !body.is_empty()
+                && session
+                    .write_response_body(Some(body), false)
+                    .await
+                    .is_err()
+            {
+                client_gone = true;
+                break;
+            }
+        }
+        masker.record(exchange);
+        if let Some(transcript) = transcript {
+            exchange.response_transcript = Some(ResponseTranscript::Stream(transcript));
+        }
+        if masker.faulted() {
+            exchange.upstream_failed(UpstreamError::Malformed, None);
+        } else if !completed && !client_gone {
+            exchange.upstream_failed(UpstreamError::Read, None);
+        }
+        guard.held(0);
+        // Dropping the upstream session closes its connection: a request the client left is
+        // cancelled, and a connection in an unknown state is never pooled.
+        completed && !client_gone && !masker.faulted()
+    }
+}
+
+/// Collect `first` and every chunk readable right now into `batch` (up to [`WRITE_AT`]
+/// bytes); returns how the body ended, if it did.
+fn read_ready(
+    upstream: &mut ClientSession,
+    first: pingora::Result<Option<Bytes>>,
+    batch: &mut Vec<Bytes>,
+) -> Option<UpstreamEnd> {
+    let mut read = Some(first);
+    let mut batched = 0;
+    while let Some(result) = read.take() {
+        match result {
+            Ok(Some(chunk)) => {
+                batched += chunk.len();
+                batch.push(chunk);
+            }
+            Ok(None) => return Some(UpstreamEnd::Complete),
+            // An upstream failure ends the stream without `completed`.
+            Err(_) => return Some(UpstreamEnd::Failed),
+        }
+        if batched < WRITE_AT {
+            read = ready_now(upstream.read_response_body());
+        }
+    }
+    None
+}
+
+/// Decode and mask every chunk of `batch` into `out`. Returns false when a chunk could not be
+/// decompressed: the stream then ends with an `error` event.
+fn mask_batch(
+    masker: &mut StreamMasker,
+    decoder: &mut Decoder,
+    batch: &mut Vec<Bytes>,
+    out: &mut Vec<u8>,
+) -> bool {
+    let mut decoded_all = true;
+    for chunk in batch.drain(..) {
+        match decoder.decode(&chunk) {
+            Ok(decoded) => masker.push(&decoded, out),
+            Err(_) => {
+                out.extend(error_event(
+                    "api_error",
+                    "streammask: the upstream response could not be decompressed",
+                ));
+                decoded_all = false;
+                break;
+            }
+        }
+        if masker.faulted() {
+            break;
+        }
+    }
+    batch.clear();
+    decoded_all
+}
+
+/// Polls a future once: its output if it is ready now, `None` (dropping it) if it would wait.
+/// Only for futures that are cancel-safe while pending.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
