@@ -76,3 +76,93 @@ impl JsonlMasker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::placeholder::PlaceholderKey;
+    use crate::engine::RuleSet;
+
+    const RULES: &str = r#"
+[[rules]]
+id = "test-token"
+description = "a test token"
+pattern = 'tok_[a-z0-9]{12}'
+action = "mask"
+applies_to = ["request", "response"]
+"#;
+
+    fn masker() -> JsonlMasker {
+        let set = RuleSet::from_toml("jsonl-test.toml", RULES).unwrap();
+        let key = PlaceholderKey::new(b"0123456789abcdef0123").unwrap();
+        let engine = Arc::new(Engine::compile(&set, key, 1024).unwrap());
+        JsonlMasker::new(engine, ThinkingMode::Report)
+    }
+
+    fn secret() -> String {
+        format!("tok_{}", "a1b2c3d4e5f6")
+    }
+
+    /// Feed `body` in pieces of `cut` bytes; returns what was written and the findings.
+    fn run(body: &str, cut: usize) -> (String, Findings) {
+        let mut masker = masker();
+        let mut out = Vec::new();
+        for piece in body.as_bytes().chunks(cut) {
+            masker.push(piece, &mut out);
+        }
+        masker.finish(&mut out);
+        (String::from_utf8(out).unwrap(), masker.take_findings())
+    }
+
+    #[test]
+    fn lines_are_masked_whole_however_the_body_is_cut() {
+        let body = format!(
+            "{{\"custom_id\":\"a\",\"result\":{{\"type\":\"succeeded\",\"message\":{{\"content\":[{{\"type\":\"text\",\"text\":\"key {}\"}}]}}}}}}\n\n{{\"custom_id\":\"b\",\"result\":{{\"type\":\"errored\"}}}}",
+            secret()
+        );
+        let (whole, findings) = run(&body, body.len());
+        assert!(!whole.contains(&secret()), "{whole}");
+        assert!(whole.contains("[MASKED:test-token:"));
+        assert_eq!(findings.len(), 1);
+        assert!(
+            findings[0].path.starts_with("[line 1]"),
+            "{}",
+            findings[0].path
+        );
+        assert!(
+            whole.ends_with("\"errored\"}}"),
+            "the last line has no newline and keeps none"
+        );
+        for cut in [1, 2, 7, 64] {
+            let (out, findings) = run(&body, cut);
+            assert_eq!(out, whole, "cut {cut}");
+            assert_eq!(findings.len(), 1, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn lines_that_are_not_json_are_scanned_as_text_and_reported() {
+        let body = format!("{{\"ok\":true}}\nnot json: {}\n", secret());
+        let (out, findings) = run(&body, 5);
+        assert!(!out.contains(&secret()), "{out}");
+        assert!(out.contains("[MASKED:test-token:"));
+        assert_eq!(
+            findings.len(),
+            1,
+            "the text fallback reports what it masked"
+        );
+        assert_eq!(findings[0].finding.rule_id, "test-token");
+    }
+
+    #[test]
+    fn at_most_one_partial_line_is_held() {
+        let mut masker = masker();
+        let mut out = Vec::new();
+        masker.push(b"{\"a\":1}\n{\"b\":", &mut out);
+        assert_eq!(out, b"{\"a\":1}\n");
+        assert_eq!(masker.partial, b"{\"b\":");
+        masker.push(b"2}\n", &mut out);
+        assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n");
+        assert!(masker.partial.is_empty());
+    }
+}

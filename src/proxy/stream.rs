@@ -84,16 +84,7 @@ pub(super) async fn relay(
         exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(unavailable("unsupported response Content-Encoding"));
     };
-    let mut downstream = ResponseHeader::build(
-        upstream_header.status,
-        Some(upstream_header.headers.len() + 2),
-    )
-    .map_err(|_| unavailable("bad response header"))?;
-    let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING];
-    for (name, value) in end_to_end_headers(&upstream_header.headers, &rewritten) {
-        let _ = downstream.append_header(name.clone(), value.clone());
-    }
-    let _ = downstream.insert_header("x-streammask-request-id", exchange.request_id.as_str());
+    let mut downstream = client_header(&upstream_header, &exchange.request_id)?;
     exchange.upstream_status(upstream_header.status.as_u16());
     let engine = ctx.engine(state);
     match kind {
@@ -127,6 +118,8 @@ pub(super) async fn relay(
             let body = read_whole(state, &mut upstream, &mut decoder)
                 .await
                 .inspect_err(|_| exchange.upstream_failed(UpstreamError::Read, None))?;
+            // The connection is done with once the body is read, whatever the client does.
+            state.upstream.release(upstream, &peer).await;
             let masking = Instant::now();
             let body = mask_buffered(state, &engine, exchange, body, kind);
             exchange.masking += masking.elapsed();
@@ -139,24 +132,46 @@ pub(super) async fn relay(
                     }
                 }
             }
-            let _ = downstream.insert_header(header::CONTENT_LENGTH, body.len().to_string());
-            exchange.usage = Usage::from_json_body(&body);
-            exchange.bytes_out += body.len();
-            let body = Bytes::from(body);
-            if exchange.keep_transcripts {
-                exchange.response_transcript = Some(ResponseTranscript::Body(body.clone()));
-            }
-            if session
-                .write_response_header(Box::new(downstream), body.is_empty())
-                .await
-                .is_ok()
-                && !body.is_empty()
-            {
-                let _ = session.write_response_body(Some(body), true).await;
-            }
-            state.upstream.release(upstream, &peer).await;
+            send_whole(session, exchange, downstream, body).await;
             Ok(())
         }
+    }
+}
+
+/// The client's response header: the upstream's status and end-to-end headers, framing and
+/// encoding left to the proxy, and the request id.
+fn client_header(upstream: &ResponseHeader, request_id: &str) -> Result<ResponseHeader, ApiError> {
+    let mut header = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))
+        .map_err(|_| unavailable("bad response header"))?;
+    let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING];
+    for (name, value) in end_to_end_headers(&upstream.headers, &rewritten) {
+        let _ = header.append_header(name.clone(), value.clone());
+    }
+    let _ = header.insert_header("x-streammask-request-id", request_id);
+    Ok(header)
+}
+
+/// Send a whole (masked) body with its length.
+async fn send_whole(
+    session: &mut Session,
+    exchange: &mut Exchange,
+    mut header: ResponseHeader,
+    body: Vec<u8>,
+) {
+    let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+    exchange.usage = Usage::from_json_body(&body);
+    exchange.bytes_out += body.len();
+    let body = Bytes::from(body);
+    if exchange.keep_transcripts {
+        exchange.response_transcript = Some(ResponseTranscript::Body(body.clone()));
+    }
+    if session
+        .write_response_header(Box::new(header), body.is_empty())
+        .await
+        .is_ok()
+        && !body.is_empty()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
     }
 }
 
