@@ -9,6 +9,7 @@ exact. Its audit log rotates at 4 KiB, so the readers are exercised over rotated
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -510,3 +511,66 @@ def test_dashboard_and_alerts_use_only_exported_metrics(obs):
                    "streammask_active_streams", "streammask_held_bytes", "streammask_late_matches_total",
                    "streammask_tokens_total", "streammask_auth_failures_total", "streammask_upstream_errors_total"]:
         assert needed in used, f"{needed} is on no panel or alert"
+
+
+def test_audit_previews_name_the_rule_of_the_callers_own_profile(proxy_factory, session_dir, mock_server):
+    """A profile that disables a rule numbers the pack's rules afresh. A finding of that
+    profile must still be previewed with its own rule's prefix, also after a caller of the
+    default profile was audited first (a preview table filled from the first engine seen used
+    to show the prefix of whatever default rule had the same index)."""
+    audit = session_dir / "profiles-audit" / "audit.jsonl"
+    audit.parent.mkdir(exist_ok=True)
+    upstream_key = session_dir / "profiles-upstream.key"
+    upstream_key.write_text("sk-ant-upstream-profiles-test")
+    keys = {"dev": "sm-dev-key-0123456789", "contractor": "sm-contractor-key-0123456789"}
+    config = f"""
+[upstream]
+api_key_file = "{upstream_key}"
+
+[auth]
+mode = "static_keys"
+
+[[auth.static_keys]]
+subject = "dev"
+sha256 = "{hashlib.sha256(keys['dev'].encode()).hexdigest()}"
+
+[[auth.static_keys]]
+subject = "contractor"
+sha256 = "{hashlib.sha256(keys['contractor'].encode()).hexdigest()}"
+groups = ["contractors"]
+
+[[profiles]]
+name = "contractors"
+groups = ["contractors"]
+disable_rules = ["anthropic-api-key"]
+
+[audit]
+sink = "file"
+path = "{audit}"
+"""
+    proxy = proxy_factory(config=config, name="profiles-audit", fresh=True)
+    conftest.AUDIT_OUTPUTS.append(audit)
+    ids = {}
+    with httpx.Client(base_url=proxy.url, timeout=20) as c:
+        for caller in ("dev", "contractor"):
+            r = c.post(
+                "/v1/messages",
+                json=user_request(f"my token is {GITHUB_TOKEN}"),
+                headers={"x-api-key": keys[caller]},
+            )
+            assert r.status_code == 200, r.text
+            ids[caller] = r.headers["x-streammask-request-id"]
+
+    def records():
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        return {rec["request_id"]: rec for rec in map(json.loads, lines)}
+
+    wait_until(lambda: set(ids.values()) <= set(records()), timeout=10, what="both audit records")
+    by_id = records()
+    for caller, profile in (("dev", "default"), ("contractor", "contractors")):
+        record = by_id[ids[caller]]
+        assert record["identity"]["profile"] == profile
+        request_findings = [f for f in record["findings"] if f["direction"] == "request"]
+        assert [f["rule"] for f in request_findings] == ["github-pat-classic"], record
+        assert request_findings[0]["preview"] == f"ghp_…({len(GITHUB_TOKEN)} chars)", (caller, record)
+    proxy.assert_healthy()

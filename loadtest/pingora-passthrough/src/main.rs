@@ -55,7 +55,7 @@ impl ProxyHttp for Passthrough {
         _session: &mut Session,
         _ctx: &mut (),
     ) -> pingora::Result<Box<HttpPeer>> {
-        // The same peer options as streammask's upstream (src/proxy.rs, ProxyState::peer).
+        // The same peer options as streammask's upstream (src/proxy/upstream.rs, Upstream::peer).
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.read_timeout = Some(Duration::from_secs(600));

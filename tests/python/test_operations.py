@@ -1,0 +1,65 @@
+"""8. Operations: the admin endpoints through a graceful drain.
+
+After SIGTERM, Pingora stops accepting on the proxy port at once and lets requests in flight
+finish. The admin listener keeps answering meanwhile: /readyz turns 503 (so a load balancer
+stops sending work), /healthz stays 200, and /metrics shows the stream still open.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+
+import httpx
+
+from smtest import API_KEY, user_request, wait_until
+
+
+def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factory, mock_server):
+    proxy = proxy_factory(name="drain", fresh=True)
+    assert httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 200
+    # A stream that takes a few seconds: 20 events 150 ms apart.
+    script = '{"kind":"text","text":"' + "word " * 60 + '","delay_ms":150,"max_delta":16}'
+    outcome: dict = {}
+
+    def stream() -> None:
+        with httpx.Client(base_url=proxy.url, timeout=60) as c:
+            r = c.post(
+                "/v1/messages",
+                json=user_request("stream slowly", stream=True),
+                headers={"x-api-key": API_KEY, "x-mock-script": script},
+            )
+            outcome["status"] = r.status_code
+            outcome["body"] = r.text
+
+    client = threading.Thread(target=stream)
+    client.start()
+    metrics = lambda: httpx.get(proxy.admin_url + "/metrics", timeout=5).text  # noqa: E731
+    wait_until(lambda: "streammask_active_streams 1" in metrics(), timeout=10, what="the stream to start")
+
+    proxy.proc.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 503,
+        timeout=10,
+        what="/readyz to turn 503",
+    )
+    assert httpx.get(proxy.admin_url + "/readyz", timeout=5).text == "draining\n"
+    assert httpx.get(proxy.admin_url + "/healthz", timeout=5).status_code == 200
+    assert "streammask_active_streams 1" in metrics(), "the drain is visible while it lasts"
+    # New connections to the proxy port are refused; the stream in flight completes.
+    wait_until(lambda: _refused(proxy.port), timeout=10, what="the proxy port to close")
+    client.join(timeout=60)
+    assert outcome.get("status") == 200, outcome
+    assert "event: message_stop" in outcome["body"], outcome["body"][-500:]
+    wait_until(lambda: "streammask_active_streams 0" in metrics(), timeout=10, what="the stream to end")
+    assert proxy.alive(), "the grace period keeps the process up"
+    assert "panicked" not in proxy.log_text()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
