@@ -80,8 +80,6 @@ impl JsonlMasker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::placeholder::PlaceholderKey;
-    use crate::engine::RuleSet;
 
     const RULES: &str = r#"
 [[rules]]
@@ -93,10 +91,10 @@ applies_to = ["request", "response"]
 "#;
 
     fn masker() -> JsonlMasker {
-        let set = RuleSet::from_toml("jsonl-test.toml", RULES).unwrap();
-        let key = PlaceholderKey::new(b"0123456789abcdef0123").unwrap();
-        let engine = Arc::new(Engine::compile(&set, key, 1024).unwrap());
-        JsonlMasker::new(engine, ThinkingMode::Report)
+        JsonlMasker::new(
+            Arc::new(crate::engine::test_engine(RULES)),
+            ThinkingMode::Report,
+        )
     }
 
     fn secret() -> String {

@@ -24,3 +24,12 @@ pub use findings::{Findings, Located};
 pub use json_walk::ThinkingMode;
 pub use masker::{Engine, Finding, MaskError, Masked, StreamMasker};
 pub use rules::{Action, Rule, RuleSet, Scope};
+
+/// An engine for unit tests: the rules of `toml` (one rule file's text), a fixed placeholder
+/// key and the default hold cap.
+#[cfg(test)]
+pub(crate) fn test_engine(toml: &str) -> Engine {
+    let set = RuleSet::from_toml("test-rules.toml", toml).expect("test rules parse");
+    let key = placeholder::PlaceholderKey::new(b"0123456789abcdef0123").expect("test key");
+    Engine::compile(&set, key, masker::DEFAULT_MAX_HOLD_BYTES).expect("test rules compile")
+}

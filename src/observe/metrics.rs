@@ -701,8 +701,7 @@ pub fn model_slot_label(slot: usize) -> String {
 mod tests {
     use super::*;
     use crate::anthropic::usage::Usage;
-    use crate::engine::placeholder::PlaceholderKey;
-    use crate::engine::{Findings, RuleSet};
+    use crate::engine::Findings;
     use std::sync::Arc;
 
     #[test]
@@ -763,13 +762,7 @@ applies_to = ["request", "tool_input"]
 "#;
 
     fn engine() -> Engine {
-        let set = RuleSet::from_toml("metrics-test.toml", RULES).unwrap();
-        Engine::compile(
-            &set,
-            PlaceholderKey::new(b"0123456789abcdef0123").unwrap(),
-            8192,
-        )
-        .unwrap()
+        crate::engine::test_engine(RULES)
     }
 
     fn exposition(metrics: &Metrics) -> String {

@@ -315,19 +315,23 @@ mod tests {
 
     #[test]
     fn model_globs() {
-        let profile = |models: &[&str]| Profile {
-            name: "p".into(),
-            groups: vec![],
-            allowed_models: models.iter().map(|m| m.to_string()).collect(),
-            max_body_bytes: 1,
-            engine: test_engine(),
-        };
         assert!(profile(&[]).allows_model("anything"));
         let p = profile(&["claude-haiku-*", "claude-sonnet-4-5"]);
         assert!(p.allows_model("claude-haiku-4-5"));
         assert!(p.allows_model("claude-sonnet-4-5"));
         assert!(!p.allows_model("claude-sonnet-4-5-20250929"));
         assert!(!p.allows_model("claude-opus-4-1"));
+    }
+
+    /// A profile allowing `models` (any model when empty).
+    fn profile(models: &[&str]) -> Profile {
+        Profile {
+            name: "p".into(),
+            groups: vec![],
+            allowed_models: models.iter().map(|m| m.to_string()).collect(),
+            max_body_bytes: 1,
+            engine: test_engine(),
+        }
     }
 
     fn test_engine() -> Arc<Engine> {
@@ -341,13 +345,6 @@ mod tests {
 
     #[test]
     fn request_models_are_read_from_messages_and_batches_only() {
-        let profile = |models: &[&str]| Profile {
-            name: "p".into(),
-            groups: vec![],
-            allowed_models: models.iter().map(|m| m.to_string()).collect(),
-            max_body_bytes: 1,
-            engine: test_engine(),
-        };
         let haiku_only = profile(&["claude-haiku-*"]);
         let message = |model: &str| format!(r#"{{"model":"{model}","messages":[]}}"#);
         let ok = message("claude-haiku-4-5");
