@@ -22,7 +22,7 @@
 //! - no error message carries request or response content.
 
 mod admit;
-pub mod encoding;
+mod encoding;
 mod headers;
 mod stream;
 pub mod tls;
