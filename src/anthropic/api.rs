@@ -262,7 +262,8 @@ mod tests {
     #[test]
     fn error_shape() {
         let body = ApiError::new(ErrorKind::Permission, "blocked").body();
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).expect("the error body is JSON");
         assert_eq!(value["type"], "error");
         assert_eq!(value["error"]["type"], "permission_error");
         assert_eq!(value["error"]["message"], "blocked");

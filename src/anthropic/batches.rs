@@ -45,7 +45,7 @@ mod tests {
 
     fn rewritten(body: &Value, host: &str, tls: bool) -> Option<Value> {
         let out = point_results_url_at_proxy(body.to_string().as_bytes(), host, tls)?;
-        Some(serde_json::from_slice(&out).unwrap())
+        Some(serde_json::from_slice(&out).expect("rewritten body is JSON"))
     }
 
     #[test]
@@ -55,7 +55,7 @@ mod tests {
             "processing_status": "ended",
             "results_url": "https://api.anthropic.com/v1/messages/batches/msgbatch_1/results",
         });
-        let out = rewritten(&batch, "proxy.corp:8443", true).unwrap();
+        let out = rewritten(&batch, "proxy.corp:8443", true).expect("results_url rewritten");
         assert_eq!(
             out["results_url"],
             "https://proxy.corp:8443/v1/messages/batches/msgbatch_1/results"
@@ -63,7 +63,7 @@ mod tests {
         assert_eq!(out["id"], "msgbatch_1", "nothing else changes");
         let list =
             json!({"data": [batch, {"id": "msgbatch_2", "results_url": null}], "has_more": false});
-        let out = rewritten(&list, "127.0.0.1:8080", false).unwrap();
+        let out = rewritten(&list, "127.0.0.1:8080", false).expect("results_url rewritten");
         assert_eq!(
             out["data"][0]["results_url"],
             "http://127.0.0.1:8080/v1/messages/batches/msgbatch_1/results"

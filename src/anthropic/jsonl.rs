@@ -109,7 +109,10 @@ applies_to = ["request", "response"]
             masker.push(piece, &mut out);
         }
         masker.finish(&mut out);
-        (String::from_utf8(out).unwrap(), masker.take_findings())
+        (
+            String::from_utf8(out).expect("masked JSON Lines are UTF-8"),
+            masker.take_findings(),
+        )
     }
 
     #[test]

@@ -369,7 +369,11 @@ mod tests {
             assert_eq!(events.len(), 1, "{input:?}");
             let mut out = Vec::new();
             events[0].write_to(&mut out);
-            assert_eq!(String::from_utf8(out).unwrap(), expected, "{input:?}");
+            assert_eq!(
+                String::from_utf8(out).expect("encoded events are UTF-8"),
+                expected,
+                "{input:?}"
+            );
         }
     }
 

@@ -116,7 +116,7 @@ mod tests {
         );
         assert_eq!(usage.get(TokenKind::Input), Some(12));
         let delta = serde_json::json!({"output_tokens": 40, "cache_read_input_tokens": 7});
-        usage.record(delta.as_object().unwrap());
+        usage.record(delta.as_object().expect("an object literal"));
         assert_eq!(usage.get(TokenKind::Output), Some(40));
         assert_eq!(usage.get(TokenKind::CacheRead), Some(7));
         assert_eq!(usage.get(TokenKind::CacheWrite), None);

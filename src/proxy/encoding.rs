@@ -147,27 +147,27 @@ mod tests {
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+        e.write_all(data).expect("compress in memory");
+        e.finish().expect("compress in memory")
     }
 
     fn deflate(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+        e.write_all(data).expect("compress in memory");
+        e.finish().expect("compress in memory")
     }
 
     fn brotli(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         {
             let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-            w.write_all(data).unwrap();
+            w.write_all(data).expect("compress in memory");
         }
         out
     }
 
     fn zstd(data: &[u8]) -> Vec<u8> {
-        zstd::stream::encode_all(data, 3).unwrap()
+        zstd::stream::encode_all(data, 3).expect("compress in memory")
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
             // Truncated mid-stream.
             ("gzip", gzip(BODY)[..20].to_vec()),
         ] {
-            let coding = encoding.rsplit(',').next().unwrap().trim();
+            let coding = encoding.rsplit(',').next().unwrap_or_default().trim();
             assert_eq!(
                 decode_body(body, Some(encoding), 1 << 20),
                 Err(EncodingError::Invalid(coding.to_string())),
@@ -266,14 +266,14 @@ mod tests {
             let mut decoder = Decoder::for_encoding(encoding).expect("known coding");
             let mut out = Vec::new();
             for piece in encoded.chunks(7) {
-                out.extend(decoder.decode(piece).unwrap());
+                out.extend(decoder.decode(piece).expect("valid piece decodes"));
             }
-            out.extend(decoder.decode(&[]).unwrap());
+            out.extend(decoder.decode(&[]).expect("flush decodes"));
             assert_eq!(out, BODY, "{encoding:?}");
         }
         assert!(Decoder::for_encoding(Some("compress")).is_none());
         assert!(Decoder::for_encoding(Some("gzip, br")).is_none());
-        let mut gzip_decoder = Decoder::for_encoding(Some("gzip")).unwrap();
+        let mut gzip_decoder = Decoder::for_encoding(Some("gzip")).expect("gzip is known");
         assert!(gzip_decoder.decode(b"this is not gzip at all").is_err());
     }
 }
