@@ -338,6 +338,7 @@ fn main() {
     let walk = WalkOptions {
         scope: Scope::Request,
         thinking: ThinkingMode::Report,
+        lenient: false,
     };
     let mut requests = criterion.benchmark_group("request");
     requests.throughput(Throughput::Bytes(request.len() as u64));

@@ -22,6 +22,7 @@ fn opts() -> WalkOptions {
     WalkOptions {
         scope: Scope::Request,
         thinking: ThinkingMode::Report,
+        lenient: false,
     }
 }
 
@@ -98,11 +99,17 @@ fn gen_doc(rng: &mut Rng, depth: usize) -> Doc {
         0 => gen_string(rng),
         1 => Doc::Raw(SCALARS[rng.below(SCALARS.len())]),
         2 => Doc::Arr((0..rng.below(5)).map(|_| gen_doc(rng, depth + 1)).collect()),
-        _ => Doc::Obj(
-            (0..rng.below(5))
-                .map(|_| (rng.pick(KEYS).to_string(), gen_doc(rng, depth + 1)))
-                .collect(),
-        ),
+        _ => {
+            // Distinct keys: a duplicate is refused, which its own tests cover.
+            let mut members: Vec<(String, Doc)> = Vec::new();
+            for _ in 0..rng.below(5) {
+                let key = rng.pick(KEYS).to_string();
+                if members.iter().all(|(seen, _)| *seen != key) {
+                    members.push((key, gen_doc(rng, depth + 1)));
+                }
+            }
+            Doc::Obj(members)
+        }
     }
 }
 

@@ -29,6 +29,7 @@ impl JsonlMasker {
             options: WalkOptions {
                 scope: Scope::Response,
                 thinking,
+                lenient: false,
             },
             partial: Vec::new(),
             findings: Findings::new(),

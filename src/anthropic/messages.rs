@@ -43,6 +43,7 @@ pub fn mask_json_response(
     let options = WalkOptions {
         scope: Scope::Response,
         thinking,
+        lenient: false,
     };
     let mut masked = MaskedBody::default();
     let mut rewritten: Option<Vec<u8>> = None;
@@ -378,6 +379,7 @@ impl SseTransformer {
         let options = WalkOptions {
             scope: Scope::Response,
             thinking: self.thinking,
+            lenient: false,
         };
         match mask_json(&self.engine, event.data().as_bytes(), &options) {
             Ok(walked) => {

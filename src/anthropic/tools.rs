@@ -73,6 +73,7 @@ pub fn judge_tool_input(engine: &Engine, input: &[u8], at: &str) -> (ToolVerdict
     let options = WalkOptions {
         scope: Scope::ToolInput,
         thinking: ThinkingMode::Report,
+        lenient: false,
     };
     let Ok(walked) = mask_json(engine, input, &options) else {
         return (ToolVerdict::Block(ToolBlock::Unparseable), Findings::new());

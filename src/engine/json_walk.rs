@@ -64,6 +64,10 @@ pub enum ThinkingMode {
 pub struct WalkOptions {
     pub scope: Scope,
     pub thinking: ThinkingMode,
+    /// Accept what lenient JSON readers (Python's `json`, the SDKs) accept beyond RFC 8259:
+    /// a UTF-8 byte-order mark and the `NaN`/`Infinity`/`-Infinity` literals. For response
+    /// bodies, which a client parses leniently; requests stay strict.
+    pub lenient: bool,
 }
 
 impl Default for WalkOptions {
@@ -71,6 +75,7 @@ impl Default for WalkOptions {
         WalkOptions {
             scope: Scope::Request,
             thinking: ThinkingMode::Report,
+            lenient: false,
         }
     }
 }
@@ -82,6 +87,11 @@ pub struct Walked {
     /// Every finding, in document order; paths are JSON paths such as
     /// `messages[3].content[0].text` (`[line N].…` in JSON Lines).
     pub findings: Findings,
+    /// Findings in values that cannot carry a placeholder (ids, `model`, `signature`,
+    /// `custom_id`, `redacted_thinking.data`): they are not rewritten, and the caller must not
+    /// forward the document — a request is refused with a 400 naming path and rule, a response
+    /// stream is ended with an `error` event.
+    pub refusals: Findings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +100,11 @@ pub enum WalkError {
     Syntax { offset: usize, reason: &'static str },
     #[error("JSON nested deeper than {0} levels")]
     TooDeep(usize),
+    /// Readers disagree on which of two members with one key counts (serde refuses, the API
+    /// takes the last), so a document with one is refused rather than scanned one way and read
+    /// another. The key itself is not quoted: it may be a secret.
+    #[error("duplicate object key at byte {offset}")]
+    DuplicateKey { offset: usize },
     #[error(transparent)]
     Mask(#[from] MaskError),
 }
@@ -162,6 +177,9 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     nodes: &'a mut Vec<Node>,
+    /// Raw spans (quotes included) of the keys of every object still open, innermost last:
+    /// an object checks its own keys for duplicates when it closes and pops them.
+    keys: &'a mut Vec<(usize, usize)>,
 }
 
 impl Parser<'_> {
@@ -249,12 +267,14 @@ impl Parser<'_> {
             self.close(index);
             return Ok(());
         }
+        let first_key = self.keys.len();
         loop {
             self.skip_ws();
             match self.peek() {
                 Some(b'"') => {
                     let (start, end, escaped) = self.string()?;
                     self.push(Kind::Str { escaped }, start, end);
+                    self.keys.push((start, end));
                 }
                 Some(_) => return Err(syntax(self.pos, "expected a string key")),
                 None => return Err(syntax(self.pos, "unexpected end of input in an object")),
@@ -271,11 +291,45 @@ impl Parser<'_> {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
                     self.close(index);
-                    return Ok(());
+                    return self.check_keys(first_key);
                 }
                 Some(_) => return Err(syntax(self.pos, "expected ',' or '}' in an object")),
                 None => return Err(syntax(self.pos, "unexpected end of input in an object")),
             }
+        }
+    }
+
+    /// Refuses a duplicate among the keys pushed since `first`, then pops them. Keys are
+    /// compared decoded (`"a"` and `"\u0061"` are one key to every reader).
+    fn check_keys(&mut self, first: usize) -> Result<(), WalkError> {
+        let spans = self.keys.get(first..).unwrap_or_default();
+        let duplicate = if spans.len() < 2 {
+            None
+        } else {
+            let bytes = self.bytes;
+            let decoded = |&(start, end): &(usize, usize)| -> Option<Cow<'_, str>> {
+                let raw = std::str::from_utf8(bytes.get(start + 1..end.saturating_sub(1))?).ok()?;
+                if raw.contains('\\') {
+                    let mut out = String::new();
+                    decode_into(raw, &mut out)?;
+                    Some(Cow::Owned(out))
+                } else {
+                    Some(Cow::Borrowed(raw))
+                }
+            };
+            let mut keys: Vec<(Cow<'_, str>, usize)> = spans
+                .iter()
+                .map(|span| (decoded(span).unwrap_or_default(), span.0))
+                .collect();
+            keys.sort_unstable();
+            keys.windows(2)
+                .find(|pair| pair.first().map(|k| &k.0) == pair.get(1).map(|k| &k.0))
+                .and_then(|pair| pair.iter().map(|k| k.1).max())
+        };
+        self.keys.truncate(first);
+        match duplicate {
+            Some(offset) => Err(WalkError::DuplicateKey { offset }),
+            None => Ok(()),
         }
     }
 
@@ -623,12 +677,15 @@ struct Walker<'a> {
     text: &'a str,
     opts: WalkOptions,
     nodes: Vec<Node>,
+    /// The parser's stack of open objects' keys (kept to reuse its allocation).
+    keys: Vec<(usize, usize)>,
     path: Vec<Segment>,
     /// Reused buffer for strings with escapes.
     scratch: String,
     /// Raw spans to replace, in document order, with their placeholders.
     replacements: Vec<(Range<usize>, String)>,
     findings: Findings,
+    refusals: Findings,
 }
 
 impl<'a> Walker<'a> {
@@ -638,10 +695,12 @@ impl<'a> Walker<'a> {
             text,
             opts: *opts,
             nodes: Vec::new(),
+            keys: Vec::new(),
             path: Vec::new(),
             scratch: String::new(),
             replacements: Vec::new(),
             findings: Findings::new(),
+            refusals: Findings::new(),
         }
     }
 
@@ -650,10 +709,12 @@ impl<'a> Walker<'a> {
         let bytes = self.text.as_bytes();
         let bytes = bytes.get(..end).unwrap_or(bytes);
         self.nodes.clear();
+        self.keys.clear();
         Parser {
             bytes,
             pos: start,
             nodes: &mut self.nodes,
+            keys: &mut self.keys,
         }
         .document()?;
         self.path.clear();
@@ -900,6 +961,7 @@ impl<'a> Walker<'a> {
             return Walked {
                 body: None,
                 findings: self.findings,
+                refusals: self.refusals,
             };
         }
         let raw = self.text.as_bytes();
@@ -917,6 +979,7 @@ impl<'a> Walker<'a> {
         Walked {
             body: Some(out),
             findings: self.findings,
+            refusals: self.refusals,
         }
     }
 }
@@ -1070,7 +1133,7 @@ mod tests {
     #[test]
     fn conflicting_types_skip_nothing() {
         let raw = format!(r#"{{"type":"redacted_thinking","data":"{TOKEN}","type":"text"}}"#);
-        assert_eq!(walk(&raw).findings.len(), 1);
+        assert!(duplicate_at(&raw).is_some());
         let raw = format!(r#"{{"type":["redacted_thinking"],"data":"{TOKEN}"}}"#);
         assert_eq!(walk(&raw).findings.len(), 1);
     }
@@ -1216,6 +1279,29 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    fn duplicate_at(raw: &str) -> Option<usize> {
+        match mask_json(engine(), raw.as_bytes(), &WalkOptions::default()) {
+            Err(WalkError::DuplicateKey { offset }) => Some(offset),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth_and_in_any_spelling() {
+        assert_eq!(duplicate_at(r#"{"model":"a","model":"b"}"#), Some(13));
+        assert_eq!(duplicate_at(r#"{"a":{"b":1,"c":2,"b":3}}"#), Some(18));
+        // One key to every reader, whatever the escapes.
+        assert!(duplicate_at(r#"{"text":"x","t\u0065xt":"y"}"#).is_some());
+        assert!(duplicate_at(r#"[{"k":1},{"k":2,"j":{"k":3}}]"#).is_none());
+        // Keys of a nested object do not collide with the enclosing object's.
+        assert!(duplicate_at(r#"{"k":{"k":{"k":1}},"j":2}"#).is_none());
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let body = format!("{{{}}}", many.join(","));
+        assert!(duplicate_at(&body).is_none());
+        let body = format!("{{{},\"k17\":0}}", many.join(","));
+        assert!(duplicate_at(&body).is_some());
     }
 
     #[test]

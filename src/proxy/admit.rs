@@ -194,6 +194,7 @@ fn judge_body(
     let options = WalkOptions {
         scope: Scope::Request,
         thinking: state.config.thinking,
+        lenient: false,
     };
     let walked = mask_json(engine, &body, &options);
     exchange.masking += masking.elapsed();
