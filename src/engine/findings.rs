@@ -57,12 +57,6 @@ impl Findings {
     pub fn first_with(&self, action: Action) -> Option<&Located> {
         self.0.iter().find(|f| f.finding.action == action)
     }
-
-    /// Whether some finding was reported but left in the text (report-only rules and
-    /// report-only thinking): the text then still holds what a rule found.
-    pub fn any_left_in_place(&self) -> bool {
-        self.0.iter().any(|f| !f.finding.rewritten)
-    }
 }
 
 impl Deref for Findings {

@@ -16,6 +16,7 @@ use crate::engine::masker::MaskError;
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::{Action, Engine, RuleSet};
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -157,37 +158,42 @@ impl Profile {
     }
 
     /// Whether every model `body` names is allowed: `model` of a message request,
-    /// `requests[].params.model` of a batch. Other routes name no model. A body that is not of
-    /// this shape names none here; the walker or the upstream refuses it later.
+    /// `requests[].params.model` of a batch. Other routes name no model. Fails closed: for a
+    /// profile with a model list, a body whose model cannot be read where the API reads it (not
+    /// a JSON object, a `model` that is not a string, a batch whose `requests` or `params` are
+    /// not of the expected shape) is not allowed. Duplicate keys, on which readers disagree,
+    /// are refused by the walker before this runs.
     pub fn allows_request_models(&self, route: Route, body: &[u8]) -> bool {
-        #[derive(Deserialize)]
-        struct Params {
-            model: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct BatchRequest {
-            params: Option<Params>,
-        }
-        #[derive(Deserialize)]
-        struct Top {
-            model: Option<String>,
-            requests: Option<Vec<BatchRequest>>,
-        }
         if !self.restricts_models()
             || !matches!(route, Route::Messages | Route::CountTokens | Route::Batches)
         {
             return true;
         }
-        let Ok(top) = serde_json::from_slice::<Top>(body) else {
-            return true;
+        let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
+            return false;
         };
-        let mut models = top.model.into_iter().chain(
-            top.requests
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|r| r.params.and_then(|p| p.model)),
-        );
-        models.all(|model| self.allows_model(&model))
+        let allowed = |model: Option<&Value>| match model {
+            None => true,
+            Some(Value::String(model)) => self.allows_model(model),
+            Some(_) => false,
+        };
+        if !allowed(top.get("model")) {
+            return false;
+        }
+        match top.get("requests") {
+            None => true,
+            Some(Value::Array(requests)) => requests.iter().all(|request| {
+                let Value::Object(request) = request else {
+                    return false;
+                };
+                match request.get("params") {
+                    None => true,
+                    Some(Value::Object(params)) => allowed(params.get("model")),
+                    Some(_) => false,
+                }
+            }),
+            Some(_) => false,
+        }
     }
 }
 
@@ -361,11 +367,32 @@ mod tests {
         let clean_batch =
             r#"{"requests":[{"custom_id":"a","params":{"model":"claude-haiku-4-5"}}]}"#;
         assert!(haiku_only.allows_request_models(Route::Batches, clean_batch.as_bytes()));
-        // Routes that name no model, bodies of another shape, and profiles without a list.
+        // Routes that name no model and profiles without a list.
         assert!(haiku_only.allows_request_models(Route::Models, opus.as_bytes()));
-        assert!(haiku_only.allows_request_models(Route::Messages, b"not json"));
-        assert!(haiku_only.allows_request_models(Route::Messages, br#"{"model":5}"#));
         assert!(profile(&[]).allows_request_models(Route::Messages, opus.as_bytes()));
+        assert!(profile(&[]).allows_request_models(Route::Messages, b"not json"));
+        // Fail closed: a model the proxy cannot read where the API reads it is not allowed.
+        for body in [
+            &b"not json"[..],
+            br#"{"model":5}"#,
+            br#"{"model":["claude-opus-4-1"]}"#,
+            br#"["claude-haiku-4-5"]"#,
+            br#"{"requests":{"model":"claude-opus-4-1"}}"#,
+            br#"{"requests":[5]}"#,
+            br#"{"requests":[{"params":"claude-opus-4-1"}]}"#,
+            br#"{"requests":[{"params":{"model":null}}]}"#,
+        ] {
+            let route = if body.starts_with(br#"{"requests""#) {
+                Route::Batches
+            } else {
+                Route::Messages
+            };
+            assert!(
+                !haiku_only.allows_request_models(route, body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         // The model nested in metadata is not the request's model.
         let nested = r#"{"model":"claude-haiku-4-5","metadata":{"model":"claude-opus-4-1"}}"#;
         assert!(haiku_only.allows_request_models(Route::Messages, nested.as_bytes()));

@@ -12,6 +12,7 @@
 
 use super::encoding::{decode_body, EncodingError};
 use super::headers::{header_str, is_json_content_type};
+use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
 use crate::engine::json_walk::{mask_json, WalkOptions};
@@ -38,7 +39,15 @@ pub(super) async fn admit(
 ) -> Result<Admitted, ApiError> {
     let exchange = &mut ctx.exchange;
     exchange.method = session.req_header().method.as_str().to_string();
-    exchange.set_session_id(header_str(session, "x-claude-code-session-id"));
+    // The session id is kept in the audit record: only when nothing in it is a finding (the
+    // header is refused below anyway, but the record of that refusal must not hold it).
+    let session_id = header_str(session, "x-claude-code-session-id").filter(|id| {
+        state
+            .engine
+            .scan(id, Scope::Request)
+            .is_ok_and(|f| f.is_empty())
+    });
+    exchange.set_session_id(session_id);
     let path = session.req_header().uri.path();
     let Some(route) = route(
         &exchange.method,
@@ -53,6 +62,17 @@ pub(super) async fn admit(
     exchange.route = Some(route);
     // Identify the caller before reading a byte of the body.
     let profile = authenticate(state, session, ctx).await?;
+    let request = session.req_header();
+    match scan_metadata(&profile.engine, &request.uri, &request.headers) {
+        Ok(findings) => ctx.exchange.request_findings = findings,
+        Err(refused) => {
+            ctx.exchange.request_findings = refused.findings;
+            if !refused.rule_id.is_empty() {
+                ctx.exchange.blocked_rule = Some(refused.rule_id);
+            }
+            return Err(refused.error);
+        }
+    }
     let raw = read_body(session, profile.max_body_bytes).await?;
     ctx.exchange.bytes_in = raw.len();
     if let Some(refused) = state.auditor.as_ref().and_then(|a| a.refusal()) {
@@ -60,17 +80,21 @@ pub(super) async fn admit(
     }
     let encoding = header_str(session, "content-encoding");
     let body = decode_body(raw, encoding, profile.max_body_bytes).map_err(encoding_error)?;
+    // The model list is checked on the body as the client sent it, once the walker has
+    // refused what readers could disagree on (invalid JSON, duplicate keys).
+    let forwarded = judge_body(state, session, ctx, &profile.engine, route, &body)?;
     if !profile.allows_request_models(route, &body) {
         ctx.exchange.auth_failure = Some(AuthFailure::ModelNotAllowed);
         return Err(ApiError::new(
             ErrorKind::Permission,
             format!(
-                "streammask: profile `{}` may not use this model",
+                "streammask: profile `{}` may not use this model, or the request does not \
+                 name its model where the proxy can check it",
                 profile.name
             ),
         ));
     }
-    let body = judge_body(state, session, ctx, &profile.engine, route, body)?;
+    let body = forwarded.unwrap_or(body);
     Ok(Admitted { route, body })
 }
 
@@ -163,16 +187,17 @@ fn encoding_error(error: EncodingError) -> ApiError {
     }
 }
 
-/// Scan the body and decide: refuse it (a `block` finding), forward the walker's rewrite
-/// (masked findings) or forward it as it is.
+/// Scan the body and decide: refuse it (a `block` finding, or a finding where no placeholder
+/// fits), forward the walker's rewrite (`Some`, masked findings) or forward it as it is
+/// (`None`).
 fn judge_body(
     state: &ProxyState,
     session: &Session,
     ctx: &mut RequestCtx,
     engine: &Engine,
     route: Route,
-    body: Vec<u8>,
-) -> Result<Vec<u8>, ApiError> {
+    body: &[u8],
+) -> Result<Option<Vec<u8>>, ApiError> {
     let exchange = &mut ctx.exchange;
     if body.is_empty() {
         if exchange.method == "POST" && matches!(route, Route::Messages | Route::CountTokens) {
@@ -181,7 +206,7 @@ fn judge_body(
                 "streammask: the request body is empty",
             ));
         }
-        return Ok(body);
+        return Ok(None);
     }
     if !is_json_content_type(header_str(session, "content-type")) {
         return Err(ApiError::new(
@@ -196,16 +221,28 @@ fn judge_body(
         thinking: state.config.thinking,
         lenient: false,
     };
-    let walked = mask_json(engine, &body, &options);
+    let walked = mask_json(engine, body, &options);
     exchange.masking += masking.elapsed();
-    exchange.model = request_model(&body);
+    exchange.model = request_model(body);
     let walked = walked.map_err(|err| {
         ApiError::new(
             ErrorKind::InvalidRequest,
             format!("streammask: the request body is not valid JSON: {err}"),
         )
     })?;
-    exchange.request_findings = walked.findings;
+    exchange.request_findings.append(walked.findings);
+    if let Some(refusal) = walked.refusals.first() {
+        let rule_id = refusal.finding.rule_id.clone();
+        let description = engine.rule_description(&rule_id);
+        let message = format!(
+            "streammask refused this request: `{}` holds what rule `{rule_id}` ({description}) \
+             masks, and that field cannot carry a placeholder; remove it and send the request again",
+            refusal.path
+        );
+        exchange.blocked_rule = Some(rule_id);
+        exchange.request_findings.append(walked.refusals);
+        return Err(ApiError::new(ErrorKind::InvalidRequest, message));
+    }
     if let Some(blocking) = exchange.request_findings.first_with(Action::Block) {
         let rule_id = blocking.finding.rule_id.clone();
         let description = engine.rule_description(&rule_id);
@@ -214,11 +251,8 @@ fn judge_body(
         exchange.blocked_rule = Some(rule_id);
         return Err(ApiError::new(ErrorKind::Permission, message));
     }
-    Ok(match walked.body {
-        Some(masked) => {
-            exchange.outcome = Outcome::Masked;
-            masked
-        }
-        None => body,
-    })
+    if walked.body.is_some() {
+        exchange.outcome = Outcome::Masked;
+    }
+    Ok(walked.body)
 }

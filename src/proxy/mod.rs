@@ -24,6 +24,7 @@
 mod admit;
 mod encoding;
 mod headers;
+mod metadata;
 mod stream;
 pub mod tls;
 mod upstream;
@@ -152,11 +153,14 @@ impl ProxyHttp for Proxy {
     ) -> pingora::Result<bool> {
         let span = tracing::info_span!("request", request_id = %ctx.exchange.request_id);
         if let Err(error) = tracing::Instrument::instrument(self.handle(session, ctx), span).await {
-            ctx.exchange.outcome = if error.kind == ErrorKind::Permission {
-                Outcome::Blocked
-            } else {
-                Outcome::Error
-            };
+            // A refusal because of a finding is a block whatever its status (a finding where no
+            // placeholder fits is a 400).
+            ctx.exchange.outcome =
+                if error.kind == ErrorKind::Permission || ctx.exchange.blocked_rule.is_some() {
+                    Outcome::Blocked
+                } else {
+                    Outcome::Error
+                };
             respond_error(session, &mut ctx.exchange, &error).await;
         }
         Ok(true)

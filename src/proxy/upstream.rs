@@ -12,13 +12,13 @@
 //!   apart) with Pingora's own name for it as the cause, and answered with a 502 that carries no
 //!   request content.
 
-use super::headers::end_to_end_headers;
+use super::metadata::{forwarded_headers, is_credential};
 use crate::anthropic::api::{ApiError, ErrorKind};
 use crate::config;
 use crate::exchange::{Exchange, UpstreamError};
 use crate::policy::credentials::UpstreamKey;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as ClientSession;
@@ -142,18 +142,12 @@ impl Upstream {
         let mut request =
             RequestHeader::build(method, target.as_bytes(), Some(original.headers.len() + 4))
                 .map_err(internal)?;
-        let mut rewritten = vec![
-            header::HOST,
-            header::CONTENT_LENGTH,
-            header::CONTENT_ENCODING,
-            header::ACCEPT_ENCODING,
-            header::EXPECT,
-        ];
-        if key.is_some() {
-            // The caller's credential never goes upstream when the proxy holds the key.
-            rewritten.extend([header::AUTHORIZATION, HeaderName::from_static("x-api-key")]);
-        }
-        for (name, value) in end_to_end_headers(&original.headers, &rewritten) {
+        // The headers admission scanned (metadata.rs), the same function picks them here.
+        for (name, value) in forwarded_headers(&original.headers) {
+            if key.is_some() && is_credential(name) {
+                // The caller's credential never goes upstream when the proxy holds the key.
+                continue;
+            }
             request
                 .append_header(name.clone(), value.clone())
                 .map_err(internal)?;

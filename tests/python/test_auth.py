@@ -379,6 +379,37 @@ def test_profile_models_and_size_limit(combined_proxy, mock, idp, keys):
     assert mock.stats()["requests"] == 3
 
 
+def test_model_list_fails_closed_on_bodies_it_cannot_read(combined_proxy, mock, idp, keys):
+    """The model check once passed whatever did not deserialise into the expected shape: a
+    duplicate `model` key (serde refused it, the API reads the last) or a batch whose `requests`
+    is not a list of objects. Now such bodies are refused and never reach the upstream."""
+    contractor = roles_token(idp, keys, "contractors")
+    headers = {"authorization": f"Bearer {contractor}", "content-type": "application/json"}
+    messages = '[{"role":"user","content":"hi"}]'
+    dup = f'{{"model":"claude-haiku-4-5","max_tokens":8,"messages":{messages},"model":"claude-opus-4-1"}}'
+    before = mock.stats()
+    with httpx.Client(base_url=combined_proxy.url, timeout=30, headers=headers) as c:
+        r = c.post("/v1/messages", content=dup)
+        assert r.status_code == 400, r.text
+        smtest.assert_anthropic_error(r.content, "invalid_request_error")
+        assert "duplicate object key" in r.json()["error"]["message"]
+        for body in (
+            {"model": ["claude-opus-4-1"], "max_tokens": 8, "messages": []},
+            {"model": 4, "max_tokens": 8, "messages": []},
+        ):
+            r = c.post("/v1/messages", json=body)
+            assert r.status_code == 403, r.text
+        for requests in (
+            {"custom_id": "a", "params": {"model": "claude-opus-4-1"}},
+            ["claude-opus-4-1"],
+            [{"custom_id": "a", "params": "claude-opus-4-1"}],
+        ):
+            r = c.post("/v1/messages/batches", json={"requests": requests})
+            assert r.status_code == 403, r.text
+            smtest.assert_anthropic_error(r.content, "permission_error")
+    assert mock.stats()["requests"] == before["requests"]
+
+
 def test_static_ci_key_and_default_profile(combined_proxy, mock):
     # A CI job authenticates with its service-account key (stored only as a hash in config).
     with anthropic.Anthropic(base_url=combined_proxy.url, api_key=CI_KEY, max_retries=0) as c:

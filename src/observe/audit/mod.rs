@@ -12,10 +12,11 @@
 //!   (itself scanned, since object keys are client text), placeholder and a preview built from
 //!   the rule's pattern (its literal prefix, at most 4 characters, taken from the engine that
 //!   made the finding) and the secret's length only. Transcripts are the masked request as
-//!   forwarded and the masked response as sent; with report-only rules (`audit` action,
-//!   report-only thinking) the raw text would stay in a transcript, so transcripts are scanned
-//!   again and every finding in them is replaced. Model names and session ids are scanned or
-//!   restricted to id characters;
+//!   forwarded and the masked response as sent, and the writer scans every string of them
+//!   again before storing (report-only rules leave raw text in what was forwarded, and a
+//!   transcript must not depend on the request path having masked everything): every finding
+//!   in a transcript is replaced. Model names are scanned; a session id is kept only when it
+//!   has id characters and no finding;
 //! - the request path never blocks on the sink: records go through a bounded queue; a full
 //!   queue or a failing sink is counted (`streammask_audit_failures_total`) and logged, and
 //!   with `on_failure = "refuse"` new requests get a 503 until a write succeeds again;

@@ -52,10 +52,6 @@ pub struct ByteCounts {
 struct Pending {
     request: Option<Bytes>,
     response: Option<ResponseTranscript>,
-    /// Whether a transcript may hold raw text a rule found (report-only findings) and must be
-    /// scanned again; when every finding was rewritten, the masked text holds none.
-    scrub_request: bool,
-    scrub_response: bool,
 }
 
 /// One audit line. Fields borrow from the request when written (no copies on the request
@@ -106,21 +102,15 @@ fn scrub(engine: &Engine, value: &mut Value, scope: Scope) {
     }
 }
 
-/// A JSON document as embedded text: the original bytes when they need no scrubbing and fit
-/// the limit (checked to be one JSON value), else parsed, cut down and scrubbed.
+/// A JSON document as embedded text: parsed (or kept as one string when it is not JSON), cut
+/// down to the limit and scrubbed.
 fn embed(
     engine: &Engine,
     body: &[u8],
-    scrub_it: bool,
     scope: Scope,
     limit: usize,
     cut: impl FnOnce(&mut Value),
 ) -> String {
-    if !scrub_it && body.len() <= limit {
-        if let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(body) {
-            return raw.get().to_string();
-        }
-    }
     let mut value: Value =
         serde_json::from_slice(body).unwrap_or_else(|_| json!(String::from_utf8_lossy(body)));
     if body.len() > limit {
@@ -148,33 +138,19 @@ fn render_transcript(engine: &Engine, pending: Pending, limit: usize) -> String 
                 obj.insert("truncated".into(), json!(true));
             }
         };
-        let text = embed(
-            engine,
-            &body,
-            pending.scrub_request,
-            Scope::Request,
-            limit,
-            cut,
-        );
+        let text = embed(engine, &body, Scope::Request, limit, cut);
         parts.push(format!("\"request\":{text}"));
     }
     match pending.response {
         Some(ResponseTranscript::Body(body)) => {
-            let text = embed(
-                engine,
-                &body,
-                pending.scrub_response,
-                Scope::Response,
-                limit,
-                |v| *v = json!({"truncated": true}),
-            );
+            let text = embed(engine, &body, Scope::Response, limit, |v| {
+                *v = json!({"truncated": true})
+            });
             parts.push(format!("\"response\":{text}"));
         }
         Some(ResponseTranscript::Stream(stream)) => {
             let mut value = stream.render();
-            if pending.scrub_response {
-                scrub(engine, &mut value, Scope::Response);
-            }
+            scrub(engine, &mut value, Scope::Response);
             parts.push(format!("\"response\":{value}"));
         }
         None => {}
@@ -225,11 +201,11 @@ pub fn rfc3339(time: SystemTime) -> String {
 pub fn line(exchange: &mut Exchange, engine: &Engine, transcript_limit: usize) -> Option<Vec<u8>> {
     let mut line = Vec::with_capacity(1024);
     serde_json::to_writer(&mut line, &record(exchange, engine)).ok()?;
+    // Transcripts are scanned again whatever the findings say: what is stored must be what
+    // the writer itself scanned, not what the request path believes it forwarded.
     let pending = Pending {
         request: exchange.request_transcript.take(),
         response: exchange.response_transcript.take(),
-        scrub_request: exchange.request_findings.any_left_in_place(),
-        scrub_response: exchange.response_findings.any_left_in_place(),
     };
     if pending.request.is_some() || pending.response.is_some() {
         // The record serialises as an object: append the transcript before its `}`.
@@ -387,5 +363,29 @@ action = "mask"
             .placeholder
             .starts_with("[MASKED:github-token:"));
         assert!(record.findings[0].path.contains("[MASKED:github-token:"));
+    }
+
+    #[test]
+    fn transcripts_are_scanned_by_the_writer_whatever_the_findings_say() {
+        let (base, _) = two_profile_engines();
+        let token = format!("ghp_{}", "Qw3Er4Ty".repeat(4) + "u5I6");
+        let aws = format!("AKIA{}", "QRSTUVWXYZ234567");
+        // No finding recorded at all: the request path believed these bodies clean.
+        let mut exchange = Exchange::new(true);
+        exchange.request_transcript = Some(Bytes::from(format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"key {token}"}}]}}"#
+        )));
+        exchange.response_transcript = Some(ResponseTranscript::Body(Bytes::from(format!(
+            r#"{{"content":[{{"type":"text","text":"{aws}"}}]}}"#
+        ))));
+        let text = String::from_utf8(line(&mut exchange, &base, 1 << 20).unwrap()).unwrap();
+        assert!(!text.contains(&token) && !text.contains(&aws), "{text}");
+        assert!(text.contains("[MASKED:github-token:"), "{text}");
+        assert!(text.contains("[MASKED:aws-key:"), "{text}");
+        // A body that is not JSON is stored as one string, scanned all the same.
+        let mut exchange = Exchange::new(true);
+        exchange.request_transcript = Some(Bytes::from(format!("not json {token}")));
+        let text = String::from_utf8(line(&mut exchange, &base, 1 << 20).unwrap()).unwrap();
+        assert!(!text.contains(&token), "{text}");
     }
 }
