@@ -14,8 +14,8 @@
 //! - for a checksum rule, every full-length example (the longest secret among its examples)
 //!   carries a valid checksum, and every example reports a checksum verdict; shorter secrets
 //!   are cut-off tokens, which report an invalid checksum and are masked all the same;
-//! - for a rule with a `truncated` table: its first example's secret, cut after `min_len` body
-//!   characters and ended by the end of text or a truncation marker (`…`, `...`,
+//! - for each `truncated` entry of a rule: the first example whose secret starts with the
+//!   entry's prefix, its secret cut after `min_len` body characters and ended by the end of text or a truncation marker (`…`, `...`,
 //!   `[truncated]`, a newline), is found by the rule, the finding covering the whole cut; cut
 //!   after `min_len - 1` body characters, it is not found.
 //!
@@ -197,7 +197,7 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             );
         }
     }
-    if let Some(truncation) = &rule.truncated {
+    for truncation in &rule.truncated {
         check_truncation(rule, truncation, &engine, report);
     }
     for (n, negative) in rule.negative_examples.iter().enumerate() {
@@ -214,7 +214,8 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
     }
 }
 
-/// Prove a rule's `truncated` claim on its first example (see the module docs).
+/// Prove one of a rule's `truncated` claims on the first example of its format (see the
+/// module docs).
 fn check_truncation(
     rule: &Rule,
     truncation: &Truncation,
@@ -233,27 +234,33 @@ fn check_truncation(
             return;
         }
     };
-    let Some(example) = rule.examples.first() else {
-        return; // reported as "has no examples"
-    };
     for &scope in &rule.applies_to {
-        let Ok(masked) = engine.mask(example, scope) else {
-            continue; // reported with the examples
-        };
-        let Some(first) = masked.findings.iter().min_by_key(|f| f.span.start) else {
-            continue; // reported with the examples
-        };
-        let start = first.span.start;
-        let secret = &example[first.span.clone()];
-        let Some(body) = prefix.find(secret.as_bytes()).map(|m| m.end()) else {
+        // The first example with a secret of this format: (example, secret start, secret,
+        // where its body starts).
+        let mut chosen = None;
+        for example in &rule.examples {
+            let Ok(masked) = engine.mask(example, scope) else {
+                continue; // reported with the examples
+            };
+            let Some(first) = masked.findings.iter().min_by_key(|f| f.span.start) else {
+                continue; // reported with the examples
+            };
+            let secret = &example[first.span.clone()];
+            if let Some(found) = prefix.find(secret.as_bytes()) {
+                chosen = Some((example, first.span.start, secret, found.end()));
+                break;
+            }
+        }
+        let Some((example, start, secret, body)) = chosen else {
             report.problem(
                 id,
                 format!(
-                    "truncated: prefix {:?} does not match the start of example 0's secret",
-                    truncation.prefix
+                    "truncated: no example's secret starts with prefix {:?} ({})",
+                    truncation.prefix,
+                    scope.as_str()
                 ),
             );
-            return;
+            continue;
         };
         let cut = body + min_len;
         if cut > secret.len() || !secret.is_char_boundary(cut) || !secret.is_char_boundary(cut - 1)
@@ -261,7 +268,7 @@ fn check_truncation(
             report.problem(
                 id,
                 format!(
-                    "truncated: example 0's secret has {} body characters, fewer than min_len {min_len}",
+                    "truncated: the example's secret {secret:?} has {} body characters, fewer than min_len {min_len}",
                     secret.len() - body
                 ),
             );
@@ -284,7 +291,7 @@ fn check_truncation(
                 report.problem(
                     id,
                     format!(
-                        "truncated: example 0 cut after min_len = {min_len} body characters and ended by {end:?} is not masked ({}): {text:?}",
+                        "truncated: example cut after min_len = {min_len} body characters and ended by {end:?} is not masked ({}): {text:?}",
                         scope.as_str()
                     ),
                 );
@@ -297,7 +304,7 @@ fn check_truncation(
                 Ok(_) => report.problem(
                     id,
                     format!(
-                        "truncated: example 0 cut after min_len - 1 = {} body characters and ended by {end:?} is still matched ({}), so min_len is not the shortest masked cut: {text:?}",
+                        "truncated: example cut after min_len - 1 = {} body characters and ended by {end:?} is still matched ({}), so min_len is not the shortest masked cut: {text:?}",
                         min_len - 1,
                         scope.as_str()
                     ),
@@ -386,7 +393,7 @@ action = "mask"
 examples = ["token: demo_abcdefgh"]
 negative_examples = ["demo_ab"]
 
-[rules.truncated]
+[[rules.truncated]]
 prefix = '{prefix}'
 min_len = {min_len}
 reason = "test"
@@ -414,7 +421,7 @@ reason = "test"
         let found = problems(&demo(8, 5, "demo_"));
         assert!(
             found.iter().any(|p| p
-                .starts_with("demo-token: truncated: example 0 cut after min_len = 5")
+                .starts_with("demo-token: truncated: example cut after min_len = 5")
                 && p.contains("is not masked")),
             "{found:#?}"
         );
@@ -442,7 +449,7 @@ reason = "test"
         assert!(
             found
                 .iter()
-                .any(|p| p.contains("prefix \"nope_\" does not match")),
+                .any(|p| p.contains("no example's secret starts with prefix \"nope_\"")),
             "{found:#?}"
         );
         let found = problems(&demo(5, 5, "demo_("));
@@ -458,7 +465,7 @@ reason = "test"
         assert!(
             found
                 .iter()
-                .any(|p| p.contains("8 body characters, fewer than min_len 9")),
+                .any(|p| p.contains("has 8 body characters, fewer than min_len 9")),
             "{found:#?}"
         );
     }

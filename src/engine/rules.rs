@@ -8,10 +8,11 @@
 //!   rule order stays stable); new ids are appended in file-name order;
 //! - nothing here compiles patterns: that is the matcher's job, so that `rules check` can report
 //!   every broken rule at once instead of the first;
-//! - a rule's optional [`Truncation`] is a claim about its pattern (a token cut to
-//!   `min_len` body characters is still matched, one cut to `min_len - 1` is not) that
-//!   `rules check` proves from the rule's first example; here it is only checked for shape
-//!   (`min_len >= 1`, a non-empty prefix pattern and reason).
+//! - each of a rule's [`Truncation`]s is a claim about its pattern (a token cut to `min_len`
+//!   body characters is still matched, one cut to `min_len - 1` is not) that `rules check`
+//!   proves on the rule's first example whose secret starts with the truncation's prefix;
+//!   here it is only checked for shape (`min_len >= 1`, a non-empty prefix pattern and
+//!   reason).
 
 use serde::Deserialize;
 use std::{
@@ -74,13 +75,14 @@ impl Checksum {
 /// below `min_len` the missing part is out of reach and the rule may ignore it. `reason` says
 /// how `min_len` was worked out (alphabet, bits per character, random characters, checksum).
 ///
-/// `rules check` cuts the secret of the rule's first example after `min_len` body characters
-/// (the body starting where `prefix` ends, matched at the secret's start), ends the text there
-/// or with a truncation marker, and requires a finding of this rule covering exactly that cut;
-/// cut one character earlier, it requires no finding.
+/// A rule whose pattern is an alternation of formats (`lin_api_…|lin_oauth_…`) has one entry
+/// per format. `rules check` takes the rule's first example whose secret starts with `prefix`,
+/// cuts that secret after `min_len` body characters (the body starting where `prefix` ends),
+/// ends the text there or with a truncation marker, and requires a finding of this rule
+/// covering the whole cut; cut one character earlier, it requires no finding.
 ///
 /// ```toml
-/// [rules.truncated]
+/// [[rules.truncated]]
 /// prefix = 'ghp_'
 /// min_len = 20
 /// reason = "30 random base62 chars + 6-char CRC32: 10 missing chars = 2^59.5 candidates"
@@ -198,10 +200,10 @@ pub struct Rule {
     /// A checksum the token format carries (see [`Checksum`]).
     #[serde(default)]
     pub checksum: Option<Checksum>,
-    /// The rule also masks tokens cut short, down to this many body characters (see
-    /// [`Truncation`]).
+    /// The rule also masks tokens cut short, down to a number of body characters per format
+    /// (see [`Truncation`]); empty for rules that only match whole tokens.
     #[serde(default)]
-    pub truncated: Option<Truncation>,
+    pub truncated: Vec<Truncation>,
     /// Where the rule came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -422,7 +424,7 @@ fn validate_shape(rule: &Rule) -> Result<(), RulesError> {
     if rule.description.trim().is_empty() {
         return Err(invalid("description is empty"));
     }
-    if let Some(truncated) = &rule.truncated {
+    for truncated in &rule.truncated {
         if truncated.min_len == 0 {
             return Err(invalid("truncated.min_len must be at least 1"));
         }
@@ -498,18 +500,18 @@ action = "mask"
     #[test]
     fn truncated_table_parses_and_is_optional() {
         let set = RuleSet::from_toml("one.toml", ONE).expect("parses");
-        assert_eq!(set.all()[0].truncated, None);
+        assert!(set.all()[0].truncated.is_empty());
         let text = format!(
-            "{ONE}\n[rules.truncated]\nprefix = 'demo_'\nmin_len = 5\nreason = \"8 random a-z\"\n"
+            "{ONE}\n[[rules.truncated]]\nprefix = 'demo_'\nmin_len = 5\nreason = \"8 random a-z\"\n"
         );
         let set = RuleSet::from_toml("one.toml", &text).expect("parses");
         assert_eq!(
             set.all()[0].truncated,
-            Some(Truncation {
+            vec![Truncation {
                 prefix: "demo_".into(),
                 min_len: 5,
                 reason: "8 random a-z".into(),
-            })
+            }]
         );
     }
 
@@ -525,7 +527,7 @@ action = "mask"
                 "max_len",
             ),
         ] {
-            let text = format!("{ONE}\n[rules.truncated]\n{table}\n");
+            let text = format!("{ONE}\n[[rules.truncated]]\n{table}\n");
             let err = RuleSet::from_toml("t.toml", &text).unwrap_err().to_string();
             assert!(err.contains(expected), "{table:?}: {err}");
         }
