@@ -10,7 +10,14 @@
 //! - for rules that apply to responses (the only streamed text): secrets are free of whitespace
 //!   unless the rule is `multiline`, and streaming the example in 1-byte and 7-byte deltas
 //!   gives the block result;
-//! - no negative example yields a finding of this rule.
+//! - no negative example yields a finding of this rule;
+//! - for a checksum rule, every full-length example (the longest secret among its examples)
+//!   carries a valid checksum, and every example reports a checksum verdict; shorter secrets
+//!   are cut-off tokens, which report an invalid checksum and are masked all the same;
+//! - for each `truncated` entry of a rule: the first example whose secret starts with the
+//!   entry's prefix, its secret cut after `min_len` body characters and ended by the end of text or a truncation marker (`…`, `...`,
+//!   `[truncated]`, a newline), is found by the rule, the finding covering the whole cut; cut
+//!   after `min_len - 1` body characters, it is not found.
 //!
 //! Then the whole pack is compiled together and placeholders of every rule id, put where a
 //! secret would be, must not be matched by any rule.
@@ -18,8 +25,22 @@
 use crate::engine::masker::{Engine, MaskError, DEFAULT_MAX_HOLD_BYTES};
 use crate::engine::matcher::{MatcherError, RuleError};
 use crate::engine::placeholder::PlaceholderKey;
-use crate::engine::rules::{Rule, RuleSet, Scope};
+use crate::engine::rules::{Rule, RuleSet, Scope, Truncation};
 use std::sync::Arc;
+
+/// What may follow a cut-off token: nothing (a JSON string or the text ends), a line end, or
+/// the markers Claude Code and shells put where they cut a line.
+const TRUNCATION_ENDS: &[&str] = &[
+    "",
+    "\n",
+    "…",
+    "...",
+    " [truncated]",
+    "… [1234 chars truncated]",
+];
+/// The ends a token cut below `min_len` is checked with: not `...`, which a body alphabet with
+/// `.` in it would read as more body characters.
+const SHORT_ENDS: &[&str] = &["", "\n", "…", " [truncated]"];
 
 /// Contexts a placeholder is put in to check that no rule re-masks it.
 const PLACEHOLDER_CONTEXTS: &[&str] = &[
@@ -97,6 +118,8 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             return;
         }
     };
+    // (example, secret length, checksum valid) of every finding of a checksum rule.
+    let mut checksums: Vec<(usize, usize, bool)> = Vec::new();
     for (n, example) in rule.examples.iter().enumerate() {
         report.examples_checked += 1;
         for &scope in &rule.applies_to {
@@ -123,13 +146,11 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             let streamed = scope == Scope::Response;
             for finding in &masked.findings {
                 let secret = &example[finding.span.clone()];
-                if rule.checksum.is_some() && finding.checksum_valid != Some(true) {
-                    // A checksum rule's examples must look like real tokens, so the check
-                    // also proves the verifier accepts the format.
-                    report.problem(
-                        id,
-                        format!("example {n}: the token's checksum does not verify"),
-                    );
+                if rule.checksum.is_some() {
+                    if finding.checksum_valid.is_none() {
+                        report.problem(id, format!("example {n}: no checksum verdict"));
+                    }
+                    checksums.push((n, secret.len(), finding.checksum_valid == Some(true)));
                 }
                 if streamed && !rule.multiline && secret.bytes().any(|b| b.is_ascii_whitespace()) {
                     report.problem(
@@ -164,6 +185,21 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             }
         }
     }
+    // Checksummed formats have one length: the longest secrets are whole tokens and must
+    // look real (which also proves the verifier accepts the format); shorter ones are tokens
+    // cut short, masked whatever their checksum says.
+    let full = checksums.iter().map(|&(_, len, _)| len).max().unwrap_or(0);
+    for &(n, _, valid) in checksums.iter().filter(|&&(_, len, _)| len == full) {
+        if !valid {
+            report.problem(
+                id,
+                format!("example {n}: the token's checksum does not verify"),
+            );
+        }
+    }
+    for truncation in &rule.truncated {
+        check_truncation(rule, truncation, &engine, report);
+    }
     for (n, negative) in rule.negative_examples.iter().enumerate() {
         report.examples_checked += 1;
         for &scope in &rule.applies_to {
@@ -173,6 +209,107 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
                     report.problem(id, format!("negative example {n} is matched: {negative:?}"))
                 }
                 Err(err) => report.problem(id, format!("negative example {n}: {err}")),
+            }
+        }
+    }
+}
+
+/// Prove one of a rule's `truncated` claims on the first example of its format (see the
+/// module docs).
+fn check_truncation(
+    rule: &Rule,
+    truncation: &Truncation,
+    engine: &Arc<Engine>,
+    report: &mut CheckReport,
+) {
+    let id = rule.id.as_str();
+    let min_len = truncation.min_len;
+    let prefix = match regex::bytes::RegexBuilder::new(&format!("^(?:{})", truncation.prefix))
+        .unicode(false)
+        .build()
+    {
+        Ok(prefix) => prefix,
+        Err(err) => {
+            report.problem(id, format!("truncated.prefix does not compile: {err}"));
+            return;
+        }
+    };
+    for &scope in &rule.applies_to {
+        // The first example with a secret of this format: (example, secret start, secret,
+        // where its body starts).
+        let mut chosen = None;
+        for example in &rule.examples {
+            let Ok(masked) = engine.mask(example, scope) else {
+                continue; // reported with the examples
+            };
+            let Some(first) = masked.findings.iter().min_by_key(|f| f.span.start) else {
+                continue; // reported with the examples
+            };
+            let secret = &example[first.span.clone()];
+            if let Some(found) = prefix.find(secret.as_bytes()) {
+                chosen = Some((example, first.span.start, secret, found.end()));
+                break;
+            }
+        }
+        let Some((example, start, secret, body)) = chosen else {
+            report.problem(
+                id,
+                format!(
+                    "truncated: no example's secret starts with prefix {:?} ({})",
+                    truncation.prefix,
+                    scope.as_str()
+                ),
+            );
+            continue;
+        };
+        let cut = body + min_len;
+        if cut > secret.len() || !secret.is_char_boundary(cut) || !secret.is_char_boundary(cut - 1)
+        {
+            report.problem(
+                id,
+                format!(
+                    "truncated: the example's secret {secret:?} has {} body characters, fewer than min_len {min_len}",
+                    secret.len() - body
+                ),
+            );
+            return;
+        }
+        let head = &example[..start];
+        for end in TRUNCATION_ENDS {
+            let text = format!("{head}{}{end}", &secret[..cut]);
+            let covered = match engine.mask(&text, scope) {
+                Ok(found) => found
+                    .findings
+                    .iter()
+                    .any(|f| f.span.start <= start && f.span.end >= start + cut),
+                Err(err) => {
+                    report.problem(id, format!("truncated: {err}"));
+                    return;
+                }
+            };
+            if !covered {
+                report.problem(
+                    id,
+                    format!(
+                        "truncated: example cut after min_len = {min_len} body characters and ended by {end:?} is not masked ({}): {text:?}",
+                        scope.as_str()
+                    ),
+                );
+            }
+        }
+        for end in SHORT_ENDS {
+            let text = format!("{head}{}{end}", &secret[..cut - 1]);
+            match engine.scan(&text, scope) {
+                Ok(found) if found.is_empty() => {}
+                Ok(_) => report.problem(
+                    id,
+                    format!(
+                        "truncated: example cut after min_len - 1 = {} body characters and ended by {end:?} is still matched ({}), so min_len is not the shortest masked cut: {text:?}",
+                        min_len - 1,
+                        scope.as_str()
+                    ),
+                ),
+                Err(err) => report.problem(id, format!("truncated: {err}")),
             }
         }
     }
@@ -238,4 +375,98 @@ pub fn check_rules(set: &RuleSet, max_hold: usize) -> CheckReport {
 /// The default hold cap, exposed for the CLI.
 pub fn default_max_hold() -> usize {
     DEFAULT_MAX_HOLD_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A demo rule whose pattern accepts `demo_` + `lo..=8` letters and claims `min_len`.
+    fn demo(lo: usize, min_len: usize, prefix: &str) -> RuleSet {
+        let text = format!(
+            r#"
+[[rules]]
+id = "demo-token"
+description = "demo"
+pattern = 'demo_[a-z]{{{lo},8}}'
+action = "mask"
+examples = ["token: demo_abcdefgh"]
+negative_examples = ["demo_ab"]
+
+[[rules.truncated]]
+prefix = '{prefix}'
+min_len = {min_len}
+reason = "test"
+"#
+        );
+        RuleSet::from_toml("demo.toml", &text).expect("demo rule parses")
+    }
+
+    fn problems(set: &RuleSet) -> Vec<String> {
+        check_rules(set, default_max_hold())
+            .problems
+            .into_iter()
+            .map(|p| format!("{}: {}", p.id, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn truncation_claim_that_holds_passes() {
+        assert_eq!(problems(&demo(5, 5, "demo_")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn truncated_example_that_is_not_matched_fails_with_a_clear_message() {
+        // The pattern wants all 8 letters, the rule claims 5 are enough.
+        let found = problems(&demo(8, 5, "demo_"));
+        assert!(
+            found.iter().any(|p| p
+                .starts_with("demo-token: truncated: example cut after min_len = 5")
+                && p.contains("is not masked")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn truncated_example_below_min_len_that_still_matches_fails() {
+        // The pattern already masks 3 letters, the rule claims the shortest masked cut is 5.
+        let found = problems(&demo(3, 5, "demo_"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("min_len - 1 = 4") && p.contains("still matched")),
+            "{found:#?}"
+        );
+        assert!(
+            !found.iter().any(|p| p.contains("is not masked")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn truncation_prefix_must_match_the_example_secret() {
+        let found = problems(&demo(5, 5, "nope_"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("no example's secret starts with prefix \"nope_\"")),
+            "{found:#?}"
+        );
+        let found = problems(&demo(5, 5, "demo_("));
+        assert!(
+            found.iter().any(|p| p.contains("does not compile")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn min_len_longer_than_the_example_body_is_reported() {
+        let found = problems(&demo(5, 9, "demo_"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("has 8 body characters, fewer than min_len 9")),
+            "{found:#?}"
+        );
+    }
 }

@@ -7,7 +7,12 @@
 //! - a rule from an override directory replaces the embedded rule with the same id (in place, so
 //!   rule order stays stable); new ids are appended in file-name order;
 //! - nothing here compiles patterns: that is the matcher's job, so that `rules check` can report
-//!   every broken rule at once instead of the first.
+//!   every broken rule at once instead of the first;
+//! - each of a rule's [`Truncation`]s is a claim about its pattern (a token cut to `min_len`
+//!   body characters is still matched, one cut to `min_len - 1` is not) that `rules check`
+//!   proves on the rule's first example whose secret starts with the truncation's prefix;
+//!   here it is only checked for shape (`min_len >= 1`, a non-empty prefix pattern and
+//!   reason).
 
 use serde::Deserialize;
 use std::{
@@ -59,6 +64,40 @@ impl Checksum {
             }
         }
     }
+}
+
+/// How short a cut-off token of this rule may be and still be masked.
+///
+/// Claude Code's Read tool and Bash output cut long lines, so a token may arrive without its
+/// tail. A token cut after `min_len` characters of its body (what follows the fixed `prefix`)
+/// leaves so few candidates for the missing part that it can be rebuilt offline (fewer than
+/// about 2^64, a surviving checksum counted as a filter), so the rule must still match it;
+/// below `min_len` the missing part is out of reach and the rule may ignore it. `reason` says
+/// how `min_len` was worked out (alphabet, bits per character, random characters, checksum).
+///
+/// A rule whose pattern is an alternation of formats (`lin_api_…|lin_oauth_…`) has one entry
+/// per format. `rules check` takes the rule's first example whose secret starts with `prefix`,
+/// cuts that secret after `min_len` body characters (the body starting where `prefix` ends),
+/// ends the text there or with a truncation marker, and requires a finding of this rule
+/// covering the whole cut; cut one character earlier, it requires no finding.
+///
+/// ```toml
+/// [[rules.truncated]]
+/// prefix = 'ghp_'
+/// min_len = 20
+/// reason = "30 random base62 chars + 6-char CRC32: 10 missing chars = 2^59.5 candidates"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Truncation {
+    /// A regex (same dialect as `pattern`) matching the part of the secret before its body,
+    /// anchored at the secret's start: `ghp_`, `xoxb-[0-9]{10,13}-[0-9]{10,13}-`.
+    pub prefix: String,
+    /// The fewest body characters (after `prefix`) a cut-off token may keep and still be
+    /// masked.
+    pub min_len: usize,
+    /// Why `min_len` is where nothing can be rebuilt any more.
+    pub reason: String,
 }
 
 /// What the policy does with a finding of this rule.
@@ -161,6 +200,10 @@ pub struct Rule {
     /// A checksum the token format carries (see [`Checksum`]).
     #[serde(default)]
     pub checksum: Option<Checksum>,
+    /// The rule also masks tokens cut short, down to a number of body characters per format
+    /// (see [`Truncation`]); empty for rules that only match whole tokens.
+    #[serde(default)]
+    pub truncated: Vec<Truncation>,
     /// Where the rule came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -381,6 +424,19 @@ fn validate_shape(rule: &Rule) -> Result<(), RulesError> {
     if rule.description.trim().is_empty() {
         return Err(invalid("description is empty"));
     }
+    for truncated in &rule.truncated {
+        if truncated.min_len == 0 {
+            return Err(invalid("truncated.min_len must be at least 1"));
+        }
+        if truncated.prefix.is_empty() {
+            return Err(invalid("truncated.prefix is empty"));
+        }
+        if truncated.reason.trim().is_empty() {
+            return Err(invalid(
+                "truncated.reason is empty (say how min_len was worked out)",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -439,6 +495,42 @@ action = "mask"
             err.contains("bad.toml") && err.contains("severity"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn truncated_table_parses_and_is_optional() {
+        let set = RuleSet::from_toml("one.toml", ONE).expect("parses");
+        assert!(set.all()[0].truncated.is_empty());
+        let text = format!(
+            "{ONE}\n[[rules.truncated]]\nprefix = 'demo_'\nmin_len = 5\nreason = \"8 random a-z\"\n"
+        );
+        let set = RuleSet::from_toml("one.toml", &text).expect("parses");
+        assert_eq!(
+            set.all()[0].truncated,
+            vec![Truncation {
+                prefix: "demo_".into(),
+                min_len: 5,
+                reason: "8 random a-z".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn truncated_table_shape_is_validated() {
+        for (table, expected) in [
+            ("prefix = 'demo_'\nmin_len = 0\nreason = 'r'", "min_len"),
+            ("prefix = ''\nmin_len = 3\nreason = 'r'", "prefix"),
+            ("prefix = 'demo_'\nmin_len = 3\nreason = ' '", "reason"),
+            ("prefix = 'demo_'\nmin_len = 3", "reason"),
+            (
+                "prefix = 'demo_'\nmin_len = 3\nreason = 'r'\nmax_len = 9",
+                "max_len",
+            ),
+        ] {
+            let text = format!("{ONE}\n[[rules.truncated]]\n{table}\n");
+            let err = RuleSet::from_toml("t.toml", &text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{table:?}: {err}");
+        }
     }
 
     #[test]
