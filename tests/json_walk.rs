@@ -451,7 +451,10 @@ fn claude_code_request(filler: usize) -> Value {
 }
 
 #[test]
-fn realistic_request_masks_everywhere_but_the_skip_list() {
+fn realistic_request_masks_everywhere_and_refuses_opaque_values() {
+    // The tool result's last text ends with MASKED and the next turn starts with `reminder`:
+    // read side by side (the joined view) that is one longer token, masked in both parts.
+    let joined_secret = format!("{MASKED}reminder");
     for pretty in [false, true] {
         let value = claude_code_request(2000);
         let raw = if pretty {
@@ -461,7 +464,12 @@ fn realistic_request_masks_everywhere_but_the_skip_list() {
         };
         let walked = mask_json(engine(), raw.as_bytes(), &opts()).unwrap();
         let body = String::from_utf8(walked.body.unwrap()).unwrap();
-        let thinking = raw.replace(MASKED, &placeholder(MASKED));
+        let thinking = raw
+            .replace(
+                &format!("reminder: {MASKED}"),
+                &format!("{}: {MASKED}", placeholder(&joined_secret)),
+            )
+            .replace(MASKED, &placeholder(MASKED));
         // Report mode: the thinking text keeps its secret.
         let expected = thinking.replacen(
             &format!("the user pasted {}", placeholder(MASKED)),
@@ -469,7 +477,23 @@ fn realistic_request_masks_everywhere_but_the_skip_list() {
             1,
         );
         assert_eq!(body, expected);
+        // Opaque values are scanned: their findings are refusals, left in place.
         assert_eq!(body.matches(KEPT).count(), 8);
+        let mut refused: Vec<&str> = walked.refusals.iter().map(|f| f.path.as_str()).collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                "messages[0].content[1].source.data",
+                "messages[0].content[2].source.data",
+                "messages[1].content[0].signature",
+                "messages[1].content[1].data",
+                "messages[1].content[2].id",
+                "messages[2].content[0].tool_use_id",
+                "messages[2].content[1].tool_use_id",
+                "model",
+            ]
+        );
 
         let mut paths: Vec<(&str, bool)> = walked
             .findings
@@ -484,6 +508,8 @@ fn realistic_request_masks_everywhere_but_the_skip_list() {
             ("messages[1].content[2].input.command", true),
             ("messages[1].content[2].input.id", true),
             ("messages[2].content[0].content", true),
+            ("messages[2].content[1].content[0].text", true),
+            // The joined finding, reported at its first part.
             ("messages[2].content[1].content[0].text", true),
             ("messages[3].content", true),
             ("system[0].text", true),
