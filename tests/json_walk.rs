@@ -451,7 +451,10 @@ fn claude_code_request(filler: usize) -> Value {
 }
 
 #[test]
-fn realistic_request_masks_everywhere_but_the_skip_list() {
+fn realistic_request_masks_everywhere_and_refuses_opaque_values() {
+    // The tool result's last text ends with MASKED and the next turn starts with `reminder`:
+    // read side by side (the joined view) that is one longer token, masked in both parts.
+    let joined_secret = format!("{MASKED}reminder");
     for pretty in [false, true] {
         let value = claude_code_request(2000);
         let raw = if pretty {
@@ -461,7 +464,12 @@ fn realistic_request_masks_everywhere_but_the_skip_list() {
         };
         let walked = mask_json(engine(), raw.as_bytes(), &opts()).unwrap();
         let body = String::from_utf8(walked.body.unwrap()).unwrap();
-        let thinking = raw.replace(MASKED, &placeholder(MASKED));
+        let thinking = raw
+            .replace(
+                &format!("reminder: {MASKED}"),
+                &format!("{}: {MASKED}", placeholder(&joined_secret)),
+            )
+            .replace(MASKED, &placeholder(MASKED));
         // Report mode: the thinking text keeps its secret.
         let expected = thinking.replacen(
             &format!("the user pasted {}", placeholder(MASKED)),
@@ -469,7 +477,23 @@ fn realistic_request_masks_everywhere_but_the_skip_list() {
             1,
         );
         assert_eq!(body, expected);
+        // Opaque values are scanned: their findings are refusals, left in place.
         assert_eq!(body.matches(KEPT).count(), 8);
+        let mut refused: Vec<&str> = walked.refusals.iter().map(|f| f.path.as_str()).collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                "messages[0].content[1].source.data",
+                "messages[0].content[2].source.data",
+                "messages[1].content[0].signature",
+                "messages[1].content[1].data",
+                "messages[1].content[2].id",
+                "messages[2].content[0].tool_use_id",
+                "messages[2].content[1].tool_use_id",
+                "model",
+            ]
+        );
 
         let mut paths: Vec<(&str, bool)> = walked
             .findings
@@ -484,6 +508,8 @@ fn realistic_request_masks_everywhere_but_the_skip_list() {
             ("messages[1].content[2].input.command", true),
             ("messages[1].content[2].input.id", true),
             ("messages[2].content[0].content", true),
+            ("messages[2].content[1].content[0].text", true),
+            // The joined finding, reported at its first part.
             ("messages[2].content[1].content[0].text", true),
             ("messages[3].content", true),
             ("system[0].text", true),
@@ -631,5 +657,337 @@ fn one_mib_request_timing() {
             );
         }
         None => eprintln!("json_walk: default pack not loadable yet; timed fixture rules only"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message-like bodies: nested blocks, unknown fields, second-level escapes, secrets split across
+// adjacent text blocks and secrets in values that cannot carry a placeholder.
+
+struct Planted {
+    secrets: Vec<String>,
+    /// Some secret sits in a value that cannot carry a placeholder (it must be refused).
+    refusable: bool,
+}
+
+fn random_token(rng: &mut Rng) -> String {
+    let len = 20 + rng.below(21);
+    std::iter::once("tok_".to_string())
+        .chain((0..len).map(|_| (*rng.pick(ALNUM) as char).to_string()))
+        .collect()
+}
+
+/// Filler the model might read: words, JSON punctuation, literal backslash sequences that are
+/// not in front of a secret, no `_` (so no accidental token).
+fn filler(rng: &mut Rng) -> String {
+    const WORDS: &[&str] = &[
+        "a", "word", " ", "\n", "\"", "é", "😀", "{", "}", ":", ",", "\\", "\\\\", "/", "x y",
+    ];
+    (0..rng.below(6)).map(|_| *rng.pick(WORDS)).collect()
+}
+
+/// The secret written as decoded text that still holds escapes the model reads through.
+fn second_level(rng: &mut Rng, secret: &str) -> String {
+    let (head, tail) = secret.split_at(4 + rng.below(secret.len() - 4));
+    let mut chars = tail.chars();
+    let first = chars.next().map(String::from).unwrap_or_default();
+    let rest: String = chars.collect();
+    match rng.below(6) {
+        0 => format!(" {secret} "),
+        1 => format!("\\n{secret}\\t"),
+        2 => format!(
+            " {head}\\u{:04X}{rest} ",
+            first.chars().next().map_or(0, u32::from)
+        ),
+        3 => format!(
+            " {head}\\x{:02x}{rest} ",
+            first.chars().next().map_or(0, u32::from)
+        ),
+        4 => format!("\\/{secret}\\/"),
+        _ => format!("\\\"{secret}\\\""),
+    }
+}
+
+fn text_value(rng: &mut Rng, planted: &mut Planted) -> String {
+    let mut text = filler(rng);
+    if rng.below(3) == 0 {
+        let secret = random_token(rng);
+        text.push_str(&second_level(rng, &secret));
+        planted.secrets.push(secret);
+        text.push_str(&filler(rng));
+    }
+    text
+}
+
+fn text_block_value(text: String) -> Value {
+    json!({"type": "text", "text": text})
+}
+
+/// Text blocks, some with a secret cut across two or three adjacent ones.
+fn text_blocks(rng: &mut Rng, planted: &mut Planted) -> Vec<Value> {
+    let mut blocks = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        if rng.below(3) == 0 {
+            let secret = random_token(rng);
+            let cut1 = 1 + rng.below(secret.len() - 1);
+            let cut2 = cut1 + rng.below(secret.len() - cut1);
+            let mut pieces = vec![&secret[..cut1], &secret[cut1..cut2], &secret[cut2..]];
+            pieces.retain(|p| !p.is_empty());
+            let last = pieces.len() - 1;
+            for (i, piece) in pieces.iter().enumerate() {
+                let mut text = String::new();
+                if i == 0 {
+                    text.push_str(&filler(rng));
+                    text.push(' ');
+                }
+                text.push_str(piece);
+                if i == last {
+                    text.push(' ');
+                    text.push_str(&filler(rng));
+                }
+                blocks.push(text_block_value(text));
+            }
+            planted.secrets.push(secret);
+        } else {
+            blocks.push(text_block_value(text_value(rng, planted)));
+        }
+    }
+    blocks
+}
+
+/// A value that cannot carry a placeholder: sometimes a secret.
+fn opaque(rng: &mut Rng, planted: &mut Planted, clean: &str) -> Value {
+    if rng.below(8) == 0 {
+        planted.refusable = true;
+        Value::String(random_token(rng))
+    } else {
+        Value::String(clean.to_string())
+    }
+}
+
+fn random_input(rng: &mut Rng, planted: &mut Planted, depth: usize) -> Value {
+    match rng.below(if depth > 2 { 2 } else { 4 }) {
+        0 => Value::String(text_value(rng, planted)),
+        1 => json!(rng.below(100)),
+        2 => Value::Array(
+            (0..rng.below(3))
+                .map(|_| random_input(rng, planted, depth + 1))
+                .collect(),
+        ),
+        _ => {
+            let mut map = serde_json::Map::new();
+            for key in ["id", "model", "command", "text"] {
+                if rng.below(2) == 0 {
+                    map.insert(key.to_string(), random_input(rng, planted, depth + 1));
+                }
+            }
+            Value::Object(map)
+        }
+    }
+}
+
+fn random_block(rng: &mut Rng, planted: &mut Planted) -> Vec<Value> {
+    match rng.below(6) {
+        0 | 1 => text_blocks(rng, planted),
+        2 => {
+            let content = if rng.below(2) == 0 {
+                Value::String(text_value(rng, planted))
+            } else {
+                Value::Array(text_blocks(rng, planted))
+            };
+            vec![
+                json!({"type": "tool_result", "tool_use_id": opaque(rng, planted, "toolu_1"),
+                        "content": content, "is_error": false}),
+            ]
+        }
+        3 => vec![
+            json!({"type": "tool_use", "id": opaque(rng, planted, "toolu_2"), "name": "Bash",
+                         "input": random_input(rng, planted, 0)}),
+        ],
+        4 => vec![json!({"type": "thinking", "thinking": filler(rng),
+                         "signature": opaque(rng, planted, "EqQBCkY")})],
+        _ => vec![
+            json!({"type": "future_block", "payload": {"note": text_value(rng, planted)},
+                         "extra": [1, null, true]}),
+        ],
+    }
+}
+
+fn random_message_body(seed: u64) -> (String, Planted) {
+    let mut rng = Rng::new(seed);
+    let mut planted = Planted {
+        secrets: Vec::new(),
+        refusable: false,
+    };
+    let mut messages = Vec::new();
+    for turn in 0..1 + rng.below(4) {
+        let role = if turn % 2 == 0 || rng.below(3) == 0 {
+            "user"
+        } else {
+            "assistant"
+        };
+        let content = if rng.below(3) == 0 {
+            Value::String(text_value(&mut rng, &mut planted))
+        } else {
+            let mut blocks = Vec::new();
+            for _ in 0..1 + rng.below(3) {
+                blocks.extend(random_block(&mut rng, &mut planted));
+            }
+            Value::Array(blocks)
+        };
+        messages.push(json!({"role": role, "content": content}));
+    }
+    let system = if rng.below(2) == 0 {
+        Value::String(text_value(&mut rng, &mut planted))
+    } else {
+        Value::Array(text_blocks(&mut rng, &mut planted))
+    };
+    let body = json!({
+        "model": opaque(&mut rng, &mut planted, "claude-sonnet-4-5"),
+        "system": system,
+        "messages": messages,
+        "metadata": {"user_id": "u1", "trace": {"id": opaque(&mut rng, &mut planted, "t1")}},
+        "context_management": {"edits": [{"note": text_value(&mut rng, &mut planted)}]},
+    });
+    // Written with random escapes and whitespace by the same writer as the documents above.
+    let doc = value_to_doc(&body);
+    let mut writer = Writer {
+        rng: &mut rng,
+        out: String::new(),
+        secrets: Vec::new(),
+    };
+    writer.doc(&doc);
+    (writer.out, planted)
+}
+
+fn value_to_doc(value: &Value) -> Doc {
+    match value {
+        Value::String(s) => Doc::Str(vec![Piece::Text(s.clone())]),
+        Value::Array(items) => Doc::Arr(items.iter().map(value_to_doc).collect()),
+        Value::Object(m) => Doc::Obj(
+            m.iter()
+                .map(|(k, v)| (k.clone(), value_to_doc(v)))
+                .collect(),
+        ),
+        Value::Bool(true) => Doc::Raw("true"),
+        Value::Bool(false) => Doc::Raw("false"),
+        Value::Null => Doc::Raw("null"),
+        Value::Number(_) => Doc::Raw("12345678901234567890"),
+    }
+}
+
+/// One more level of escapes undone, independently of the walker: JSON escapes, `\xHH`, `\'`.
+fn unescape_once(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let rest: String = chars.clone().take(5).collect();
+        let simple = match rest.chars().next() {
+            Some('n') => Some('\n'),
+            Some('t') => Some('\t'),
+            Some('r') => Some('\r'),
+            Some('b') => Some('\u{8}'),
+            Some('f') => Some('\u{c}'),
+            Some(c @ ('"' | '\\' | '/' | '\'')) => Some(c),
+            _ => None,
+        };
+        if let Some(s) = simple {
+            out.push(s);
+            chars.next();
+        } else if let Some(Ok(v)) = rest
+            .strip_prefix('x')
+            .and_then(|h| h.get(..2))
+            .map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(char::from(v));
+            chars.nth(2);
+        } else if let Some(Some(c)) = rest
+            .strip_prefix('u')
+            .and_then(|h| h.get(..4))
+            .map(|h| u32::from_str_radix(h, 16).ok().and_then(char::from_u32))
+        {
+            out.push(c);
+            chars.nth(4);
+        } else {
+            out.push('\\');
+        }
+    }
+    out
+}
+
+/// Every string of `value` (keys too) and the joined text the model reads, in document order.
+fn readable(value: &Value, strings: &mut Vec<String>, joined: &mut String) {
+    fn texts(value: &Value, joined: &mut String) {
+        match value {
+            Value::String(s) => joined.push_str(s),
+            Value::Array(blocks) => {
+                for block in blocks {
+                    if block["type"] == "text" {
+                        if let Some(t) = block["text"].as_str() {
+                            joined.push_str(t);
+                        }
+                    } else if block["type"] == "tool_result" {
+                        texts(&block["content"], joined);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    fn all(value: &Value, strings: &mut Vec<String>) {
+        match value {
+            Value::String(s) => strings.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|i| all(i, strings)),
+            Value::Object(m) => m.iter().for_each(|(k, v)| {
+                strings.push(k.clone());
+                all(v, strings)
+            }),
+            _ => {}
+        }
+    }
+    all(value, strings);
+    texts(&value["system"], joined);
+    if let Some(messages) = value["messages"].as_array() {
+        for message in messages {
+            texts(&message["content"], joined);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Either a secret sits in a value that cannot carry a placeholder and the walk refuses, or
+    /// no planted secret can be read in the output: not in any string, not one escape level
+    /// down, not in the joined text. A clean body is forwarded byte for byte.
+    #[test]
+    fn message_bodies_leak_nothing(seed in any::<u64>()) {
+        let (raw, planted) = random_message_body(seed);
+        let walked = mask_json(engine(), raw.as_bytes(), &opts()).unwrap();
+        if planted.refusable {
+            prop_assert!(!walked.refusals.is_empty(), "{}", raw);
+        } else {
+            prop_assert!(walked.refusals.is_empty(), "{:?}", walked.refusals);
+        }
+        if planted.secrets.is_empty() && !planted.refusable {
+            prop_assert!(walked.body.is_none());
+            prop_assert!(walked.findings.is_empty());
+        }
+        let output = walked.body.clone().unwrap_or_else(|| raw.clone().into_bytes());
+        let value: Value = serde_json::from_slice(&output).unwrap();
+        let mut strings = Vec::new();
+        let mut joined = String::new();
+        readable(&value, &mut strings, &mut joined);
+        for secret in &planted.secrets {
+            prop_assert!(!joined.contains(secret.as_str()), "joined: {} in {}", secret, raw);
+            for s in &strings {
+                prop_assert!(!s.contains(secret.as_str()), "{} in {:?} from {}", secret, s, raw);
+                prop_assert!(!unescape_once(s).contains(secret.as_str()), "{} in {:?} from {}", secret, s, raw);
+            }
+        }
     }
 }

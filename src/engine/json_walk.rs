@@ -6,48 +6,78 @@
 //! 1. **Strict.** The input is one RFC 8259 JSON value (or, for [`mask_jsonl`], one per
 //!    non-blank line): invalid UTF-8, control characters in strings, invalid escapes, bad numbers
 //!    and trailing garbage are [`WalkError::Syntax`] with the byte offset of the problem;
-//!    containers nested deeper than [`MAX_DEPTH`] are [`WalkError::TooDeep`]. No input panics.
-//!    The one leniency: a lone UTF-16 surrogate escape (`\ud800`) is grammatical JSON (RFC 8259
-//!    §8.2) and JavaScript clients send it, so it is accepted and scanned as U+FFFD.
-//! 2. **Every string is scanned**, values whatever their key (so fields the API adds later are
-//!    covered) and object keys themselves (a secret can be a key). The exceptions are
-//!    opaque values that must reach the API unchanged: any value under the keys `signature`,
-//!    `id`, `tool_use_id`, `custom_id` and `model`; `data` of an object whose `type` is
-//!    `redacted_thinking`; `data` of a `source` object whose `type` is `base64`. Skips are decided
-//!    with the whole object in view (`type` may follow `data`); an object whose `type` members
-//!    disagree, or are not strings, has no type and so skips nothing.
-//! 3. **Free-form subtrees have no skip list.** The `input` of a tool call (an object whose `type`
-//!    is `tool_use`, `server_tool_use` or `mcp_tool_use`) and any `input_schema` are arbitrary
-//!    data whose keys mean nothing to the API, so an `id` or `model` key in there is scanned and
-//!    masked like any other string. For the same reason a document walked with
-//!    [`Scope::ToolInput`] (a complete tool input judged on its own) has no skip list at all.
-//! 4. **Thinking is report-only by default.** The `thinking` text of an object whose `type` is
-//!    `thinking` is scanned; its findings are rewritten only with [`ThinkingMode::Mask`] (rewriting
-//!    breaks the block's signature). In [`ThinkingMode::Report`] they are returned with
-//!    `rewritten = false`.
-//! 5. **Only masked spans change.** Without a rewritten finding the body is `None` and the caller
-//!    forwards the original bytes. Otherwise the output is the input with, for each rewritten
-//!    span, exactly the raw bytes that encode the secret (escapes included: `\n`, `\"`,
-//!    `\u00e9`, surrogate pairs) replaced by the placeholder. Whitespace, key order, number
-//!    spellings and every other escape are byte-identical, and decoding a rewritten string gives
-//!    exactly what [`Engine::mask`] makes of the decoded input string (report-only thinking
-//!    aside). Placeholders are inserted JSON-escaped, so no rule id can break the document.
-//! 6. Finding spans are byte spans in the *decoded* string; `path` names the string
-//!    (`messages[3].content[0].text`; a key that is not `[A-Za-z0-9_-]+` is written `["key"]`).
+//!    containers nested deeper than [`MAX_DEPTH`] are [`WalkError::TooDeep`]; duplicate keys are
+//!    [`WalkError::DuplicateKey`]. No input panics. A lone UTF-16 surrogate escape (`\ud800`) is
+//!    grammatical JSON (RFC 8259 §8.2) and scanned as U+FFFD. With [`WalkOptions::lenient`]
+//!    (response bodies) a leading UTF-8 BOM (kept byte-identical) and the scalars `NaN`,
+//!    `Infinity` and `-Infinity` are accepted too; nothing else is.
+//! 2. **Every string is scanned, no skip list, fail closed.** Values whatever their key and
+//!    object keys themselves, in both directions. Values that cannot carry a placeholder are
+//!    scanned like the rest, but a finding there that would be rewritten is *not* rewritten: it
+//!    goes to [`Walked::refusals`] and the caller must not forward the document. Those values
+//!    are whole subtrees under the keys `signature`, `id`, `tool_use_id`, `custom_id` and `model`
+//!    at any depth, `data` of an object whose `type` is `redacted_thinking`, and `data` of a
+//!    `source` object whose `type` is `base64`. When such a `source` has a `text/…` `media_type`
+//!    (a plain-text document), the base64 is decoded and the text scanned as well (a finding is
+//!    a refusal at `….source.data`). `type` is decided with the whole object in view (`type` may
+//!    follow `data`); `type` members that disagree or are not strings make no type.
+//! 3. **Free-form subtrees are ordinary data.** The `input` of a tool call (`type` `tool_use`,
+//!    `server_tool_use` or `mcp_tool_use`), any `input_schema`, and a whole document walked with
+//!    [`Scope::ToolInput`]: no key in there is special, so an `id` in a tool input is masked,
+//!    never refused.
+//! 4. **Escapes that survive decoding are undone for the scan.** A decoded string that still
+//!    holds escapes (PHP's `\/`, .NET's `\u002B`, a token after a literal `\n`, Python's `\x41`
+//!    and `\'`, JSON inside a JSON string) is also scanned in its unescaped views (up to
+//!    [`MAX_VIEW_LEVELS`] levels, see [`crate::engine::unescape`]). A finding in a view covers
+//!    whole escape sequences of the decoded string and then of the raw body; the same secret seen
+//!    in several views is one finding, and overlapping replacements are merged (the longer one
+//!    first, the rest replaces only what is left), so no byte is replaced twice.
+//! 5. **The joined view.** The text the model reads — `text` of `text` blocks, string `content`
+//!    of messages (objects with a `role`) and tool results, string `system` — is one sequence in
+//!    document order, joined without separator (per document; per line in JSON Lines). A
+//!    finding the per-string scans did not make (a secret cut across blocks, turns or a tool
+//!    result's blocks, or a keyword in one part and its value in the next) is masked in every
+//!    part it covers, each part's portion replaced by the same placeholder, and reported once at
+//!    the path of its first part (its span starts in that part and may run past its end). Only
+//!    windows around the boundaries are scanned (a match is at most the engine's longest rule),
+//!    and the decoded texts are reused, not decoded again.
+//! 6. **Thinking.** The `thinking` text of an object whose `type` is `thinking` is scanned; its
+//!    findings are rewritten only with [`ThinkingMode::Mask`] (rewriting breaks the block's
+//!    signature), reported with `rewritten = false` in [`ThinkingMode::Report`]. With a
+//!    [`ThinkingRestore`] hook ([`mask_json_with`]), a block whose `signature` the hook knows gets
+//!    its original text back (JSON-encoded) and is not scanned: it is the upstream's own text.
+//! 7. **Only masked spans change.** Without a replacement the body is `None` and the caller
+//!    forwards the original bytes. Otherwise the output is the input with exactly the raw bytes
+//!    of each masked span (escapes included) replaced by the placeholder, inserted JSON-escaped.
+//!    Whitespace, key order, number spellings and every other escape are byte-identical. For a
+//!    string without second-level escapes that is no joined part, decoding the rewritten string
+//!    gives exactly what [`Engine::mask`] makes of the decoded input string.
+//! 8. **Findings.** Every finding is in exactly one of [`Walked::findings`] and
+//!    [`Walked::refusals`], each in document order. Spans are byte spans in the *decoded* string
+//!    named by `path` (`messages[3].content[0].text`; a key that is not `[A-Za-z0-9_-]+` is
+//!    written `["key"]`); for a refusal in a base64 text document, in the decoded document text.
 //!
 //! Speed: one pass builds a flat tree of raw spans (strings are scanned eight bytes at a time
 //! and the whole input is UTF-8-validated once), a second pass walks it. A string without
 //! escapes is handed to the engine as a slice of the input; only strings with escapes are
-//! decoded, into one reused buffer.
+//! decoded, into one reused buffer; only decoded strings that still hold a backslash get views.
+//! Everything is linear in the body: the joined view is one Hyperscan pass over windows around
+//! part boundaries, and findings are only sought in them when a candidate reaches a boundary.
 
 use crate::engine::findings::{Findings, Located};
-use crate::engine::masker::{Engine, MaskError};
+use crate::engine::masker::{Engine, Finding, MaskError};
 use crate::engine::rules::Scope;
+use crate::engine::unescape::View;
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::ops::Range;
 
 /// Containers may nest this deep; one more is [`WalkError::TooDeep`].
 pub const MAX_DEPTH: usize = 256;
+
+/// How many levels of escapes below the JSON decoding are undone for the scan (a string
+/// escaped twice more than JSON needs: JSON in a JSON string in a tool result).
+pub const MAX_VIEW_LEVELS: usize = 3;
 
 /// What happens to findings in `thinking` text (`[masking] thinking` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -87,10 +117,14 @@ pub struct Walked {
     /// Every finding, in document order; paths are JSON paths such as
     /// `messages[3].content[0].text` (`[line N].…` in JSON Lines).
     pub findings: Findings,
-    /// Findings in values that cannot carry a placeholder (ids, `model`, `signature`,
-    /// `custom_id`, `redacted_thinking.data`): they are not rewritten, and the caller must not
-    /// forward the document — a request is refused with a 400 naming path and rule, a response
-    /// stream is ended with an `error` event.
+    /// Findings in values that cannot carry a placeholder (subtrees under `signature`, `id`,
+    /// `tool_use_id`, `custom_id`, `model`; `redacted_thinking.data`; base64 `source.data` and
+    /// the decoded text of a base64 `text/…` document), outside free-form tool input: the
+    /// findings that would have been rewritten anywhere else (a `mask` rule; `block`/`approve`
+    /// outside requests). They are left in place (`rewritten == false`) and not repeated in
+    /// `findings`; the caller must not forward the document — a request is refused with a 400
+    /// naming path and rule, a response stream is ended with an `error` event. Report-only
+    /// findings in such values (`audit`, `block`/`approve` in a request) are in `findings`.
     pub refusals: Findings,
 }
 
@@ -113,21 +147,51 @@ fn syntax(offset: usize, reason: &'static str) -> WalkError {
     WalkError::Syntax { offset, reason }
 }
 
+/// Puts back the original of a thinking text the proxy masked earlier (a later component keeps
+/// originals by signature). Given a `thinking` block's `signature` and the text it now shows,
+/// returns the original text when it knows the pair, `None` otherwise.
+pub trait ThinkingRestore {
+    fn restore(&self, signature: &str, shown: &str) -> Option<String>;
+}
+
+/// The UTF-8 byte-order mark a lenient reader skips.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
 /// Masks the string values of one JSON document. See the module docs for what is scanned and
 /// what may change.
 pub fn mask_json(engine: &Engine, raw: &[u8], opts: &WalkOptions) -> Result<Walked, WalkError> {
+    mask_json_with(engine, raw, opts, None)
+}
+
+/// [`mask_json`] with a hook that puts back the original text of `thinking` blocks it knows.
+pub fn mask_json_with(
+    engine: &Engine,
+    raw: &[u8],
+    opts: &WalkOptions,
+    restore: Option<&dyn ThinkingRestore>,
+) -> Result<Walked, WalkError> {
     let text = validate_utf8(raw)?;
-    let mut walker = Walker::new(engine, text, opts);
-    walker.document(0, raw.len(), None)?;
+    let start = if opts.lenient && raw.starts_with(BOM) {
+        BOM.len()
+    } else {
+        0
+    };
+    let mut walker = Walker::new(engine, text, opts, restore);
+    walker.document(start, raw.len(), None)?;
     Ok(walker.finish())
 }
 
 /// Masks a JSON Lines body (batch results): one JSON value per line, blank lines allowed and
-/// kept. Line numbers in paths start at 1; error offsets are offsets in the whole body.
+/// kept. Line numbers in paths start at 1; error offsets are offsets in the whole body. The
+/// joined view is per line.
 pub fn mask_jsonl(engine: &Engine, raw: &[u8], opts: &WalkOptions) -> Result<Walked, WalkError> {
     let text = validate_utf8(raw)?;
-    let mut walker = Walker::new(engine, text, opts);
-    let mut start = 0;
+    let mut walker = Walker::new(engine, text, opts, None);
+    let mut start = if opts.lenient && raw.starts_with(BOM) {
+        BOM.len()
+    } else {
+        0
+    };
     let mut line = 1;
     while start < raw.len() {
         let end = find_byte(raw, start, b'\n');
@@ -180,6 +244,8 @@ struct Parser<'a> {
     /// Raw spans (quotes included) of the keys of every object still open, innermost last:
     /// an object checks its own keys for duplicates when it closes and pops them.
     keys: &'a mut Vec<(usize, usize)>,
+    /// Accept `NaN`, `Infinity` and `-Infinity` as scalars ([`WalkOptions::lenient`]).
+    lenient: bool,
 }
 
 impl Parser<'_> {
@@ -212,6 +278,11 @@ impl Parser<'_> {
                 let (start, end, escaped) = self.string()?;
                 self.push(Kind::Str { escaped }, start, end);
                 Ok(())
+            }
+            Some(b'N') if self.lenient => self.literal(b"NaN"),
+            Some(b'I') if self.lenient => self.literal(b"Infinity"),
+            Some(b'-') if self.lenient && self.bytes.get(self.pos + 1) == Some(&b'I') => {
+                self.literal(b"-Infinity")
             }
             Some(b'-' | b'0'..=b'9') => {
                 let start = self.pos;
@@ -601,28 +672,44 @@ fn map_offsets(content: &[u8], targets: &[(usize, bool)]) -> Option<Vec<usize>> 
 // ---------------------------------------------------------------------------------------------
 // Pass 2: the walk.
 
-/// What an object's `type` member says, as far as the skip list cares.
+/// What an object's `type` member says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ObjectType {
     /// No `type`, a non-string `type`, or `type` members that disagree.
     Unknown,
+    Text,
     Thinking,
     RedactedThinking,
     Base64,
     ToolUse,
+    ToolResult,
     Other,
 }
 
 impl ObjectType {
     fn of(name: &str) -> ObjectType {
         match name {
+            "text" => ObjectType::Text,
             "thinking" => ObjectType::Thinking,
             "redacted_thinking" => ObjectType::RedactedThinking,
             "base64" => ObjectType::Base64,
             "tool_use" | "server_tool_use" | "mcp_tool_use" => ObjectType::ToolUse,
+            "tool_result" => ObjectType::ToolResult,
             _ => ObjectType::Other,
         }
     }
+}
+
+/// What the walk needs to know about an object before walking its members.
+#[derive(Debug, Clone, Copy)]
+struct ObjectInfo {
+    ty: ObjectType,
+    /// Has a `role` member: a message, whose string `content` the model reads as text.
+    message: bool,
+    /// `media_type` is a `text/…` string: the base64 `data` of such a `source` is text.
+    text_media: bool,
+    /// The node of the string value of `signature`, if any.
+    signature: Option<usize>,
 }
 
 /// Inherited by a subtree.
@@ -630,8 +717,10 @@ impl ObjectType {
 struct Ctx {
     /// Inside `thinking` text: findings are rewritten only in [`ThinkingMode::Mask`].
     thinking: bool,
-    /// Inside tool input or a JSON schema: no skip list.
+    /// Inside tool input or a JSON schema: no field is special.
     free_form: bool,
+    /// Inside a value that cannot carry a placeholder: findings are refusals.
+    refuse: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -672,35 +761,67 @@ impl Iterator for Members<'_, '_> {
     }
 }
 
+/// One string of the joined view (the text the model reads, in document order).
+#[derive(Debug)]
+struct Part {
+    /// Offset of the string's decoded text in [`Walker::joined`].
+    at: usize,
+    len: usize,
+    /// Raw span of the string's content (between the quotes) in the body.
+    content: Range<usize>,
+    escaped: bool,
+    path: String,
+    /// The per-string findings (rule, decoded span), so the joined scan reports only new ones.
+    found: Vec<(u32, Range<usize>)>,
+}
+
+/// A finding with its place in document order: (raw start of its string, decoded start).
+type Ordered = ((usize, usize), Located);
+
 struct Walker<'a> {
     engine: &'a Engine,
     text: &'a str,
     opts: WalkOptions,
+    restore: Option<&'a dyn ThinkingRestore>,
     nodes: Vec<Node>,
     /// The parser's stack of open objects' keys (kept to reuse its allocation).
     keys: Vec<(usize, usize)>,
     path: Vec<Segment>,
     /// Reused buffer for strings with escapes.
     scratch: String,
-    /// Raw spans to replace, in document order, with their placeholders.
+    /// Reused buffer for unescaped views.
+    view: View,
+    /// Raw spans to replace and the JSON string content that replaces them.
     replacements: Vec<(Range<usize>, String)>,
-    findings: Findings,
-    refusals: Findings,
+    findings: Vec<Ordered>,
+    refusals: Vec<Ordered>,
+    /// The decoded texts of the current document's parts, concatenated.
+    joined: String,
+    parts: Vec<Part>,
 }
 
 impl<'a> Walker<'a> {
-    fn new(engine: &'a Engine, text: &'a str, opts: &WalkOptions) -> Walker<'a> {
+    fn new(
+        engine: &'a Engine,
+        text: &'a str,
+        opts: &WalkOptions,
+        restore: Option<&'a dyn ThinkingRestore>,
+    ) -> Walker<'a> {
         Walker {
             engine,
             text,
             opts: *opts,
+            restore,
             nodes: Vec::new(),
             keys: Vec::new(),
             path: Vec::new(),
             scratch: String::new(),
+            view: View::new(),
             replacements: Vec::new(),
-            findings: Findings::new(),
-            refusals: Findings::new(),
+            findings: Vec::new(),
+            refusals: Vec::new(),
+            joined: String::new(),
+            parts: Vec::new(),
         }
     }
 
@@ -715,6 +836,7 @@ impl<'a> Walker<'a> {
             pos: start,
             nodes: &mut self.nodes,
             keys: &mut self.keys,
+            lenient: self.opts.lenient,
         }
         .document()?;
         self.path.clear();
@@ -723,10 +845,13 @@ impl<'a> Walker<'a> {
         }
         // A tool input judged on its own is the free-form data itself.
         let ctx = Ctx {
-            thinking: false,
             free_form: self.opts.scope == Scope::ToolInput,
+            ..Ctx::default()
         };
-        self.value(0, ctx, false)
+        self.joined.clear();
+        self.parts.clear();
+        self.value(0, ctx, false)?;
+        self.joined_scan()
     }
 
     fn node(&self, index: usize) -> Result<Node, WalkError> {
@@ -743,7 +868,7 @@ impl<'a> Walker<'a> {
             .unwrap_or_default()
     }
 
-    /// The decoded text of a (short) string node: keys and `type` values.
+    /// The decoded text of a string node (keys, `type` values, signatures).
     fn small_string(&self, node: Node) -> Option<Cow<'a, str>> {
         match node.kind {
             Kind::Str { escaped: false } => Some(Cow::Borrowed(self.content(node))),
@@ -759,7 +884,7 @@ impl<'a> Walker<'a> {
     fn value(&mut self, index: usize, ctx: Ctx, under_source: bool) -> Result<(), WalkError> {
         let node = self.node(index)?;
         match node.kind {
-            Kind::Str { escaped } => self.string(node, escaped, ctx),
+            Kind::Str { escaped } => self.string(node, escaped, ctx, false),
             Kind::Scalar => Ok(()),
             Kind::Array => {
                 let mut child = index + 1;
@@ -786,23 +911,48 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn object_type(&self, index: usize, node: Node) -> Result<ObjectType, WalkError> {
+    fn object_info(&self, index: usize, node: Node) -> Result<ObjectInfo, WalkError> {
         let mut found: Option<ObjectType> = None;
+        let mut info = ObjectInfo {
+            ty: ObjectType::Unknown,
+            message: false,
+            text_media: false,
+            signature: None,
+        };
+        let mut conflict = false;
         for member in self.members(index, node) {
             let (key, value) = member?;
-            if self.small_string(key).as_deref() != Some("type") {
+            let Some(name) = self.small_string(key) else {
                 continue;
-            }
-            let this = match self.small_string(value) {
-                Some(name) => ObjectType::of(&name),
-                None => return Ok(ObjectType::Unknown),
             };
-            if found.is_some_and(|seen| seen != this) {
-                return Ok(ObjectType::Unknown);
+            match &*name {
+                "type" => {
+                    let this = match self.small_string(value) {
+                        Some(name) => ObjectType::of(&name),
+                        None => {
+                            conflict = true;
+                            continue;
+                        }
+                    };
+                    conflict |= found.is_some_and(|seen| seen != this);
+                    found = Some(this);
+                }
+                "role" => info.message = true,
+                "media_type" => {
+                    info.text_media = self
+                        .small_string(value)
+                        .is_some_and(|m| m.trim_start().to_ascii_lowercase().starts_with("text/"))
+                }
+                "signature" if matches!(value.kind, Kind::Str { .. }) => {
+                    info.signature = Some(key.next)
+                }
+                _ => {}
             }
-            found = Some(this);
         }
-        Ok(found.unwrap_or(ObjectType::Unknown))
+        if !conflict {
+            info.ty = found.unwrap_or(ObjectType::Unknown);
+        }
+        Ok(info)
     }
 
     fn object(
@@ -812,25 +962,42 @@ impl<'a> Walker<'a> {
         ctx: Ctx,
         under_source: bool,
     ) -> Result<(), WalkError> {
-        let ty = if ctx.free_form {
-            ObjectType::Unknown
+        let info = if ctx.free_form {
+            ObjectInfo {
+                ty: ObjectType::Unknown,
+                message: false,
+                text_media: false,
+                signature: None,
+            }
         } else {
-            self.object_type(index, node)?
+            self.object_info(index, node)?
         };
         let mut key = index + 1;
         while key < node.next {
             let value = key + 1;
-            let next = self.node(value)?.next;
+            let value_node = self.node(value)?;
+            let next = value_node.next;
             let name = self.small_string(self.node(key)?).unwrap_or_default();
             let mut child = ctx;
-            let mut skip = false;
+            let mut part = false;
+            let mut base64_text = false;
+            let mut thinking = false;
             if !ctx.free_form {
-                match (&*name, ty) {
+                match (&*name, info.ty) {
                     ("signature" | "id" | "tool_use_id" | "custom_id" | "model", _)
-                    | ("data", ObjectType::RedactedThinking) => skip = true,
-                    ("data", ObjectType::Base64) => skip = under_source,
-                    ("thinking", ObjectType::Thinking) => child.thinking = true,
+                    | ("data", ObjectType::RedactedThinking) => child.refuse = true,
+                    ("data", ObjectType::Base64) if under_source => {
+                        child.refuse = true;
+                        base64_text = info.text_media;
+                    }
+                    ("thinking", ObjectType::Thinking) => {
+                        child.thinking = true;
+                        thinking = true;
+                    }
                     ("input", ObjectType::ToolUse) | ("input_schema", _) => child.free_form = true,
+                    ("text", ObjectType::Text) | ("system", _) => part = true,
+                    ("content", ObjectType::ToolResult) => part = true,
+                    ("content", _) => part = info.message,
                     _ => {}
                 }
             }
@@ -845,19 +1012,61 @@ impl<'a> Walker<'a> {
                 },
                 false,
             )?;
-            self.path.pop();
-            if !skip {
-                let is_source = !ctx.free_form && name == "source";
-                self.path.push(Segment::Key(key));
-                self.value(value, child, is_source)?;
-                self.path.pop();
+            let restored = thinking && self.restore_thinking(info.signature, value_node)?;
+            if !restored {
+                match value_node.kind {
+                    Kind::Str { escaped } => {
+                        self.string(value_node, escaped, child, part && !child.refuse)?;
+                        if base64_text {
+                            self.base64_text(value_node, child)?;
+                        }
+                    }
+                    _ => {
+                        let is_source = !ctx.free_form && name == "source";
+                        self.value(value, child, is_source)?;
+                    }
+                }
             }
+            self.path.pop();
             key = next;
         }
         Ok(())
     }
 
-    fn string(&mut self, node: Node, escaped: bool, ctx: Ctx) -> Result<(), WalkError> {
+    /// Puts back the original of a thinking text the hook knows (by the block's signature):
+    /// the string is replaced whole and not scanned. `false` when there is nothing to restore.
+    fn restore_thinking(
+        &mut self,
+        signature: Option<usize>,
+        value: Node,
+    ) -> Result<bool, WalkError> {
+        let (Some(restore), Some(signature)) = (self.restore, signature) else {
+            return Ok(false);
+        };
+        let signature = self.node(signature)?;
+        let (Some(signature), Some(shown)) =
+            (self.small_string(signature), self.small_string(value))
+        else {
+            return Ok(false);
+        };
+        let Some(original) = restore.restore(&signature, &shown) else {
+            return Ok(false);
+        };
+        if original != *shown {
+            let mut encoded = Vec::with_capacity(original.len());
+            push_json_content(&mut encoded, &original);
+            self.replacements.push((
+                value.start + 1..value.end.saturating_sub(1),
+                String::from_utf8_lossy(&encoded).into_owned(),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Scans one string: its decoded text and, when that holds escapes of its own, its
+    /// unescaped view; records findings, refusals and replacements. A `part` also joins the
+    /// joined view.
+    fn string(&mut self, node: Node, escaped: bool, ctx: Ctx, part: bool) -> Result<(), WalkError> {
         let content = self.content(node);
         let mut scratch = std::mem::take(&mut self.scratch);
         let decoded: &str = if escaped {
@@ -867,60 +1076,289 @@ impl<'a> Walker<'a> {
         } else {
             content
         };
-        let findings = self.engine.scan(decoded, self.opts.scope)?;
+        let mut findings = self.engine.scan(decoded, self.opts.scope)?;
+        // Only a string with an escape can decode to a backslash.
+        let levels = if escaped && decoded.contains('\\') {
+            self.view.build(decoded, MAX_VIEW_LEVELS)
+        } else {
+            0
+        };
+        let seen = findings.len();
+        if levels > 0 {
+            // The same secret seen in several views is one finding.
+            let mut known: HashSet<(u32, usize, usize)> = findings
+                .iter()
+                .map(|f| (f.rule, f.span.start, f.span.end))
+                .collect();
+            for level in 0..levels {
+                for mut finding in self.engine.scan(self.view.text(level), self.opts.scope)? {
+                    finding.span = self.view.to_decoded(level, &finding.span);
+                    if known.insert((finding.rule, finding.span.start, finding.span.end)) {
+                        findings.push(finding);
+                    }
+                }
+            }
+        }
+        if findings.len() > seen {
+            findings.sort_by_key(|f| f.span.start);
+        }
+        if part && !decoded.is_empty() {
+            let at = self.joined.len();
+            self.joined.push_str(decoded);
+            self.parts.push(Part {
+                at,
+                len: decoded.len(),
+                content: node.start + 1..node.end.saturating_sub(1),
+                escaped,
+                path: self.render_path(),
+                found: findings.iter().map(|f| (f.rule, f.span.clone())).collect(),
+            });
+        }
         self.scratch = scratch;
         if findings.is_empty() {
             return Ok(());
         }
-        let report_only = ctx.thinking && self.opts.thinking == ThinkingMode::Report;
         let path = self.render_path();
-        // Replicates the engine's emission: a rewritten span starting before the end of the
-        // previous one replaces only what is left of it.
-        let mut cursor = 0;
-        let mut regions: Vec<(Range<usize>, &str)> = Vec::new();
-        let mut walk_findings = Vec::with_capacity(findings.len());
+        let mut regions: Vec<(Range<usize>, String)> = Vec::new();
         for mut finding in findings {
-            if report_only {
+            let order = (node.start, finding.span.start);
+            if ctx.refuse && finding.rewritten {
+                finding.rewritten = false;
+                self.refusals.push((
+                    order,
+                    Located {
+                        path: path.clone(),
+                        finding,
+                    },
+                ));
+                continue;
+            }
+            if ctx.thinking && self.opts.thinking == ThinkingMode::Report {
                 finding.rewritten = false;
             }
-            walk_findings.push(Located {
-                path: path.clone(),
-                finding,
-            });
+            if finding.rewritten {
+                regions.push((finding.span.clone(), finding.placeholder.clone()));
+            }
+            self.findings.push((
+                order,
+                Located {
+                    path: path.clone(),
+                    finding,
+                },
+            ));
         }
-        for walk_finding in &walk_findings {
-            let finding = &walk_finding.finding;
-            if finding.rewritten && finding.span.end > cursor {
-                let from = finding.span.start.max(cursor);
-                regions.push((from..finding.span.end, &finding.placeholder));
-                cursor = finding.span.end;
+        self.replace(node.start + 1, content, escaped, regions)
+    }
+
+    /// Records replacements for decoded spans of the string whose raw content (between the
+    /// quotes) is `content`, starting at byte `base` of the body.
+    fn replace(
+        &mut self,
+        base: usize,
+        content: &str,
+        escaped: bool,
+        regions: Vec<(Range<usize>, String)>,
+    ) -> Result<(), WalkError> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let mut raw: Vec<Range<usize>> = regions.iter().map(|(r, _)| r.clone()).collect();
+        if escaped {
+            // Offsets are mapped in one pass, so in ascending order.
+            let mut targets: Vec<(usize, bool, usize)> = raw
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| [(r.start, false, 2 * i), (r.end, true, 2 * i + 1)])
+                .collect();
+            targets.sort_unstable();
+            let offsets: Vec<(usize, bool)> = targets.iter().map(|t| (t.0, t.1)).collect();
+            let mapped = map_offsets(content.as_bytes(), &offsets)
+                .ok_or_else(|| syntax(base, "invalid escape"))?;
+            for (target, offset) in targets.iter().zip(mapped) {
+                if let Some(range) = raw.get_mut(target.2 / 2) {
+                    if target.2 % 2 == 0 {
+                        range.start = offset;
+                    } else {
+                        range.end = offset;
+                    }
+                }
             }
         }
-        let base = node.start + 1;
-        if !regions.is_empty() {
-            if escaped {
-                let targets: Vec<(usize, bool)> = regions
-                    .iter()
-                    .flat_map(|(r, _)| [(r.start, false), (r.end, true)])
-                    .collect();
-                let raw = map_offsets(content.as_bytes(), &targets)
-                    .ok_or_else(|| syntax(node.start, "invalid escape"))?;
-                for (i, (_, placeholder)) in regions.iter().enumerate() {
-                    let start = raw.get(2 * i).copied().unwrap_or(0);
-                    let end = raw.get(2 * i + 1).copied().unwrap_or(start);
-                    self.replacements
-                        .push((base + start..base + end, placeholder.to_string()));
-                }
+        for (range, (_, placeholder)) in raw.into_iter().zip(regions) {
+            let mut encoded = Vec::with_capacity(placeholder.len());
+            push_json_content(&mut encoded, &placeholder);
+            self.replacements.push((
+                base + range.start..base + range.end,
+                String::from_utf8_lossy(&encoded).into_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The text of a base64 `text/…` document: decoded and scanned; a finding is a refusal
+    /// (the base64 cannot carry a placeholder).
+    fn base64_text(&mut self, node: Node, ctx: Ctx) -> Result<(), WalkError> {
+        use base64::Engine as _;
+        let Some(data) = self.small_string(node) else {
+            return Ok(());
+        };
+        let compact: Vec<u8> = data.bytes().filter(|b| !is_ws(*b)).collect();
+        let Ok(bytes) = BASE64.decode(&compact) else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let findings = self.engine.scan(&text, self.opts.scope)?;
+        let path = self.render_path();
+        for mut finding in findings {
+            let order = (node.start, usize::MAX);
+            if ctx.refuse && finding.rewritten {
+                finding.rewritten = false;
+                self.refusals.push((
+                    order,
+                    Located {
+                        path: path.clone(),
+                        finding,
+                    },
+                ));
             } else {
-                for (range, placeholder) in &regions {
-                    self.replacements.push((
-                        base + range.start..base + range.end,
-                        placeholder.to_string(),
-                    ));
+                finding.rewritten = false;
+                self.findings.push((
+                    order,
+                    Located {
+                        path: path.clone(),
+                        finding,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans the joined view around each boundary between parts and masks each part's portion
+    /// of a finding the per-string scans did not make.
+    fn joined_scan(&mut self) -> Result<(), WalkError> {
+        if self.parts.len() < 2 {
+            return Ok(());
+        }
+        let matcher = self.engine.matcher();
+        let longest = matcher.max_match_len();
+        let boundaries: Vec<usize> = self.parts.iter().skip(1).map(|p| p.at).collect();
+        let joined = self.joined.as_str();
+        // Step 1: is there a candidate whose match may touch a boundary? A match is at most
+        // `longest` bytes, so one that touches boundary b lies in b ± longest; windows one
+        // byte wider see its look-arounds. A match that only exists because a window cut the
+        // text starts at the window's start (or ends at its end), which is too far from every
+        // boundary to touch one.
+        let mut touching = false;
+        for window in windows(&boundaries, longest + 1, joined) {
+            let hay = joined.as_bytes().get(window.clone()).unwrap_or_default();
+            let rules = matcher.rules();
+            matcher
+                .scan_block(hay, |c| {
+                    let end = window.start + c.end;
+                    let len = rules.get(c.rule as usize).map_or(usize::MAX, |r| r.max_len);
+                    let last = boundaries.partition_point(|&b| b <= end);
+                    if let Some(&b) = last.checked_sub(1).and_then(|i| boundaries.get(i)) {
+                        touching |= end.saturating_sub(len) <= b;
+                    }
+                })
+                .map_err(MaskError::from)?;
+            if touching {
+                break;
+            }
+        }
+        if !touching {
+            return Ok(());
+        }
+        // Step 2 (rare): findings in wider windows, kept when they lie within `longest` of a
+        // boundary (an artefact of a window's cut lies further away) and are not a per-string
+        // finding of one part.
+        let reach = longest + 1;
+        let mut found = Vec::new();
+        for window in windows(&boundaries, 2 * reach + 2, joined) {
+            let text = joined.get(window.clone()).unwrap_or_default();
+            for mut finding in self.engine.scan(text, self.opts.scope)? {
+                finding.span = window.start + finding.span.start..window.start + finding.span.end;
+                let next = boundaries.partition_point(|&b| b < finding.span.start);
+                let near = |i: usize| {
+                    boundaries.get(i).is_some_and(|&b| {
+                        finding.span.start <= b + reach && finding.span.end + reach >= b
+                    })
+                };
+                if near(next) || next.checked_sub(1).is_some_and(near) {
+                    found.push(finding);
                 }
             }
         }
-        self.findings.extend(walk_findings);
+        found.sort_by_key(|f| f.span.start);
+        found.dedup_by(|a, b| a.rule == b.rule && a.span == b.span);
+        for finding in found {
+            self.joined_finding(finding)?;
+        }
+        Ok(())
+    }
+
+    fn joined_finding(&mut self, finding: Finding) -> Result<(), WalkError> {
+        let span = finding.span.clone();
+        let first = self.parts.partition_point(|p| p.at + p.len <= span.start);
+        let mut portions = Vec::new();
+        for (i, part) in self.parts.iter().enumerate().skip(first) {
+            if part.at >= span.end {
+                break;
+            }
+            let local =
+                span.start.max(part.at) - part.at..span.end.min(part.at + part.len) - part.at;
+            portions.push((i, local));
+        }
+        let Some((first_index, first_local)) = portions.first().cloned() else {
+            return Ok(());
+        };
+        if let [(i, local)] = portions.as_slice() {
+            // `found` is sorted by start.
+            let known = self.parts.get(*i).is_some_and(|p| {
+                let from = p.found.partition_point(|(_, s)| s.start < local.start);
+                p.found
+                    .get(from..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|(_, s)| s.start == local.start)
+                    .any(|(rule, s)| *rule == finding.rule && s == local)
+            });
+            if known {
+                return Ok(());
+            }
+        }
+        let Some(first_part) = self.parts.get(first_index) else {
+            return Ok(());
+        };
+        let order = (
+            first_part.content.start.saturating_sub(1),
+            first_local.start,
+        );
+        let path = first_part.path.clone();
+        let rewritten = finding.rewritten;
+        let placeholder = finding.placeholder.clone();
+        let mut reported = finding;
+        reported.span = first_local.start..first_local.start + span.len();
+        self.findings.push((
+            order,
+            Located {
+                path,
+                finding: reported,
+            },
+        ));
+        if !rewritten {
+            return Ok(());
+        }
+        let text = self.text;
+        for (i, local) in portions {
+            let Some(part) = self.parts.get(i) else {
+                continue;
+            };
+            let content = text.get(part.content.clone()).unwrap_or_default();
+            let (base, escaped) = (part.content.start, part.escaped);
+            self.replace(base, content, escaped, vec![(local, placeholder.clone())])?;
+        }
         Ok(())
     }
 
@@ -956,33 +1394,80 @@ impl<'a> Walker<'a> {
         out
     }
 
-    fn finish(self) -> Walked {
+    fn finish(mut self) -> Walked {
+        let findings = ordered(std::mem::take(&mut self.findings));
+        let refusals = ordered(std::mem::take(&mut self.refusals));
         if self.replacements.is_empty() {
             return Walked {
                 body: None,
-                findings: self.findings,
-                refusals: self.refusals,
+                findings,
+                refusals,
             };
         }
+        // Replacements come per string, then from the joined view: put them in body order, the
+        // longest first among those starting together. One that starts inside an earlier one
+        // replaces only what is left of it (as the engine does with overlapping findings); one
+        // wholly inside an earlier one is dropped.
+        self.replacements
+            .sort_by_key(|(range, _)| (range.start, std::cmp::Reverse(range.end)));
         let raw = self.text.as_bytes();
         let extra: usize = self.replacements.iter().map(|(_, p)| p.len()).sum();
         let mut out = Vec::with_capacity(raw.len() + extra);
         let mut copied = 0;
-        for (range, placeholder) in &self.replacements {
+        for (range, replacement) in &self.replacements {
+            if range.end <= copied && range.start < copied {
+                continue;
+            }
             let start = range.start.clamp(copied, raw.len());
             let end = range.end.clamp(start, raw.len());
             out.extend_from_slice(raw.get(copied..start).unwrap_or_default());
-            push_json_content(&mut out, placeholder);
+            out.extend_from_slice(replacement.as_bytes());
             copied = end;
         }
         out.extend_from_slice(raw.get(copied..).unwrap_or_default());
         Walked {
             body: Some(out),
-            findings: self.findings,
-            refusals: self.refusals,
+            findings,
+            refusals,
         }
     }
 }
+
+/// Findings in document order (stable: findings of one string keep the engine's order).
+fn ordered(mut findings: Vec<Ordered>) -> Findings {
+    findings.sort_by_key(|(order, _)| *order);
+    let mut out = Findings::new();
+    out.extend(findings.into_iter().map(|(_, located)| located));
+    out
+}
+
+/// Windows of `joined` around the boundaries, `radius` bytes each side, merged where they
+/// overlap, widened to character boundaries.
+fn windows(boundaries: &[usize], radius: usize, joined: &str) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for &b in boundaries {
+        let mut start = b.saturating_sub(radius);
+        while !joined.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = b.saturating_add(radius).min(joined.len());
+        while !joined.is_char_boundary(end) {
+            end += 1;
+        }
+        match out.last_mut() {
+            Some(last) if start <= last.end => last.end = last.end.max(end),
+            _ => out.push(start..end),
+        }
+    }
+    out
+}
+
+/// Base64 as documents carry it: the standard alphabet, padding optional.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
 
 /// Appends `text` as the content of a JSON string (escaping only what JSON requires), so even a
 /// placeholder from an odd rule id cannot break the document.
@@ -1102,19 +1587,433 @@ mod tests {
         assert_eq!(walked.findings[0].path, "[0]");
     }
 
+    fn refusal_paths(walked: &Walked) -> Vec<&str> {
+        walked.refusals.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    fn paths(walked: &Walked) -> Vec<&str> {
+        walked.findings.iter().map(|f| f.path.as_str()).collect()
+    }
+
     #[test]
-    fn skip_list() {
+    fn opaque_values_are_scanned_and_refused_not_rewritten() {
         let t = TOKEN;
         let raw = format!(
             r#"{{"model":"{t}","id":"{t}","custom_id":"{t}","content":[
               {{"data":"{t}","type":"redacted_thinking"}},
               {{"type":"thinking","thinking":"x","signature":"{t}"}},
               {{"type":"image","source":{{"data":"{t}","media_type":"image/png","type":"base64"}}}},
-              {{"type":"tool_result","tool_use_id":"{t}","content":"x"}}]}}"#
+              {{"type":"tool_result","tool_use_id":"{t}","content":"x"}}],
+              "metadata":{{"deep":{{"id":{{"k":["{t}"],"{t}":1}}}}}}}}"#
         );
         let walked = walk(&raw);
         assert!(walked.body.is_none(), "{:?}", walked.findings);
         assert!(walked.findings.is_empty());
+        assert_eq!(
+            refusal_paths(&walked),
+            [
+                "model",
+                "id",
+                "custom_id",
+                "content[0].data",
+                "content[1].signature",
+                "content[2].source.data",
+                "content[3].tool_use_id",
+                "metadata.deep.id.k[0]",
+                "metadata.deep.id.tok_abcdefghijklmnopqrstuv",
+            ]
+        );
+        assert!(walked.refusals.iter().all(|f| !f.finding.rewritten));
+        assert!(walked
+            .refusals
+            .iter()
+            .all(|f| f.finding.rule_id == "test-token"));
+        // An audit finding in an opaque value is reported like anywhere else, not refused.
+        let walked = walk(r#"{"id":"audit_123456"}"#);
+        assert!(walked.refusals.is_empty());
+        assert_eq!(paths(&walked), ["id"]);
+    }
+
+    #[test]
+    fn ids_in_tool_input_are_masked_not_refused() {
+        let t = TOKEN;
+        let raw = format!(
+            r#"{{"content":[{{"type":"tool_use","id":"toolu_1","name":"x","input":{{"id":"{t}","metadata":{{"custom_id":"{t}"}},"signature":"{t}"}}}}]}}"#
+        );
+        let walked = walk(&raw);
+        assert!(walked.refusals.is_empty(), "{:?}", walked.refusals);
+        assert_eq!(
+            paths(&walked),
+            [
+                "content[0].input.id",
+                "content[0].input.metadata.custom_id",
+                "content[0].input.signature"
+            ]
+        );
+        assert!(!body(&walked).contains(t));
+    }
+
+    #[test]
+    fn escaped_opaque_values_are_refused_too() {
+        // `\/` inside an id: the unescaped view sees the token.
+        let raw = r#"{"id":"x\\ntok_abcdefghijklmnop\\u0071rstuv"}"#;
+        let walked = walk(raw);
+        assert_eq!(refusal_paths(&walked), ["id"]);
+        assert!(walked.body.is_none());
+    }
+
+    #[test]
+    fn base64_text_documents_are_decoded_and_scanned() {
+        use base64::Engine as _;
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let secret_doc = encode(&format!("config:\n  key: {TOKEN}\n"));
+        let clean_doc = encode("nothing to see here, just a long enough plain text");
+        for (media, data, refused) in [
+            ("text/plain", &secret_doc, true),
+            ("text/plain; charset=utf-8", &secret_doc, true),
+            ("text/plain", &clean_doc, false),
+            ("application/pdf", &secret_doc, false),
+        ] {
+            let raw = format!(
+                r#"{{"content":[{{"type":"document","source":{{"type":"base64","media_type":"{media}","data":"{data}"}}}}]}}"#
+            );
+            let walked = walk(&raw);
+            assert!(walked.body.is_none());
+            let expected: &[&str] = if refused {
+                &["content[0].source.data"]
+            } else {
+                &[]
+            };
+            assert_eq!(refusal_paths(&walked), expected, "{media}");
+        }
+        // Unpadded base64 decodes too.
+        let unpadded = secret_doc.trim_end_matches('=');
+        let raw = format!(
+            r#"{{"source":{{"type":"base64","media_type":"text/plain","data":"{unpadded}"}}}}"#
+        );
+        assert_eq!(refusal_paths(&walk(&raw)), ["source.data"]);
+    }
+
+    /// The raw JSON string content that decodes to `text`.
+    fn json_content(text: &str) -> String {
+        let mut out = Vec::new();
+        push_json_content(&mut out, text);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// `decoded` written as a JSON string value, masked; returns what the masked value decodes
+    /// to and the number of findings.
+    fn mask_decoded(decoded: &str) -> (String, usize) {
+        let raw = format!(r#"{{"content":"{}"}}"#, json_content(decoded));
+        let walked = walk(&raw);
+        let out = walked
+            .body
+            .clone()
+            .unwrap_or_else(|| raw.clone().into_bytes());
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let text = value["content"].as_str().unwrap().to_string();
+        (text, walked.findings.len())
+    }
+
+    #[test]
+    fn second_level_escapes_are_undone_for_the_scan() {
+        let ph = placeholder(engine(), TOKEN);
+        // (decoded string as the model reads it, what it must become)
+        let cases = [
+            // PHP's json_encode escapes slashes; a token split by `\/` is not a token, but the
+            // slash after one must not hide it.
+            (
+                format!(r#"{{"url":"https:\/\/x\/{TOKEN}\/y"}}"#),
+                format!(r#"{{"url":"https:\/\/x\/{ph}\/y"}}"#),
+            ),
+            // .NET writes `\u002B`-style escapes; here one sits inside the token.
+            (
+                r#"{"k":"tok_abc\u0064efghijklmnopqrstuv"}"#.to_string(),
+                format!(r#"{{"k":"{ph}"}}"#),
+            ),
+            // A token after a literal `\n` and `\t` (a log line, a notebook cell).
+            (
+                format!(r"line one\n{TOKEN}\tx"),
+                format!(r"line one\n{ph}\tx"),
+            ),
+            (format!(r"\t{TOKEN}"), format!(r"\t{ph}")),
+            // Python's repr: `\x41`-style and `\'` escapes.
+            (
+                r"b'tok_\x61bcdefghijklmnopqrstuv\''".to_string(),
+                format!(r"b'{ph}\''"),
+            ),
+            // A token escaped entirely at the second level.
+            (
+                TOKEN
+                    .chars()
+                    .map(|c| format!("\\u{:04x}", c as u32))
+                    .collect(),
+                ph.clone(),
+            ),
+        ];
+        for (decoded, expected) in cases {
+            let (masked, findings) = mask_decoded(&decoded);
+            assert_eq!(masked, expected, "{decoded}");
+            assert_eq!(findings, 1, "{decoded}");
+        }
+    }
+
+    #[test]
+    fn double_encoded_json_in_a_tool_result() {
+        // A tool result holding a JSON string that itself holds JSON (double-encoded), with the
+        // token's `c` written `\u0063` at the innermost level.
+        let inner = r#"{"env":{"TOKEN":"tok_ab\u0063defghijklmnopqrstuv"}}"#;
+        let once = serde_json::to_string(inner).unwrap();
+        let raw = serde_json::to_string(&serde_json::json!({
+            "messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content": once}]}]
+        }))
+        .unwrap();
+        let walked = walk(&raw);
+        assert_eq!(paths(&walked), ["messages[0].content[0].content"]);
+        let out: serde_json::Value =
+            serde_json::from_slice(walked.body.as_deref().unwrap()).unwrap();
+        let shown = out["messages"][0]["content"][0]["content"]
+            .as_str()
+            .unwrap();
+        let ph = placeholder(engine(), TOKEN);
+        assert_eq!(
+            shown,
+            serde_json::to_string(inner)
+                .unwrap()
+                .replace(r"tok_ab\\u0063defghijklmnopqrstuv", &ph)
+        );
+    }
+
+    #[test]
+    fn both_views_mask_once() {
+        // The same token found in the decoded string and in its view is one finding, and an
+        // overlap between the views is one replacement.
+        let (masked, findings) = mask_decoded(&format!(r"a\n {TOKEN} b"));
+        assert_eq!(findings, 1);
+        assert_eq!(masked, format!(r"a\n {} b", placeholder(engine(), TOKEN)));
+        // The decoded string holds the token followed by `\u0058YZ`; its view holds a longer
+        // token. Two findings, one replacement (the longer) of the whole run, nothing left over.
+        let (masked, findings) = mask_decoded(&format!(r"{TOKEN}\u0058YZ"));
+        assert_eq!(findings, 2);
+        assert_eq!(
+            masked,
+            placeholder(engine(), "tok_abcdefghijklmnopqrstuvXYZ")
+        );
+    }
+
+    fn text_block(text: &str) -> String {
+        format!(r#"{{"type":"text","text":"{}"}}"#, json_content(text))
+    }
+
+    /// Every string of the masked body, decoded, in document order.
+    fn strings(walked: &Walked, raw: &str) -> Vec<String> {
+        fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::String(s) => out.push(s.clone()),
+                serde_json::Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+                serde_json::Value::Object(m) => m.values().for_each(|i| collect(i, out)),
+                _ => {}
+            }
+        }
+        let bytes = walked
+            .body
+            .clone()
+            .unwrap_or_else(|| raw.as_bytes().to_vec());
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let mut out = Vec::new();
+        collect(&value, &mut out);
+        out
+    }
+
+    #[test]
+    fn secrets_split_across_text_blocks_are_masked_in_each_part() {
+        let ph = placeholder(engine(), TOKEN);
+        // Two parts, three parts (one of them escaped), a keyword split from its value.
+        for cuts in [vec![10], vec![4], vec![7, 15], vec![1, 2, 3]] {
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for &cut in &cuts {
+                pieces.push(&TOKEN[from..cut]);
+                from = cut;
+            }
+            pieces.push(&TOKEN[from..]);
+            let mut blocks: Vec<String> = pieces.iter().map(|p| text_block(p)).collect();
+            blocks[0] = text_block(&format!("here: \"{}", pieces[0]));
+            let last = blocks.len() - 1;
+            blocks[last] = text_block(&format!("{}\" ok", pieces[last]));
+            let raw = format!(
+                r#"{{"messages":[{{"role":"user","content":[{}]}}]}}"#,
+                blocks.join(",")
+            );
+            let walked = walk(&raw);
+            assert_eq!(paths(&walked), ["messages[0].content[0].text"], "{cuts:?}");
+            let texts = strings(&walked, &raw);
+            let joined: String = texts
+                .iter()
+                .filter(|s| *s != "user" && *s != "text")
+                .cloned()
+                .collect();
+            assert!(!joined.contains("tok_"), "{cuts:?}: {joined}");
+            assert!(joined.starts_with(&format!("here: \"{ph}")), "{joined}");
+            assert!(joined.ends_with(&format!("{ph}\" ok")), "{joined}");
+        }
+    }
+
+    #[test]
+    fn secrets_split_across_turns_and_tool_results() {
+        let (a, b) = TOKEN.split_at(12);
+        let cases = [
+            // Consecutive user turns with string content.
+            format!(
+                r#"{{"messages":[{{"role":"user","content":"key {a}"}},{{"role":"user","content":"{b} end"}}]}}"#
+            ),
+            // Consecutive user turns with block content.
+            format!(
+                r#"{{"messages":[{{"role":"user","content":[{}]}},{{"role":"user","content":[{}]}}]}}"#,
+                text_block(&format!("key {a}")),
+                text_block(&format!("{b} end"))
+            ),
+            // Two text blocks of one tool result.
+            format!(
+                r#"{{"messages":[{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"x","content":[{},{}]}}]}}]}}"#,
+                text_block(&format!("key {a}")),
+                text_block(&format!("{b} end"))
+            ),
+            // System text then the first turn.
+            format!(r#"{{"system":"key {a}","messages":[{{"role":"user","content":"{b} end"}}]}}"#),
+            // A tool result's string content and the text block after it.
+            format!(
+                r#"{{"messages":[{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"x","content":"key {a}"}},{}]}}]}}"#,
+                text_block(&format!("{b} end"))
+            ),
+        ];
+        for raw in cases {
+            let walked = walk(&raw);
+            assert_eq!(walked.findings.len(), 1, "{raw}");
+            let out = String::from_utf8(walked.body.clone().unwrap()).unwrap();
+            assert!(!out.contains(a) && !out.contains(b), "{out}");
+            assert_eq!(
+                out.matches(&placeholder(engine(), TOKEN)).count(),
+                2,
+                "{out}"
+            );
+        }
+        // Not joined: an id and a text, a text inside a tool input.
+        let raw = format!(
+            r#"{{"messages":[{{"role":"user","content":[{},{{"type":"tool_use","id":"x","name":"n","input":{{"text":"{b}"}}}}]}}]}}"#,
+            text_block(&format!("key {a}"))
+        );
+        assert!(walk(&raw).body.is_none());
+    }
+
+    #[test]
+    fn joined_view_does_not_repeat_per_string_findings() {
+        let raw = format!(
+            r#"{{"messages":[{{"role":"user","content":"{TOKEN}"}},{{"role":"user","content":" {TOKEN}"}}]}}"#
+        );
+        let walked = walk(&raw);
+        assert_eq!(walked.findings.len(), 2);
+        let raw = r#"{"messages":[{"role":"user","content":"x"},{"role":"user","content":"y"}]}"#;
+        assert!(walk(raw).body.is_none());
+    }
+
+    struct Originals(Vec<(&'static str, String)>);
+
+    impl ThinkingRestore for Originals {
+        fn restore(&self, signature: &str, _shown: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(sig, _)| *sig == signature)
+                .map(|(_, original)| original.clone())
+        }
+    }
+
+    #[test]
+    fn thinking_restore_hook() {
+        let ph = placeholder(engine(), TOKEN);
+        let original = format!("the key is {TOKEN}\n\"quoted\"");
+        let hook = Originals(vec![("sig-known", original.clone())]);
+        let opts = WalkOptions {
+            thinking: ThinkingMode::Mask,
+            ..WalkOptions::default()
+        };
+        let shown = format!("the key is {ph}\\n\\\"quoted\\\"");
+        let raw = format!(
+            r#"{{"content":[{{"type":"thinking","thinking":"{shown}","signature":"sig-known"}},{{"signature":"sig-unknown","thinking":"mine {TOKEN}","type":"thinking"}}]}}"#
+        );
+        let walked = mask_json_with(engine(), raw.as_bytes(), &opts, Some(&hook)).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_slice(walked.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            out["content"][0]["thinking"],
+            serde_json::Value::String(original)
+        );
+        assert_eq!(
+            out["content"][1]["thinking"],
+            serde_json::Value::String(format!("mine {ph}"))
+        );
+        // The restored text is the upstream's own: no finding reported for it.
+        assert_eq!(paths(&walked), ["content[1].thinking"]);
+        assert!(walked.refusals.is_empty());
+        // Without the hook, both are masked.
+        let walked = mask_json(engine(), raw.as_bytes(), &opts).unwrap();
+        assert_eq!(walked.findings.len(), 1);
+        assert!(!body(&walked).contains(TOKEN));
+        // A hook that gives back the shown text changes nothing.
+        let same = Originals(vec![("sig-known", format!("the key is {ph}\n\"quoted\""))]);
+        let raw =
+            format!(r#"[{{"type":"thinking","thinking":"{shown}","signature":"sig-known"}}]"#);
+        let walked = mask_json_with(engine(), raw.as_bytes(), &opts, Some(&same)).unwrap();
+        assert!(walked.body.is_none());
+    }
+
+    #[test]
+    fn lenient_mode_accepts_bom_and_non_finite_numbers() {
+        let lenient = WalkOptions {
+            lenient: true,
+            ..WalkOptions::default()
+        };
+        let raw = format!("\u{feff}{{\"a\":NaN,\"b\":[Infinity,-Infinity,-1],\"t\":\"{TOKEN}\"}}");
+        let walked = mask_json(engine(), raw.as_bytes(), &lenient).unwrap();
+        let expected = raw.replace(TOKEN, &placeholder(engine(), TOKEN));
+        assert_eq!(body(&walked), expected);
+        assert!(body(&walked).as_bytes().starts_with(BOM));
+        let clean = "\u{feff}[NaN]";
+        assert!(mask_json(engine(), clean.as_bytes(), &lenient)
+            .unwrap()
+            .body
+            .is_none());
+        let jsonl = "\u{feff}{\"x\":Infinity}\n[-Infinity]\n";
+        assert!(mask_jsonl(engine(), jsonl.as_bytes(), &lenient)
+            .unwrap()
+            .body
+            .is_none());
+        // Strict mode refuses them, and lenient mode nothing else.
+        for bad in ["\u{feff}{}", "[NaN]", "[Infinity]", "[-Infinity]"] {
+            assert!(
+                matches!(
+                    mask_json(engine(), bad.as_bytes(), &WalkOptions::default()),
+                    Err(WalkError::Syntax { .. })
+                ),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "[nan]",
+            "[-Inf]",
+            "[+Infinity]",
+            "{}\u{feff}",
+            "\u{feff}\u{feff}{}",
+            "[NaNa]",
+        ] {
+            assert!(
+                matches!(
+                    mask_json(engine(), bad.as_bytes(), &lenient),
+                    Err(WalkError::Syntax { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - [`rules`]: the data model of `rules/*.toml` and the embedded pack;
 //! - [`matcher`]: Hyperscan candidates, confirmed and extracted with `regex`;
 //! - [`masker`]: block and streaming masking with placeholders from [`placeholder`];
-//! - [`json_walk`]: every string of a JSON document scanned, only masked spans rewritten;
+//! - [`json_walk`]: every string of a JSON document scanned (with [`unescape`] views and a
+//!   joined view of the text the model reads), only masked spans rewritten, findings in opaque
+//!   values refused;
 //! - [`findings`]: findings with where they were, the one way findings leave a producer;
 //! - [`check`]: `rules check`, every rule run against its own examples.
 
@@ -19,9 +21,10 @@ pub mod masker;
 pub mod matcher;
 pub mod placeholder;
 pub mod rules;
+pub mod unescape;
 
 pub use findings::{Findings, Located};
-pub use json_walk::ThinkingMode;
+pub use json_walk::{ThinkingMode, ThinkingRestore};
 pub use masker::{Engine, Finding, MaskError, Masked, StreamMasker};
 pub use rules::{Action, Rule, RuleSet, Scope};
 
