@@ -589,6 +589,22 @@ impl StreamMasker {
         if self.stream.is_none() {
             return Err(MaskError::Finished);
         }
+        // Matches that only the end of the data decides (a trailing `\b` or `$`): Hyperscan
+        // reports them when a stream closes, and this one stays open, so the kept text (at
+        // least the longest rule back) is scanned once in block mode for them.
+        let engine = Arc::clone(&self.engine);
+        let matcher = engine.matcher();
+        let (scope, base, emitted) = (self.scope, self.base, self.emitted);
+        let mut fresh = Vec::new();
+        matcher.scan_block(&self.buf, |c| {
+            if base + c.end > emitted && matcher.rule(c.rule).scope_bits & scope.bit() != 0 {
+                fresh.push(Candidate {
+                    rule: c.rule,
+                    end: base + c.end,
+                });
+            }
+        })?;
+        self.admit(fresh);
         let open: Vec<(u32, usize)> = self
             .pending
             .iter()
