@@ -705,18 +705,31 @@ fn json_bodies_are_read_as_lenient_clients_read_them() {
     assert!(masked.body.is_some(), "the escaped secret was found");
 }
 
-/// Depends on the walker branch (WalkOptions::lenient): a BOM and NaN are accepted and the
-/// body walked as JSON, so the escaped secret is decoded and masked.
+fn escaped_text_body(prefix: &str, extra: &str) -> String {
+    let escaped: String = planted()
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    format!("{prefix}{{{extra}\"content\":[{{\"type\":\"text\",\"text\":\"k {escaped}\"}}]}}")
+}
+
+/// A byte-order mark is skipped before the walk, so the escaped secret is decoded and masked.
 #[test]
-fn lenient_json_with_a_bom_or_nan_is_walked() {
-    let s = planted();
-    let escaped: String = s.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
-    for body in [
-        format!("\u{feff}{{\"content\":[{{\"type\":\"text\",\"text\":\"k {escaped}\"}}]}}"),
-        format!("{{\"x\":NaN,\"content\":[{{\"type\":\"text\",\"text\":\"k {escaped}\"}}]}}"),
-    ] {
-        let masked = mask_json_response(&pack(), body.as_bytes(), ThinkingMode::Report);
-        let masked = masked.expect("lenient JSON is walked (walker branch)");
+fn json_with_a_byte_order_mark_is_walked() {
+    let body = escaped_text_body("\u{feff}", "");
+    let masked = mask_json_response(&pack(), body.as_bytes(), ThinkingMode::Report)
+        .expect("a BOM is skipped");
+    assert!(masked.body.is_some(), "{body}");
+}
+
+/// DEPENDS ON THE WALKER BRANCH (`WalkOptions::lenient` accepting `NaN`/`Infinity`): until it
+/// lands, the strict walker refuses the body and this fails.
+#[test]
+fn json_with_nan_is_walked_needs_the_lenient_walker() {
+    for extra in ["\"x\":NaN,", "\"x\":-Infinity,"] {
+        let body = escaped_text_body("", extra);
+        let masked = mask_json_response(&pack(), body.as_bytes(), ThinkingMode::Report)
+            .expect("lenient JSON is walked (walker branch)");
         assert!(masked.body.is_some(), "{body}");
     }
 }

@@ -100,7 +100,10 @@ pub fn mask_json_response(
         masked.findings = tools.findings;
         masked.blocked_tools = tools.blocked;
     }
-    let source = rewritten.as_deref().unwrap_or(body);
+    // A byte-order mark is skipped as lenient readers skip it (the walker's own leniency
+    // covers `NaN`/`Infinity`); an unchanged body still goes out as its original bytes.
+    let unmarked = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let source = rewritten.as_deref().unwrap_or(unmarked);
     let walked = mask_json(engine, source, &options)?;
     masked.findings.append(walked.findings);
     masked.refusals = walked.refusals;
