@@ -1,15 +1,26 @@
 //! JSON Lines bodies (message batch results) masked as they stream: each complete line is
-//! walked like a JSON body, and at most one partial line is held.
+//! walked like a JSON body (leniently, as a client reads it), and at most one partial line is
+//! held.
 //!
 //! Invariants:
-//! - every byte written was scanned: lines that are not JSON are scanned as text, and their
-//!   findings are reported like any other;
+//! - every byte written was scanned, line by line: a line that is not JSON is scanned as text
+//!   (and its findings reported) without changing how its neighbours are read;
+//! - the tool calls of each result's `message` are judged whole like those of a non-streamed
+//!   response (denylisted calls become a text block naming the rule);
+//! - a line with a finding where no placeholder fits (`custom_id`, ids, `model`, `signature`)
+//!   is replaced by an error line, never forwarded;
 //! - a line is never split: bytes after the last newline wait for the next chunk or
 //!   [`JsonlMasker::finish`].
 
-use crate::engine::json_walk::{mask_jsonl, ThinkingMode, WalkOptions};
+use crate::anthropic::scan_value::lenient_value;
+use crate::anthropic::tools::{judge_message_tools, ToolBlock};
+use crate::engine::json_walk::{mask_json, ThinkingMode, WalkOptions};
 use crate::engine::{Engine, Findings, Scope};
+use std::borrow::Cow;
 use std::sync::Arc;
+
+/// What a line with a finding that cannot be masked becomes.
+const REFUSED_LINE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"streammask: this result carried a secret where it cannot be masked\"}}";
 
 /// What a batch of lines that could not be scanned at all becomes (the masking engine failed).
 const UNSCANNABLE_LINE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"streammask: line could not be scanned\"}}\n";
@@ -20,19 +31,26 @@ pub struct JsonlMasker {
     options: WalkOptions,
     partial: Vec<u8>,
     findings: Findings,
+    blocked_tools: Vec<ToolBlock>,
+    /// Lines masked so far (for finding paths).
+    lines: usize,
 }
 
 impl JsonlMasker {
-    pub fn new(engine: Arc<Engine>, thinking: ThinkingMode) -> JsonlMasker {
+    /// `thinking` is no longer consulted: thinking in responses is always masked.
+    pub fn new(engine: Arc<Engine>, _thinking: ThinkingMode) -> JsonlMasker {
+        let thinking = ThinkingMode::Mask;
         JsonlMasker {
             engine,
             options: WalkOptions {
                 scope: Scope::Response,
                 thinking,
-                lenient: false,
+                lenient: true,
             },
             partial: Vec::new(),
             findings: Findings::new(),
+            blocked_tools: Vec::new(),
+            lines: 0,
         }
     }
 
@@ -58,22 +76,70 @@ impl JsonlMasker {
         std::mem::take(&mut self.findings)
     }
 
+    /// The tool calls replaced so far, leaving none behind.
+    pub fn take_blocked_tools(&mut self) -> Vec<ToolBlock> {
+        std::mem::take(&mut self.blocked_tools)
+    }
+
     fn mask_lines(&mut self, lines: &[u8], out: &mut Vec<u8>) {
-        if let Ok(walked) = mask_jsonl(&self.engine, lines, &self.options) {
-            self.findings.append(walked.findings);
-            out.extend_from_slice(walked.body.as_deref().unwrap_or(lines));
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            let (body, newline) = match line.strip_suffix(b"\n") {
+                Some(body) => (body, &b"\n"[..]),
+                None => (line, &b""[..]),
+            };
+            self.mask_line(body, out);
+            out.extend_from_slice(newline);
+        }
+    }
+
+    fn mask_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            out.extend_from_slice(line);
             return;
         }
-        // Lines that are not JSON still reach the client, so they are scanned as text.
-        let text = String::from_utf8_lossy(lines);
-        match self.engine.mask(&text, Scope::Response) {
-            Ok(masked) => {
-                for finding in masked.findings {
-                    self.findings.push("", finding);
+        self.lines += 1;
+        let at = format!("[line {}]", self.lines);
+        let mut source = Cow::Borrowed(line);
+        let mut findings = Findings::new();
+        if let Some(mut value) = lenient_value(line) {
+            if let Some(message) = value.pointer_mut("/result/message") {
+                let tools = judge_message_tools(&self.engine, message);
+                findings = tools.findings;
+                findings.nest_under("result.message");
+                self.blocked_tools.extend(tools.blocked);
+                if tools.changed {
+                    if let Ok(rewritten) = serde_json::to_vec(&value) {
+                        source = Cow::Owned(rewritten);
+                    }
                 }
-                out.extend_from_slice(masked.text.as_bytes());
             }
-            Err(_) => out.extend_from_slice(UNSCANNABLE_LINE),
+        }
+        match mask_json(&self.engine, &source, &self.options) {
+            Ok(walked) => {
+                findings.append(walked.findings);
+                let refused = !walked.refusals.is_empty();
+                findings.append(walked.refusals);
+                findings.nest_under(&at);
+                self.findings.append(findings);
+                if refused {
+                    out.extend_from_slice(REFUSED_LINE);
+                } else {
+                    out.extend_from_slice(walked.body.as_deref().unwrap_or(&source));
+                }
+            }
+            Err(_) => {
+                // A line that is not JSON still reaches the client: scanned as text.
+                let text = String::from_utf8_lossy(line);
+                match self.engine.mask(&text, Scope::Response) {
+                    Ok(masked) => {
+                        for finding in masked.findings {
+                            self.findings.push(at.as_str(), finding);
+                        }
+                        out.extend_from_slice(masked.text.as_bytes());
+                    }
+                    Err(_) => out.extend_from_slice(UNSCANNABLE_LINE.trim_ascii_end()),
+                }
+            }
         }
     }
 }

@@ -1,27 +1,62 @@
 //! The response path: a streamed Messages response (SSE) or a JSON response in, the masked
 //! response out.
 //!
+//! The principle: what goes out is what was scanned, in the form the receiver (the SDK) reads
+//! it, and where a finding sits in a value that cannot carry a placeholder the stream is ended
+//! with an Anthropic-shaped `error` event instead.
+//!
 //! SSE invariants:
-//! - text and thinking deltas of one content block go through one [`StreamMasker`], so a
-//!   secret split across any number of events is masked as if the block had arrived whole;
-//!   held text is flushed as an extra delta before the block's `content_block_stop`;
-//! - `tool_use` blocks are buffered to their stop, judged whole with the `tool_input` rules,
-//!   and emitted as start, one `input_json_delta`, stop — or, when a `block` rule matches, as a
-//!   text block naming the rule; `stop_reason: tool_use` becomes `end_turn` when no tool call
-//!   is left;
-//! - every other event is walked like a JSON body; an event that needs no change is forwarded
-//!   as its original bytes;
+//! - **Texts are masked as the client joins them.** Every `text_delta` of the response goes
+//!   through one [`StreamMasker`] (the SDK's `text_stream` joins every text block), every
+//!   `thinking_delta` through another, so a secret split across any number of events *and*
+//!   across adjacent blocks is found. Held text is flushed, masked as the end of a text is
+//!   masked, as an extra delta before the block's `content_block_stop` ("flush before stop");
+//!   the masker keeps its state across the stop, so the part of a secret that continues in the
+//!   next block is replaced by a placeholder when its match completes;
+//! - **tool-like blocks** (`tool_use`, `server_tool_use`, `mcp_tool_use`, and any block whose
+//!   start carries an `input`) are buffered to their stop, judged whole with the `tool_input`
+//!   rules, and emitted as start, one `input_json_delta`, stop — or, when a `block` rule
+//!   matches, as a text block naming the rule; `stop_reason: tool_use` becomes `end_turn` when
+//!   no tool call is left;
+//! - deltas of kinds the proxy does not know have each top-level string field streamed through
+//!   a masker of its own (per block, delta type and field), so a text-like field split across
+//!   events is masked too; everything else in them is scanned whole;
+//! - **every byte is scanned**: an event not in the compact form is parsed strictly (duplicate
+//!   keys end the stream), every key and string of it is scanned (event names too), and its
+//!   original bytes are forwarded only when nothing in it changed. A finding in an id, `model`,
+//!   `signature`, a `type`, a key or the event name ends the stream with an `error` event;
+//! - a delta for a block that was never started, or a block event without an exact integer
+//!   `index` (`0.0`, `"0"`), ends the stream: it is never forwarded unscanned;
+//! - thinking is always masked for the client; for each thinking block that masking changed,
+//!   the original text and its signature are kept (up to [`MAX_THINKING_ORIGINAL_BYTES`]) for
+//!   [`SseTransformer::take_thinking_originals`], so a later request can restore it;
 //! - nothing unscanned is forwarded: malformed or oversized events end the stream with an
 //!   Anthropic-shaped `error` event, and [`SseTransformer::finish`] flushes every open block.
 
 use crate::anthropic::compact::{compact_block_stop, write_delta_event, CompactDelta};
+use crate::anthropic::scan_value::{lenient_value, parse_strict, scan_value, ScanFault};
 use crate::anthropic::sse::{encode_event, write_event, Event, SseError, SseFramer};
-use crate::anthropic::tools::{judge_message_tools, judge_tool_input, ToolBlock, ToolVerdict};
+use crate::anthropic::tools::{
+    is_tool_like, judge_message_tools, judge_tool_input, ToolBlock, ToolVerdict,
+};
 use crate::anthropic::usage::Usage;
 use crate::engine::json_walk::{mask_json, ThinkingMode, WalkError, WalkOptions};
-use crate::engine::{Engine, Findings, MaskError, Scope, StreamMasker};
+use crate::engine::{Engine, Findings, Scope, StreamMasker};
 use serde_json::{json, Value};
 use std::sync::Arc;
+
+/// The most original thinking text kept per block; a longer block is not kept (the later
+/// request then simply carries the masked text).
+pub const MAX_THINKING_ORIGINAL_BYTES: usize = 1 << 20;
+
+/// The original text of a thinking block whose text masking changed, with the block's
+/// signature: what the upstream signed, so that a later request carrying the masked block can
+/// have it put back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinkingOriginal {
+    pub signature: String,
+    pub original: String,
+}
 
 /// A complete JSON response body after masking.
 #[derive(Debug, Default)]
@@ -29,25 +64,35 @@ pub struct MaskedBody {
     /// The new body, or `None` when it is unchanged (forward the original bytes).
     pub body: Option<Vec<u8>>,
     pub findings: Findings,
+    /// Findings in values that cannot carry a placeholder (ids, `model`, `signature`): the body
+    /// must not be forwarded at all.
+    pub refusals: Findings,
     /// Tool calls replaced by a text block.
     pub blocked_tools: Vec<ToolBlock>,
+    /// Thinking blocks whose text masking changed, with their original text.
+    pub thinking_originals: Vec<ThinkingOriginal>,
 }
 
 /// Mask a complete JSON response body (non-streaming Messages response, batch object, model
-/// list, error). Tool calls are judged whole with the `tool_input` rules first.
+/// list, error). The body is read as a lenient client reads it (a byte-order mark, `NaN`);
+/// tool calls (any tool-like block) are judged whole with the `tool_input` rules first, and
+/// thinking is masked like any other text. The `ThinkingMode` is no longer consulted for
+/// responses: the client always gets masked thinking.
 pub fn mask_json_response(
     engine: &Engine,
     body: &[u8],
-    thinking: ThinkingMode,
+    _thinking: ThinkingMode,
 ) -> Result<MaskedBody, WalkError> {
     let options = WalkOptions {
         scope: Scope::Response,
-        thinking,
-        lenient: false,
+        thinking: ThinkingMode::Mask,
+        lenient: true,
     };
     let mut masked = MaskedBody::default();
     let mut rewritten: Option<Vec<u8>> = None;
-    if let Ok(mut message) = serde_json::from_slice::<Value>(body) {
+    let mut thinking_before = Vec::new();
+    if let Some(mut message) = lenient_value(body) {
+        thinking_before = thinking_texts(&message);
         let tools = judge_message_tools(engine, &mut message);
         if tools.changed {
             rewritten = Some(serde_json::to_vec(&message).unwrap_or_default());
@@ -55,26 +100,106 @@ pub fn mask_json_response(
         masked.findings = tools.findings;
         masked.blocked_tools = tools.blocked;
     }
-    let source = rewritten.as_deref().unwrap_or(body);
+    // A byte-order mark is skipped as lenient readers skip it (the walker's own leniency
+    // covers `NaN`/`Infinity`); an unchanged body still goes out as its original bytes.
+    let unmarked = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let source = rewritten.as_deref().unwrap_or(unmarked);
     let walked = mask_json(engine, source, &options)?;
     masked.findings.append(walked.findings);
+    masked.refusals = walked.refusals;
     masked.body = walked.body.or(rewritten);
+    if let (Some(after), false) = (&masked.body, thinking_before.is_empty()) {
+        let after = lenient_value(after)
+            .map(|v| thinking_texts(&v))
+            .unwrap_or_default();
+        for (index, signature, original) in thinking_before {
+            let unchanged = after
+                .iter()
+                .any(|(i, _, text)| *i == index && *text == original);
+            if !unchanged && original.len() <= MAX_THINKING_ORIGINAL_BYTES {
+                masked.thinking_originals.push(ThinkingOriginal {
+                    signature,
+                    original,
+                });
+            }
+        }
+    }
     Ok(masked)
 }
 
-enum Block {
-    /// Text or thinking: streamed through a masker. `rewrite` is false for report-only
-    /// thinking, whose original events are forwarded while the masker only reports.
-    Streamed {
-        masker: StreamMasker,
-        delta_type: &'static str,
-        field: &'static str,
-        rewrite: bool,
+/// (index, signature, thinking) of every thinking block of a message.
+fn thinking_texts(message: &Value) -> Vec<(usize, String, String)> {
+    let Some(content) = message.get("content").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    content
+        .iter()
+        .enumerate()
+        .filter(|(_, block)| block.get("type").and_then(Value::as_str) == Some("thinking"))
+        .filter_map(|(index, block)| {
+            let text = block.get("thinking")?.as_str()?;
+            let signature = block.get("signature").and_then(Value::as_str).unwrap_or("");
+            Some((index, signature.to_string(), text.to_string()))
+        })
+        .collect()
+}
+
+/// The texts a client joins across blocks: one masker each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Text,
+    Thinking,
+}
+
+impl Which {
+    fn delta_type(self) -> &'static str {
+        match self {
+            Which::Text => "text_delta",
+            Which::Thinking => "thinking_delta",
+        }
+    }
+
+    fn field(self) -> &'static str {
+        match self {
+            Which::Text => "text",
+            Which::Thinking => "thinking",
+        }
+    }
+}
+
+/// One joined text: its masker (opened on first use) and the block whose text it holds.
+#[derive(Default)]
+struct Channel {
+    masker: Option<StreamMasker>,
+    holder: Option<u64>,
+}
+
+struct ThinkingState {
+    original: String,
+    over_cap: bool,
+    changed: bool,
+    signature: String,
+}
+
+enum Kind {
+    Text,
+    Thinking(Box<ThinkingState>),
+    /// A tool call buffered to its stop: its (scanned) start without `input`, the `input` the
+    /// start carried, and the input pieces.
+    Tool {
+        start: Value,
+        input: Option<Value>,
+        partial_json: String,
     },
-    /// A tool call buffered to its stop.
-    Tool { start: Value, partial_json: String },
-    /// Anything else: events walked one by one.
+    /// Any other block: its deltas' string fields are streamed through `generic` maskers.
     Other,
+}
+
+struct OpenBlock {
+    kind: Kind,
+    /// (delta type, field, masker) for the string fields of delta types the proxy does not
+    /// know.
+    generic: Vec<(String, String, StreamMasker)>,
 }
 
 /// Why a stream was ended early.
@@ -82,14 +207,32 @@ enum Block {
 pub enum StreamFault {
     Malformed(String),
     Oversized,
+    /// A finding where no placeholder fits (an id, `model`, `signature`, the event name):
+    /// its rule and where it was.
+    Refused {
+        rule_id: String,
+        path: String,
+    },
 }
+
+const KNOWN_EVENTS: [&str; 8] = [
+    "message_start",
+    "message_delta",
+    "message_stop",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "ping",
+    "error",
+];
 
 /// Masks one SSE response. Feed it upstream bytes; it appends client bytes to `out`.
 pub struct SseTransformer {
     engine: Arc<Engine>,
-    thinking: ThinkingMode,
     framer: SseFramer,
     blocks: OpenBlocks,
+    text: Channel,
+    thinking: Channel,
     blocked_tools: Vec<ToolBlock>,
     tools_allowed: usize,
     saw_message_stop: bool,
@@ -101,19 +244,23 @@ pub struct SseTransformer {
     events: u64,
     /// Reused for the masker output of each delta.
     scratch: Vec<u8>,
+    thinking_originals: Vec<ThinkingOriginal>,
 }
 
 impl SseTransformer {
+    /// `thinking` is kept for the config's sake: thinking is always masked for the client now
+    /// (its original is kept, see [`SseTransformer::take_thinking_originals`]).
     pub fn new(
         engine: Arc<Engine>,
-        thinking: ThinkingMode,
+        _thinking: ThinkingMode,
         max_event_bytes: usize,
     ) -> SseTransformer {
         SseTransformer {
             engine,
-            thinking,
             framer: SseFramer::new(max_event_bytes),
             blocks: OpenBlocks::default(),
+            text: Channel::default(),
+            thinking: Channel::default(),
             blocked_tools: Vec::new(),
             tools_allowed: 0,
             saw_message_stop: false,
@@ -123,6 +270,7 @@ impl SseTransformer {
             usage: Usage::default(),
             events: 0,
             scratch: Vec::new(),
+            thinking_originals: Vec::new(),
         }
     }
 
@@ -134,8 +282,11 @@ impl SseTransformer {
         self.saw_message_stop
     }
 
+    /// Secrets found after their start had been emitted: a secret split across two blocks
+    /// (its head went out at the first block's stop), or a rule breaking its length contract.
     pub fn late_matches(&self) -> u64 {
-        self.late_matches
+        let open = |channel: &Channel| channel.masker.as_ref().map_or(0, |m| m.late_matches());
+        self.late_matches + open(&self.text) + open(&self.thinking)
     }
 
     /// Upstream events handled so far.
@@ -158,17 +309,29 @@ impl SseTransformer {
         std::mem::take(&mut self.blocked_tools)
     }
 
+    /// The original text and signature of every finished thinking block whose text masking
+    /// changed (at most [`MAX_THINKING_ORIGINAL_BYTES`] each), leaving none behind.
+    pub fn take_thinking_originals(&mut self) -> Vec<ThinkingOriginal> {
+        std::mem::take(&mut self.thinking_originals)
+    }
+
     /// Bytes held back across all open blocks right now.
     pub fn held(&self) -> usize {
+        let channel = |channel: &Channel| channel.masker.as_ref().map_or(0, StreamMasker::held);
         self.blocks
             .0
             .iter()
-            .map(|(_, b)| match b {
-                Block::Streamed { masker, .. } => masker.held(),
-                Block::Tool { partial_json, .. } => partial_json.len(),
-                Block::Other => 0,
+            .map(|(_, b)| {
+                let generic: usize = b.generic.iter().map(|(_, _, m)| m.held()).sum();
+                generic
+                    + match &b.kind {
+                        Kind::Tool { partial_json, .. } => partial_json.len(),
+                        _ => 0,
+                    }
             })
             .sum::<usize>()
+            + channel(&self.text)
+            + channel(&self.thinking)
             + self.framer.pending()
     }
 
@@ -201,10 +364,9 @@ impl SseTransformer {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.fault.is_none() {
             match self.framer.finish() {
-                // The body ended inside an event: complete its framing so nothing is glued to
-                // what follows, then judge it like any other event.
-                // An unterminated event is not canonical, so it is re-encoded with its blank line
-                // when forwarded: nothing is glued to what follows.
+                // The body ended inside an event. An unterminated event is not canonical, so it
+                // is re-encoded with its blank line when forwarded: nothing is glued to what
+                // follows.
                 Ok(Some(event)) => {
                     if event.is_empty() {
                         // Unterminated bytes that are not even an event: nothing a client could
@@ -237,50 +399,76 @@ impl SseTransformer {
     }
 
     fn fail(&mut self, fault: StreamFault, out: &mut Vec<u8>) {
+        if self.fault.is_some() {
+            return;
+        }
+        // Set first: flushing below must not fail again.
+        self.fault = Some(fault.clone());
         self.close_open_blocks(out);
         let message = match &fault {
             StreamFault::Oversized => {
                 "streammask: the upstream sent an oversized event; the stream was ended".to_string()
             }
             StreamFault::Malformed(why) => format!("streammask: {why}; the stream was ended"),
+            StreamFault::Refused { rule_id, path } => format!(
+                "streammask: the response carried a secret (rule `{rule_id}`) in `{path}`, \
+                 where it cannot be masked; the stream was ended"
+            ),
         };
         out.extend(error_event("api_error", &message));
-        self.fault = Some(fault);
     }
 
-    /// Flush maskers of blocks that never got their stop (upstream cut mid-block).
+    fn refuse(&mut self, fault: ScanFault, out: &mut Vec<u8>) {
+        let fault = match fault {
+            ScanFault::Refused { rule_id, path } => StreamFault::Refused { rule_id, path },
+            ScanFault::Failed => StreamFault::Malformed("scanning failed".into()),
+        };
+        self.fail(fault, out);
+    }
+
+    /// Flush both joined texts, then end every open block: a tool call that never completed is
+    /// dropped (a partial command must not run); every other block gets its stop.
     fn close_open_blocks(&mut self, out: &mut Vec<u8>) {
+        self.flush_channel(Which::Text, out);
+        self.flush_channel(Which::Thinking, out);
         for (index, block) in self.blocks.take_sorted() {
-            // A tool call that never completed is dropped: a partial command must not run.
-            if let Block::Streamed { .. } = block {
-                self.flush_block(index, block, out);
-                out.extend(encode_event(
-                    "content_block_stop",
-                    &json!({"type": "content_block_stop", "index": index}).to_string(),
-                ));
+            if matches!(block.kind, Kind::Tool { .. }) {
+                continue;
             }
+            self.end_block(index, block, out);
+            out.extend(encode_event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}).to_string(),
+            ));
         }
     }
 
-    fn flush_block(&mut self, index: u64, block: Block, out: &mut Vec<u8>) {
-        if let Block::Streamed {
-            mut masker,
-            delta_type,
-            field,
-            rewrite,
-        } = block
-        {
+    /// A text or thinking or other block's end (its channel already flushed): flush its
+    /// generic maskers, keep its thinking original.
+    fn end_block(&mut self, index: u64, block: OpenBlock, out: &mut Vec<u8>) {
+        for (delta_type, field, mut masker) in block.generic {
             let mut tail = Vec::new();
-            if masker.finish(&mut tail).is_ok() && rewrite && !tail.is_empty() {
-                write_delta_event(
-                    out,
-                    index,
-                    delta_type,
-                    field,
-                    &String::from_utf8_lossy(&tail),
-                );
-            }
+            let finished = masker.finish(&mut tail);
             self.collect(index, &mut masker);
+            if finished.is_err() {
+                self.fail(StreamFault::Malformed("masking failed".into()), out);
+                continue;
+            }
+            if !tail.is_empty() {
+                let mut delta = serde_json::Map::new();
+                delta.insert("type".into(), Value::String(delta_type));
+                delta.insert(field, Value::String(String::from_utf8_lossy(&tail).into()));
+                let event = json!({"type": "content_block_delta", "index": index, "delta": delta});
+                out.extend(encode_event("content_block_delta", &event.to_string()));
+            }
+        }
+        if let Kind::Thinking(state) = block.kind {
+            if state.changed && !state.over_cap {
+                self.thinking_originals.push(ThinkingOriginal {
+                    signature: state.signature,
+                    original: state.original,
+                });
+            }
         }
     }
 
@@ -290,6 +478,121 @@ impl SseTransformer {
         for finding in masker.take_findings() {
             self.findings.push(path.as_str(), finding);
         }
+    }
+
+    fn channel(&mut self, which: Which) -> &mut Channel {
+        match which {
+            Which::Text => &mut self.text,
+            Which::Thinking => &mut self.thinking,
+        }
+    }
+
+    /// Move the channel's new findings to the stream's, under `index`; a rewritten one marks
+    /// that thinking block as changed.
+    fn drain_channel_findings(&mut self, which: Which, index: u64) {
+        let Some(masker) = self.channel(which).masker.as_mut() else {
+            return;
+        };
+        if masker.findings().is_empty() {
+            return;
+        }
+        let found = masker.take_findings();
+        let rewritten = found.iter().any(|f| f.rewritten);
+        let path = format!("content[{index}]");
+        for finding in found {
+            self.findings.push(path.as_str(), finding);
+        }
+        if rewritten {
+            if let Some(OpenBlock {
+                kind: Kind::Thinking(state),
+                ..
+            }) = self.blocks.get_mut(index)
+            {
+                state.changed = true;
+            }
+        }
+    }
+
+    /// Emit what the channel holds as a delta of the block it holds it for.
+    fn flush_channel(&mut self, which: Which, out: &mut Vec<u8>) {
+        let channel = self.channel(which);
+        let Some(holder) = channel.holder.take() else {
+            return;
+        };
+        let Some(masker) = channel.masker.as_mut() else {
+            return;
+        };
+        let mut tail = Vec::new();
+        let flushed = masker.flush(&mut tail);
+        self.drain_channel_findings(which, holder);
+        if flushed.is_err() {
+            self.fail(StreamFault::Malformed("masking failed".into()), out);
+            return;
+        }
+        if !tail.is_empty() {
+            write_delta_event(
+                out,
+                holder,
+                which.delta_type(),
+                which.field(),
+                &String::from_utf8_lossy(&tail),
+            );
+        }
+    }
+
+    /// Push a piece of block `index`'s text into its channel; the masked text that can go out
+    /// now is left in `emitted`. Text another block left held is flushed to that block first.
+    fn channel_push(
+        &mut self,
+        which: Which,
+        index: u64,
+        text: &str,
+        emitted: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if self.channel(which).holder.is_some_and(|h| h != index) {
+            self.flush_channel(which, out);
+        }
+        if which == Which::Thinking {
+            if let Some(OpenBlock {
+                kind: Kind::Thinking(state),
+                ..
+            }) = self.blocks.get_mut(index)
+            {
+                if !state.over_cap {
+                    if state.original.len() + text.len() > MAX_THINKING_ORIGINAL_BYTES {
+                        state.over_cap = true;
+                        state.original = String::new();
+                    } else {
+                        state.original.push_str(text);
+                    }
+                }
+            }
+        }
+        if self.channel(which).masker.is_none() {
+            match self.engine.stream(Scope::Response) {
+                Ok(masker) => self.channel(which).masker = Some(masker),
+                Err(_) => {
+                    self.fail(
+                        StreamFault::Malformed("a masking stream could not be opened".into()),
+                        out,
+                    );
+                    return false;
+                }
+            }
+        }
+        let channel = self.channel(which);
+        channel.holder = Some(index);
+        let pushed = channel
+            .masker
+            .as_mut()
+            .map(|masker| masker.push(text.as_bytes(), emitted));
+        self.drain_channel_findings(which, index);
+        if !matches!(pushed, Some(Ok(()))) {
+            self.fail(StreamFault::Malformed("masking failed".into()), out);
+            return false;
+        }
+        true
     }
 
     fn on_event(&mut self, event: Event, out: &mut Vec<u8>) {
@@ -317,14 +620,38 @@ impl SseTransformer {
             }
             (Some("content_block_stop"), data) => {
                 if let Some(index) = compact_block_stop(data) {
-                    return self.on_block_stop(index, &event, out);
+                    let mut stop = Vec::new();
+                    event.write_to(&mut stop);
+                    return self.on_block_stop(index, stop, out);
                 }
             }
             _ => {}
         }
-        let Ok(data) = serde_json::from_str::<Value>(data) else {
+        // The event name is on the wire too; one the client does not know is scanned.
+        if let Some(name) = name.filter(|name| !KNOWN_EVENTS.contains(name)) {
+            let mut name_text = Value::String(name.to_string());
+            let mut found = Findings::new();
+            let scanned = scan_value(&self.engine, &mut name_text, "", &mut found);
+            let refused = found.iter().find(|f| f.finding.rewritten).cloned();
+            self.findings.append(found);
+            if let Some(located) = refused {
+                return self.refuse(
+                    ScanFault::Refused {
+                        rule_id: located.finding.rule_id,
+                        path: "(event name)".into(),
+                    },
+                    out,
+                );
+            }
+            if let Err(fault) = scanned {
+                return self.refuse(fault, out);
+            }
+        }
+        let Ok(data) = parse_strict(data) else {
             self.fail(
-                StreamFault::Malformed("the upstream sent an event whose data is not JSON".into()),
+                StreamFault::Malformed(
+                    "the upstream sent an event whose data is not JSON or repeats a key".into(),
+                ),
                 out,
             );
             return;
@@ -334,22 +661,42 @@ impl SseTransformer {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let index = data.get("index").and_then(Value::as_u64);
-        match (kind.as_str(), index) {
-            ("content_block_start", Some(index)) => self.on_block_start(index, data, &event, out),
-            ("content_block_delta", Some(index)) => self.on_block_delta(index, data, &event, out),
-            ("content_block_stop", Some(index)) => self.on_block_stop(index, &event, out),
-            ("message_delta", _) => self.on_message_delta(data, &event, out),
-            ("message_start", _) => {
-                self.record_usage(data.pointer("/message/usage"));
-                self.forward_walked(&event, out);
+        match kind.as_str() {
+            "content_block_start" | "content_block_delta" | "content_block_stop" => {
+                // Only an exact integer index says which block the client will touch.
+                let Some(index) = data.get("index").and_then(Value::as_u64) else {
+                    self.fail(
+                        StreamFault::Malformed(format!(
+                            "the upstream sent a {kind} without an integer index"
+                        )),
+                        out,
+                    );
+                    return;
+                };
+                match kind.as_str() {
+                    "content_block_start" => self.on_block_start(index, data, &event, out),
+                    "content_block_delta" => self.on_block_delta(index, data, &event, out),
+                    _ => {
+                        let mut stop = Vec::new();
+                        if self.forward_scanned(&event, data, &mut stop) {
+                            self.on_block_stop(index, stop, out);
+                        }
+                    }
+                }
             }
-            ("message_stop", _) => {
+            "message_delta" => self.on_message_delta(data, &event, out),
+            "message_start" => {
+                self.record_usage(data.pointer("/message/usage"));
+                self.forward_scanned(&event, data, out);
+            }
+            "message_stop" => {
                 self.close_open_blocks(out);
                 self.saw_message_stop = true;
-                self.forward_walked(&event, out);
+                self.forward_scanned(&event, data, out);
             }
-            _ => self.forward_walked(&event, out),
+            _ => {
+                self.forward_scanned(&event, data, out);
+            }
         }
     }
 
@@ -374,127 +721,151 @@ impl SseTransformer {
         }
     }
 
-    /// Walk the event's JSON like a body: forward original bytes when unchanged.
-    fn forward_walked(&mut self, event: &Event, out: &mut Vec<u8>) {
-        let options = WalkOptions {
-            scope: Scope::Response,
-            thinking: self.thinking,
-            lenient: false,
-        };
-        match mask_json(&self.engine, event.data().as_bytes(), &options) {
-            Ok(walked) => {
-                self.findings.append(walked.findings);
-                match walked.body {
-                    None => event.write_to(out),
-                    Some(body) => write_event(out, event.name(), &String::from_utf8_lossy(&body)),
-                }
+    /// Scan every key and string of the event's data: forward the original event when nothing
+    /// changed, else the masked data. Returns false (the stream ended) on a refusal.
+    fn forward_scanned(&mut self, event: &Event, mut data: Value, out: &mut Vec<u8>) -> bool {
+        let path = event.name().unwrap_or("event").to_string();
+        match scan_value(&self.engine, &mut data, &path, &mut self.findings) {
+            Ok(false) => event.write_to(out),
+            Ok(true) => write_event(out, event.name(), &data.to_string()),
+            Err(fault) => {
+                self.refuse(fault, out);
+                return false;
             }
-            Err(_) => self.fail(
-                StreamFault::Malformed(
-                    "the upstream sent an event whose data is not valid JSON".into(),
-                ),
-                out,
-            ),
         }
+        true
     }
 
-    fn new_masker(&self) -> Result<StreamMasker, MaskError> {
-        self.engine.stream(Scope::Response)
-    }
-
-    fn on_block_start(&mut self, index: u64, data: Value, event: &Event, out: &mut Vec<u8>) {
-        let block_type = data
+    fn on_block_start(&mut self, index: u64, mut data: Value, event: &Event, out: &mut Vec<u8>) {
+        let Some(block_type) = data
             .pointer("/content_block/type")
             .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let (delta_type, field, rewrite) = match block_type.as_str() {
-            "text" => ("text_delta", "text", true),
-            "thinking" => (
-                "thinking_delta",
-                "thinking",
-                self.thinking == ThinkingMode::Mask,
-            ),
-            "tool_use" | "server_tool_use" => {
-                self.blocks.insert(
-                    index,
-                    Block::Tool {
-                        start: data,
-                        partial_json: String::new(),
-                    },
-                );
-                return;
-            }
-            _ => {
-                self.blocks.insert(index, Block::Other);
-                self.forward_walked(event, out);
-                return;
-            }
-        };
-        let Ok(mut masker) = self.new_masker() else {
-            self.fail(
-                StreamFault::Malformed("a masking stream could not be opened".into()),
+            .map(str::to_string)
+        else {
+            return self.fail(
+                StreamFault::Malformed("a content block started without a type".into()),
                 out,
             );
+        };
+        if self.blocks.get_mut(index).is_some() {
+            return self.fail(
+                StreamFault::Malformed(format!("content block {index} was started twice")),
+                out,
+            );
+        }
+        let path = format!("content_block_start[{index}]");
+        let Some(block) = data.get_mut("content_block").and_then(Value::as_object_mut) else {
+            return self.fail(
+                StreamFault::Malformed("a content block start without a block".into()),
+                out,
+            );
+        };
+        if is_tool_like(&block_type, block.contains_key("input")) {
+            // The input is judged whole at the stop, with the pieces that follow.
+            let input = block
+                .get_mut("input")
+                .map(|v| std::mem::replace(v, json!({})));
+            if let Err(fault) = scan_value(&self.engine, &mut data, &path, &mut self.findings) {
+                return self.refuse(fault, out);
+            }
+            self.blocks.insert(
+                index,
+                Kind::Tool {
+                    start: data,
+                    input,
+                    partial_json: String::new(),
+                },
+            );
+            return;
+        }
+        let which = match block_type.as_str() {
+            "text" => Some(Which::Text),
+            "thinking" => Some(Which::Thinking),
+            _ => None,
+        };
+        let Some(which) = which else {
+            if self.forward_scanned(event, data, out) {
+                self.blocks.insert(index, Kind::Other);
+            }
             return;
         };
-        // The start event usually carries empty text; if not, its text joins the stream.
-        let initial = data
-            .get("content_block")
-            .and_then(|block| block.get(field))
+        // The start usually carries empty text; if not, its text joins the stream.
+        let initial = match block.get_mut(which.field()) {
+            Some(Value::String(text)) => std::mem::take(text),
+            _ => String::new(),
+        };
+        let signature = block
+            .get("signature")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let mut emitted = Vec::new();
-        if masker.push(initial.as_bytes(), &mut emitted).is_err() {
-            self.fail(StreamFault::Malformed("masking failed".into()), out);
-            return;
+        let changed = match scan_value(&self.engine, &mut data, &path, &mut self.findings) {
+            Ok(changed) => changed,
+            Err(fault) => return self.refuse(fault, out),
+        };
+        let kind = match which {
+            Which::Text => Kind::Text,
+            Which::Thinking => Kind::Thinking(Box::new(ThinkingState {
+                original: String::new(),
+                over_cap: false,
+                changed: false,
+                signature,
+            })),
+        };
+        self.blocks.insert(index, kind);
+        if initial.is_empty() && !changed {
+            return event.write_to(out);
         }
-        if initial.is_empty() || !rewrite {
-            event.write_to(out);
-        } else {
-            let mut start = data.clone();
-            start["content_block"][field] = json!("");
-            out.extend(encode_event("content_block_start", &start.to_string()));
+        out.extend(encode_event("content_block_start", &data.to_string()));
+        if !initial.is_empty() {
+            let mut emitted = Vec::new();
+            if !self.channel_push(which, index, &initial, &mut emitted, out) {
+                return;
+            }
             if !emitted.is_empty() {
                 write_delta_event(
                     out,
                     index,
-                    delta_type,
-                    field,
+                    which.delta_type(),
+                    which.field(),
                     &String::from_utf8_lossy(&emitted),
                 );
             }
         }
-        self.blocks.insert(
-            index,
-            Block::Streamed {
-                masker,
-                delta_type,
-                field,
-                rewrite,
-            },
-        );
     }
 
-    /// The fast path for a compact delta event: a text or thinking delta of an open streamed
-    /// block, or a tool-input piece of an open tool block. Returns false, having done nothing,
-    /// when the delta does not belong to such a block (the general path then decides).
+    /// The fast path for a compact delta event: a text or thinking delta of an open block of
+    /// its kind, or a tool-input piece of an open tool block. Returns false, having done
+    /// nothing, otherwise (the general path then decides).
     fn on_compact_delta(
         &mut self,
         delta: CompactDelta<'_>,
         event: &Event,
         out: &mut Vec<u8>,
     ) -> bool {
-        let (masker, delta_type, field, rewrite) = match self.blocks.get_mut(delta.index) {
-            Some(Block::Streamed {
-                masker,
-                delta_type,
-                field,
-                rewrite,
-            }) if *delta_type == delta.delta_type => (masker, *delta_type, *field, *rewrite),
+        let which = match (delta.delta_type, self.blocks.get_mut(delta.index)) {
+            (
+                "text_delta",
+                Some(OpenBlock {
+                    kind: Kind::Text | Kind::Other,
+                    ..
+                }),
+            ) => Which::Text,
+            (
+                "thinking_delta",
+                Some(OpenBlock {
+                    kind: Kind::Thinking(_),
+                    ..
+                }),
+            ) => Which::Thinking,
             // Tool input is buffered to the block's stop and judged whole.
-            Some(Block::Tool { partial_json, .. }) if delta.delta_type == "input_json_delta" => {
+            (
+                "input_json_delta",
+                Some(OpenBlock {
+                    kind: Kind::Tool { partial_json, .. },
+                    ..
+                }),
+            ) => {
                 partial_json.push_str(&delta.text);
                 return true;
             }
@@ -502,92 +873,227 @@ impl SseTransformer {
         };
         let mut emitted = std::mem::take(&mut self.scratch);
         emitted.clear();
-        if masker.push(delta.text.as_bytes(), &mut emitted).is_err() {
-            self.fail(StreamFault::Malformed("masking failed".into()), out);
-            return true;
-        }
-        if !rewrite || emitted.as_slice() == delta.text.as_bytes() {
-            // Report-only blocks, and the common case of nothing held or masked: the event as
-            // it came (it carries nothing but the delta, so everything in it was scanned).
-            event.write_to(out);
-        } else if !emitted.is_empty() {
-            write_delta_event(
-                out,
-                delta.index,
-                delta_type,
-                field,
-                &String::from_utf8_lossy(&emitted),
-            );
+        if self.channel_push(which, delta.index, &delta.text, &mut emitted, out) {
+            if emitted.as_slice() == delta.text.as_bytes() {
+                // Nothing held or masked: the event as it came (it carries nothing but the
+                // delta, so everything in it was scanned).
+                event.write_to(out);
+            } else if !emitted.is_empty() {
+                write_delta_event(
+                    out,
+                    delta.index,
+                    which.delta_type(),
+                    which.field(),
+                    &String::from_utf8_lossy(&emitted),
+                );
+            }
         }
         self.scratch = emitted;
         true
     }
 
-    fn on_block_delta(&mut self, index: u64, data: Value, event: &Event, out: &mut Vec<u8>) {
-        let delta_kind = data
+    fn on_block_delta(&mut self, index: u64, mut data: Value, event: &Event, out: &mut Vec<u8>) {
+        let Some(delta_kind) = data
             .pointer("/delta/type")
             .and_then(Value::as_str)
-            .unwrap_or_default();
-        match self.blocks.get_mut(index) {
-            Some(Block::Streamed {
-                masker,
-                delta_type,
-                field,
-                rewrite,
-            }) if delta_kind == *delta_type => {
-                let text = data
-                    .get("delta")
-                    .and_then(|delta| delta.get(*field))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let mut emitted = Vec::with_capacity(text.len() + 16);
-                if masker.push(text.as_bytes(), &mut emitted).is_err() {
-                    self.fail(StreamFault::Malformed("masking failed".into()), out);
-                    return;
-                }
-                // Original bytes only when the event carries nothing but the delta: a field the
-                // masker did not see must not reach the client unscanned (fail closed), so an
-                // event with extra fields is rewritten to the known ones.
-                let plain = only_delta_fields(&data, field);
-                if !*rewrite && plain {
-                    event.write_to(out);
-                } else if !*rewrite {
-                    self.forward_walked(event, out);
-                } else if plain && emitted.as_slice() == text.as_bytes() {
-                    event.write_to(out);
-                } else if !emitted.is_empty() {
-                    write_delta_event(
+            .map(str::to_string)
+        else {
+            return self.fail(
+                StreamFault::Malformed("a content block delta without a type".into()),
+                out,
+            );
+        };
+        let Some(block) = self.blocks.get_mut(index) else {
+            return self.fail(
+                StreamFault::Malformed(format!(
+                    "the upstream sent a delta for content block {index}, which was not started"
+                )),
+                out,
+            );
+        };
+        let which = match (delta_kind.as_str(), &mut block.kind) {
+            ("text_delta", Kind::Text | Kind::Other) => Some(Which::Text),
+            ("thinking_delta", Kind::Thinking(_)) => Some(Which::Thinking),
+            ("input_json_delta", Kind::Tool { partial_json, .. }) => {
+                let Some(piece) = data.pointer("/delta/partial_json").and_then(Value::as_str)
+                else {
+                    return self.fail(
+                        StreamFault::Malformed("an input_json_delta without its input".into()),
                         out,
-                        index,
-                        delta_type,
-                        field,
-                        &String::from_utf8_lossy(&emitted),
                     );
-                }
+                };
+                // The rest of the event is not forwarded: the call is re-emitted whole.
+                partial_json.push_str(piece);
+                return;
             }
-            Some(Block::Tool { partial_json, .. }) if delta_kind == "input_json_delta" => {
-                partial_json.push_str(
-                    data.pointer("/delta/partial_json")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
+            ("signature_delta", Kind::Thinking(_)) => {
+                let signature = data
+                    .pointer("/delta/signature")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                if self.forward_scanned(event, data, out) {
+                    if let Some(OpenBlock {
+                        kind: Kind::Thinking(state),
+                        ..
+                    }) = self.blocks.get_mut(index)
+                    {
+                        state.signature = signature;
+                    }
+                }
+                return;
+            }
+            (
+                "text_delta" | "thinking_delta" | "input_json_delta" | "signature_delta",
+                Kind::Text | Kind::Thinking(_) | Kind::Tool { .. },
+            ) => {
+                return self.fail(
+                    StreamFault::Malformed(format!(
+                        "the upstream sent a {delta_kind} for a block of another kind"
+                    )),
+                    out,
+                )
+            }
+            _ => None,
+        };
+        let Some(which) = which else {
+            return self.generic_delta(index, delta_kind, data, event, out);
+        };
+        let field = which.field();
+        let text = match data.pointer_mut(&format!("/delta/{field}")) {
+            Some(Value::String(text)) => std::mem::take(text),
+            _ => {
+                return self.fail(
+                    StreamFault::Malformed(format!("a {delta_kind} without its {field}")),
+                    out,
+                )
+            }
+        };
+        // Everything beside the text is scanned whole.
+        let plain = only_delta_fields(&data, field);
+        let path = format!("content_block_delta[{index}]");
+        if let Err(fault) = scan_value(&self.engine, &mut data, &path, &mut self.findings) {
+            return self.refuse(fault, out);
+        }
+        let mut emitted = Vec::with_capacity(text.len() + 16);
+        if !self.channel_push(which, index, &text, &mut emitted, out) {
+            return;
+        }
+        if plain && emitted.as_slice() == text.as_bytes() {
+            event.write_to(out);
+        } else if plain {
+            if !emitted.is_empty() {
+                write_delta_event(
+                    out,
+                    index,
+                    which.delta_type(),
+                    field,
+                    &String::from_utf8_lossy(&emitted),
                 );
             }
-            // signature_delta, citations_delta and anything new: walked and forwarded.
-            _ => self.forward_walked(event, out),
+        } else {
+            data["delta"][field] = Value::String(String::from_utf8_lossy(&emitted).into_owned());
+            write_event(out, event.name(), &data.to_string());
         }
     }
 
-    fn on_block_stop(&mut self, index: u64, event: &Event, out: &mut Vec<u8>) {
-        match self.blocks.remove(index) {
-            Some(block @ Block::Streamed { .. }) => {
-                self.flush_block(index, block, out);
-                event.write_to(out);
+    /// A delta of a kind the proxy does not know (or `citations_delta`): each top-level string
+    /// field of the delta is streamed through a masker of its own, everything else is scanned
+    /// whole.
+    fn generic_delta(
+        &mut self,
+        index: u64,
+        delta_kind: String,
+        mut data: Value,
+        event: &Event,
+        out: &mut Vec<u8>,
+    ) {
+        let mut streamed: Vec<(String, String)> = Vec::new();
+        if let Some(delta) = data.get_mut("delta").and_then(Value::as_object_mut) {
+            for (key, value) in delta.iter_mut() {
+                if key == "type" {
+                    continue;
+                }
+                if let Value::String(text) = value {
+                    streamed.push((key.clone(), std::mem::take(text)));
+                }
             }
-            Some(Block::Tool {
-                start,
-                partial_json,
-            }) => self.emit_tool(index, start, &partial_json, event, out),
-            Some(Block::Other) | None => event.write_to(out),
+        }
+        let path = format!("content_block_delta[{index}]");
+        let mut changed = match scan_value(&self.engine, &mut data, &path, &mut self.findings) {
+            Ok(changed) => changed,
+            Err(fault) => return self.refuse(fault, out),
+        };
+        let engine = Arc::clone(&self.engine);
+        for (field, text) in streamed {
+            let Some(block) = self.blocks.get_mut(index) else {
+                return;
+            };
+            let position = block
+                .generic
+                .iter()
+                .position(|(t, f, _)| *t == delta_kind && *f == field);
+            let position = match position {
+                Some(position) => position,
+                None => match engine.stream(Scope::Response) {
+                    Ok(masker) => {
+                        block
+                            .generic
+                            .push((delta_kind.clone(), field.clone(), masker));
+                        block.generic.len() - 1
+                    }
+                    Err(_) => {
+                        return self.fail(
+                            StreamFault::Malformed("a masking stream could not be opened".into()),
+                            out,
+                        )
+                    }
+                },
+            };
+            let mut emitted = Vec::new();
+            let masker = &mut block.generic[position].2;
+            let pushed = masker.push(text.as_bytes(), &mut emitted);
+            let mut masker_findings = masker.take_findings();
+            if pushed.is_err() {
+                return self.fail(StreamFault::Malformed("masking failed".into()), out);
+            }
+            let path = format!("content[{index}].{field}");
+            for finding in masker_findings.drain(..) {
+                self.findings.push(path.as_str(), finding);
+            }
+            changed |= emitted.as_slice() != text.as_bytes();
+            data["delta"][field.as_str()] =
+                Value::String(String::from_utf8_lossy(&emitted).into_owned());
+        }
+        if changed {
+            write_event(out, event.name(), &data.to_string());
+        } else {
+            event.write_to(out);
+        }
+    }
+
+    /// A block's stop (`stop` is the scanned stop event, ready to write).
+    fn on_block_stop(&mut self, index: u64, stop: Vec<u8>, out: &mut Vec<u8>) {
+        for which in [Which::Text, Which::Thinking] {
+            if self.channel(which).holder == Some(index) {
+                self.flush_channel(which, out);
+            }
+        }
+        match self.blocks.remove(index) {
+            Some(OpenBlock {
+                kind:
+                    Kind::Tool {
+                        start,
+                        input,
+                        partial_json,
+                    },
+                ..
+            }) => self.emit_tool(index, start, input, &partial_json, &stop, out),
+            Some(block) => {
+                self.end_block(index, block, out);
+                out.extend_from_slice(&stop);
+            }
+            None => out.extend_from_slice(&stop),
         }
     }
 
@@ -595,15 +1101,23 @@ impl SseTransformer {
         &mut self,
         index: u64,
         start: Value,
+        input: Option<Value>,
         partial_json: &str,
-        stop: &Event,
+        stop: &[u8],
         out: &mut Vec<u8>,
     ) {
-        let (verdict, findings) = judge_tool_input(
-            &self.engine,
-            partial_json.as_bytes(),
-            &format!("content[{index}]"),
-        );
+        // What the client ends up with: the pieces when there are any (the SDK replaces the
+        // start's input with them), else the input the start carried.
+        let whole = if partial_json.trim().is_empty() {
+            input
+                .as_ref()
+                .map(|v| serde_json::to_string(v).unwrap_or_default())
+                .unwrap_or_default()
+        } else {
+            partial_json.to_string()
+        };
+        let (verdict, findings) =
+            judge_tool_input(&self.engine, whole.as_bytes(), &format!("content[{index}]"));
         self.findings.append(findings);
         match verdict {
             ToolVerdict::Allow(input) => {
@@ -616,7 +1130,7 @@ impl SseTransformer {
                     "delta": {"type": "input_json_delta", "partial_json": input},
                 });
                 out.extend(encode_event("content_block_delta", &delta.to_string()));
-                stop.write_to(out);
+                out.extend_from_slice(stop);
             }
             ToolVerdict::Block(refusal) => {
                 let name = start
@@ -628,7 +1142,7 @@ impl SseTransformer {
                 let start = json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}});
                 out.extend(encode_event("content_block_start", &start.to_string()));
                 write_delta_event(out, index, "text_delta", "text", &text);
-                stop.write_to(out);
+                out.extend_from_slice(stop);
             }
         }
     }
@@ -640,14 +1154,15 @@ impl SseTransformer {
         if stop_is_tool_use && !self.blocked_tools.is_empty() && self.tools_allowed == 0 {
             data["delta"]["stop_reason"] = json!("end_turn");
             let rewritten = Event::new("message_delta", &data.to_string());
-            self.forward_walked(&rewritten, out);
+            self.forward_scanned(&rewritten, data, out);
         } else {
-            self.forward_walked(event, out);
+            self.forward_scanned(event, data, out);
         }
     }
 }
 
-/// Whether a delta event holds only `type`, `index` and `delta: {type, <field>}`.
+/// Whether a delta event (its text field taken out) holds only `type`, `index` and
+/// `delta: {type, <field>}`.
 fn only_delta_fields(data: &Value, field: &str) -> bool {
     let top_ok = data.as_object().is_some_and(|o| {
         o.keys()
@@ -663,30 +1178,34 @@ fn only_delta_fields(data: &Value, field: &str) -> bool {
 /// The open content blocks of one response, by index. A response has a handful, so a
 /// vector beats hashing the index on every delta.
 #[derive(Default)]
-struct OpenBlocks(Vec<(u64, Block)>);
+struct OpenBlocks(Vec<(u64, OpenBlock)>);
 
 impl OpenBlocks {
-    fn insert(&mut self, index: u64, block: Block) {
+    fn insert(&mut self, index: u64, kind: Kind) {
+        let block = OpenBlock {
+            kind,
+            generic: Vec::new(),
+        };
         match self.get_mut(index) {
             Some(open) => *open = block,
             None => self.0.push((index, block)),
         }
     }
 
-    fn get_mut(&mut self, index: u64) -> Option<&mut Block> {
+    fn get_mut(&mut self, index: u64) -> Option<&mut OpenBlock> {
         self.0
             .iter_mut()
             .find(|(open, _)| *open == index)
             .map(|(_, block)| block)
     }
 
-    fn remove(&mut self, index: u64) -> Option<Block> {
+    fn remove(&mut self, index: u64) -> Option<OpenBlock> {
         let position = self.0.iter().position(|(open, _)| *open == index)?;
         Some(self.0.remove(position).1)
     }
 
     /// Every open block, in index order, leaving none open.
-    fn take_sorted(&mut self) -> Vec<(u64, Block)> {
+    fn take_sorted(&mut self) -> Vec<(u64, OpenBlock)> {
         let mut blocks = std::mem::take(&mut self.0);
         blocks.sort_unstable_by_key(|(index, _)| *index);
         blocks

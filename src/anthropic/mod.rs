@@ -12,6 +12,7 @@ pub mod batches;
 mod compact;
 pub mod jsonl;
 pub mod messages;
+pub(crate) mod scan_value;
 pub mod sse;
 pub mod tools;
 pub mod transcript;

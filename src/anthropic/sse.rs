@@ -6,6 +6,8 @@
 //!   byte-for-byte;
 //! - `\n`, `\r\n` and `\r` line endings are all accepted, also mixed, also with the `\r` and
 //!   `\n` of one `\r\n` in different chunks;
+//! - a UTF-8 byte-order mark at the very start of the stream is dropped, as SSE readers drop
+//!   it (otherwise the first field line would be read one way here and another by a client);
 //! - memory is bounded: an event larger than `max_event_bytes` is an error, never buffered on;
 //! - an event's name and data are spans of its `raw` bytes (data of several `data:` lines is
 //!   joined into its own string), so framing allocates nothing per event;
@@ -119,6 +121,8 @@ pub struct SseFramer {
     /// How far `buf` has been searched for an event end, so each byte is examined once.
     searched: usize,
     max_event_bytes: usize,
+    /// Whether the start of the stream was checked for a byte-order mark.
+    started: bool,
 }
 
 impl SseFramer {
@@ -127,6 +131,7 @@ impl SseFramer {
             buf: BytesMut::new(),
             searched: 0,
             max_event_bytes,
+            started: false,
         }
     }
 
@@ -138,6 +143,18 @@ impl SseFramer {
     /// Append `chunk` and return every event it completes.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
         self.buf.extend_from_slice(chunk);
+        if !self.started {
+            const BOM: &[u8] = b"\xEF\xBB\xBF";
+            let seen = self.buf.len().min(BOM.len());
+            if self.buf[..seen] != BOM[..seen] {
+                self.started = true;
+            } else if seen == BOM.len() {
+                let _ = self.buf.split_to(BOM.len());
+                self.started = true;
+            } else {
+                return Ok(Vec::new());
+            }
+        }
         let mut events = Vec::new();
         while let Some(end) = self.find_event_end() {
             if end > self.max_event_bytes {
@@ -374,6 +391,16 @@ mod tests {
                 expected,
                 "{input:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_dropped_however_it_is_cut() {
+        let input = b"\xEF\xBB\xBFevent: ping\ndata: {}\n\n";
+        for chunk in 1..input.len() {
+            let events = frame_all(input, chunk);
+            assert_eq!(events.len(), 1, "chunk {chunk}");
+            assert_eq!(events[0].name(), Some("ping"), "chunk {chunk}");
         }
     }
 

@@ -96,7 +96,13 @@ pub struct MessageTools {
     pub blocked: Vec<ToolBlock>,
 }
 
-/// Judge every `tool_use` block of a complete message in place.
+/// Whether a content block is a tool call the client may act on: the known tool-use types, and
+/// any block that carries an `input` (`mcp_tool_use`, whatever comes next).
+pub fn is_tool_like(block_type: &str, has_input: bool) -> bool {
+    has_input || matches!(block_type, "tool_use" | "server_tool_use" | "mcp_tool_use")
+}
+
+/// Judge every tool-like block ([`is_tool_like`]) of a complete message in place.
 pub fn judge_message_tools(engine: &Engine, message: &mut Value) -> MessageTools {
     let mut judged = MessageTools::default();
     let Some(content) = message.get_mut("content").and_then(Value::as_array_mut) else {
@@ -104,7 +110,11 @@ pub fn judge_message_tools(engine: &Engine, message: &mut Value) -> MessageTools
     };
     let mut remaining = 0;
     for (index, block) in content.iter_mut().enumerate() {
-        if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+        let block_type = block
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !is_tool_like(block_type, block.get("input").is_some()) {
             continue;
         }
         let input =

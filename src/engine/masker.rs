@@ -284,6 +284,7 @@ impl Engine {
             finals: Vec::new(),
             findings: Vec::new(),
             late_matches: 0,
+            reopened: Vec::new(),
         })
     }
 }
@@ -467,6 +468,10 @@ pub struct StreamMasker {
     finals: Vec<SecretSpan>,
     findings: Vec<Finding>,
     late_matches: u64,
+    /// Candidates decided at a [`StreamMasker::flush`] and re-opened because the text goes on:
+    /// (rule, start). Once decided again they yield a final span only if they grew past what
+    /// was emitted, so a flushed secret is not reported twice.
+    reopened: Vec<(u32, usize)>,
 }
 
 impl std::fmt::Debug for StreamMasker {
@@ -573,6 +578,57 @@ impl StreamMasker {
         Ok(())
     }
 
+    /// A pause in the text that a client nevertheless joins with what follows (the end of one
+    /// content block when the next block continues the same joined text): emit everything
+    /// held, masked as [`StreamMasker::finish`] masks the end of a text, but keep the stream
+    /// and the left context. A secret that goes on after the pause is then still found when
+    /// its match completes, and the part of it after the pause is replaced by its placeholder
+    /// (counted in [`StreamMasker::late_matches`]); what was emitted before the pause is at
+    /// most the head a rule could not yet tell from ordinary text.
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), MaskError> {
+        if self.stream.is_none() {
+            return Err(MaskError::Finished);
+        }
+        // Matches that only the end of the data decides (a trailing `\b` or `$`): Hyperscan
+        // reports them when a stream closes, and this one stays open, so the kept text (at
+        // least the longest rule back) is scanned once in block mode for them.
+        let engine = Arc::clone(&self.engine);
+        let matcher = engine.matcher();
+        let (scope, base, emitted) = (self.scope, self.base, self.emitted);
+        let mut fresh = Vec::new();
+        matcher.scan_block(&self.buf, |c| {
+            if base + c.end > emitted && matcher.rule(c.rule).scope_bits & scope.bit() != 0 {
+                fresh.push(Candidate {
+                    rule: c.rule,
+                    end: base + c.end,
+                });
+            }
+        })?;
+        self.admit(fresh);
+        let open: Vec<(u32, usize)> = self
+            .pending
+            .iter()
+            .map(|(known, _)| (known.rule, known.start))
+            .collect();
+        self.resolve(true);
+        let end = self.received();
+        self.emit_to(end, out);
+        // Matches decided only because the text paused may still grow: re-open them.
+        for (rule, start) in open {
+            if let Some(at) = self
+                .resolved
+                .iter()
+                .position(|k| (k.rule, k.start) == (rule, start))
+            {
+                let known = self.resolved.swap_remove(at);
+                self.pending.push((known, start));
+                self.reopened.push((rule, start));
+            }
+        }
+        self.trim();
+        Ok(())
+    }
+
     fn admit(&mut self, fresh: Vec<Candidate>) {
         let engine = Arc::clone(&self.engine);
         let matcher = engine.matcher();
@@ -634,10 +690,20 @@ impl StreamMasker {
             if decided {
                 self.pending.swap_remove(index);
                 self.resolved.push(known);
+                let reopened = self
+                    .reopened
+                    .iter()
+                    .position(|&r| r == (known.rule, known.start))
+                    .map(|at| self.reopened.swap_remove(at))
+                    .is_some();
                 if let Some(Confirmed {
                     secret: Some(span), ..
                 }) = confirmed
                 {
+                    if reopened && span.end <= self.emitted {
+                        // Emitted (and reported) at the flush, and it did not grow since.
+                        continue;
+                    }
                     push_unique(
                         &mut self.finals,
                         SecretSpan {

@@ -25,6 +25,7 @@ mod admit;
 mod encoding;
 mod headers;
 mod metadata;
+mod response_headers;
 mod stream;
 pub mod tls;
 mod upstream;
@@ -117,11 +118,14 @@ impl Proxy {
             ctx.exchange.request_transcript = Some(body.clone());
         }
         let key = state.security.upstream_key.as_deref();
+        // Kept (a reference count, not a copy) so the relay can tell what the request asked
+        // for (`stream: true`) when the response's label does not say.
+        let request_body = body.clone();
         let opened = state
             .upstream
             .send(session, &mut ctx.exchange, key, body)
             .await?;
-        stream::relay(state, session, ctx, admitted.route, opened).await
+        stream::relay(state, session, ctx, admitted.route, opened, &request_body).await
     }
 }
 

@@ -3,9 +3,16 @@
 //! Lines line by line, JSON through the walker, anything else scanned as text or refused.
 //!
 //! Invariants:
-//! - nothing unscanned reaches the client: the scanner is chosen from the response's type and
-//!   route, and a body that cannot be scanned (not text, not decodable, over the size limit)
-//!   is answered with a 502 or ends the stream with an SSE `error` event;
+//! - nothing unscanned reaches the client: the scanner is chosen from the response's label,
+//!   route, what the request asked for (`stream: true`) and the bytes — an SSE-labelled body is
+//!   streamed through the SSE transformer; any other body is read whole and scanned the way
+//!   its readers may read it: as JSON (leniently) when it parses, else as SSE when the request
+//!   asked for a stream or an SSE reader would find events in it, else as text. A body that
+//!   cannot be scanned (not text, not decodable, over the size limit, duplicate JSON keys, a
+//!   finding where no placeholder fits) is answered with a 502 or ends the stream with an SSE
+//!   `error` event;
+//! - an upgrade answer (`101`) and a response header with a finding are answered with a 502
+//!   before anything is sent ([`super::response_headers`]);
 //! - a compressed response is decompressed before scanning or refused;
 //! - a client that disconnects mid-stream drops the upstream connection (cancelling it); only a
 //!   response read to its end returns its connection to the pool;
@@ -13,7 +20,8 @@
 //!   changes their length.
 
 use super::encoding::Decoder;
-use super::headers::{end_to_end_headers, header_str, is_json_content_type};
+use super::headers::{end_to_end_headers, header_str};
+use super::response_headers;
 use super::upstream::{unavailable, Opened};
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{ApiError, ErrorKind, Route};
@@ -22,6 +30,7 @@ use crate::anthropic::jsonl::JsonlMasker;
 use crate::anthropic::messages::{error_event, mask_json_response, SseTransformer};
 use crate::anthropic::transcript::{ResponseTranscript, StreamTranscript};
 use crate::anthropic::usage::Usage;
+use crate::engine::json_walk::WalkError;
 use crate::engine::{Engine, Findings, Scope};
 use crate::exchange::{Exchange, UpstreamError};
 use crate::observe::metrics::StreamGuard;
@@ -35,28 +44,48 @@ use std::time::Instant;
 /// How an upstream response body is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKind {
+    /// Labelled SSE: streamed through the SSE transformer.
     Sse,
+    /// Batch results: streamed line by line.
     Jsonl,
-    Json,
-    Text,
+    /// Anything else (JSON, text, no label): read whole and scanned every way a reader may
+    /// read it ([`mask_buffered`]).
+    Buffered,
 }
 
 impl BodyKind {
     fn of(route: Route, content_type: &str) -> BodyKind {
         let content_type = content_type.to_ascii_lowercase();
-        if content_type.starts_with("text/event-stream") {
+        if content_type.trim_start().starts_with("text/event-stream") {
             BodyKind::Sse
         } else if route == Route::BatchResults
             || content_type.contains("jsonl")
             || content_type.contains("ndjson")
         {
             BodyKind::Jsonl
-        } else if is_json_content_type(Some(&content_type)) {
-            BodyKind::Json
         } else {
-            BodyKind::Text
+            BodyKind::Buffered
         }
     }
+}
+
+/// Whether the request body asked for a streamed response (`"stream": true`).
+fn stream_requested(request_body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(default)]
+        stream: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Flag>(request_body)
+        .is_ok_and(|flag| flag.stream == Some(serde_json::Value::Bool(true)))
+}
+
+/// Whether an SSE reader would find a field line (`data:`/`event:`) in `body`; a leading
+/// byte-order mark is skipped as SSE readers skip it.
+fn has_sse_fields(body: &[u8]) -> bool {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    body.split(|&b| b == b'\n' || b == b'\r')
+        .any(|line| line.starts_with(b"data") || line.starts_with(b"event"))
 }
 
 /// Relay the upstream's response to the client, masking its body.
@@ -66,6 +95,7 @@ pub(super) async fn relay(
     ctx: &mut RequestCtx,
     route: Route,
     opened: Opened,
+    request_body: &[u8],
 ) -> Result<(), ApiError> {
     let Opened {
         session: mut upstream,
@@ -80,13 +110,24 @@ pub(super) async fn relay(
             .and_then(|v| v.to_str().ok())
     };
     let kind = BodyKind::of(route, header_text(header::CONTENT_TYPE).unwrap_or(""));
+    exchange.upstream_status(upstream_header.status.as_u16());
+    if let Err(error) = response_headers::refuse_upgrade(&upstream_header) {
+        exchange.upstream_failed(UpstreamError::Malformed, None);
+        return Err(error);
+    }
     let Some(mut decoder) = Decoder::for_encoding(header_text(header::CONTENT_ENCODING)) else {
         exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(unavailable("unsupported response Content-Encoding"));
     };
     let mut downstream = client_header(&upstream_header, &exchange.request_id)?;
-    exchange.upstream_status(upstream_header.status.as_u16());
     let engine = ctx.engine(state);
+    let mut header_findings = Findings::new();
+    let scanned = response_headers::scan(&engine, &downstream, &mut header_findings);
+    ctx.exchange.response_findings.append(header_findings);
+    if let Err(error) = scanned {
+        ctx.exchange.upstream_failed(UpstreamError::Malformed, None);
+        return Err(error);
+    }
     match kind {
         BodyKind::Sse | BodyKind::Jsonl => {
             ctx.exchange.streamed = true;
@@ -113,7 +154,7 @@ pub(super) async fn relay(
             }
             Ok(())
         }
-        BodyKind::Json | BodyKind::Text => {
+        BodyKind::Buffered => {
             let exchange = &mut ctx.exchange;
             let body = read_whole(state, &mut upstream, &mut decoder)
                 .await
@@ -121,7 +162,9 @@ pub(super) async fn relay(
             // The connection is done with once the body is read, whatever the client does.
             state.upstream.release(upstream, &peer).await;
             let masking = Instant::now();
-            let body = mask_buffered(state, &engine, exchange, body, kind);
+            let body = mask_buffered(state, &engine, exchange, body, || {
+                route == Route::Messages && stream_requested(request_body)
+            });
             exchange.masking += masking.elapsed();
             let mut body = body?;
             if route == Route::Batches {
@@ -208,29 +251,55 @@ async fn read_whole(
     }
 }
 
-/// Mask a whole response body: as JSON (tool calls judged whole) when it is JSON, else as
-/// text; a body that is not even text cannot be scanned and is refused.
+/// Mask a whole response body every way a reader may read it: as JSON (leniently, tool calls
+/// judged whole) when it parses — a JSON document holds no SSE event, so that covers SSE
+/// readers too —, else as SSE when the request asked for a stream or an SSE reader would find
+/// events in it, else as text. A body that is not even text, or whose JSON repeats a key, or
+/// that has a finding where no placeholder fits, is refused.
 fn mask_buffered(
     state: &ProxyState,
-    engine: &Engine,
+    engine: &std::sync::Arc<Engine>,
     exchange: &mut Exchange,
     body: Vec<u8>,
-    kind: BodyKind,
+    stream_requested: impl FnOnce() -> bool,
 ) -> Result<Vec<u8>, ApiError> {
-    if kind == BodyKind::Json {
-        if let Ok(masked) = mask_json_response(engine, &body, state.config.thinking) {
+    let bad_gateway = |message: &str| ApiError::new(ErrorKind::Api, message).with_status(502);
+    match mask_json_response(engine, &body, state.config.thinking) {
+        Ok(masked) => {
             exchange.blocked_tools.extend(masked.blocked_tools);
             exchange.response_findings.append(masked.findings);
+            if !masked.refusals.is_empty() {
+                exchange.response_findings.append(masked.refusals);
+                return Err(bad_gateway(
+                    "streammask: the upstream response carried a secret where it cannot be masked",
+                ));
+            }
             return Ok(masked.body.unwrap_or(body));
         }
+        Err(WalkError::DuplicateKey { .. }) => {
+            return Err(bad_gateway(
+                "streammask: the upstream response repeats a JSON key and cannot be scanned",
+            ))
+        }
+        Err(_) => {}
     }
-    // Not JSON after all: scan it as text, and refuse what cannot be read as text.
+    if has_sse_fields(&body) || stream_requested() {
+        let mut sse = SseTransformer::new(
+            std::sync::Arc::clone(engine),
+            state.config.thinking,
+            state.config.max_sse_event_bytes,
+        );
+        let mut out = Vec::with_capacity(body.len() + 256);
+        sse.push(&body, &mut out);
+        sse.finish(&mut out);
+        exchange.blocked_tools.extend(sse.take_blocked_tools());
+        exchange.late_matches += sse.late_matches();
+        exchange.response_findings.append(sse.take_findings());
+        return Ok(out);
+    }
+    // Not JSON and not SSE: scan it as text, and refuse what cannot be read as text.
     let text = String::from_utf8(body).map_err(|_| {
-        ApiError::new(
-            ErrorKind::Api,
-            "streammask: the upstream response is not text and cannot be scanned",
-        )
-        .with_status(502)
+        bad_gateway("streammask: the upstream response is not text and cannot be scanned")
     })?;
     let masked = engine
         .mask(&text, Scope::Response)
@@ -306,7 +375,10 @@ impl StreamMasker {
                 exchange.response_findings.append(sse.take_findings());
                 exchange.usage = sse.usage();
             }
-            StreamMasker::Jsonl(jsonl) => exchange.response_findings.append(jsonl.take_findings()),
+            StreamMasker::Jsonl(jsonl) => {
+                exchange.blocked_tools.extend(jsonl.take_blocked_tools());
+                exchange.response_findings.append(jsonl.take_findings());
+            }
         }
     }
 }

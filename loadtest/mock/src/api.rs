@@ -130,7 +130,11 @@ fn messages(
         Kind::Error => script_error(&script),
         Kind::Garbage => Response {
             status: script.status.unwrap_or(200),
-            content_type: SSE_CONTENT_TYPE,
+            content_type: script
+                .content_type
+                .clone()
+                .unwrap_or_else(|| SSE_CONTENT_TYPE.to_owned()),
+            headers: script.headers.clone().unwrap_or_default(),
             sse: true,
             body: Events::single(script.raw.clone().unwrap_or_default().into_bytes()),
             transport: Transport::default(),

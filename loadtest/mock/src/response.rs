@@ -54,7 +54,9 @@ impl Transport {
 
 pub(crate) struct Response {
     pub(crate) status: u16,
-    pub(crate) content_type: &'static str,
+    pub(crate) content_type: String,
+    /// Extra headers (scripted).
+    pub(crate) headers: Vec<(String, String)>,
     pub(crate) sse: bool,
     pub(crate) body: Events,
     pub(crate) transport: Transport,
@@ -64,7 +66,8 @@ impl Response {
     pub(crate) fn with_body(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
         Response {
             status,
-            content_type,
+            content_type: content_type.to_owned(),
+            headers: Vec::new(),
             sse: false,
             body: Events::single(body),
             transport: Transport::default(),
@@ -83,7 +86,8 @@ impl Response {
     pub(crate) fn sse(events: Events) -> Self {
         Response {
             status: 200,
-            content_type: SSE_CONTENT_TYPE,
+            content_type: SSE_CONTENT_TYPE.to_owned(),
+            headers: Vec::new(),
             sse: true,
             body: events,
             transport: Transport::default(),
@@ -94,6 +98,7 @@ impl Response {
 fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -132,14 +137,14 @@ pub(crate) async fn write_response(
     let n = body.len();
 
     let mut head = String::with_capacity(256);
-    let _ = write!(
-        head,
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\nrequest-id: {}\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        random_id("req_011C", 20, rng),
-    );
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    if !resp.content_type.is_empty() {
+        let _ = write!(head, "content-type: {}\r\n", resp.content_type);
+    }
+    let _ = write!(head, "request-id: {}\r\n", random_id("req_011C", 20, rng));
+    for (name, value) in &resp.headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
     if resp.sse {
         head.push_str("cache-control: no-cache\r\n");
     }

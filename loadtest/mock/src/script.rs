@@ -50,6 +50,10 @@ pub(crate) struct Script {
     pub(crate) max_write: Option<usize>,
     pub(crate) split_writes: Option<bool>,
     pub(crate) raw: Option<String>,
+    /// For `kind: garbage`: the Content-Type to label the body with (`""` sends none).
+    pub(crate) content_type: Option<String>,
+    /// For `kind: garbage`: extra response headers, as `[name, value]` pairs.
+    pub(crate) headers: Option<Vec<(String, String)>>,
     pub(crate) oversized_event_bytes: Option<usize>,
     pub(crate) crlf: Option<bool>,
     pub(crate) usage: Option<UsageSpec>,
