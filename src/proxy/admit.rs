@@ -234,10 +234,11 @@ fn judge_body(
     if let Some(refusal) = walked.refusals.first() {
         let rule_id = refusal.finding.rule_id.clone();
         let description = engine.rule_description(&rule_id);
+        // A path is made of the client's keys, and a key can itself be a secret.
+        let path = engine.redact(&refusal.path, Scope::Request);
         let message = format!(
-            "streammask refused this request: `{}` holds what rule `{rule_id}` ({description}) \
-             masks, and that field cannot carry a placeholder; remove it and send the request again",
-            refusal.path
+            "streammask refused this request: `{path}` holds what rule `{rule_id}` ({description}) \
+             masks, and that field cannot carry a placeholder; remove it and send the request again"
         );
         exchange.blocked_rule = Some(rule_id);
         exchange.request_findings.append(walked.refusals);
