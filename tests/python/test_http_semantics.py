@@ -15,6 +15,7 @@ from conftest import Mock, make_client
 from smtest import (
     API_KEY,
     AWS_KEY_ID,
+    assert_anthropic_error,
     GITHUB_TOKEN,
     GITHUB_TOKEN_2,
     MODEL,
@@ -222,12 +223,8 @@ def test_client_accept_encoding_still_gets_masked_content(proxy, mock, stream, u
     assert Mock.headers_named(rec, "accept-encoding") == ["identity"]
 
 
-def test_opaque_fields_are_forwarded_unaltered(proxy, mock, http):
-    signature = f"EqQBCkYIBxgCKkD/{GITHUB_TOKEN}/Zm9vYmFyYmF6+aGVsbG8="
-    redacted = f"EmwKAhgBEgy+{AWS_KEY_ID}+cmVkYWN0ZWQ/{GITHUB_TOKEN_2}/=="
-    image = f"iVBORw0KGgoAAAANSUhEUgAA/{AWS_KEY_ID}/AAAAAQCAYAAAAf8/{GITHUB_TOKEN}+AAAA"
-    pdf = f"JVBERi0xLjQK/{GITHUB_TOKEN_2}/JSVFT0YK"
-    request = {
+def _opaque_request(signature: str, redacted: str, image: str, pdf: str, text: str) -> dict:
+    return {
         "model": MODEL,
         "max_tokens": 1024,
         "messages": [
@@ -245,22 +242,60 @@ def test_opaque_fields_are_forwarded_unaltered(proxy, mock, http):
                 "content": [
                     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
                     {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
-                    {"type": "text", "text": f"and the token is {GITHUB_TOKEN} ok"},
+                    {"type": "text", "text": text},
                 ],
             },
         ],
     }
+
+
+CLEAN_SIGNATURE = "EqQBCkYIBxgCKkDZm9vYmFyYmF6aGVsbG8gd29ybGQ/+="
+CLEAN_REDACTED = "EmwKAhgBEgycmVkYWN0ZWQgdGhpbmtpbmcgZGF0YQ=="
+CLEAN_IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+CLEAN_PDF = "JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSPj4Kc3RyZWFtCg=="
+
+
+def test_clean_opaque_fields_are_forwarded_unaltered(proxy, mock, http):
+    """Signatures, redacted thinking and base64 sources are scanned, and forwarded byte for byte
+    when clean, even when the body is rewritten for a secret next to them."""
+    request = _opaque_request(
+        CLEAN_SIGNATURE, CLEAN_REDACTED, CLEAN_IMAGE, CLEAN_PDF, f"and the token is {GITHUB_TOKEN} ok"
+    )
     r = http.post("/v1/messages", json=request)
     assert r.status_code == 200, r.text
     forwarded = json.loads(only_message(mock)["body"])
     assistant = forwarded["messages"][1]["content"]
     user = forwarded["messages"][2]["content"]
-    assert assistant[0]["signature"] == signature
-    assert assistant[1]["data"] == redacted
-    assert user[0]["source"]["data"] == image
-    assert user[1]["source"]["data"] == pdf
+    assert assistant[0]["signature"] == CLEAN_SIGNATURE
+    assert assistant[1]["data"] == CLEAN_REDACTED
+    assert user[0]["source"]["data"] == CLEAN_IMAGE
+    assert user[1]["source"]["data"] == CLEAN_PDF
     # ...while the ordinary text next to them was masked (the body was rewritten).
     assert GITHUB_TOKEN not in user[2]["text"] and has_placeholder_for(user[2]["text"], GITHUB_TOKEN)
+
+
+@pytest.mark.parametrize(
+    "field, path",
+    [
+        ("signature", "messages[1].content[0].signature"),
+        ("redacted", "messages[1].content[1].data"),
+        ("image", "messages[2].content[0].source.data"),
+        ("pdf", "messages[2].content[1].source.data"),
+    ],
+)
+def test_a_secret_in_an_opaque_field_refuses_the_request(proxy, mock, http, field, path):
+    """A value that cannot carry a placeholder is never forwarded with a secret in it: the
+    request is refused with a 400 naming the JSON path and the rule, never the value."""
+    values = dict(signature=CLEAN_SIGNATURE, redacted=CLEAN_REDACTED, image=CLEAN_IMAGE, pdf=CLEAN_PDF)
+    values[field] = f"{values[field][:12]}/{GITHUB_TOKEN}/{values[field][12:]}"
+    request = _opaque_request(**values, text="clean text")
+    r = http.post("/v1/messages", json=request)
+    assert r.status_code == 400, r.text
+    assert_anthropic_error(r.content, "invalid_request_error")
+    message = r.json()["error"]["message"]
+    assert f"`{path}`" in message and "github-pat-classic" in message, message
+    assert GITHUB_TOKEN not in r.text
+    assert mock.messages() == []
 
 
 def test_models_pass_through(proxy, mock, client):
