@@ -328,3 +328,28 @@ proptest! {
         prop_assert_eq!(joined_text_stream(&sse_out), masked.text.into_owned());
     }
 }
+
+/// A secret cut by a flush (the end of one text block, joined by the client with the next) is
+/// finished after it by design: its tail is masked and it is not a late match, which would
+/// page the on-call engineer as a hold bound that was too small.
+#[test]
+fn a_secret_across_a_flush_is_masked_after_it_and_not_counted_late() {
+    let engine = default_engine();
+    let token = format!("{}{}", "ghp_", "Zq7Xw2Vb9Nc4Md1Lf6Kg3Jh8Hs5Ga0PtRyEuWiO");
+    for cut in [8, 17, 30] {
+        let mut masker = engine.stream(Scope::Response).unwrap();
+        let mut out = Vec::new();
+        masker
+            .push(format!("first block: {}", &token[..cut]).as_bytes(), &mut out)
+            .unwrap();
+        masker.flush(&mut out).unwrap();
+        masker
+            .push(format!("{} second block", &token[cut..]).as_bytes(), &mut out)
+            .unwrap();
+        masker.finish(&mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains(&token[cut..]), "cut {cut}: {out}");
+        assert!(out.contains("[MASKED:github-pat-classic:"), "cut {cut}: {out}");
+        assert_eq!(masker.late_matches(), 0, "cut {cut}");
+    }
+}

@@ -247,6 +247,7 @@ impl Engine {
             engine: self,
             scope,
             write,
+            pause: 0,
         };
         emitter.emit(
             bytes,
@@ -285,6 +286,7 @@ impl Engine {
             findings: Vec::new(),
             late_matches: 0,
             reopened: Vec::new(),
+            last_pause: 0,
         })
     }
 }
@@ -321,6 +323,10 @@ struct Emitter<'e> {
     scope: Scope,
     /// Whether to write the masked text to `out`; findings are reported either way.
     write: bool,
+    /// Offset of the last [`StreamMasker::flush`] (0 without one): a secret that started before
+    /// it was cut by a pause the client joins across, and finishing it after the pause is the
+    /// design, not a hold bound that was too small, so it is not a late match.
+    pause: usize,
 }
 
 /// The masked text the emitter wrote for `text`, as a `String`.
@@ -389,7 +395,7 @@ impl Emitter<'_> {
                 let secret = &buf[span.start - base..span.end - base];
                 let placeholder = self.engine.key.placeholder(compiled.id(), secret);
                 let rewritten = rewrites(self.scope, compiled.action());
-                if span.start < *cursor {
+                if span.start < *cursor && span.start >= self.pause {
                     *late_matches += 1;
                 }
                 if rewritten {
@@ -472,6 +478,8 @@ pub struct StreamMasker {
     /// (rule, start). Once decided again they yield a final span only if they grew past what
     /// was emitted, so a flushed secret is not reported twice.
     reopened: Vec<(u32, usize)>,
+    /// Offset of the last [`StreamMasker::flush`].
+    last_pause: usize,
 }
 
 impl std::fmt::Debug for StreamMasker {
@@ -583,7 +591,7 @@ impl StreamMasker {
     /// held, masked as [`StreamMasker::finish`] masks the end of a text, but keep the stream
     /// and the left context. A secret that goes on after the pause is then still found when
     /// its match completes, and the part of it after the pause is replaced by its placeholder
-    /// (counted in [`StreamMasker::late_matches`]); what was emitted before the pause is at
+    /// (not counted as a late match); what was emitted before the pause is at
     /// most the head a rule could not yet tell from ordinary text.
     pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), MaskError> {
         if self.stream.is_none() {
@@ -613,6 +621,7 @@ impl StreamMasker {
         self.resolve(true);
         let end = self.received();
         self.emit_to(end, out);
+        self.last_pause = end;
         // Matches decided only because the text paused may still grow: re-open them.
         for (rule, start) in open {
             if let Some(at) = self
@@ -756,6 +765,7 @@ impl StreamMasker {
             engine: &engine,
             scope: self.scope,
             write: true,
+            pause: self.last_pause,
         };
         emitter.emit(
             &self.buf,

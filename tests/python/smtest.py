@@ -69,6 +69,14 @@ def plant(*secrets: str) -> None:
 plant(GITHUB_TOKEN, GITHUB_TOKEN_2, AWS_KEY_ID, PG_PASSWORD)
 
 
+def mock_script(script: dict | list | str) -> str:
+    """An `x-mock-script` header value, hex-encoded: scripts carry the secrets the mock must
+    answer with, and the proxy refuses a request whose headers hold one (it cannot mask a
+    header). Hex hides them from the proxy's rules, as any encoding the rules do not decode."""
+    text = script if isinstance(script, str) else json.dumps(script)
+    return "hex:" + text.encode().hex()
+
+
 def placeholder_hash(secret: str) -> str:
     """The 8-hex part of a placeholder: HMAC-SHA256(key, secret), first 4 bytes."""
     return hmac.new(PLACEHOLDER_KEY.encode(), secret.encode(), hashlib.sha256).hexdigest()[:8]

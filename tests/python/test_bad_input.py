@@ -14,6 +14,7 @@ import pytest
 
 from conftest import Mock, Proxy, make_client
 from smtest import (
+    mock_script,
     API_KEY,
     GITHUB_TOKEN,
     PG_PASSWORD,
@@ -324,7 +325,7 @@ def test_upstream_disconnect_mid_event_flushes_masked_tail(proxy, mock):
     probe = httpx.post(
         mock.url + "/v1/messages",
         json=user_request("hi", stream=True),
-        headers={"x-mock-script": json.dumps(script)},
+        headers={"x-mock-script": mock_script(script)},
         timeout=10,
     ).content
     mock.reset()

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import Mock, make_client
 from smtest import (
+    mock_script,
     API_KEY,
     AWS_KEY_ID,
     assert_anthropic_error,
@@ -404,7 +405,7 @@ def test_concurrent_streams_are_masked_independently(proxy, mock):
     def one(secret: str) -> str:
         script = json.dumps({"kind": "text", "text": f"token {secret} end", "max_delta": 3})
         with make_client(proxy) as c:
-            with c.messages.stream(**user_request("hi"), extra_headers={"x-mock-script": script}) as s:
+            with c.messages.stream(**user_request("hi"), extra_headers={"x-mock-script": mock_script(script)}) as s:
                 return message_text(s.get_final_message())
 
     with ThreadPoolExecutor(len(secrets)) as pool:

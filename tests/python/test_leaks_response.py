@@ -11,7 +11,7 @@ import anthropic
 import pytest
 
 from conftest import make_client
-from smtest import GITHUB_TOKEN, has_placeholder_for, parse_sse, user_request
+from smtest import GITHUB_TOKEN, has_placeholder_for, parse_sse, user_request, mock_script
 
 T = GITHUB_TOKEN
 A, B = T[:14], T[14:]
@@ -77,7 +77,7 @@ STREAMS = {
 
 def sdk_read(proxy, script: dict) -> tuple[bytes, str, str, str | None]:
     """Raw bytes, text_stream, the final message as JSON (or ""), the SDK's error (or None)."""
-    header = {"x-mock-script": json.dumps(script)}
+    header = {"x-mock-script": mock_script(script)}
     with make_client(proxy) as client:
         r = client.messages.with_raw_response.create(**user_request("hi", stream=True), extra_headers=header)
         raw = r.http_response.read()
@@ -130,7 +130,7 @@ def test_json_under_any_label_is_walked_as_json(proxy, mock, label, prefix):
                '"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}')
     script = json.dumps({"kind": "garbage", "raw": prefix + message, "content_type": label})
     with make_client(proxy) as client:
-        r = client.messages.with_raw_response.create(**user_request("hi"), extra_headers={"x-mock-script": script})
+        r = client.messages.with_raw_response.create(**user_request("hi"), extra_headers={"x-mock-script": mock_script(script)})
         data = r.http_response.read()
     decoded = json.loads(data.decode("utf-8-sig"))
     assert T not in json.dumps(decoded), decoded
@@ -141,7 +141,7 @@ def test_an_upgrade_answer_is_refused(proxy, mock):
     script = json.dumps({"kind": "garbage", "raw": "data: " + T + "\n\n", "status": 101, "headers": [["upgrade", "websocket"]]})
     with make_client(proxy) as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
-            client.messages.create(**user_request("hi"), extra_headers={"x-mock-script": script})
+            client.messages.create(**user_request("hi"), extra_headers={"x-mock-script": mock_script(script)})
     assert caught.value.status_code == 502
     assert T not in str(caught.value.body)
 
@@ -150,6 +150,6 @@ def test_a_secret_in_a_response_header_is_refused(proxy, mock):
     script = json.dumps({"kind": "garbage", "raw": SPLIT_STREAM, "headers": [["x-debug", "token=" + T]]})
     with make_client(proxy) as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
-            client.messages.create(**user_request("hi", stream=True), extra_headers={"x-mock-script": script})
+            client.messages.create(**user_request("hi", stream=True), extra_headers={"x-mock-script": mock_script(script)})
     assert caught.value.status_code == 502
     assert T not in str(caught.value.body) and T not in str(caught.value.response.headers)

@@ -23,6 +23,7 @@ import conftest
 import smtest
 from conftest import make_client
 from smtest import (
+    mock_script,
     API_KEY,
     AWS_KEY_ID,
     BLOCK_PHRASE,
@@ -125,7 +126,7 @@ def obs(proxy_factory, session_dir, mock_server, rule_examples) -> Obs:
     def send(label: str, body: dict | None, script: dict | None = None, path: str = "/v1/messages") -> httpx.Response:
         headers = {"x-api-key": API_KEY, "x-claude-code-session-id": f"traffic-{label}"}
         if script is not None:
-            headers["x-mock-script"] = json.dumps(script)
+            headers["x-mock-script"] = mock_script(script)
         with httpx.Client(base_url=proxy.url, timeout=30) as c:
             r = c.post(path, json=body or {}, headers=headers)
         o.ids[label] = r.headers["x-streammask-request-id"]
@@ -322,7 +323,7 @@ def test_audit_replay_prints_a_session_turn_by_turn(obs, mock_server):
             messages.append({"role": "user", "content": user})
             raw = client.messages.with_raw_response.create(
                 model=MODEL, max_tokens=256, messages=messages,
-                extra_headers={**headers, "x-mock-script": json.dumps({"kind": "text", "text": answer})},
+                extra_headers={**headers, "x-mock-script": mock_script({"kind": "text", "text": answer})},
             )
             ids.append(raw.headers["x-streammask-request-id"])
             reply = raw.parse()
@@ -390,7 +391,7 @@ def test_planted_example_secrets_stay_out_of_audit_and_metrics(obs, rule_example
     mock_server.reset()
     with httpx.Client(base_url=obs.proxy.url, timeout=30) as c:
         r = c.post("/v1/messages", json=user_request(text, stream=True),
-                   headers={"x-api-key": API_KEY, "x-mock-script": json.dumps({"kind": "text", "text": text})})
+                   headers={"x-api-key": API_KEY, "x-mock-script": mock_script({"kind": "text", "text": text})})
     assert r.status_code == 200
     rid = r.headers["x-streammask-request-id"]
     wait_until(lambda: any(x["request_id"] == rid for x in obs.records()), timeout=10, what="the record")

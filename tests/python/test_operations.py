@@ -13,7 +13,7 @@ import threading
 
 import httpx
 
-from smtest import API_KEY, user_request, wait_until
+from smtest import API_KEY, user_request, wait_until, mock_script
 
 
 def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factory, mock_server):
@@ -28,7 +28,7 @@ def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factor
             r = c.post(
                 "/v1/messages",
                 json=user_request("stream slowly", stream=True),
-                headers={"x-api-key": API_KEY, "x-mock-script": script},
+                headers={"x-api-key": API_KEY, "x-mock-script": mock_script(script)},
             )
             outcome["status"] = r.status_code
             outcome["body"] = r.text

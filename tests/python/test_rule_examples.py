@@ -13,7 +13,7 @@ import json
 import pytest
 
 from conftest import make_client
-from smtest import has_placeholder_for, message_text, user_request
+from smtest import PLACEHOLDER_RE, has_placeholder_for, message_text, user_request
 
 BATCH = 20
 MIN_PACK_EXAMPLES = 100
@@ -66,14 +66,32 @@ def strings_in(value) -> list[str]:
 
 
 def check_text(where: str, text: str, batch: list[dict]) -> list[str]:
+    """No secret reaches `where`, and each is replaced by a placeholder: its own, or — when a
+    rule that covers more of the text wins the overlap (a keyword rule over a cut-off token and
+    the truncation mark after it, a bearer rule over a long JWT) — one whose span holds it.
+    That the rule itself masks exactly its secret is `rules check`'s job, example by example."""
     problems = []
     for ex in batch:
         for secret in ex["secrets"]:
             if secret in text:
                 problems.append(f"{ex['id']}: secret {secret[:6]}… reached the {where}")
-            elif not has_placeholder_for(text, secret):
+            elif not has_placeholder_for(text, secret) and not covered_by_a_placeholder(text, ex["example"], secret):
                 problems.append(f"{ex['id']}: no placeholder for its secret in the {where}")
     return problems
+
+
+def covered_by_a_placeholder(text: str, example: str, secret: str) -> bool:
+    """Whether the example's text before its secret is followed, in `text`, by a placeholder
+    (the secret's start was replaced by a wider span)."""
+    before = example[: example.find(secret)]
+    # The last few characters before the secret, which no rule rewrites.
+    anchor = before[-8:]
+    at = text.find(anchor) if anchor else 0
+    while at != -1:
+        if PLACEHOLDER_RE.match(text, at + len(anchor)):
+            return True
+        at = text.find(anchor, at + 1) if anchor else -1
+    return False
 
 
 def check_upstream_body(record: dict, batch: list[dict]) -> list[str]:

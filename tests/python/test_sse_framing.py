@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import make_client
-from smtest import GITHUB_TOKEN, has_placeholder_for, message_text, parse_sse, sse_text, user_request
+from smtest import GITHUB_TOKEN, has_placeholder_for, message_text, parse_sse, sse_text, user_request, mock_script
 
 T = GITHUB_TOKEN
 START = {
@@ -68,7 +68,7 @@ def test_handmade_stream_is_masked_and_parses(proxy, mock, case):
     raw, secret_in_text = CASES[case]
     script = json.dumps({"kind": "garbage", "raw": raw})
     with make_client(proxy) as client:
-        r = client.messages.with_raw_response.create(**user_request("hi", stream=True), extra_headers={"x-mock-script": script})
+        r = client.messages.with_raw_response.create(**user_request("hi", stream=True), extra_headers={"x-mock-script": mock_script(script)})
         data = r.http_response.read()
         assert T.encode() not in data, "the secret reached the client"
         events = parse_sse(data)
@@ -77,7 +77,7 @@ def test_handmade_stream_is_masked_and_parses(proxy, mock, case):
             text = sse_text(events)
             assert text.startswith("tok ") and text.endswith(" end") and has_placeholder_for(text, T), text
         # The SDK parses the proxy's output.
-        with client.messages.stream(**user_request("hi"), extra_headers={"x-mock-script": script}) as s:
+        with client.messages.stream(**user_request("hi"), extra_headers={"x-mock-script": mock_script(script)}) as s:
             message = s.get_final_message()
     assert message.stop_reason == "end_turn"
     assert T not in message.model_dump_json()

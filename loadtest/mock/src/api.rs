@@ -34,10 +34,29 @@ const MODELS: &[(&str, &str, &str)] = &[
     ("claude-opus-4-1", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
 ];
 
+/// A script header is JSON, or `hex:` and the hex of the JSON: test scripts carry secrets the
+/// mock must answer with, and the proxy refuses a request whose headers hold one.
+fn decode_script_header(raw: &str) -> String {
+    let Some(hex) = raw.strip_prefix("hex:") else {
+        return raw.to_string();
+    };
+    let digits: Option<Vec<u8>> = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let text = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(text, 16).ok()
+        })
+        .collect();
+    digits
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_default()
+}
+
 pub(crate) fn api(state: &State, req: &Request, rng: &mut Rng) -> Response {
-    let header_script = match req.header("x-mock-script") {
+    let header_script = match req.header("x-mock-script").map(decode_script_header) {
         None => None,
-        Some(raw) => match serde_json::from_str::<Script>(raw) {
+        Some(raw) => match serde_json::from_str::<Script>(&raw) {
             Ok(s) => Some(s),
             Err(e) => {
                 let msg = format!("x-mock-script: {e}");
@@ -200,6 +219,15 @@ mod tests {
     use serde_json::Value;
 
     use crate::testing::{exchange, post, split_head, start};
+
+    #[test]
+    fn script_headers_are_json_or_hex_of_json() {
+        let json = r#"{"kind":"text","text":"hi"}"#;
+        let hex: String = json.bytes().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::decode_script_header(json), json);
+        assert_eq!(super::decode_script_header(&format!("hex:{hex}")), json);
+        assert_eq!(super::decode_script_header("hex:zz"), "");
+    }
 
     #[tokio::test]
     async fn malformed_json_and_unknown_path() {
