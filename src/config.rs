@@ -20,7 +20,6 @@
 
 use crate::config_error::invalid;
 pub use crate::config_error::ConfigError;
-use crate::engine::ThinkingMode;
 use crate::observe::audit::AuditSection;
 use crate::observe::log::LogSection;
 use crate::observe::metrics::MetricsSection;
@@ -125,9 +124,26 @@ pub struct MaskingSection {
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
-    /// `report` (default): scan and report findings in thinking text, never rewrite it
-    /// (rewriting breaks the block's signature and the API rejects the next turn); `mask`.
-    pub thinking: ThinkingMode,
+    /// `restore` (default) or `mask`, see [`ThinkingPolicy`]; `report` is refused. Read as a
+    /// string so that a refused or unknown value gets an error naming this key.
+    pub thinking: String,
+    /// How long the original of a masked thinking block is kept (`restore`).
+    pub thinking_ttl_secs: u64,
+    /// At most this many bytes of kept thinking originals per process (`restore`).
+    pub thinking_max_bytes: usize,
+}
+
+/// What the proxy does with thinking text (`[masking] thinking`). Either way the client gets
+/// it masked and a thinking block a request carries is masked unless restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThinkingPolicy {
+    /// Keep the original of every thinking block masked for the client (encrypted, with a
+    /// TTL, by its signature) and put it back when the signed block returns in a request, so
+    /// the signature still verifies.
+    Restore,
+    /// Keep nothing: a returned block carries the masked text and the API refuses its
+    /// signature.
+    Mask,
 }
 
 impl Default for MaskingSection {
@@ -138,7 +154,9 @@ impl Default for MaskingSection {
             placeholder_key_file: None,
             max_hold_bytes: crate::engine::masker::DEFAULT_MAX_HOLD_BYTES,
             max_sse_event_bytes: 1 << 20,
-            thinking: ThinkingMode::Report,
+            thinking: "restore".into(),
+            thinking_ttl_secs: 86_400,
+            thinking_max_bytes: 256 << 20,
         }
     }
 }
@@ -230,7 +248,11 @@ pub struct Config {
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
-    pub thinking: ThinkingMode,
+    pub thinking: ThinkingPolicy,
+    /// How long a thinking original is kept.
+    pub thinking_ttl_secs: u64,
+    /// Bound on the bytes of kept thinking originals.
+    pub thinking_max_bytes: usize,
     /// Caller groups named in the configuration (policy profiles). Metrics label requests by
     /// these groups only; every other group is counted as `other`, so label values stay bounded.
     pub known_groups: Vec<String>,
@@ -317,6 +339,20 @@ impl FileConfig {
         if self.masking.placeholder_key_env.is_empty() {
             return Err(invalid("masking.placeholder_key_env", "must not be empty"));
         }
+        let thinking = parse_thinking(&self.masking.thinking)?;
+        if !(60..=30 * 86_400).contains(&self.masking.thinking_ttl_secs) {
+            return Err(invalid(
+                "masking.thinking_ttl_secs",
+                "must be between 60 and 2592000 (30 days)",
+            ));
+        }
+        if self.masking.thinking_max_bytes < crate::anthropic::messages::MAX_THINKING_ORIGINAL_BYTES
+        {
+            return Err(invalid(
+                "masking.thinking_max_bytes",
+                "must be at least 1048576 (one thinking original of the largest size kept)",
+            ));
+        }
         if let Some(dir) = &self.masking.rules_dir {
             if !dir.is_dir() {
                 return Err(invalid(
@@ -366,7 +402,9 @@ impl FileConfig {
             placeholder_key_file: self.masking.placeholder_key_file,
             max_hold_bytes: self.masking.max_hold_bytes,
             max_sse_event_bytes: self.masking.max_sse_event_bytes,
-            thinking: self.masking.thinking,
+            thinking,
+            thinking_ttl_secs: self.masking.thinking_ttl_secs,
+            thinking_max_bytes: self.masking.thinking_max_bytes,
             known_groups,
             auth,
             profiles,
@@ -376,6 +414,27 @@ impl FileConfig {
             metrics: self.metrics,
             log: self.log,
         })
+    }
+}
+
+fn parse_thinking(value: &str) -> Result<ThinkingPolicy, ConfigError> {
+    const VALUES: &str = "use \"restore\" (mask thinking for the client, keep the original \
+        encrypted and put it back when the signed block returns) or \"mask\" (mask, keep \
+        nothing)";
+    match value {
+        "restore" => Ok(ThinkingPolicy::Restore),
+        "mask" => Ok(ThinkingPolicy::Mask),
+        "report" => Err(invalid(
+            "masking.thinking",
+            format!(
+                "\"report\" is no longer accepted: it forwarded secrets in thinking text \
+                 unmasked; {VALUES}"
+            ),
+        )),
+        other => Err(invalid(
+            "masking.thinking",
+            format!("{other:?} is not a thinking policy; {VALUES}"),
+        )),
     }
 }
 
@@ -513,6 +572,59 @@ mod tests {
                     ..Default::default()
                 });
             let err = file.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn thinking_policy_defaults_to_restore_and_refuses_report() {
+        let local = |text: &str| {
+            FileConfig::parse("t.toml", text)
+                .unwrap()
+                .apply(&Overrides {
+                    upstream: Some("http://127.0.0.1:1".into()),
+                    ..Default::default()
+                })
+                .validate()
+        };
+        let config = local("").unwrap();
+        assert_eq!(config.thinking, ThinkingPolicy::Restore);
+        assert_eq!(config.thinking_ttl_secs, 86_400);
+        assert_eq!(config.thinking_max_bytes, 256 << 20);
+        let embedded = FileConfig::load(None).unwrap();
+        assert_eq!(embedded.masking.thinking, "restore");
+        let config = local("[masking]\nthinking = \"mask\"\nthinking_ttl_secs = 600\n").unwrap();
+        assert_eq!(config.thinking, ThinkingPolicy::Mask);
+        assert_eq!(config.thinking_ttl_secs, 600);
+        for value in ["report", "Report", "keep"] {
+            let err = local(&format!("[masking]\nthinking = \"{value}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("masking.thinking:"), "{err}");
+            assert!(
+                err.contains("\"restore\"") && err.contains("\"mask\""),
+                "{err}"
+            );
+        }
+        let err = local("[masking]\nthinking = \"report\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no longer accepted"), "{err}");
+        for (text, key) in [
+            (
+                "[masking]\nthinking_ttl_secs = 0\n",
+                "masking.thinking_ttl_secs",
+            ),
+            (
+                "[masking]\nthinking_ttl_secs = 99999999\n",
+                "masking.thinking_ttl_secs",
+            ),
+            (
+                "[masking]\nthinking_max_bytes = 1000\n",
+                "masking.thinking_max_bytes",
+            ),
+        ] {
+            let err = local(text).unwrap_err().to_string();
             assert!(err.starts_with(key), "{text:?} gave {err}");
         }
     }

@@ -1,7 +1,8 @@
 //! The Claude API as streammask reads and writes it: routes and the error shape
 //! ([`api`]), Server-Sent Events framing ([`sse`]), the masked Messages stream ([`messages`],
 //! with the hand-read wire forms in `compact` and tool calls judged whole in [`tools`]),
-//! JSON Lines batch results ([`jsonl`]), batch objects ([`batches`]), token [`usage`] and
+//! JSON Lines batch results ([`jsonl`]), batch objects ([`batches`]), token [`usage`],
+//! originals of masked thinking kept for their return ([`thinking_vault`]) and
 //! response [`transcript`]s.
 //!
 //! Layer: above the engine, which it drives; below everything that knows about callers,
@@ -14,6 +15,7 @@ pub mod jsonl;
 pub mod messages;
 pub(crate) mod scan_value;
 pub mod sse;
+pub mod thinking_vault;
 pub mod tools;
 pub mod transcript;
 pub mod usage;

@@ -6,10 +6,11 @@
 //!   bundles, JWKS file, upstream key, policy profiles, the audit sink) fails here, before a
 //!   socket is opened, with a message naming the cause;
 //! - start-up builds one [`ProxyState`] — config, policy with its engines, metrics, audit
-//!   writer — and hands it down; nothing is kept in process-wide statics.
+//!   writer, thinking vault — and hands it down; nothing is kept in process-wide statics.
 
 use super::admin::Admin;
-use crate::config::Config;
+use crate::anthropic::thinking_vault::{MemoryVault, Vault, VaultKey, VaultLimits};
+use crate::config::{Config, ThinkingPolicy};
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::{Engine, MaskError, RuleSet};
 use crate::observe::audit::Auditor;
@@ -25,6 +26,7 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -48,21 +50,50 @@ pub enum StartError {
     Audit(#[from] crate::observe::audit::AuditError),
 }
 
+/// The configured placeholder key material: from `file` if one is configured (trimmed), else
+/// from the environment variable `env`; `None` when neither is set.
+fn key_material(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, StartError> {
+    if let Some(path) = file {
+        let key =
+            std::fs::read(path).map_err(|e| StartError::Key(format!("{}: {e}", path.display())))?;
+        return Ok(Some(key.trim_ascii().to_vec()));
+    }
+    match std::env::var(env) {
+        Ok(key) if !key.is_empty() => Ok(Some(key.into_bytes())),
+        _ => Ok(None),
+    }
+}
+
 /// The placeholder key: from `file` if one is configured, else from the environment variable
 /// `env`, else a random key (placeholders then differ across restarts and replicas; callers
 /// warn, see [`PlaceholderKey::is_random`]).
 pub fn placeholder_key(file: Option<&Path>, env: &str) -> Result<PlaceholderKey, StartError> {
-    if let Some(path) = file {
-        let key =
-            std::fs::read(path).map_err(|e| StartError::Key(format!("{}: {e}", path.display())))?;
-        return PlaceholderKey::new(key.trim_ascii()).map_err(|e| StartError::Key(e.to_string()));
-    }
-    match std::env::var(env) {
-        Ok(key) if !key.is_empty() => {
-            PlaceholderKey::new(key.as_bytes()).map_err(|e| StartError::Key(format!("{env}: {e}")))
+    match key_material(file, env)? {
+        Some(key) if file.is_some() => {
+            PlaceholderKey::new(&key).map_err(|e| StartError::Key(e.to_string()))
         }
-        _ => Ok(PlaceholderKey::random()),
+        Some(key) => PlaceholderKey::new(&key).map_err(|e| StartError::Key(format!("{env}: {e}"))),
+        None => Ok(PlaceholderKey::random()),
     }
+}
+
+/// The thinking vault of `thinking = "restore"` (`None` for `"mask"`): in memory, under a key
+/// derived from the placeholder key (`HMAC-SHA256(placeholder key, VAULT_KEY_LABEL)`), random
+/// when the placeholder key is.
+pub fn thinking_vault(config: &Config) -> Result<Option<Arc<dyn Vault>>, StartError> {
+    if config.thinking != ThinkingPolicy::Restore {
+        return Ok(None);
+    }
+    let material = key_material(
+        config.placeholder_key_file.as_deref(),
+        &config.placeholder_key_env,
+    )?;
+    let key = material.map_or_else(VaultKey::random, |m| VaultKey::derive(&m));
+    let limits = VaultLimits::for_bytes(
+        Duration::from_secs(config.thinking_ttl_secs),
+        config.thinking_max_bytes,
+    );
+    Ok(Some(Arc::new(MemoryVault::new(&key, limits))))
 }
 
 /// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
@@ -119,7 +150,10 @@ pub fn build_state(config: Config) -> Result<ProxyState, StartError> {
         .enabled
         .then(|| Arc::new(Metrics::new(&engine, &config.known_groups)));
     let auditor = Auditor::start(&config.audit, metrics.as_ref().map(|m| m.audit_counters()))?;
-    Ok(ProxyState::new(config, engine, security, metrics, auditor))
+    let vault = thinking_vault(&config)?;
+    Ok(ProxyState::new(
+        config, engine, security, metrics, auditor, vault,
+    ))
 }
 
 /// The proxy's listening service for `state` (TLS and h2c as configured), not yet started.

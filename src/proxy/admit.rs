@@ -8,15 +8,21 @@
 //! - the body is scanned in the form the upstream will read it (decoded), and what goes
 //!   upstream is either the bytes scanned (no rewritten finding) or the walker's rewrite;
 //! - every refusal is an Anthropic-shaped error whose message carries rule ids and sizes, never
-//!   request content.
+//!   request content;
+//! - thinking text is masked like any other text, except that a `thinking` block whose
+//!   signature the thinking vault knows, and whose text is exactly what the client was shown,
+//!   gets its original back (the upstream's own text, so its signature verifies). A vault
+//!   that fails or is off (`thinking = "mask"`) leaves every thinking block masked: raw client
+//!   thinking is never forwarded.
 
 use super::encoding::{decode_body, EncodingError};
 use super::headers::{header_str, is_json_content_type};
 use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
-use crate::engine::json_walk::{mask_json, WalkOptions};
-use crate::engine::{Action, Engine, Scope};
+use crate::anthropic::thinking_vault::{thinking_signatures, VaultRestore};
+use crate::engine::json_walk::{mask_json_with, ThinkingMode, WalkOptions};
+use crate::engine::{Action, Engine, Scope, ThinkingRestore};
 use crate::exchange::Outcome;
 use crate::policy::auth::AuthFailure;
 use crate::policy::identity::Identity;
@@ -82,7 +88,15 @@ pub(super) async fn admit(
     let body = decode_body(raw, encoding, profile.max_body_bytes).map_err(encoding_error)?;
     // The model list is checked on the body as the client sent it, once the walker has
     // refused what readers could disagree on (invalid JSON, duplicate keys).
-    let forwarded = judge_body(state, session, ctx, &profile.engine, route, &body)?;
+    let restore = thinking_restore(state, &profile.engine, &body).await;
+    let forwarded = judge_body(
+        session,
+        ctx,
+        &profile.engine,
+        route,
+        &body,
+        restore.as_ref().map(|r| r as &dyn ThinkingRestore),
+    )?;
     if !profile.allows_request_models(route, &body) {
         ctx.exchange.auth_failure = Some(AuthFailure::ModelNotAllowed);
         return Err(ApiError::new(
@@ -169,6 +183,34 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, ApiEr
     }
 }
 
+/// The originals the thinking vault holds for the signatures in `body`, as the walker's
+/// restore hook; `None` when there is no vault, no signature, or the vault failed (every
+/// thinking block is then masked).
+async fn thinking_restore<'e>(
+    state: &ProxyState,
+    engine: &'e Engine,
+    body: &[u8],
+) -> Option<VaultRestore<'e>> {
+    let vault = state.thinking_vault.as_ref()?;
+    // Cheap check first: most requests carry no signed block.
+    memchr::memmem::find(body, b"\"signature\"")?;
+    let signatures = thinking_signatures(body);
+    if signatures.is_empty() {
+        return None;
+    }
+    match vault.fetch(&signatures).await {
+        Ok(fetched) => {
+            let restore = VaultRestore::new(engine, signatures, fetched);
+            tracing::debug!(known = restore.known(), "thinking originals fetched");
+            Some(restore)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "thinking vault unavailable: thinking in this request stays masked");
+            None
+        }
+    }
+}
+
 fn encoding_error(error: EncodingError) -> ApiError {
     match error {
         EncodingError::Unsupported(coding) => ApiError::new(
@@ -189,14 +231,14 @@ fn encoding_error(error: EncodingError) -> ApiError {
 
 /// Scan the body and decide: refuse it (a `block` finding, or a finding where no placeholder
 /// fits), forward the walker's rewrite (`Some`, masked findings) or forward it as it is
-/// (`None`).
+/// (`None`). Thinking is masked unless `restore` gives its original back.
 fn judge_body(
-    state: &ProxyState,
     session: &Session,
     ctx: &mut RequestCtx,
     engine: &Engine,
     route: Route,
     body: &[u8],
+    restore: Option<&dyn ThinkingRestore>,
 ) -> Result<Option<Vec<u8>>, ApiError> {
     let exchange = &mut ctx.exchange;
     if body.is_empty() {
@@ -218,10 +260,10 @@ fn judge_body(
     let masking = Instant::now();
     let options = WalkOptions {
         scope: Scope::Request,
-        thinking: state.config.thinking,
+        thinking: ThinkingMode::Mask,
         lenient: false,
     };
-    let walked = mask_json(engine, body, &options);
+    let walked = mask_json_with(engine, body, &options, restore);
     exchange.masking += masking.elapsed();
     exchange.model = request_model(body);
     let walked = walked.map_err(|err| {

@@ -5,6 +5,8 @@
 //!   the response, masking its body);
 //! - `logging` hands the finished [`Exchange`] to observability: the log line, then metrics,
 //!   then the audit record.
+//! - thinking masked for the client is kept in the thinking vault by [`stream`] and put back by
+//!   [`admit`] when its signed block returns ([`ProxyState::thinking_vault`]).
 //!
 //! Why forwarding happens in `request_filter` and not in Pingora's later phases: once
 //! `request_filter` has read the body, Pingora 0.9 can only replay it to the upstream from its
@@ -31,6 +33,7 @@ pub mod tls;
 mod upstream;
 
 use crate::anthropic::api::{ApiError, ErrorKind};
+use crate::anthropic::thinking_vault::Vault;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::exchange::{Exchange, Outcome};
@@ -58,6 +61,8 @@ pub struct ProxyState {
     pub metrics: Option<Arc<Metrics>>,
     /// `None` when `audit.sink = "off"`.
     pub auditor: Option<Auditor>,
+    /// Originals of thinking masked for clients (`None` when `thinking = "mask"`).
+    pub thinking_vault: Option<Arc<dyn Vault>>,
     upstream: Upstream,
 }
 
@@ -70,6 +75,7 @@ impl ProxyState {
         security: Security,
         metrics: Option<Arc<Metrics>>,
         auditor: Option<Auditor>,
+        thinking_vault: Option<Arc<dyn Vault>>,
     ) -> ProxyState {
         let upstream = Upstream::new(&config.upstream);
         ProxyState {
@@ -78,6 +84,7 @@ impl ProxyState {
             security,
             metrics,
             auditor,
+            thinking_vault,
             upstream,
         }
     }

@@ -17,7 +17,12 @@
 //! - a client that disconnects mid-stream drops the upstream connection (cancelling it); only a
 //!   response read to its end returns its connection to the pool;
 //! - streams are written as chunked HTTP/1.1 (or plain HTTP/2 data frames), since masking
-//!   changes their length.
+//!   changes their length;
+//! - thinking is always masked for the client; the original of each thinking block masking
+//!   changed goes to the thinking vault (when `thinking = "restore"`) as soon as the block is
+//!   complete, before the bytes that end it are written. Keeping never delays client bytes: a
+//!   put that does not finish at its first poll (a networked vault) continues in a task of its
+//!   own, and a failed put is logged (the returning block is then masked, never leaked).
 
 use super::encoding::Decoder;
 use super::headers::{end_to_end_headers, header_str};
@@ -27,11 +32,14 @@ use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{ApiError, ErrorKind, Route};
 use crate::anthropic::batches::point_results_url_at_proxy;
 use crate::anthropic::jsonl::JsonlMasker;
-use crate::anthropic::messages::{error_event, mask_json_response, SseTransformer};
+use crate::anthropic::messages::{
+    error_event, mask_json_response, SseTransformer, ThinkingOriginal,
+};
+use crate::anthropic::thinking_vault::VaultEntry;
 use crate::anthropic::transcript::{ResponseTranscript, StreamTranscript};
 use crate::anthropic::usage::Usage;
 use crate::engine::json_walk::WalkError;
-use crate::engine::{Engine, Findings, Scope};
+use crate::engine::{Engine, Findings, Scope, ThinkingMode};
 use crate::exchange::{Exchange, UpstreamError};
 use crate::observe::metrics::StreamGuard;
 use bytes::Bytes;
@@ -264,7 +272,7 @@ fn mask_buffered(
     stream_requested: impl FnOnce() -> bool,
 ) -> Result<Vec<u8>, ApiError> {
     let bad_gateway = |message: &str| ApiError::new(ErrorKind::Api, message).with_status(502);
-    match mask_json_response(engine, &body, state.config.thinking) {
+    match mask_json_response(engine, &body, ThinkingMode::Mask) {
         Ok(masked) => {
             exchange.blocked_tools.extend(masked.blocked_tools);
             exchange.response_findings.append(masked.findings);
@@ -274,6 +282,7 @@ fn mask_buffered(
                     "streammask: the upstream response carried a secret where it cannot be masked",
                 ));
             }
+            keep_thinking(state, masked.thinking_originals);
             return Ok(masked.body.unwrap_or(body));
         }
         Err(WalkError::DuplicateKey { .. }) => {
@@ -286,12 +295,13 @@ fn mask_buffered(
     if has_sse_fields(&body) || stream_requested() {
         let mut sse = SseTransformer::new(
             std::sync::Arc::clone(engine),
-            state.config.thinking,
+            ThinkingMode::Mask,
             state.config.max_sse_event_bytes,
         );
         let mut out = Vec::with_capacity(body.len() + 256);
         sse.push(&body, &mut out);
         sse.finish(&mut out);
+        keep_thinking(state, sse.take_thinking_originals());
         exchange.blocked_tools.extend(sse.take_blocked_tools());
         exchange.late_matches += sse.late_matches();
         exchange.response_findings.append(sse.take_findings());
@@ -366,6 +376,14 @@ impl StreamMasker {
         }
     }
 
+    /// The originals of thinking blocks masked and completed since the last call.
+    fn take_thinking_originals(&mut self) -> Vec<ThinkingOriginal> {
+        match self {
+            StreamMasker::Sse(sse) => sse.take_thinking_originals(),
+            StreamMasker::Jsonl(_) => Vec::new(),
+        }
+    }
+
     /// Move what the masker found into the exchange.
     fn record(&mut self, exchange: &mut Exchange) {
         match self {
@@ -407,12 +425,12 @@ impl Stream<'_> {
         let mut masker = match self.kind {
             BodyKind::Sse => StreamMasker::Sse(Box::new(SseTransformer::new(
                 std::sync::Arc::clone(self.engine),
-                config.thinking,
+                ThinkingMode::Mask,
                 config.max_sse_event_bytes,
             ))),
             _ => StreamMasker::Jsonl(JsonlMasker::new(
                 std::sync::Arc::clone(self.engine),
-                config.thinking,
+                ThinkingMode::Mask,
             )),
         };
         let mut guard = StreamGuard::start(self.state.metrics.as_deref());
@@ -449,6 +467,8 @@ impl Stream<'_> {
             exchange.masking += elapsed;
             guard.events_masked(masker.events() - events_before, elapsed);
             guard.held(masker.held());
+            // Kept before the bytes that end the block go out, so a client's next turn finds it.
+            keep_thinking(self.state, masker.take_thinking_originals());
             exchange.bytes_out += out.len();
             if let Some(transcript) = transcript.as_mut() {
                 transcript.push(&out);
@@ -537,6 +557,29 @@ fn mask_batch(
     }
     batch.clear();
     decoded_all
+}
+
+/// Hand the originals of thinking masked for the client to the thinking vault (if any). The
+/// put is polled once here — an in-memory vault is done by then — and otherwise continues in
+/// a task of its own, so client bytes never wait for it.
+fn keep_thinking(state: &ProxyState, originals: Vec<ThinkingOriginal>) {
+    let Some(vault) = state.thinking_vault.as_ref() else {
+        return;
+    };
+    if originals.is_empty() {
+        return;
+    }
+    let vault = std::sync::Arc::clone(vault);
+    let entries: Vec<VaultEntry> = originals.into_iter().map(VaultEntry::from).collect();
+    let mut put = Box::pin(async move {
+        if let Err(error) = vault.put(entries).await {
+            tracing::warn!(%error, "thinking originals not kept: their blocks will be masked when they return");
+        }
+    });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if std::future::Future::poll(put.as_mut(), &mut cx).is_pending() {
+        tokio::spawn(put);
+    }
 }
 
 /// Polls a future once: its output if it is ready now, `None` (dropping it) if it would wait.
