@@ -340,16 +340,25 @@ fn a_secret_across_a_flush_is_masked_after_it_and_not_counted_late() {
         let mut masker = engine.stream(Scope::Response).unwrap();
         let mut out = Vec::new();
         masker
-            .push(format!("first block: {}", &token[..cut]).as_bytes(), &mut out)
+            .push(
+                format!("first block: {}", &token[..cut]).as_bytes(),
+                &mut out,
+            )
             .unwrap();
         masker.flush(&mut out).unwrap();
         masker
-            .push(format!("{} second block", &token[cut..]).as_bytes(), &mut out)
+            .push(
+                format!("{} second block", &token[cut..]).as_bytes(),
+                &mut out,
+            )
             .unwrap();
         masker.finish(&mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(!out.contains(&token[cut..]), "cut {cut}: {out}");
-        assert!(out.contains("[MASKED:github-pat-classic:"), "cut {cut}: {out}");
+        assert!(
+            out.contains("[MASKED:github-pat-classic:"),
+            "cut {cut}: {out}"
+        );
         assert_eq!(masker.late_matches(), 0, "cut {cut}");
     }
 }

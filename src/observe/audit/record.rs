@@ -120,6 +120,11 @@ fn embed(
         }
     }
     scrub(engine, &mut value, scope);
+    if scope == Scope::Request {
+        // A request may carry the upstream's own thinking restored from the vault: scrubbed
+        // with the response rules as well, since that is what the text once was.
+        scrub(engine, &mut value, Scope::Response);
+    }
     value.to_string()
 }
 
