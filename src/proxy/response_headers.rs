@@ -1,9 +1,10 @@
 //! The upstream response's header, judged before anything is sent to the client.
 //!
 //! Invariants:
-//! - a `101 Switching Protocols`, any other informational status, or an `Upgrade` header is an
-//!   answer whose bytes the proxy could not scan as a response body: the client gets an
-//!   Anthropic-shaped 502 instead;
+//! - a `101 Switching Protocols` or an `Upgrade` header is an answer whose bytes the proxy
+//!   could not scan as a response body: the client gets an Anthropic-shaped 502 instead (other
+//!   informational answers, `100` and `103`, are skipped by the upstream reader before the
+//!   final one; one that still got here would be refused the same way);
 //! - every header that reaches the client (name and value, as text) is scanned with the
 //!   response rules; a header cannot carry a placeholder, so a finding that would be rewritten
 //!   anywhere else answers the client with a 502 naming the rule (never the header's text).

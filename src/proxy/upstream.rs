@@ -216,10 +216,26 @@ impl Upstream {
             .finish_request_body()
             .await
             .map_err(|e| failed(exchange, UpstreamError::Send, e))?;
-        upstream
-            .read_response_header()
-            .await
-            .map_err(|e| failed(exchange, UpstreamError::Read, e))?;
+        // Informational answers (`100 Continue`, `103 Early Hints`) may come before the final
+        // one: skipped, as HTTP lets a proxy do, since reading a body after one panics inside
+        // Pingora. `101` is final here (a protocol switch) and refused by the relay. A bounded
+        // number, so an upstream cannot hold the request with an endless run of them.
+        let mut informational = 0;
+        loop {
+            upstream
+                .read_response_header()
+                .await
+                .map_err(|e| failed(exchange, UpstreamError::Read, e))?;
+            let status = upstream.response_header().map(|h| h.status.as_u16());
+            match status {
+                Some(100 | 102..=199) if informational < MAX_INFORMATIONAL => informational += 1,
+                Some(100 | 102..=199) => {
+                    exchange.upstream_failed(UpstreamError::Read, None);
+                    return Err(unavailable("too many informational responses"));
+                }
+                _ => break,
+            }
+        }
         exchange.upstream_ttfb = Some(opened.elapsed());
         let Some(header) = upstream.response_header().cloned() else {
             exchange.upstream_failed(UpstreamError::Read, None);
@@ -239,6 +255,9 @@ impl Upstream {
             .await;
     }
 }
+
+/// Informational responses skipped before a final one.
+const MAX_INFORMATIONAL: usize = 8;
 
 /// The 502 a client gets when the upstream cannot be reached or fails.
 pub(super) fn unavailable(what: &str) -> ApiError {

@@ -307,9 +307,10 @@ def test_upstream_disconnect_after_events_flushes_masked_tail(proxy, mock, rst):
     if rst:
         # SO_LINGER=0 discards whatever the mock had not yet sent (and Linux may drop what the
         # proxy had not yet read), so the text can end anywhere; it must still be a prefix.
-        assert (prefix + GITHUB_TOKEN).startswith(got) or (
-            got.startswith(prefix) and has_placeholder_for(got, GITHUB_TOKEN)
-        ), got
+        # What arrived of the token may also have been cut short and masked as a cut token:
+        # a placeholder for one of its prefixes.
+        cut_short = any(has_placeholder_for(got, GITHUB_TOKEN[:k]) for k in range(4, len(GITHUB_TOKEN) + 1))
+        assert (prefix + GITHUB_TOKEN).startswith(got) or (got.startswith(prefix) and cut_short), got
     else:
         assert got.startswith(prefix) and has_placeholder_for(got, GITHUB_TOKEN), got
         assert got.endswith("]"), got

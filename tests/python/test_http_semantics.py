@@ -445,3 +445,21 @@ def test_thinking_block_and_signature_pass_while_text_is_masked(proxy, mock, cli
     text = message.content[1].text
     assert GITHUB_TOKEN not in text
     assert text == f"Use {placeholder_in(text, GITHUB_TOKEN)} now."
+
+
+@pytest.mark.parametrize("informational", [[100], [103], [100, 103, 103]], ids=["100", "103", "several"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_informational_answers_before_the_final_one_are_skipped(proxy, mock, client, informational, stream):
+    """An upstream `100 Continue` or `103 Early Hints` before the real response once panicked
+    the request task inside Pingora's body reader and the client got nothing. They are skipped;
+    the final answer is masked and relayed as usual."""
+    script = {"kind": "text", "text": f"here: {GITHUB_TOKEN}", "informational": informational}
+    request = user_request("hi")
+    if stream:
+        with client.messages.stream(**request, extra_headers={"x-mock-script": mock_script(script)}) as s:
+            message = s.get_final_message()
+    else:
+        message = client.messages.create(**request, extra_headers={"x-mock-script": mock_script(script)})
+    text = message_text(message)
+    assert GITHUB_TOKEN not in text and has_placeholder_for(text, GITHUB_TOKEN), text
+    proxy.assert_healthy()

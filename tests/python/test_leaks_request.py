@@ -145,3 +145,86 @@ def test_the_audit_record_keeps_no_secret_from_request_metadata(audited, mock):
         [record] = _records(audit, r.headers["x-streammask-request-id"])
         assert record["session_id"] == "session-0001"
     assert HEADER_TOKEN not in audit.read_text()
+
+
+# --- the body, as the model reads it -----------------------------------------------------------
+
+def _revealed(body: str) -> str:
+    """Everything the upstream could read out of a body: every string, decoded once and (when it
+    is itself JSON or escaped text) once more, and adjacent texts joined."""
+    out: list[str] = []
+
+    def walk(value):
+        if isinstance(value, str):
+            out.append(value)
+            try:
+                again = json.loads(f'"{value}"')
+                out.append(again)
+            except (ValueError, TypeError):
+                pass
+            try:
+                out.append(json.dumps(json.loads(value)))
+            except (ValueError, TypeError):
+                pass
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                out.append(k)
+                walk(v)
+
+    decoded = json.loads(body)
+    walk(decoded)
+    texts = []
+    for message in decoded.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") == "text":
+                texts.append(block["text"])
+            if block.get("type") == "tool_result":
+                inner = block.get("content")
+                texts += [inner] if isinstance(inner, str) else [b.get("text", "") for b in inner or []]
+    return "\n".join(out) + "\n" + "".join(texts)
+
+
+T = HEADER_TOKEN
+A, B = T[:15], T[15:]
+BODY_CASES = {
+    "php-escaped-slashes": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": json.dumps({"url": "https:\\/\\/x\\/" + T})}]},
+    "dotnet-unicode-escapes": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": '{"k":"' + "".join("\\u%04X" % ord(c) for c in T) + '"}'}]},
+    "after-literal-backslash-n": {"role": "user", "content": "log: line1\\n" + T + "\\tdone"},
+    "python-repr": {"role": "user", "content": repr({"token": "x\n" + T})},
+    "split-across-text-blocks": {"role": "user", "content": [{"type": "text", "text": "key " + A}, {"type": "text", "text": B + " end"}]},
+    "split-across-tool-result-blocks": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "out " + A}, {"type": "text", "text": B}]}]},
+    "truncated-at-string-end": {"role": "user", "content": "the token is " + T[:30]},
+    "truncated-with-marker": {"role": "user", "content": "GITHUB_TOKEN=" + T[:32] + "… [truncated]"},
+    "word-glued": {"role": "user", "content": "export TOKEN_" + T + "x"},
+}
+
+
+@pytest.mark.parametrize("case", list(BODY_CASES))
+def test_a_secret_in_the_body_is_masked_in_the_form_the_model_reads(proxy, mock, http, case):
+    body = {"model": "claude-opus-4-8", "max_tokens": 16, "messages": [BODY_CASES[case]]}
+    r = http.post("/v1/messages", json=body)
+    assert r.status_code == 200, r.text
+    [received] = mock.messages()
+    revealed = _revealed(received["body"])
+    for secret in (T, T[4:24], B if len(B) >= 20 else T):
+        assert secret not in revealed, (case, revealed[:2000])
+    assert "[MASKED:" in received["body"], received["body"][:2000]
+
+
+def test_split_across_consecutive_user_turns(proxy, mock, http):
+    body = {"model": "claude-opus-4-8", "max_tokens": 16, "messages": [
+        {"role": "user", "content": "first part " + A},
+        {"role": "user", "content": B + " second part"},
+    ]}
+    r = http.post("/v1/messages", json=body)
+    assert r.status_code == 200, r.text
+    [received] = mock.messages()
+    forwarded = json.loads(received["body"])["messages"]
+    joined = forwarded[0]["content"] + forwarded[1]["content"]
+    assert T not in joined and B not in joined, joined

@@ -153,3 +153,69 @@ def test_a_secret_in_a_response_header_is_refused(proxy, mock):
             client.messages.create(**user_request("hi", stream=True), extra_headers={"x-mock-script": mock_script(script)})
     assert caught.value.status_code == 502
     assert T not in str(caught.value.body) and T not in str(caught.value.response.headers)
+
+
+# --- random streams through the real SDK ------------------------------------------------------
+
+def _random_stream(rng) -> tuple[str, list[str]]:
+    """A random Messages stream: text, thinking, unknown and tool-like blocks, extra fields, a
+    token planted in one of them and split across deltas (and, for text, across adjacent text
+    blocks). Returns the raw SSE and the pieces of the planted token."""
+    token = "ghp_" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") for _ in range(36))
+    cut = sorted(rng.sample(range(1, len(token)), rng.randint(1, 4)))
+    pieces = [token[a:b] for a, b in zip([0] + cut, cut + [len(token)])]
+    parts, index = [], 0
+    planted = rng.choice(["text-split-blocks", "text", "thinking", "future", "tool", "mcp"])
+    for kind in rng.sample(["text", "thinking", "future", "tool"], rng.randint(1, 4)) + [planted]:
+        extra = {"x_extra": rng.choice(["", "note", 7])} if rng.random() < 0.3 else {}
+        carry = kind == planted
+        lead = rng.choice(["key ", "token=", "(", "\n", "TOKEN_"]) if carry else ""
+        if kind in ("text", "text-split-blocks"):
+            chunks = [lead + pieces[0], *pieces[1:], rng.choice([" end", ".", ""])] if carry else ["hello ", "world"]
+            if kind == "text-split-blocks" and len(chunks) > 2:
+                # Each piece in its own text block: the SDK's text_stream joins them.
+                for chunk in chunks:
+                    parts += [start(index, {"type": "text", "text": "", **extra}), text(index, chunk), stop(index)]
+                    index += 1
+                continue
+            parts.append(start(index, {"type": "text", "text": "", **extra}))
+            parts += [text(index, c) for c in chunks if c]
+        elif kind == "thinking":
+            chunks = [lead + pieces[0], *pieces[1:]] if carry else ["let me ", "think"]
+            parts.append(start(index, {"type": "thinking", "thinking": "", "signature": ""}))
+            parts += [delta(index, {"type": "thinking_delta", "thinking": c}) for c in chunks]
+            parts.append(delta(index, {"type": "signature_delta", "signature": "EqQBc2ln"}))
+        elif kind == "future":
+            chunks = [lead + pieces[0], *pieces[1:]] if carry else ["a ", "b"]
+            parts.append(start(index, {"type": "future_block", **extra}))
+            parts += [delta(index, {"type": "future_delta", "body": c}) for c in chunks]
+        else:
+            block = {"type": "mcp_tool_use", "server_name": "ops"} if kind == "mcp" else {"type": "tool_use"}
+            payload = json.dumps({"command": "echo " + lead + token if carry else "ls -la"})
+            cuts = sorted(rng.sample(range(1, len(payload)), 3))
+            parts.append(start(index, {**block, "id": f"toolu_{index}", "name": "Bash", "input": {}}))
+            parts += [delta(index, {"type": "input_json_delta", "partial_json": payload[a:b]})
+                      for a, b in zip([0] + cuts, cuts + [len(payload)])]
+        parts.append(stop(index))
+        index += 1
+    # A head emitted before a block boundary may show up to N-1 body characters (N = 20 for
+    # GitHub tokens: with 11+ of its 30 random characters missing, more than 2^64 candidates
+    # remain); no run of N body characters may ever be revealed.
+    body = token[4:]
+    return whole(*parts), [token] + [body[i : i + 20] for i in range(len(body) - 19)]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_streams_reveal_no_secret_to_the_sdk(proxy, mock, seed):
+    import random
+
+    rng = random.Random(seed)
+    raw, secrets = _random_stream(rng)
+    max_write = rng.choice([1, 3, 17, 4096])
+    body, joined, final, error = sdk_read(
+        proxy, {"kind": "garbage", "raw": raw, "split_writes": True, "max_write": max_write}
+    )
+    assert error is None, error
+    for secret in secrets:
+        assert secret.encode() not in body, (seed, secret)
+        assert secret not in joined and secret not in final, (seed, joined, final)

@@ -33,6 +33,7 @@ pub(crate) struct Transport {
     disconnect_after_events: Option<usize>,
     disconnect_after_bytes: Option<usize>,
     rst: bool,
+    informational: Vec<u16>,
 }
 
 impl Transport {
@@ -48,6 +49,7 @@ impl Transport {
             disconnect_after_events: s.disconnect_after_events,
             disconnect_after_bytes: s.disconnect_after_bytes,
             rst: s.rst.unwrap_or(false),
+            informational: s.informational.clone().unwrap_or_default(),
         }
     }
 }
@@ -99,6 +101,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         101 => "Switching Protocols",
+        103 => "Early Hints",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -125,7 +128,7 @@ pub(crate) async fn write_response(
     keep_alive: bool,
     rng: &mut Rng,
 ) -> io::Result<bool> {
-    let t = resp.transport;
+    let t = resp.transport.clone();
     if !t.first_byte_delay.is_zero() {
         tokio::time::sleep(t.first_byte_delay).await;
     }
@@ -137,6 +140,14 @@ pub(crate) async fn write_response(
     let n = body.len();
 
     let mut head = String::with_capacity(256);
+    for status in &t.informational {
+        let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason(*status));
+        head.push_str(if *status == 103 {
+            "link: </style.css>; rel=preload; as=style\r\n\r\n"
+        } else {
+            "x-informational: 1\r\n\r\n"
+        });
+    }
     let _ = write!(head, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     if !resp.content_type.is_empty() {
         let _ = write!(head, "content-type: {}\r\n", resp.content_type);

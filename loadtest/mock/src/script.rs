@@ -55,6 +55,9 @@ pub(crate) struct Script {
     /// For `kind: garbage`: extra response headers, as `[name, value]` pairs.
     pub(crate) headers: Option<Vec<(String, String)>>,
     pub(crate) oversized_event_bytes: Option<usize>,
+    /// Informational answers (`100`, `103`, …, or `101`) written before the final head, each
+    /// with one header (`link` for 103), as a real server may.
+    pub(crate) informational: Option<Vec<u16>>,
     pub(crate) crlf: Option<bool>,
     pub(crate) usage: Option<UsageSpec>,
 }
