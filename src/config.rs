@@ -124,6 +124,9 @@ pub struct MaskingSection {
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
+    /// One tool call's input is buffered to its block's stop (it is judged whole): at most
+    /// this many bytes, beyond which the stream ends with an `error` event.
+    pub max_tool_input_bytes: usize,
     /// `restore` (default) or `mask`, see [`ThinkingPolicy`]; `report` is refused. Read as a
     /// string so that a refused or unknown value gets an error naming this key.
     pub thinking: String,
@@ -154,6 +157,7 @@ impl Default for MaskingSection {
             placeholder_key_file: None,
             max_hold_bytes: crate::engine::masker::DEFAULT_MAX_HOLD_BYTES,
             max_sse_event_bytes: 1 << 20,
+            max_tool_input_bytes: crate::anthropic::messages::DEFAULT_MAX_TOOL_INPUT_BYTES,
             thinking: "restore".into(),
             thinking_ttl_secs: 86_400,
             thinking_max_bytes: 256 << 20,
@@ -248,6 +252,7 @@ pub struct Config {
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
     pub max_sse_event_bytes: usize,
+    pub max_tool_input_bytes: usize,
     pub thinking: ThinkingPolicy,
     /// How long a thinking original is kept.
     pub thinking_ttl_secs: u64,
@@ -336,6 +341,12 @@ impl FileConfig {
                 "must be at least 4096",
             ));
         }
+        if !(64 << 10..=256 << 20).contains(&self.masking.max_tool_input_bytes) {
+            return Err(invalid(
+                "masking.max_tool_input_bytes",
+                "must be between 65536 and 268435456",
+            ));
+        }
         if self.masking.placeholder_key_env.is_empty() {
             return Err(invalid("masking.placeholder_key_env", "must not be empty"));
         }
@@ -402,6 +413,7 @@ impl FileConfig {
             placeholder_key_file: self.masking.placeholder_key_file,
             max_hold_bytes: self.masking.max_hold_bytes,
             max_sse_event_bytes: self.masking.max_sse_event_bytes,
+            max_tool_input_bytes: self.masking.max_tool_input_bytes,
             thinking,
             thinking_ttl_secs: self.masking.thinking_ttl_secs,
             thinking_max_bytes: self.masking.thinking_max_bytes,

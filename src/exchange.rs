@@ -164,6 +164,8 @@ pub struct Exchange {
     pub blocked_tools: Vec<ToolBlock>,
     /// Secrets whose start had already been sent when they were recognised (should stay 0).
     pub late_matches: u64,
+    /// Whether handling the request panicked (the client got a 502, or its stream was cut).
+    pub panicked: bool,
     /// The first thing that went wrong with the upstream, if anything did.
     pub upstream_error: Option<UpstreamFailure>,
     pub usage: Usage,
@@ -199,6 +201,7 @@ impl Exchange {
             blocked_rule: None,
             blocked_tools: Vec::new(),
             late_matches: 0,
+            panicked: false,
             upstream_error: None,
             usage: Usage::default(),
             bytes_in: 0,

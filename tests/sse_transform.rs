@@ -912,3 +912,61 @@ proptest! {
         }
     }
 }
+
+/// A tool call's input is buffered to its stop to be judged whole; one that never stops must
+/// not grow the proxy without bound. Past the cap the stream ends with an `error` event, the
+/// partial call is dropped (a call cut short must not run), and later input is ignored —
+/// through the compact fast path and the general path alike.
+#[test]
+fn a_tool_input_over_the_cap_ends_the_stream_and_stops_buffering() {
+    use streammask::anthropic::messages::StreamFault;
+    let cap = 64 << 10;
+    for compact in [true, false] {
+        let mut sse = SseTransformer::new(default_engine(), ThinkingMode::Mask, 1 << 20)
+            .with_max_tool_input(cap);
+        let mut out = Vec::new();
+        sse.push(
+            event(
+                Some("content_block_start"),
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"Bash","input":{}}}"#,
+            )
+            .as_bytes(),
+            &mut out,
+        );
+        let piece = "a".repeat(10_000);
+        let delta = if compact {
+            format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"input_json_delta","partial_json":"{piece}"}}}}"#
+            )
+        } else {
+            format!(
+                r#"{{ "type": "content_block_delta", "index": 0, "delta": {{"type": "input_json_delta", "partial_json": "{piece}"}} }}"#
+            )
+        };
+        let mut max_held = 0;
+        for _ in 0..200 {
+            sse.push(
+                event(Some("content_block_delta"), &delta).as_bytes(),
+                &mut out,
+            );
+            max_held = max_held.max(sse.held());
+        }
+        sse.finish(&mut out);
+        assert_eq!(
+            sse.fault(),
+            Some(&StreamFault::ToolInputTooLarge(cap)),
+            "compact {compact}"
+        );
+        assert!(
+            max_held <= cap + 20_000,
+            "held {max_held} bytes (compact {compact})"
+        );
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("event: error"), "{text}");
+        assert!(text.contains("exceeded 65536 bytes"), "{text}");
+        assert!(
+            !text.contains(&piece),
+            "a partial tool input reached the client"
+        );
+    }
+}

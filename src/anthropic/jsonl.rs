@@ -25,11 +25,21 @@ const REFUSED_LINE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_erro
 /// What a batch of lines that could not be scanned at all becomes (the masking engine failed).
 const UNSCANNABLE_LINE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"streammask: line could not be scanned\"}}\n";
 
+/// What a line too long to hold and scan whole becomes (`JsonlMasker::with_max_line`).
+const TOO_LONG_LINE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"streammask: this result line exceeded the proxy's line limit and was not forwarded\"}}";
+
+/// The default cap on one held line.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Masks one JSON Lines body.
 pub struct JsonlMasker {
     engine: Arc<Engine>,
     options: WalkOptions,
     partial: Vec<u8>,
+    /// At most this many bytes of one line are held; a longer line is dropped whole.
+    max_line: usize,
+    /// Inside a line that went over `max_line`: its bytes are dropped up to its newline.
+    skipping: bool,
     findings: Findings,
     blocked_tools: Vec<ToolBlock>,
     /// Lines masked so far (for finding paths).
@@ -48,27 +58,58 @@ impl JsonlMasker {
                 lenient: true,
             },
             partial: Vec::new(),
+            max_line: DEFAULT_MAX_LINE_BYTES,
+            skipping: false,
             findings: Findings::new(),
             blocked_tools: Vec::new(),
             lines: 0,
         }
     }
 
+    /// Caps one held line at `bytes`: a longer line cannot be scanned whole, so it is replaced
+    /// by an error line and its bytes are dropped as they come (one upstream line must not grow
+    /// the proxy without bound).
+    pub fn with_max_line(mut self, bytes: usize) -> JsonlMasker {
+        self.max_line = bytes;
+        self
+    }
+
     /// Feed body bytes; the masked complete lines are appended to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        if self.skipping {
+            let Some(newline) = chunk.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            self.skipping = false;
+            out.extend_from_slice(TOO_LONG_LINE);
+            out.push(b'\n');
+            chunk = chunk.get(newline + 1..).unwrap_or_default();
+        }
         self.partial.extend_from_slice(chunk);
         if let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') {
             let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
             self.mask_lines(&complete, out);
         }
+        if self.partial.len() > self.max_line {
+            self.partial = Vec::new();
+            self.skipping = true;
+        }
     }
 
     /// The body ended: mask what is left of the last line.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.skipping) {
+            out.extend_from_slice(TOO_LONG_LINE);
+        }
         let rest = std::mem::take(&mut self.partial);
         if !rest.is_empty() {
             self.mask_lines(&rest, out);
         }
+    }
+
+    /// Bytes of the current partial line held right now.
+    pub fn held(&self) -> usize {
+        self.partial.len()
     }
 
     /// The findings so far, leaving none behind.
@@ -220,6 +261,34 @@ applies_to = ["request", "response"]
             "the text fallback reports what it masked"
         );
         assert_eq!(findings[0].finding.rule_id, "test-token");
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_dropped_whole_and_the_next_lines_go_on() {
+        let mut masker = masker().with_max_line(1024);
+        let mut out = Vec::new();
+        masker.push(b"{\"a\":1}\n{\"long\":\"", &mut out);
+        let mut peak = 0;
+        for _ in 0..100 {
+            masker.push(&[b'x'; 500], &mut out);
+            peak = peak.max(masker.held());
+        }
+        assert!(peak <= 1024 + 500, "held {peak} bytes");
+        masker.push(b"\"}\n{\"b\":2}\n", &mut out);
+        masker.finish(&mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0], "{\"a\":1}");
+        assert!(
+            lines[1].contains("exceeded the proxy's line limit"),
+            "{text}"
+        );
+        assert_eq!(lines[2], "{\"b\":2}");
+        assert!(
+            !text.contains("xxxx"),
+            "part of the long line was forwarded"
+        );
     }
 
     #[test]

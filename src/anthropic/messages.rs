@@ -207,6 +207,8 @@ struct OpenBlock {
 pub enum StreamFault {
     Malformed(String),
     Oversized,
+    /// A tool call's input grew past the cap before its block stopped.
+    ToolInputTooLarge(usize),
     /// A finding where no placeholder fits (an id, `model`, `signature`, the event name):
     /// its rule and where it was.
     Refused {
@@ -245,7 +247,12 @@ pub struct SseTransformer {
     /// Reused for the masker output of each delta.
     scratch: Vec<u8>,
     thinking_originals: Vec<ThinkingOriginal>,
+    /// A tool call's input is buffered to its stop; this many bytes at most.
+    max_tool_input_bytes: usize,
 }
+
+/// The default cap on one tool call's buffered input (`[masking] max_tool_input_bytes`).
+pub const DEFAULT_MAX_TOOL_INPUT_BYTES: usize = 4 << 20;
 
 impl SseTransformer {
     /// `thinking` is kept for the config's sake: thinking is always masked for the client now
@@ -271,7 +278,27 @@ impl SseTransformer {
             events: 0,
             scratch: Vec::new(),
             thinking_originals: Vec::new(),
+            max_tool_input_bytes: DEFAULT_MAX_TOOL_INPUT_BYTES,
         }
+    }
+
+    /// Caps one tool call's buffered input: beyond `bytes` the stream ends with an `error`
+    /// event (a call cut short must not run, and one upstream must not grow the proxy).
+    pub fn with_max_tool_input(mut self, bytes: usize) -> SseTransformer {
+        self.max_tool_input_bytes = bytes;
+        self
+    }
+
+    /// Whether a tool input of `len` bytes is over the cap; ends the stream when it is.
+    fn tool_input_over_cap(&mut self, len: usize, out: &mut Vec<u8>) -> bool {
+        if len <= self.max_tool_input_bytes {
+            return false;
+        }
+        self.fail(
+            StreamFault::ToolInputTooLarge(self.max_tool_input_bytes),
+            out,
+        );
+        true
     }
 
     pub fn fault(&self) -> Option<&StreamFault> {
@@ -410,6 +437,9 @@ impl SseTransformer {
                 "streammask: the upstream sent an oversized event; the stream was ended".to_string()
             }
             StreamFault::Malformed(why) => format!("streammask: {why}; the stream was ended"),
+            StreamFault::ToolInputTooLarge(cap) => format!(
+                "streammask: a tool call's input exceeded {cap} bytes; the stream was ended"
+            ),
             StreamFault::Refused { rule_id, path } => format!(
                 "streammask: the response carried a secret (rule `{rule_id}`) in `{path}`, \
                  where it cannot be masked; the stream was ended"
@@ -867,6 +897,8 @@ impl SseTransformer {
                 }),
             ) => {
                 partial_json.push_str(&delta.text);
+                let len = partial_json.len();
+                self.tool_input_over_cap(len, out);
                 return true;
             }
             _ => return false,
@@ -924,6 +956,8 @@ impl SseTransformer {
                 };
                 // The rest of the event is not forwarded: the call is re-emitted whole.
                 partial_json.push_str(piece);
+                let len = partial_json.len();
+                self.tool_input_over_cap(len, out);
                 return;
             }
             ("signature_delta", Kind::Thinking(_)) => {

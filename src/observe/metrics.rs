@@ -150,6 +150,9 @@ impl Metrics {
         if exchange.late_matches > 0 {
             self.streams.late_matches.inc_by(exchange.late_matches);
         }
+        if exchange.panicked {
+            self.streams.panics.inc();
+        }
         self.callers.record(exchange);
     }
 }
@@ -385,6 +388,7 @@ struct StreamMetrics {
     stream_peak_held: Histogram,
     sse_event_masking: Histogram,
     late_matches: IntCounter,
+    panics: IntCounter,
 }
 
 impl StreamMetrics {
@@ -416,6 +420,10 @@ impl StreamMetrics {
             late_matches: r.counter(
                 "streammask_late_matches_total",
                 "Secrets whose start had already been sent to the client (should stay 0)",
+            ),
+            panics: r.counter(
+                "streammask_request_panics_total",
+                "Requests whose handling panicked (answered 502, or their stream cut; should stay 0)",
             ),
         }
     }

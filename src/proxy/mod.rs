@@ -163,7 +163,31 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let span = tracing::info_span!("request", request_id = %ctx.exchange.request_id);
-        if let Err(error) = tracing::Instrument::instrument(self.handle(session, ctx), span).await {
+        let handled = CatchUnwind(Box::pin(tracing::Instrument::instrument(
+            self.handle(session, ctx),
+            span,
+        )))
+        .await;
+        let result = match handled {
+            Ok(result) => result,
+            Err(_) => {
+                // The payload is not logged: a panic message is no place to trust with
+                // request content.
+                ctx.exchange.panicked = true;
+                tracing::error!(request_id = %ctx.exchange.request_id, "request handling panicked");
+                if session.response_written().is_some() {
+                    // The client has a header already: all that can be done is to end it.
+                    ctx.exchange.outcome = Outcome::Error;
+                    return Ok(true);
+                }
+                Err(ApiError::new(
+                    ErrorKind::Api,
+                    "streammask: internal error while handling the request",
+                )
+                .with_status(502))
+            }
+        };
+        if let Err(error) = result {
             // A refusal because of a finding is a block whatever its status (a finding where no
             // placeholder fits is a 400).
             ctx.exchange.outcome =
@@ -212,6 +236,25 @@ impl ProxyHttp for Proxy {
     }
 }
 
+/// A future whose panic is caught and returned, so a bug on the request path ends in a 502
+/// (and a metric) rather than a dropped connection.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 async fn respond_error(session: &mut Session, exchange: &mut Exchange, error: &ApiError) {
     let body = error.body();
     exchange.status = error.status;
@@ -234,5 +277,26 @@ async fn respond_error(session: &mut Session, exchange: &mut Exchange, error: &A
         let _ = session
             .write_response_body(Some(Bytes::from(body)), true)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CatchUnwind;
+
+    #[tokio::test]
+    async fn a_panicking_future_is_caught_and_a_finishing_one_passes_through() {
+        let panicking = CatchUnwind(Box::pin(async {
+            tokio::task::yield_now().await;
+            let empty: Vec<u8> = Vec::new();
+            empty
+                .iter()
+                .max()
+                .copied()
+                .expect("a bug on the request path")
+        }));
+        assert!(panicking.await.is_err());
+        let fine = CatchUnwind(Box::pin(async { 7 }));
+        assert_eq!(fine.await.ok(), Some(7));
     }
 }

@@ -297,7 +297,8 @@ fn mask_buffered(
             std::sync::Arc::clone(engine),
             ThinkingMode::Mask,
             state.config.max_sse_event_bytes,
-        );
+        )
+        .with_max_tool_input(state.config.max_tool_input_bytes);
         let mut out = Vec::with_capacity(body.len() + 256);
         sse.push(&body, &mut out);
         sse.finish(&mut out);
@@ -423,15 +424,18 @@ impl Stream<'_> {
     ) -> bool {
         let config = &self.state.config;
         let mut masker = match self.kind {
-            BodyKind::Sse => StreamMasker::Sse(Box::new(SseTransformer::new(
-                std::sync::Arc::clone(self.engine),
-                ThinkingMode::Mask,
-                config.max_sse_event_bytes,
-            ))),
-            _ => StreamMasker::Jsonl(JsonlMasker::new(
-                std::sync::Arc::clone(self.engine),
-                ThinkingMode::Mask,
+            BodyKind::Sse => StreamMasker::Sse(Box::new(
+                SseTransformer::new(
+                    std::sync::Arc::clone(self.engine),
+                    ThinkingMode::Mask,
+                    config.max_sse_event_bytes,
+                )
+                .with_max_tool_input(config.max_tool_input_bytes),
             )),
+            _ => StreamMasker::Jsonl(
+                JsonlMasker::new(std::sync::Arc::clone(self.engine), ThinkingMode::Mask)
+                    .with_max_line(self.state.upstream.max_response_bytes()),
+            ),
         };
         let mut guard = StreamGuard::start(self.state.metrics.as_deref());
         let mut transcript = exchange
