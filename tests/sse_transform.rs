@@ -970,3 +970,32 @@ fn a_tool_input_over_the_cap_ends_the_stream_and_stops_buffering() {
         );
     }
 }
+
+/// A second `content_block_start` for an index still open once replaced its masker without
+/// flushing, and the held tail of the first block was lost (`hello wor ld` → `hello ld`). Now
+/// the held text is flushed and the stream ends with an `error` event: no byte lost, none
+/// forwarded unscanned.
+#[test]
+fn a_block_index_started_twice_flushes_what_was_held_and_ends_the_stream() {
+    let input = whole(&[
+        start(0, json!({"type":"text","text":""})),
+        text(0, "hello "),
+        text(0, "wor"),
+        start(0, json!({"type":"text","text":""})),
+        text(0, "ld"),
+        stop(0),
+    ]);
+    for step in [1, 5, 4096] {
+        let bytes = input.as_bytes();
+        let cuts: Vec<usize> = (step..bytes.len()).step_by(step).collect();
+        let (out, sse) = run(tok_engine(), bytes, &cuts);
+        let view = SdkView::of(&out);
+        assert_eq!(view.text_stream, "hello wor", "chunks of {step}");
+        assert_eq!(view.errors.len(), 1, "chunks of {step}: {:?}", view.errors);
+        assert!(
+            matches!(sse.fault(), Some(StreamFault::Malformed(why)) if why.contains("started twice")),
+            "{:?}",
+            sse.fault()
+        );
+    }
+}
