@@ -167,7 +167,11 @@ const WALK: WalkOptions = WalkOptions {
 /// Mask once; returns the number of findings (so the work cannot be optimised away).
 fn run(engine: &Engine, path: Path, text: &str) -> usize {
     match path {
-        Path::Block => engine.mask(black_box(text), Scope::Request).unwrap().findings.len(),
+        Path::Block => engine
+            .mask(black_box(text), Scope::Request)
+            .unwrap()
+            .findings
+            .len(),
         Path::Json => mask_json(engine, black_box(text.as_bytes()), &WALK)
             .unwrap()
             .findings

@@ -66,10 +66,7 @@ pub struct Budget {
 impl Budget {
     /// A budget of `budget_ms` milliseconds from now.
     pub fn new(budget_ms: u64) -> Budget {
-        Budget::until(
-            Instant::now() + Duration::from_millis(budget_ms),
-            budget_ms,
-        )
+        Budget::until(Instant::now() + Duration::from_millis(budget_ms), budget_ms)
     }
 
     /// A budget ending at `deadline` (`budget_ms` is what error messages name).
@@ -967,5 +964,104 @@ impl Drop for StreamMasker {
             // Hyperscan frees stream state only on close; the matches it reports are unwanted.
             let _ = self.engine.matcher().close_stream(stream, |_| {});
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rules::RuleSet;
+
+    const DEMO: &str = r#"
+[[rules]]
+id = "demo-key"
+description = "demo"
+pattern = '''\bkey=(?P<secret>[a-z]{4,40})'''
+action = "mask"
+"#;
+
+    fn engine() -> Engine {
+        let set = RuleSet::from_toml("demo.toml", DEMO).expect("rules parse");
+        let key = PlaceholderKey::new(b"0123456789abcdef0123").expect("key");
+        Engine::compile(&set, key, 1024).expect("engine")
+    }
+
+    fn text() -> String {
+        // Every value reports many candidate ends (`{4,40}` is unterminated).
+        (0..200)
+            .map(|i| format!("line {i} {}={} ", "key", "abcdefghijklmnopqrst"))
+            .collect()
+    }
+
+    #[test]
+    fn a_spent_budget_ends_the_scan_with_an_error_naming_it() {
+        let engine = engine();
+        // A deadline already in the past: no wall-clock assumption about how fast anything is.
+        let spent = Budget::until(Instant::now() - Duration::from_millis(1), 7);
+        let err = engine
+            .scan_within(&text(), Scope::Request, Some(&spent))
+            .unwrap_err();
+        assert!(
+            matches!(err, MaskError::OverBudget { budget_ms: 7 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("7 ms"), "{err}");
+        // Spent stays spent, also for a text without candidates.
+        assert!(engine
+            .mask_within(
+                "nothing to see here, only words",
+                Scope::Request,
+                Some(&spent)
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn a_budget_that_is_not_spent_changes_nothing() {
+        let engine = engine();
+        let text = text();
+        let generous = Budget::new(600_000);
+        let plain = engine.mask(&text, Scope::Request).unwrap();
+        let budgeted = engine
+            .mask_within(&text, Scope::Request, Some(&generous))
+            .unwrap();
+        assert_eq!(plain.findings.len(), 200);
+        assert_eq!(plain.findings, budgeted.findings);
+        assert_eq!(plain.text, budgeted.text);
+        assert!(!plain.text.contains("abcdefghijklmnopqrst"));
+    }
+
+    fn known(rule: u32, start: usize, match_end: usize) -> Known {
+        Known {
+            rule,
+            start,
+            match_end,
+        }
+    }
+
+    #[test]
+    fn resolver_answers_as_the_linear_search_does_in_and_out_of_order() {
+        let list = [known(0, 10, 30), known(1, 5, 8), known(0, 40, 45)];
+        let mut resolver = Resolver::default();
+        for k in list {
+            resolver.covered(Candidate {
+                rule: k.rule,
+                end: k.start + 1,
+            });
+            resolver.add(k);
+        }
+        // In order (ascending ends), then out of order (an end below one already seen).
+        for end in [41, 44, 45, 46, 50, 12, 30, 31, 39, 41] {
+            for rule in [0, 1, 2] {
+                let candidate = Candidate { rule, end };
+                assert_eq!(
+                    resolver.covered(candidate),
+                    covered(list.iter(), candidate),
+                    "{candidate:?}"
+                );
+            }
+        }
+        assert!(!resolver.first_start(0, 40));
+        assert!(resolver.first_start(0, 41));
     }
 }
