@@ -134,6 +134,15 @@ pub struct MaskingSection {
     pub thinking_ttl_secs: u64,
     /// At most this many bytes of kept thinking originals per process (`restore`).
     pub thinking_max_bytes: usize,
+    /// Per-request masking time budget; a request body whose masking takes longer is refused
+    /// with a 422 naming this key (never a stall).
+    pub max_scan_ms: u64,
+    /// Request bodies of at least this many bytes are masked on a blocking thread pool, off
+    /// the event loop, so small requests on the same worker keep their latency.
+    pub offload_bytes: usize,
+    /// How many large bodies are masked at once off the event loop (a semaphore; further ones
+    /// wait for a slot without blocking a worker). 0: as many as `server.threads`.
+    pub offload_threads: usize,
 }
 
 /// What the proxy does with thinking text (`[masking] thinking`). Either way the client gets
@@ -161,6 +170,9 @@ impl Default for MaskingSection {
             thinking: "restore".into(),
             thinking_ttl_secs: 86_400,
             thinking_max_bytes: 256 << 20,
+            max_scan_ms: 2000,
+            offload_bytes: 256 << 10,
+            offload_threads: 0,
         }
     }
 }
@@ -258,6 +270,12 @@ pub struct Config {
     pub thinking_ttl_secs: u64,
     /// Bound on the bytes of kept thinking originals.
     pub thinking_max_bytes: usize,
+    /// `[masking] max_scan_ms`: per-request masking time budget.
+    pub max_scan_ms: u64,
+    /// `[masking] offload_bytes`: bodies this large are masked off the event loop.
+    pub offload_bytes: usize,
+    /// `[masking] offload_threads`, resolved: how many bodies are masked off the loop at once.
+    pub offload_threads: usize,
     /// Caller groups named in the configuration (policy profiles). Metrics label requests by
     /// these groups only; every other group is counted as `other`, so label values stay bounded.
     pub known_groups: Vec<String>,
@@ -351,6 +369,18 @@ impl FileConfig {
             return Err(invalid("masking.placeholder_key_env", "must not be empty"));
         }
         let thinking = parse_thinking(&self.masking.thinking)?;
+        if !(10..=600_000).contains(&self.masking.max_scan_ms) {
+            return Err(invalid(
+                "masking.max_scan_ms",
+                "must be between 10 and 600000",
+            ));
+        }
+        if self.masking.offload_threads > 256 {
+            return Err(invalid(
+                "masking.offload_threads",
+                "must be between 0 (as many as server.threads) and 256",
+            ));
+        }
         if !(60..=30 * 86_400).contains(&self.masking.thinking_ttl_secs) {
             return Err(invalid(
                 "masking.thinking_ttl_secs",
@@ -417,6 +447,12 @@ impl FileConfig {
             thinking,
             thinking_ttl_secs: self.masking.thinking_ttl_secs,
             thinking_max_bytes: self.masking.thinking_max_bytes,
+            max_scan_ms: self.masking.max_scan_ms,
+            offload_bytes: self.masking.offload_bytes,
+            offload_threads: match self.masking.offload_threads {
+                0 => self.server.threads,
+                n => n,
+            },
             known_groups,
             auth,
             profiles,
@@ -570,6 +606,11 @@ mod tests {
             ("[upstream]\nurl = \"ftp://x\"\n", "upstream.url"),
             ("[server]\nthreads = 0\n", "server.threads"),
             ("[masking]\nmax_hold_bytes = 10\n", "masking.max_hold_bytes"),
+            ("[masking]\nmax_scan_ms = 0\n", "masking.max_scan_ms"),
+            (
+                "[masking]\noffload_threads = 1000\n",
+                "masking.offload_threads",
+            ),
             ("[server]\nadmin = \"127.0.0.1:8080\"\n", "server.admin"),
             ("[audit]\nmax_files = 0\n", "audit.max_files"),
             ("[audit]\nmax_bytes = 10\n", "audit.max_bytes"),

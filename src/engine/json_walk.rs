@@ -65,7 +65,7 @@
 //! part boundaries, and findings are only sought in them when a candidate reaches a boundary.
 
 use crate::engine::findings::{Findings, Located};
-use crate::engine::masker::{Engine, Finding, MaskError};
+use crate::engine::masker::{Budget, Engine, Finding, MaskError};
 use crate::engine::rules::Scope;
 use crate::engine::unescape::View;
 use std::borrow::Cow;
@@ -170,13 +170,26 @@ pub fn mask_json_with(
     opts: &WalkOptions,
     restore: Option<&dyn ThinkingRestore>,
 ) -> Result<Walked, WalkError> {
+    mask_json_within(engine, raw, opts, restore, None)
+}
+
+/// [`mask_json_with`] charged to a masking time budget: every scan of the walk counts against
+/// it, and the walk ends with [`MaskError::OverBudget`] (inside [`WalkError::Mask`]) once it
+/// is spent.
+pub fn mask_json_within(
+    engine: &Engine,
+    raw: &[u8],
+    opts: &WalkOptions,
+    restore: Option<&dyn ThinkingRestore>,
+    budget: Option<&Budget>,
+) -> Result<Walked, WalkError> {
     let text = validate_utf8(raw)?;
     let start = if opts.lenient && raw.starts_with(BOM) {
         BOM.len()
     } else {
         0
     };
-    let mut walker = Walker::new(engine, text, opts, restore);
+    let mut walker = Walker::new(engine, text, opts, restore, budget);
     walker.document(start, raw.len(), None)?;
     Ok(walker.finish())
 }
@@ -186,7 +199,7 @@ pub fn mask_json_with(
 /// joined view is per line.
 pub fn mask_jsonl(engine: &Engine, raw: &[u8], opts: &WalkOptions) -> Result<Walked, WalkError> {
     let text = validate_utf8(raw)?;
-    let mut walker = Walker::new(engine, text, opts, None);
+    let mut walker = Walker::new(engine, text, opts, None, None);
     let mut start = if opts.lenient && raw.starts_with(BOM) {
         BOM.len()
     } else {
@@ -783,6 +796,8 @@ struct Walker<'a> {
     text: &'a str,
     opts: WalkOptions,
     restore: Option<&'a dyn ThinkingRestore>,
+    /// The request's masking time budget, charged by every scan.
+    budget: Option<&'a Budget>,
     nodes: Vec<Node>,
     /// The parser's stack of open objects' keys (kept to reuse its allocation).
     keys: Vec<(usize, usize)>,
@@ -806,12 +821,14 @@ impl<'a> Walker<'a> {
         text: &'a str,
         opts: &WalkOptions,
         restore: Option<&'a dyn ThinkingRestore>,
+        budget: Option<&'a Budget>,
     ) -> Walker<'a> {
         Walker {
             engine,
             text,
             opts: *opts,
             restore,
+            budget,
             nodes: Vec::new(),
             keys: Vec::new(),
             path: Vec::new(),
@@ -1076,7 +1093,9 @@ impl<'a> Walker<'a> {
         } else {
             content
         };
-        let mut findings = self.engine.scan(decoded, self.opts.scope)?;
+        let mut findings = self
+            .engine
+            .scan_within(decoded, self.opts.scope, self.budget)?;
         // Only a string with an escape can decode to a backslash.
         let levels = if escaped && decoded.contains('\\') {
             self.view.build(decoded, MAX_VIEW_LEVELS)
@@ -1091,7 +1110,10 @@ impl<'a> Walker<'a> {
                 .map(|f| (f.rule, f.span.start, f.span.end))
                 .collect();
             for level in 0..levels {
-                for mut finding in self.engine.scan(self.view.text(level), self.opts.scope)? {
+                for mut finding in
+                    self.engine
+                        .scan_within(self.view.text(level), self.opts.scope, self.budget)?
+                {
                     finding.span = self.view.to_decoded(level, &finding.span);
                     if known.insert((finding.rule, finding.span.start, finding.span.end)) {
                         findings.push(finding);
@@ -1207,7 +1229,9 @@ impl<'a> Walker<'a> {
             return Ok(());
         };
         let text = String::from_utf8_lossy(&bytes);
-        let findings = self.engine.scan(&text, self.opts.scope)?;
+        let findings = self
+            .engine
+            .scan_within(&text, self.opts.scope, self.budget)?;
         let path = self.render_path();
         for mut finding in findings {
             let order = (node.start, usize::MAX);
@@ -1252,6 +1276,9 @@ impl<'a> Walker<'a> {
         let mut touching = false;
         for window in windows(&boundaries, longest + 1, joined) {
             let hay = joined.as_bytes().get(window.clone()).unwrap_or_default();
+            if let Some(budget) = self.budget {
+                budget.charge(hay.len())?;
+            }
             let rules = matcher.rules();
             matcher
                 .scan_block(hay, |c| {
@@ -1277,7 +1304,10 @@ impl<'a> Walker<'a> {
         let mut found = Vec::new();
         for window in windows(&boundaries, 2 * reach + 2, joined) {
             let text = joined.get(window.clone()).unwrap_or_default();
-            for mut finding in self.engine.scan(text, self.opts.scope)? {
+            for mut finding in self
+                .engine
+                .scan_within(text, self.opts.scope, self.budget)?
+            {
                 finding.span = window.start + finding.span.start..window.start + finding.span.end;
                 let next = boundaries.partition_point(|&b| b < finding.span.start);
                 let near = |i: usize| {

@@ -23,6 +23,9 @@ use crate::engine::matcher::{Candidate, Confirmed, Matcher, MatcherError};
 use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::engine::rules::{Action, RuleSet, Scope};
 use hyperscan::Stream;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 use std::{borrow::Cow, ops::Range, sync::Arc};
 
 /// Default cap on held bytes per stream; above the longest rule (8 KiB private keys).
@@ -36,6 +39,69 @@ pub enum MaskError {
     HoldTooSmall { max_hold: usize, longest: usize },
     #[error("stream already finished")]
     Finished,
+    /// The request's masking time budget ran out (`[masking] max_scan_ms`).
+    #[error("masking took longer than the budget of {budget_ms} ms")]
+    OverBudget { budget_ms: u64 },
+}
+
+/// Work units a candidate costs against a [`Budget`] (a text byte costs one): a candidate may
+/// run two regex searches over up to a rule's maximum length.
+const CANDIDATE_COST: usize = 256;
+
+/// Work units between two reads of the clock (64 KiB of text, or 256 candidates).
+const CLOCK_EVERY: usize = 64 * 1024;
+
+/// A per-request masking time budget, checked cooperatively: the engine charges it for the
+/// text it scans and the candidates it resolves, and reads the clock only every
+/// [`CLOCK_EVERY`] work units, so the check costs nothing measurable. Once spent it stays spent.
+/// Not `Sync`: one request's masking runs on one thread.
+#[derive(Debug)]
+pub struct Budget {
+    deadline: Instant,
+    budget_ms: u64,
+    unchecked: Cell<usize>,
+    spent: Cell<bool>,
+}
+
+impl Budget {
+    /// A budget of `budget_ms` milliseconds from now.
+    pub fn new(budget_ms: u64) -> Budget {
+        Budget::until(Instant::now() + Duration::from_millis(budget_ms), budget_ms)
+    }
+
+    /// A budget ending at `deadline` (`budget_ms` is what error messages name).
+    pub fn until(deadline: Instant, budget_ms: u64) -> Budget {
+        Budget {
+            deadline,
+            budget_ms,
+            // The first charge reads the clock.
+            unchecked: Cell::new(CLOCK_EVERY),
+            spent: Cell::new(false),
+        }
+    }
+
+    pub fn budget_ms(&self) -> u64 {
+        self.budget_ms
+    }
+
+    /// Count `work` units; `Err` once the deadline has passed.
+    pub fn charge(&self, work: usize) -> Result<(), MaskError> {
+        let unchecked = self.unchecked.get().saturating_add(work);
+        if unchecked >= CLOCK_EVERY {
+            self.unchecked.set(0);
+            if Instant::now() >= self.deadline {
+                self.spent.set(true);
+            }
+        } else {
+            self.unchecked.set(unchecked);
+        }
+        if self.spent.get() {
+            return Err(MaskError::OverBudget {
+                budget_ms: self.budget_ms,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One secret (or denylisted span) found in a text.
@@ -174,15 +240,42 @@ impl Engine {
     /// [`Engine::mask`] reports, for callers that rewrite the text themselves (the JSON walker
     /// replaces spans in the raw body, so a masked copy of every string would be wasted).
     pub fn scan(&self, text: &str, scope: Scope) -> Result<Vec<Finding>, MaskError> {
-        Ok(self.block(text, scope, false)?.findings)
+        Ok(self.block(text, scope, false, None)?.findings)
+    }
+
+    /// [`Engine::scan`] charged to `budget`: [`MaskError::OverBudget`] once the budget's time is
+    /// spent (checked between candidates, so a scan ends within a few hundred candidates of it).
+    pub fn scan_within(
+        &self,
+        text: &str,
+        scope: Scope,
+        budget: Option<&Budget>,
+    ) -> Result<Vec<Finding>, MaskError> {
+        Ok(self.block(text, scope, false, budget)?.findings)
     }
 
     /// Block mode: mask the whole `text`. Text without findings is returned borrowed.
     pub fn mask<'a>(&self, text: &'a str, scope: Scope) -> Result<Masked<'a>, MaskError> {
-        self.block(text, scope, true)
+        self.block(text, scope, true, None)
     }
 
-    fn block<'a>(&self, text: &'a str, scope: Scope, write: bool) -> Result<Masked<'a>, MaskError> {
+    /// [`Engine::mask`] charged to `budget` (see [`Engine::scan_within`]).
+    pub fn mask_within<'a>(
+        &self,
+        text: &'a str,
+        scope: Scope,
+        budget: Option<&Budget>,
+    ) -> Result<Masked<'a>, MaskError> {
+        self.block(text, scope, true, budget)
+    }
+
+    fn block<'a>(
+        &self,
+        text: &'a str,
+        scope: Scope,
+        write: bool,
+        budget: Option<&Budget>,
+    ) -> Result<Masked<'a>, MaskError> {
         let bytes = text.as_bytes();
         // Most JSON strings (keys, ids, short values) are shorter than any secret: skip the
         // scan call for them.
@@ -192,33 +285,37 @@ impl Engine {
                 findings: Vec::new(),
             });
         }
-        let mut ends: Vec<Candidate> = Vec::new();
-        self.matcher.scan_block(bytes, |c: Candidate| {
-            if self.in_scope(c.rule, scope) {
-                ends.push(c);
-            }
-        })?;
-        if ends.is_empty() {
-            return Ok(Masked {
-                text: Cow::Borrowed(text),
-                findings: Vec::new(),
-            });
+        if let Some(budget) = budget {
+            budget.charge(bytes.len())?;
         }
-        let mut known: Vec<Known> = Vec::new();
-        let mut spans = Vec::new();
-        for c in ends {
-            if covered(&known, c) {
-                continue;
+        // Candidates are resolved as Hyperscan reports them (by end offset), each in O(1)
+        // besides its two bounded regex runs: no step looks at more than one rule's window.
+        let mut resolver = Resolver::default();
+        let mut spans: Vec<SecretSpan> = Vec::new();
+        let mut seen_spans: HashSet<(u32, usize, usize)> = HashSet::new();
+        let mut over_budget = None;
+        let completed = self.matcher.scan_block_while(bytes, |c: Candidate| {
+            if !self.in_scope(c.rule, scope) {
+                return true;
+            }
+            if let Some(budget) = budget {
+                if let Err(error) = budget.charge(CANDIDATE_COST) {
+                    over_budget = Some(error);
+                    return false;
+                }
+            }
+            if resolver.covered(c) {
+                return true;
             }
             let Some(start) = self.matcher.start_of(c.rule, bytes, 0, c.end) else {
-                continue;
+                return true;
             };
-            if known.iter().any(|k| (k.rule, k.start) == (c.rule, start)) {
-                continue;
+            if !resolver.first_start(c.rule, start) {
+                return true;
             }
             let confirmed = self.matcher.confirm(c.rule, bytes, 0, start);
             let match_end = confirmed.as_ref().map_or(c.end, |found| found.match_end);
-            known.push(Known {
+            resolver.add(Known {
                 rule: c.rule,
                 start,
                 match_end,
@@ -227,8 +324,21 @@ impl Engine {
                 secret: Some(span), ..
             }) = confirmed
             {
-                push_unique(&mut spans, SecretSpan { rule: c.rule, span });
+                if seen_spans.insert((c.rule, span.start, span.end)) {
+                    spans.push(SecretSpan { rule: c.rule, span });
+                }
             }
+            true
+        })?;
+        if let Some(error) = over_budget {
+            return Err(error);
+        }
+        debug_assert!(completed);
+        if spans.is_empty() {
+            return Ok(Masked {
+                text: Cow::Borrowed(text),
+                findings: Vec::new(),
+            });
         }
         // Room for every placeholder up front: a placeholder is often longer than its secret,
         // and growing a multi-megabyte buffer once copies the whole text again.
@@ -303,10 +413,56 @@ struct Known {
 /// thousands of bytes); a report inside a match already confirmed for the same rule adds
 /// nothing, and skipping it keeps long matches linear instead of quadratic. Both modes skip
 /// by the same rule, so they still see the same candidates.
-fn covered(known: &[Known], candidate: Candidate) -> bool {
-    known.iter().any(|k| {
+fn covered<'k>(mut known: impl Iterator<Item = &'k Known>, candidate: Candidate) -> bool {
+    known.any(|k| {
         k.rule == candidate.rule && k.start < candidate.end && candidate.end <= k.match_end
     })
+}
+
+/// Block mode's record of the candidates whose start is known, answering [`covered`] and the
+/// "same start already confirmed" question in O(1) each.
+///
+/// Hyperscan reports matches in ascending end order. While that holds, every known candidate
+/// started before the current end (its start is before its own end, which is not after the
+/// current one), so "some known match of this rule covers `end`" is "the furthest match end
+/// known for this rule reaches `end`": one number per rule. Should a report ever come out of
+/// order, the rule's full list is searched instead, exactly as [`covered`] does.
+#[derive(Debug, Default)]
+struct Resolver {
+    /// Per rule: the furthest match end and every known (start, match end).
+    rules: HashMap<u32, (usize, Vec<(usize, usize)>)>,
+    starts: HashSet<(u32, usize)>,
+    /// The largest candidate end seen so far.
+    last_end: usize,
+}
+
+impl Resolver {
+    fn covered(&mut self, candidate: Candidate) -> bool {
+        let in_order = candidate.end >= self.last_end;
+        self.last_end = self.last_end.max(candidate.end);
+        let Some((furthest, known)) = self.rules.get(&candidate.rule) else {
+            return false;
+        };
+        if in_order {
+            *furthest >= candidate.end
+        } else {
+            known
+                .iter()
+                .any(|&(start, match_end)| start < candidate.end && candidate.end <= match_end)
+        }
+    }
+
+    /// Whether `start` is new for `rule` (a confirmed match of it starting there is not known).
+    fn first_start(&self, rule: u32, start: usize) -> bool {
+        !self.starts.contains(&(rule, start))
+    }
+
+    fn add(&mut self, known: Known) {
+        self.starts.insert((known.rule, known.start));
+        let (furthest, list) = self.rules.entry(known.rule).or_default();
+        *furthest = (*furthest).max(known.match_end);
+        list.push((known.start, known.match_end));
+    }
 }
 
 fn push_unique(spans: &mut Vec<SecretSpan>, span: SecretSpan) {
@@ -647,7 +803,7 @@ impl StreamMasker {
                     .iter()
                     .chain(self.pending.iter().map(|(k, _)| k))
             };
-            if covered(&known_now().copied().collect::<Vec<_>>(), candidate) {
+            if covered(known_now(), candidate) {
                 continue;
             }
             let Some(start) = matcher.start_of(candidate.rule, &self.buf, self.base, candidate.end)
@@ -808,5 +964,104 @@ impl Drop for StreamMasker {
             // Hyperscan frees stream state only on close; the matches it reports are unwanted.
             let _ = self.engine.matcher().close_stream(stream, |_| {});
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rules::RuleSet;
+
+    const DEMO: &str = r#"
+[[rules]]
+id = "demo-key"
+description = "demo"
+pattern = '''\bkey=(?P<secret>[a-z]{4,40})'''
+action = "mask"
+"#;
+
+    fn engine() -> Engine {
+        let set = RuleSet::from_toml("demo.toml", DEMO).expect("rules parse");
+        let key = PlaceholderKey::new(b"0123456789abcdef0123").expect("key");
+        Engine::compile(&set, key, 1024).expect("engine")
+    }
+
+    fn text() -> String {
+        // Every value reports many candidate ends (`{4,40}` is unterminated).
+        (0..200)
+            .map(|i| format!("line {i} {}={} ", "key", "abcdefghijklmnopqrst"))
+            .collect()
+    }
+
+    #[test]
+    fn a_spent_budget_ends_the_scan_with_an_error_naming_it() {
+        let engine = engine();
+        // A deadline already in the past: no wall-clock assumption about how fast anything is.
+        let spent = Budget::until(Instant::now() - Duration::from_millis(1), 7);
+        let err = engine
+            .scan_within(&text(), Scope::Request, Some(&spent))
+            .unwrap_err();
+        assert!(
+            matches!(err, MaskError::OverBudget { budget_ms: 7 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("7 ms"), "{err}");
+        // Spent stays spent, also for a text without candidates.
+        assert!(engine
+            .mask_within(
+                "nothing to see here, only words",
+                Scope::Request,
+                Some(&spent)
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn a_budget_that_is_not_spent_changes_nothing() {
+        let engine = engine();
+        let text = text();
+        let generous = Budget::new(600_000);
+        let plain = engine.mask(&text, Scope::Request).unwrap();
+        let budgeted = engine
+            .mask_within(&text, Scope::Request, Some(&generous))
+            .unwrap();
+        assert_eq!(plain.findings.len(), 200);
+        assert_eq!(plain.findings, budgeted.findings);
+        assert_eq!(plain.text, budgeted.text);
+        assert!(!plain.text.contains("abcdefghijklmnopqrst"));
+    }
+
+    fn known(rule: u32, start: usize, match_end: usize) -> Known {
+        Known {
+            rule,
+            start,
+            match_end,
+        }
+    }
+
+    #[test]
+    fn resolver_answers_as_the_linear_search_does_in_and_out_of_order() {
+        let list = [known(0, 10, 30), known(1, 5, 8), known(0, 40, 45)];
+        let mut resolver = Resolver::default();
+        for k in list {
+            resolver.covered(Candidate {
+                rule: k.rule,
+                end: k.start + 1,
+            });
+            resolver.add(k);
+        }
+        // In order (ascending ends), then out of order (an end below one already seen).
+        for end in [41, 44, 45, 46, 50, 12, 30, 31, 39, 41] {
+            for rule in [0, 1, 2] {
+                let candidate = Candidate { rule, end };
+                assert_eq!(
+                    resolver.covered(candidate),
+                    covered(list.iter(), candidate),
+                    "{candidate:?}"
+                );
+            }
+        }
+        assert!(!resolver.first_start(0, 40));
+        assert!(resolver.first_start(0, 41));
     }
 }

@@ -469,6 +469,36 @@ impl Matcher {
         .map_err(|e| MatcherError::Hyperscan(e.to_string()))
     }
 
+    /// [`Matcher::scan_block`] that stops as soon as `on_candidate` returns `false`; returns
+    /// whether the whole text was scanned.
+    pub fn scan_block_while(
+        &self,
+        text: &[u8],
+        mut on_candidate: impl FnMut(Candidate) -> bool,
+    ) -> Result<bool, MatcherError> {
+        let mut stopped = false;
+        let scanned = self.with_scratch(|scratch| {
+            self.block_db.scan(text, scratch, |id, _, to, _| {
+                if self.known_rule(id)
+                    && !on_candidate(Candidate {
+                        rule: id,
+                        end: to as usize,
+                    })
+                {
+                    stopped = true;
+                    return Matching::Terminate;
+                }
+                Matching::Continue
+            })
+        })?;
+        match scanned {
+            Ok(()) => Ok(true),
+            // Hyperscan reports a scan the callback ended as an error.
+            Err(_) if stopped => Ok(false),
+            Err(e) => Err(MatcherError::Hyperscan(e.to_string())),
+        }
+    }
+
     pub fn open_stream(&self) -> Result<Stream, MatcherError> {
         self.stream_db
             .open_stream()

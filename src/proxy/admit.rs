@@ -13,7 +13,14 @@
 //!   signature the thinking vault knows, and whose text is exactly what the client was shown,
 //!   gets its original back (the upstream's own text, so its signature verifies). A vault
 //!   that fails or is off (`thinking = "mask"`) leaves every thinking block masked: raw client
-//!   thinking is never forwarded.
+//!   thinking is never forwarded;
+//! - masking is linear in the body and bounded in time: a body of at least
+//!   `[masking] offload_bytes` is masked on Tokio's blocking pool behind a semaphore of
+//!   `[masking] offload_threads` permits (the event loop only awaits it, so small requests on
+//!   the same worker are not held up), smaller bodies inline; either way the walk is charged to
+//!   a budget of `[masking] max_scan_ms` and a body that exhausts it is refused with a 422,
+//!   never forwarded unscanned and never left to stall a thread. Both paths run the same
+//!   [`walk_body`], so they produce the same bytes.
 
 use super::encoding::{decode_body, EncodingError};
 use super::headers::{header_str, is_json_content_type};
@@ -21,15 +28,17 @@ use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
 use crate::anthropic::thinking_vault::{thinking_signatures, VaultRestore};
-use crate::engine::json_walk::{mask_json_with, ThinkingMode, WalkOptions};
-use crate::engine::{Action, Engine, Scope, ThinkingRestore};
+use crate::engine::json_walk::{mask_json_within, ThinkingMode, WalkError, WalkOptions, Walked};
+use crate::engine::masker::Budget;
+use crate::engine::{Action, Engine, MaskError, Scope, ThinkingRestore};
 use crate::exchange::Outcome;
 use crate::policy::auth::AuthFailure;
 use crate::policy::identity::Identity;
 use crate::policy::profiles::Profile;
 use pingora::proxy::Session;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// A request the proxy will forward: where, and the body to send (decoded and masked).
 pub(super) struct Admitted {
@@ -88,15 +97,22 @@ pub(super) async fn admit(
     let body = decode_body(raw, encoding, profile.max_body_bytes).map_err(encoding_error)?;
     // The model list is checked on the body as the client sent it, once the walker has
     // refused what readers could disagree on (invalid JSON, duplicate keys).
-    let restore = thinking_restore(state, &profile.engine, &body).await;
-    let forwarded = judge_body(
-        session,
-        ctx,
-        &profile.engine,
-        route,
-        &body,
-        restore.as_ref().map(|r| r as &dyn ThinkingRestore),
-    )?;
+    let originals = thinking_originals(state, &body).await;
+    let (body, forwarded) = if needs_walk(session, &ctx.exchange.method, route, &body)? {
+        let limits = MaskingLimits {
+            offload_bytes: state.config.offload_bytes,
+            budget_ms: state.config.max_scan_ms,
+        };
+        let engine = Arc::clone(&profile.engine);
+        let (body, walked, took) =
+            mask_body(&state.masking_pool, limits, engine, body, originals).await?;
+        ctx.exchange.masking += took;
+        ctx.exchange.model = request_model(&body);
+        let forwarded = judge_body(ctx, &profile.engine, walked)?;
+        (body, forwarded)
+    } else {
+        (body, None)
+    };
     if !profile.allows_request_models(route, &body) {
         ctx.exchange.auth_failure = Some(AuthFailure::ModelNotAllowed);
         return Err(ApiError::new(
@@ -183,14 +199,10 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, ApiEr
     }
 }
 
-/// The originals the thinking vault holds for the signatures in `body`, as the walker's
-/// restore hook; `None` when there is no vault, no signature, or the vault failed (every
-/// thinking block is then masked).
-async fn thinking_restore<'e>(
-    state: &ProxyState,
-    engine: &'e Engine,
-    body: &[u8],
-) -> Option<VaultRestore<'e>> {
+/// The originals the thinking vault holds for the signatures in `body` (signatures, and the
+/// vault's answer in the same order), for the walker's restore hook; `None` when there is no
+/// vault, no signature, or the vault failed (every thinking block is then masked).
+async fn thinking_originals(state: &ProxyState, body: &[u8]) -> Option<Originals> {
     let vault = state.thinking_vault.as_ref()?;
     // Cheap check first: most requests carry no signed block.
     memchr::memmem::find(body, b"\"signature\"")?;
@@ -199,16 +211,91 @@ async fn thinking_restore<'e>(
         return None;
     }
     match vault.fetch(&signatures).await {
-        Ok(fetched) => {
-            let restore = VaultRestore::new(engine, signatures, fetched);
-            tracing::debug!(known = restore.known(), "thinking originals fetched");
-            Some(restore)
-        }
+        Ok(fetched) => Some((signatures, fetched)),
         Err(error) => {
             tracing::warn!(%error, "thinking vault unavailable: thinking in this request stays masked");
             None
         }
     }
+}
+
+/// Signatures and the originals a vault returned for them.
+type Originals = (Vec<String>, Vec<Option<String>>);
+
+/// How request masking is bounded (`[masking] offload_bytes` and `max_scan_ms`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MaskingLimits {
+    pub offload_bytes: usize,
+    pub budget_ms: u64,
+}
+
+/// The bounded pool that masks large bodies off the event loop: `permits` at once.
+pub(super) fn masking_pool(permits: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(permits.max(1)))
+}
+
+/// Walk (scan and rewrite) `body`, on the calling task when it is small and on Tokio's blocking
+/// pool, behind `pool`, when it is at least `limits.offload_bytes`. Gives the body back with
+/// the walk's result and the time the walk itself took (not the wait for a permit).
+async fn mask_body(
+    pool: &Arc<Semaphore>,
+    limits: MaskingLimits,
+    engine: Arc<Engine>,
+    body: Vec<u8>,
+    originals: Option<Originals>,
+) -> Result<(Vec<u8>, Result<Walked, WalkError>, Duration), ApiError> {
+    if body.len() < limits.offload_bytes {
+        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
+        return Ok((body, walked, took));
+    }
+    let unavailable = || {
+        ApiError::new(
+            ErrorKind::Api,
+            "streammask: the request body could not be masked (masking pool unavailable)",
+        )
+    };
+    // Waiting for a permit is an await, not a blocked worker; every holder is bounded by its
+    // own budget, so the wait is too.
+    let permit = Arc::clone(pool)
+        .acquire_owned()
+        .await
+        .map_err(|_| unavailable())?;
+    let job = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
+        (body, walked, took)
+    });
+    job.await.map_err(|_| unavailable())
+}
+
+/// The request walk both paths run: the JSON walker with the thinking restore hook, charged to
+/// a fresh budget of `budget_ms`. Returns the result and the time it took.
+fn walk_body(
+    engine: &Engine,
+    body: &[u8],
+    originals: Option<Originals>,
+    budget_ms: u64,
+) -> (Result<Walked, WalkError>, Duration) {
+    let started = Instant::now();
+    let restore = originals.map(|(signatures, fetched)| {
+        let restore = VaultRestore::new(engine, signatures, fetched);
+        tracing::debug!(known = restore.known(), "thinking originals fetched");
+        restore
+    });
+    let options = WalkOptions {
+        scope: Scope::Request,
+        thinking: ThinkingMode::Mask,
+        lenient: false,
+    };
+    let budget = Budget::new(budget_ms);
+    let walked = mask_json_within(
+        engine,
+        body,
+        &options,
+        restore.as_ref().map(|r| r as &dyn ThinkingRestore),
+        Some(&budget),
+    );
+    (walked, started.elapsed())
 }
 
 fn encoding_error(error: EncodingError) -> ApiError {
@@ -229,26 +316,22 @@ fn encoding_error(error: EncodingError) -> ApiError {
     }
 }
 
-/// Scan the body and decide: refuse it (a `block` finding, or a finding where no placeholder
-/// fits), forward the walker's rewrite (`Some`, masked findings) or forward it as it is
-/// (`None`). Thinking is masked unless `restore` gives its original back.
-fn judge_body(
+/// Whether the body is walked: an empty body needs no walk (but is refused where the API needs
+/// one), a non-JSON body is refused.
+fn needs_walk(
     session: &Session,
-    ctx: &mut RequestCtx,
-    engine: &Engine,
+    method: &str,
     route: Route,
     body: &[u8],
-    restore: Option<&dyn ThinkingRestore>,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    let exchange = &mut ctx.exchange;
+) -> Result<bool, ApiError> {
     if body.is_empty() {
-        if exchange.method == "POST" && matches!(route, Route::Messages | Route::CountTokens) {
+        if method == "POST" && matches!(route, Route::Messages | Route::CountTokens) {
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
                 "streammask: the request body is empty",
             ));
         }
-        return Ok(None);
+        return Ok(false);
     }
     if !is_json_content_type(header_str(session, "content-type")) {
         return Err(ApiError::new(
@@ -257,20 +340,37 @@ fn judge_body(
         )
         .with_status(415));
     }
-    let masking = Instant::now();
-    let options = WalkOptions {
-        scope: Scope::Request,
-        thinking: ThinkingMode::Mask,
-        lenient: false,
-    };
-    let walked = mask_json_with(engine, body, &options, restore);
-    exchange.masking += masking.elapsed();
-    exchange.model = request_model(body);
-    let walked = walked.map_err(|err| {
-        ApiError::new(
+    Ok(true)
+}
+
+/// The refusal for a body whose masking ran out of its time budget.
+fn over_budget(budget_ms: u64) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!(
+            "streammask: masking this request body took longer than its budget of {budget_ms} ms \
+             (`[masking] max_scan_ms`); it was not forwarded. Send a smaller body or ask the \
+             operator to raise the budget"
+        ),
+    )
+    .with_status(422)
+}
+
+/// Decide from the walk: refuse the body (over budget, invalid JSON, a `block` finding, or a
+/// finding where no placeholder fits), forward the walker's rewrite (`Some`, masked findings)
+/// or forward it as it is (`None`).
+fn judge_body(
+    ctx: &mut RequestCtx,
+    engine: &Engine,
+    walked: Result<Walked, WalkError>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let exchange = &mut ctx.exchange;
+    let walked = walked.map_err(|err| match err {
+        WalkError::Mask(MaskError::OverBudget { budget_ms }) => over_budget(budget_ms),
+        err => ApiError::new(
             ErrorKind::InvalidRequest,
             format!("streammask: the request body is not valid JSON: {err}"),
-        )
+        ),
     })?;
     exchange.request_findings.append(walked.findings);
     if let Some(refusal) = walked.refusals.first() {
@@ -298,4 +398,109 @@ fn judge_body(
         exchange.outcome = Outcome::Masked;
     }
     Ok(walked.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::masker::DEFAULT_MAX_HOLD_BYTES;
+    use crate::engine::placeholder::PlaceholderKey;
+    use crate::engine::RuleSet;
+
+    fn engine() -> Arc<Engine> {
+        let set = RuleSet::embedded().expect("embedded pack");
+        let key = PlaceholderKey::new(b"admit-test-key-0123456789").expect("key");
+        Arc::new(Engine::compile(&set, key, DEFAULT_MAX_HOLD_BYTES).expect("pack compiles"))
+    }
+
+    /// A request whose text is a log of `Authorization: Bearer` lines (tokens built from
+    /// pieces, so no secret-shaped literal is in the source).
+    fn request(lines: usize) -> Vec<u8> {
+        let log: String = (0..lines)
+            .map(|i| {
+                let token = format!("{}{i:06}{}", ["ab", "Cd9_xY"].concat(), "Qz".repeat(12));
+                format!("10.0.0.1 GET /items/{i} Authorization: Bearer {token}\n")
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": log}],
+        }))
+        .expect("json")
+    }
+
+    fn limits(offload_bytes: usize, budget_ms: u64) -> MaskingLimits {
+        MaskingLimits {
+            offload_bytes,
+            budget_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn off_loop_masking_gives_the_same_bytes_as_inline() {
+        let engine = engine();
+        let body = request(2000);
+        let pool = masking_pool(1);
+        let (inline_body, inline, _) = mask_body(
+            &pool,
+            limits(usize::MAX, 600_000),
+            Arc::clone(&engine),
+            body.clone(),
+            None,
+        )
+        .await
+        .expect("inline");
+        let (off_body, off_loop, _) = mask_body(
+            &pool,
+            limits(0, 600_000),
+            Arc::clone(&engine),
+            body.clone(),
+            None,
+        )
+        .await
+        .expect("off loop");
+        // The body comes back unchanged either way, and the walks agree byte for byte.
+        assert_eq!(inline_body, body);
+        assert_eq!(off_body, body);
+        let (inline, off_loop) = (inline.expect("walk"), off_loop.expect("walk"));
+        assert_eq!(inline.findings.len(), 2000);
+        let masked = inline.body.clone().expect("rewritten");
+        assert_eq!(Some(masked), off_loop.body);
+        assert_eq!(inline.findings, off_loop.findings);
+        // The permit is given back.
+        assert_eq!(pool.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_is_a_422_naming_the_budget_on_both_paths() {
+        let engine = engine();
+        let body = request(200);
+        let pool = masking_pool(1);
+        for offload_bytes in [usize::MAX, 0] {
+            // A zero budget is spent before the first candidate: no assumption about speed.
+            let (_, walked, _) = mask_body(
+                &pool,
+                limits(offload_bytes, 0),
+                Arc::clone(&engine),
+                body.clone(),
+                None,
+            )
+            .await
+            .expect("masked");
+            let err = walked.unwrap_err();
+            assert!(
+                matches!(err, WalkError::Mask(MaskError::OverBudget { budget_ms: 0 })),
+                "{err}"
+            );
+            let refusal = over_budget(0);
+            assert_eq!(refusal.status, 422);
+            assert_eq!(refusal.kind, ErrorKind::InvalidRequest);
+            assert!(
+                refusal.message.contains("max_scan_ms"),
+                "{}",
+                refusal.message
+            );
+        }
+    }
 }

@@ -64,6 +64,9 @@ pub struct ProxyState {
     /// Originals of thinking masked for clients (`None` when `thinking = "mask"`).
     pub thinking_vault: Option<Arc<dyn Vault>>,
     upstream: Upstream,
+    /// Bounds how many large request bodies are masked off the event loop at once
+    /// (`[masking] offload_threads`, see [`admit`]).
+    masking_pool: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProxyState {
@@ -78,7 +81,9 @@ impl ProxyState {
         thinking_vault: Option<Arc<dyn Vault>>,
     ) -> ProxyState {
         let upstream = Upstream::new(&config.upstream);
+        let masking_pool = admit::masking_pool(config.offload_threads);
         ProxyState {
+            masking_pool,
             config,
             engine,
             security,
