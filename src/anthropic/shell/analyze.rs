@@ -24,6 +24,26 @@ use brush_parser::{Parser, ParserOptions};
 /// How many scripts deep (`bash -c "bash -c '…'"`) the walk follows.
 pub const MAX_DEPTH: usize = 8;
 
+/// Deeper bracket nesting is not handed to the parser, whose time grows steeply with it.
+pub const MAX_NESTING: usize = 32;
+
+/// The deepest nesting of `(`/`{` in `text`, quotes ignored (an over-count only sends a command
+/// to the regex rules).
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for byte in text.bytes() {
+        match byte {
+            b'(' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// What a command or a stage does with data.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
@@ -88,7 +108,7 @@ impl Walk {
 
     /// Parse `text` as a script and walk it; `None` (and counted) when it does not parse.
     pub fn script(&mut self, text: &str, depth: usize) -> Option<Facts> {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || nesting(text) > MAX_NESTING {
             self.unparsed += 1;
             return None;
         }
@@ -411,6 +431,9 @@ impl Walk {
                 is_credential(strip_data_prefix(&arg.path))
             })
         };
+        if history_command(&name, args) {
+            self.hit(ShellRule::HistoryDisabled);
+        }
         match name.as_str() {
             n if is_shell(n) => {
                 self.shell(args, io, subs, proc_subs, via, depth, &mut facts);
@@ -479,11 +502,6 @@ impl Walk {
                     self.hit(ShellRule::RecursiveDeleteHome);
                 }
             }
-            "unset" => {
-                if args.iter().any(|a| is_history_var(&a.lit)) {
-                    self.hit(ShellRule::HistoryDisabled);
-                }
-            }
             "export" | "declare" | "typeset" | "local" | "readonly" => {
                 for arg in args {
                     if let Some((var, value)) = arg.lit.split_once('=') {
@@ -491,28 +509,6 @@ impl Walk {
                             self.hit(ShellRule::HistoryDisabled);
                         }
                     }
-                }
-            }
-            "set" => {
-                if args
-                    .windows(2)
-                    .any(|w| w[0].lit == "+o" && w[1].lit == "history")
-                {
-                    self.hit(ShellRule::HistoryDisabled);
-                }
-            }
-            "history" => {
-                if args
-                    .iter()
-                    .any(|a| a.lit.starts_with('-') && a.lit.contains('c'))
-                    || args.iter().any(|a| a.lit == "/dev/null")
-                {
-                    self.hit(ShellRule::HistoryDisabled);
-                }
-            }
-            "ln" | "truncate" | "shred" | "cp" | "mv" => {
-                if args.iter().any(|a| is_history_file(&a.path)) {
-                    self.hit(ShellRule::HistoryDisabled);
                 }
             }
             n if is_decoder(n, args) => facts.decodes = true,
@@ -1100,6 +1096,21 @@ fn strip_data_prefix(arg: &str) -> &str {
         }
     });
     arg.trim_start_matches(['@', '<'])
+}
+
+/// `unset HISTFILE`, `set +o history`, `history -c`, `ln -sf /dev/null ~/.bash_history`.
+fn history_command(name: &str, args: &[Word]) -> bool {
+    match name {
+        "unset" => args.iter().any(|a| is_history_var(&a.lit)),
+        "set" => args
+            .windows(2)
+            .any(|w| w[0].lit == "+o" && w[1].lit == "history"),
+        "history" => args
+            .iter()
+            .any(|a| (a.lit.starts_with('-') && a.lit.contains('c')) || a.lit == "/dev/null"),
+        "ln" | "truncate" | "shred" | "cp" | "mv" => args.iter().any(|a| is_history_file(&a.path)),
+        _ => false,
+    }
 }
 
 fn is_history_var(name: &str) -> bool {
