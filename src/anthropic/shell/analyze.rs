@@ -1098,7 +1098,8 @@ fn strip_data_prefix(arg: &str) -> &str {
     arg.trim_start_matches(['@', '<'])
 }
 
-/// `unset HISTFILE`, `set +o history`, `history -c`, `ln -sf /dev/null ~/.bash_history`.
+/// Commands that turn history off or wipe it: unsetting the history variables, the `set`
+/// option `history` turned off, clearing the list, linking or truncating a history file.
 fn history_command(name: &str, args: &[Word]) -> bool {
     match name {
         "unset" => args.iter().any(|a| is_history_var(&a.lit)),
@@ -1117,7 +1118,7 @@ fn is_history_var(name: &str) -> bool {
     matches!(name, "HISTFILE" | "HISTSIZE" | "HISTFILESIZE" | "SAVEHIST")
 }
 
-/// `HISTFILE=` or `/dev/null`, `HISTSIZE=0`: history no longer kept.
+/// The history file set empty or to the null device, or the history size set to zero.
 fn history_off(name: &str, value: &str) -> bool {
     match name {
         "HISTFILE" => value.is_empty() || value == "/dev/null",
