@@ -2,7 +2,8 @@
 //! ([`api`]), Server-Sent Events framing ([`sse`]), the masked Messages stream ([`messages`],
 //! with the hand-read wire forms in `compact` and tool calls judged whole in [`tools`]),
 //! JSON Lines batch results ([`jsonl`]), batch objects ([`batches`]), token [`usage`],
-//! originals of masked thinking kept for their return ([`thinking_vault`]) and
+//! originals of masked thinking kept for their return ([`thinking_vault`]), shell commands of
+//! tool calls judged by parsing them ([`shell`]) and
 //! response [`transcript`]s.
 //!
 //! Layer: above the engine, which it drives; below everything that knows about callers,
@@ -14,6 +15,7 @@ mod compact;
 pub mod jsonl;
 pub mod messages;
 pub(crate) mod scan_value;
+pub mod shell;
 pub mod sse;
 pub mod thinking_vault;
 pub mod tools;

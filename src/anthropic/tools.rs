@@ -2,7 +2,20 @@
 //! `tool_input` rules, masked, or — when a `block` rule matches — replaced by a text block that
 //! says which rule stopped it.
 //!
+//! Shell commands are judged a second way: every string under an object key `command` or `cmd`
+//! (at any depth; an array of strings there is an argument vector) is parsed as a shell command
+//! ([`crate::anthropic::shell`]) and checked against the parsed rules. The tool's *name* is not
+//! consulted: the judge is handed the input only, and any tool whose input has a `command` string
+//! runs it somewhere (Claude Code's `Bash`, the API's `bash_*` tool, MCP shells); other tools'
+//! `command` values (the text editor's `view`, `str_replace`) parse as harmless one-word commands.
+//!
 //! Invariants:
+//! - the regex rules run on every input; a parsed rule blocks only what they let through, so a
+//!   command the parser cannot read is still judged by them, and is counted
+//!   ([`ToolJudgement::shell_unparsed`], and an `audit` finding of [`SHELL_UNPARSED_RULE_ID`]);
+//! - a parsed-rule block is a [`ToolBlock::Rule`] whose finding carries the `shell-…` rule id
+//!   ([`crate::anthropic::shell::ShellRule::id`]), action `block`, the JSON path of the command
+//!   and no text of it, so it flows to the client, audit and metrics like a regex rule's;
 //! - a tool call is judged only complete (clients act on it only then), and input that is not
 //!   JSON is refused ([`ToolBlock::Unparseable`]), never passed on unscanned;
 //! - a blocked call is attributed to the first blocking finding in its input, so it counts once
@@ -10,9 +23,20 @@
 //! - when every tool call of a message was blocked, `stop_reason: tool_use` becomes `end_turn`,
 //!   so the client shows the message instead of waiting for a tool result.
 
+use crate::anthropic::shell::{judge_argv, judge_command, ShellRule};
+use crate::engine::findings::join_path;
 use crate::engine::json_walk::{mask_json, ThinkingMode, WalkOptions};
 use crate::engine::{Action, Engine, Finding, Findings, Scope};
 use serde_json::{json, Value};
+
+/// The rule id of the `audit` finding recorded for a shell command the parser could not read
+/// (it was judged by the regex rules only). Metrics count it as
+/// `streammask_findings_total{rule="streammask-shell-unparsed",action="audit"}`.
+pub const SHELL_UNPARSED_RULE_ID: &str = "streammask-shell-unparsed";
+
+/// The rule index synthetic findings carry: no rule of the engine has it, so metrics label them
+/// by id.
+const NO_ENGINE_RULE: u32 = u32::MAX;
 
 /// Why a tool call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +59,10 @@ impl ToolBlock {
 
     fn description<'e>(&self, engine: &'e Engine) -> &'e str {
         match self {
-            ToolBlock::Rule(finding) => engine.rule_description(&finding.rule_id),
+            ToolBlock::Rule(finding) => match ShellRule::from_id(&finding.rule_id) {
+                Some(rule) => rule.description(),
+                None => engine.rule_description(&finding.rule_id),
+            },
             ToolBlock::Unparseable => {
                 "the tool input could not be parsed, so it could not be checked"
             }
@@ -62,9 +89,27 @@ pub enum ToolVerdict {
     Block(ToolBlock),
 }
 
+/// The full decision on one complete tool call.
+#[derive(Debug)]
+pub struct ToolJudgement {
+    pub verdict: ToolVerdict,
+    pub findings: Findings,
+    /// Shell commands in the input judged by the parsed rules.
+    pub shell_commands: usize,
+    /// Shell commands (or scripts nested in them) the parser could not read: judged by the
+    /// regex rules only. A metric `streammask_tool_commands_unparsed_total` should add this up.
+    pub shell_unparsed: usize,
+}
+
 /// Judge a complete tool input (`{}` when empty) with the `tool_input` rules. Findings are
 /// located under `at`, the path of the tool block (`content[1]` → `content[1].input.command`).
 pub fn judge_tool_input(engine: &Engine, input: &[u8], at: &str) -> (ToolVerdict, Findings) {
+    let judged = judge_tool_call(engine, input, at);
+    (judged.verdict, judged.findings)
+}
+
+/// [`judge_tool_input`], with the shell parser's counts.
+pub fn judge_tool_call(engine: &Engine, input: &[u8], at: &str) -> ToolJudgement {
     let input: &[u8] = if input.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -76,15 +121,110 @@ pub fn judge_tool_input(engine: &Engine, input: &[u8], at: &str) -> (ToolVerdict
         lenient: false,
     };
     let Ok(walked) = mask_json(engine, input, &options) else {
-        return (ToolVerdict::Block(ToolBlock::Unparseable), Findings::new());
+        return ToolJudgement {
+            verdict: ToolVerdict::Block(ToolBlock::Unparseable),
+            findings: Findings::new(),
+            shell_commands: 0,
+            shell_unparsed: 0,
+        };
     };
     let mut findings = walked.findings;
     findings.nest_under(&format!("{at}.input"));
-    let verdict = match findings.first_with(Action::Block) {
-        Some(blocking) => ToolVerdict::Block(ToolBlock::Rule(blocking.finding.clone())),
-        None => ToolVerdict::Allow(walked.body.unwrap_or_else(|| input.to_vec())),
+    let mut shell = ShellCommands::default();
+    if let Ok(value) = serde_json::from_slice::<Value>(input) {
+        shell.walk(&value, &format!("{at}.input"), false);
+    }
+    for (path, chars) in &shell.unparsed_at {
+        findings.push(
+            path.clone(),
+            synthetic(SHELL_UNPARSED_RULE_ID, Action::Audit, *chars),
+        );
+    }
+    let verdict = if let Some(blocking) = findings.first_with(Action::Block) {
+        ToolVerdict::Block(ToolBlock::Rule(blocking.finding.clone()))
+    } else if let Some((path, rule, chars)) = shell.hit {
+        let finding = synthetic(rule.id(), Action::Block, chars);
+        findings.push(path, finding.clone());
+        ToolVerdict::Block(ToolBlock::Rule(finding))
+    } else {
+        ToolVerdict::Allow(walked.body.unwrap_or_else(|| input.to_vec()))
     };
-    (verdict, findings)
+    ToolJudgement {
+        verdict,
+        findings,
+        shell_commands: shell.parsed,
+        shell_unparsed: shell.unparsed,
+    }
+}
+
+/// A finding made by the judge itself, not by an engine rule: no span text, no placeholder
+/// text beyond the rule id, so nothing of the command reaches the audit log.
+fn synthetic(rule_id: &str, action: Action, chars: usize) -> Finding {
+    Finding {
+        rule: NO_ENGINE_RULE,
+        rule_id: rule_id.to_string(),
+        action,
+        span: 0..0,
+        placeholder: format!("[{}]", rule_id),
+        rewritten: false,
+        secret_chars: chars,
+        checksum_valid: None,
+    }
+}
+
+/// The shell commands of one tool input and what the parsed rules made of them.
+#[derive(Default)]
+struct ShellCommands {
+    parsed: usize,
+    unparsed: usize,
+    unparsed_at: Vec<(String, usize)>,
+    /// The first command a parsed rule stopped: its path, the rule, its length in chars.
+    hit: Option<(String, ShellRule, usize)>,
+}
+
+impl ShellCommands {
+    /// Judge every `command`/`cmd` string (or string array) under `value`.
+    fn walk(&mut self, value: &Value, path: &str, is_command: bool) {
+        match value {
+            Value::String(command) if is_command => {
+                let judged = judge_command(command);
+                self.record(path, judged, command.chars().count());
+            }
+            Value::Array(items) if is_command && items.iter().all(Value::is_string) => {
+                let argv: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                let judged = judge_argv(&argv);
+                self.record(path, judged, argv.iter().map(|a| a.chars().count()).sum());
+            }
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    self.walk(item, &format!("{path}[{index}]"), false);
+                }
+            }
+            Value::Object(fields) => {
+                for (key, item) in fields {
+                    let command = matches!(key.as_str(), "command" | "cmd");
+                    self.walk(item, &join_path(path, key), command);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn record(
+        &mut self,
+        path: &str,
+        judged: crate::anthropic::shell::ShellJudgement,
+        chars: usize,
+    ) {
+        self.parsed += 1;
+        if judged.unparsed > 0 {
+            self.unparsed += judged.unparsed;
+            self.unparsed_at.push((path.to_string(), chars));
+        }
+        if let (None, Some(rule)) = (&self.hit, judged.rule) {
+            self.hit = Some((path.to_string(), rule, chars));
+        }
+    }
 }
 
 /// What judging the tool calls of a complete message did.
