@@ -366,6 +366,9 @@ proptest! {
         let ours = mask_json(engine(), &bytes, &opts());
         let _ = mask_jsonl(engine(), &bytes, &opts());
         match serde_json::from_slice::<Value>(&bytes) {
+            // serde_json's `Value` takes the last of duplicate keys; the walker refuses them
+            // (a mutation can turn one key into its sibling).
+            Ok(_) if matches!(ours, Err(WalkError::DuplicateKey { .. })) => {}
             Ok(_) => {
                 let walked = ours.unwrap();
                 if let Some(body) = walked.body {
@@ -378,8 +381,9 @@ proptest! {
                 // follows a high surrogate, as "unexpected end of hex escape".
                 let lone_surrogate = message.contains("surrogate") || message.contains("hex escape");
                 if !lone_surrogate && !message.contains("out of range") {
+                    // A duplicate key seen before the syntax error is refused first.
                     prop_assert!(
-                        matches!(ours, Err(WalkError::Syntax { .. })),
+                        matches!(ours, Err(WalkError::Syntax { .. } | WalkError::DuplicateKey { .. })),
                         "serde_json: {}; ours: {:?}; input {:?}",
                         message,
                         ours,
