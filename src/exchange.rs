@@ -166,6 +166,8 @@ pub struct Exchange {
     pub late_matches: u64,
     /// Whether handling the request panicked (the client got a 502, or its stream was cut).
     pub panicked: bool,
+    /// Whether masking the request body ran out of its time budget (answered 422).
+    pub over_budget: bool,
     /// The first thing that went wrong with the upstream, if anything did.
     pub upstream_error: Option<UpstreamFailure>,
     pub usage: Usage,
@@ -202,6 +204,7 @@ impl Exchange {
             blocked_tools: Vec::new(),
             late_matches: 0,
             panicked: false,
+            over_budget: false,
             upstream_error: None,
             usage: Usage::default(),
             bytes_in: 0,

@@ -153,6 +153,9 @@ impl Metrics {
         if exchange.panicked {
             self.streams.panics.inc();
         }
+        if exchange.over_budget {
+            self.streams.over_budget.inc();
+        }
         self.callers.record(exchange);
     }
 }
@@ -389,6 +392,7 @@ struct StreamMetrics {
     sse_event_masking: Histogram,
     late_matches: IntCounter,
     panics: IntCounter,
+    over_budget: IntCounter,
 }
 
 impl StreamMetrics {
@@ -424,6 +428,10 @@ impl StreamMetrics {
             panics: r.counter(
                 "streammask_request_panics_total",
                 "Requests whose handling panicked (answered 502, or their stream cut; should stay 0)",
+            ),
+            over_budget: r.counter(
+                "streammask_masking_over_budget_total",
+                "Request bodies refused (422) because masking them ran out of [masking] max_scan_ms",
             ),
         }
     }
@@ -833,6 +841,31 @@ applies_to = ["request", "tool_input"]
             .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
             .sum();
         assert_eq!(loaded, rules);
+    }
+
+    #[test]
+    fn panics_and_budget_refusals_are_counted() {
+        let engine = engine();
+        let metrics = Metrics::new(&engine, &[]);
+        let text = exposition(&metrics);
+        assert_eq!(value(&text, "streammask_request_panics_total"), Some(0.0));
+        assert_eq!(
+            value(&text, "streammask_masking_over_budget_total"),
+            Some(0.0)
+        );
+        let mut exchange = Exchange::new(false);
+        exchange.panicked = true;
+        metrics.request_finished(&exchange);
+        let mut exchange = Exchange::new(false);
+        exchange.over_budget = true;
+        metrics.request_finished(&exchange);
+        metrics.request_finished(&exchange);
+        let text = exposition(&metrics);
+        assert_eq!(value(&text, "streammask_request_panics_total"), Some(1.0));
+        assert_eq!(
+            value(&text, "streammask_masking_over_budget_total"),
+            Some(2.0)
+        );
     }
 
     #[test]

@@ -366,7 +366,10 @@ fn judge_body(
 ) -> Result<Option<Vec<u8>>, ApiError> {
     let exchange = &mut ctx.exchange;
     let walked = walked.map_err(|err| match err {
-        WalkError::Mask(MaskError::OverBudget { budget_ms }) => over_budget(budget_ms),
+        WalkError::Mask(MaskError::OverBudget { budget_ms }) => {
+            exchange.over_budget = true;
+            over_budget(budget_ms)
+        }
         err => ApiError::new(
             ErrorKind::InvalidRequest,
             format!("streammask: the request body is not valid JSON: {err}"),

@@ -211,6 +211,7 @@ def test_metrics_page_has_exact_counts_after_scripted_traffic(obs, tool_block_ru
 
     assert value(m, "streammask_late_matches_total") == 0
     assert value(m, "streammask_request_panics_total") == 0
+    assert value(m, "streammask_masking_over_budget_total") == 0
     assert value(m, "streammask_active_streams") == 0
     assert value(m, "streammask_held_bytes") == 0
     errors = {dict(ls)["kind"]: v for ls, v in series(m, "streammask_upstream_errors_total").items()}

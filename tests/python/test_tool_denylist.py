@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from smtest import message_text
+from smtest import MODEL, message_text
 
 # Obfuscated variants no regex of the pack catches; each must be named by its parsed rule.
 # (Command words are split so this file holds none of them whole.)
@@ -43,9 +43,9 @@ PASSING = [
 ]
 
 
-def _stream(client, seed: int):
+def _stream(client):
     request = {
-        "model": "claude-sonnet-4-5",
+        "model": MODEL,
         "max_tokens": 256,
         "messages": [{"role": "user", "content": "do it"}],
     }
@@ -64,7 +64,7 @@ def test_obfuscated_denylisted_call_is_blocked_by_its_parsed_rule(proxy, mock, c
             "max_delta": 1 + seed % 7,
         }
     )
-    message = _stream(client, seed)
+    message = _stream(client)
     assert not [b for b in message.content if b.type == "tool_use"], "a blocked tool call reached the client"
     assert message.stop_reason != "tool_use"
     text = message_text(message)
@@ -84,7 +84,7 @@ def test_ordinary_command_arrives_intact(proxy, mock, client, command):
             "max_delta": 3,
         }
     )
-    message = _stream(client, 0)
+    message = _stream(client)
     tools = [b for b in message.content if b.type == "tool_use"]
     assert len(tools) == 1 and tools[0].input == tool_input
     assert message.stop_reason == "tool_use"
