@@ -1145,14 +1145,7 @@ impl<'a> Walker<'a> {
         for mut finding in findings {
             let order = (node.start, finding.span.start);
             if ctx.refuse && finding.rewritten {
-                finding.rewritten = false;
-                self.refusals.push((
-                    order,
-                    Located {
-                        path: path.clone(),
-                        finding,
-                    },
-                ));
+                self.record(order, &path, finding, true);
                 continue;
             }
             if ctx.thinking && self.opts.thinking == ThinkingMode::Report {
@@ -1161,13 +1154,7 @@ impl<'a> Walker<'a> {
             if finding.rewritten {
                 regions.push((finding.span.clone(), finding.placeholder.clone()));
             }
-            self.findings.push((
-                order,
-                Located {
-                    path: path.clone(),
-                    finding,
-                },
-            ));
+            self.record(order, &path, finding, false);
         }
         self.replace(node.start + 1, content, escaped, regions)
     }
@@ -1234,28 +1221,29 @@ impl<'a> Walker<'a> {
             .scan_within(&text, self.opts.scope, self.budget)?;
         let path = self.render_path();
         for mut finding in findings {
-            let order = (node.start, usize::MAX);
-            if ctx.refuse && finding.rewritten {
-                finding.rewritten = false;
-                self.refusals.push((
-                    order,
-                    Located {
-                        path: path.clone(),
-                        finding,
-                    },
-                ));
-            } else {
-                finding.rewritten = false;
-                self.findings.push((
-                    order,
-                    Located {
-                        path: path.clone(),
-                        finding,
-                    },
-                ));
-            }
+            let refused = ctx.refuse && finding.rewritten;
+            // Base64 text cannot carry a placeholder either way.
+            finding.rewritten = false;
+            self.record((node.start, usize::MAX), &path, finding, refused);
         }
         Ok(())
+    }
+
+    /// Keeps a finding made at `path`: among the refusals (a value that cannot carry a
+    /// placeholder: never rewritten) or among the findings.
+    fn record(&mut self, order: (usize, usize), path: &str, mut finding: Finding, refused: bool) {
+        if refused {
+            finding.rewritten = false;
+        }
+        let located = Located {
+            path: path.to_string(),
+            finding,
+        };
+        if refused {
+            self.refusals.push((order, located));
+        } else {
+            self.findings.push((order, located));
+        }
     }
 
     /// Scans the joined view around each boundary between parts and masks each part's portion
