@@ -514,15 +514,19 @@ applies_to = ["request", "response"]
         let original = format!("the key is {}", secret());
         vault
             .put_at(vec![entry("sig-a", &original), entry("sig-b", "b")], now)
-            .unwrap();
+            .expect("the memory vault stores");
         let got = vault
             .fetch_at(&keys(&["sig-b", "sig-unknown", "sig-a"]), now)
-            .unwrap();
+            .expect("the memory vault answers");
         assert_eq!(got, vec![Some("b".into()), None, Some(original)]);
         // A put with the same key replaces the value and its byte count.
-        vault.put_at(vec![entry("sig-b", "bb")], now).unwrap();
+        vault
+            .put_at(vec![entry("sig-b", "bb")], now)
+            .expect("the memory vault stores");
         assert_eq!(
-            vault.fetch_at(&keys(&["sig-b"]), now).unwrap(),
+            vault
+                .fetch_at(&keys(&["sig-b"]), now)
+                .expect("the memory vault answers"),
             vec![Some("bb".into())]
         );
         assert_eq!(vault.usage().0, 2);
@@ -535,8 +539,8 @@ applies_to = ["request", "response"]
         let signature = "EqQBCkYIBxgCKkD-signature";
         vault
             .put_at(vec![entry(signature, &original)], Instant::now())
-            .unwrap();
-        let slots = vault.slots.lock().unwrap();
+            .expect("the memory vault stores");
+        let slots = vault.slots.lock().expect("the vault lock is not poisoned");
         assert_eq!(slots.map.len(), 1);
         for (id, sealed) in &slots.map {
             let contains =
@@ -561,26 +565,36 @@ applies_to = ["request", "response"]
         let now = Instant::now();
         vault
             .put_at(vec![entry("sig-a", "original a")], now)
-            .unwrap();
+            .expect("the memory vault stores");
         // Move a's sealed value under b's name: the associated data no longer matches.
         {
-            let mut slots = vault.slots.lock().unwrap();
-            let a = slots.map.remove(&vault.id("sig-a")).unwrap();
+            let mut slots = vault.slots.lock().expect("the vault lock is not poisoned");
+            let a = slots
+                .map
+                .remove(&vault.id("sig-a"))
+                .expect("the entry is in the map");
             assert!(vault.open("sig-b", &a).is_none(), "wrong AAD must fail");
             assert_eq!(vault.open("sig-a", &a).as_deref(), Some("original a"));
             slots.map.insert(vault.id("sig-b"), a);
         }
-        assert_eq!(vault.fetch_at(&keys(&["sig-b"]), now).unwrap(), vec![None]);
+        assert_eq!(
+            vault
+                .fetch_at(&keys(&["sig-b"]), now)
+                .expect("the memory vault answers"),
+            vec![None]
+        );
         // Another key (another placeholder key) opens nothing either.
         let other = MemoryVault::new(&VaultKey::derive(b"another key material"), limits());
-        vault.put_at(vec![entry("sig-c", "c")], now).unwrap();
+        vault
+            .put_at(vec![entry("sig-c", "c")], now)
+            .expect("the memory vault stores");
         let sealed = vault
             .slots
             .lock()
-            .unwrap()
+            .expect("the vault lock is not poisoned")
             .map
             .remove(&vault.id("sig-c"))
-            .unwrap();
+            .expect("the entry is in the map");
         assert!(other.open("sig-c", &sealed).is_none());
     }
 
@@ -588,17 +602,28 @@ applies_to = ["request", "response"]
     fn entries_expire_after_the_ttl_and_are_removed() {
         let vault = vault(limits());
         let now = Instant::now();
-        vault.put_at(vec![entry("old", "o")], now).unwrap();
+        vault
+            .put_at(vec![entry("old", "o")], now)
+            .expect("the memory vault stores");
         let later = now + Duration::from_secs(30);
-        vault.put_at(vec![entry("new", "n")], later).unwrap();
+        vault
+            .put_at(vec![entry("new", "n")], later)
+            .expect("the memory vault stores");
         let at_ttl = now + Duration::from_secs(60);
         assert_eq!(
-            vault.fetch_at(&keys(&["old", "new"]), at_ttl).unwrap(),
+            vault
+                .fetch_at(&keys(&["old", "new"]), at_ttl)
+                .expect("the memory vault answers"),
             vec![None, Some("n".into())]
         );
         assert_eq!(vault.usage().0, 1, "the expired entry was removed");
         let gone = later + Duration::from_secs(61);
-        assert_eq!(vault.fetch_at(&keys(&["new"]), gone).unwrap(), vec![None]);
+        assert_eq!(
+            vault
+                .fetch_at(&keys(&["new"]), gone)
+                .expect("the memory vault answers"),
+            vec![None]
+        );
         assert_eq!(vault.usage(), (0, 0));
     }
 
@@ -612,11 +637,11 @@ applies_to = ["request", "response"]
         for i in 0..5 {
             by_count
                 .put_at(vec![entry(&format!("s{i}"), &format!("v{i}"))], now)
-                .unwrap();
+                .expect("the memory vault stores");
         }
         let got = by_count
             .fetch_at(&keys(&["s0", "s1", "s2", "s3", "s4"]), now)
-            .unwrap();
+            .expect("the memory vault answers");
         assert_eq!(got.iter().filter(|v| v.is_some()).count(), 3);
         assert!(got[0].is_none() && got[1].is_none() && got[4].is_some());
 
@@ -628,11 +653,17 @@ applies_to = ["request", "response"]
         });
         by_bytes
             .put_at(vec![entry("a", &value), entry("b", &value)], now)
-            .unwrap();
+            .expect("the memory vault stores");
         // Re-putting `a` makes it the newest: `b` is now the oldest and goes first.
-        by_bytes.put_at(vec![entry("a", &value)], now).unwrap();
-        by_bytes.put_at(vec![entry("c", &value)], now).unwrap();
-        let got = by_bytes.fetch_at(&keys(&["a", "b", "c"]), now).unwrap();
+        by_bytes
+            .put_at(vec![entry("a", &value)], now)
+            .expect("the memory vault stores");
+        by_bytes
+            .put_at(vec![entry("c", &value)], now)
+            .expect("the memory vault stores");
+        let got = by_bytes
+            .fetch_at(&keys(&["a", "b", "c"]), now)
+            .expect("the memory vault answers");
         assert_eq!(
             got.iter().map(Option::is_some).collect::<Vec<_>>(),
             [true, false, true]
@@ -641,7 +672,7 @@ applies_to = ["request", "response"]
         // A value larger than the whole vault is not kept, and evicts nothing.
         by_bytes
             .put_at(vec![entry("huge", &"y".repeat(4 * cost))], now)
-            .unwrap();
+            .expect("the memory vault stores");
         assert_eq!(by_bytes.usage(), (2, 2 * cost));
     }
 
@@ -650,9 +681,11 @@ applies_to = ["request", "response"]
         let vault = vault(limits());
         let now = Instant::now();
         for _ in 0..1000 {
-            vault.put_at(vec![entry("same", "v")], now).unwrap();
+            vault
+                .put_at(vec![entry("same", "v")], now)
+                .expect("the memory vault stores");
         }
-        let slots = vault.slots.lock().unwrap();
+        let slots = vault.slots.lock().expect("the vault lock is not poisoned");
         assert_eq!(slots.map.len(), 1);
         assert!(slots.order.len() <= 2 + 64, "{}", slots.order.len());
     }
@@ -663,7 +696,7 @@ applies_to = ["request", "response"]
         let original = format!("the key is {}\nok", secret());
         let shown = engine
             .mask(&original, Scope::Response)
-            .unwrap()
+            .expect("the test engine masks")
             .text
             .into_owned();
         assert_ne!(shown, original);
