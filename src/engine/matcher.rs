@@ -455,18 +455,11 @@ impl Matcher {
         text: &[u8],
         mut on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
-        self.with_scratch(|scratch| {
-            self.block_db.scan(text, scratch, |id, _, to, _| {
-                if self.known_rule(id) {
-                    on_candidate(Candidate {
-                        rule: id,
-                        end: to as usize,
-                    });
-                }
-                Matching::Continue
-            })
-        })?
-        .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+        self.scan_block_while(text, |candidate| {
+            on_candidate(candidate);
+            true
+        })
+        .map(|_| ())
     }
 
     /// [`Matcher::scan_block`] that stops as soon as `on_candidate` returns `false`; returns

@@ -11,7 +11,7 @@
 //! - the path and query are scanned percent-decoded, the form the upstream's router reads;
 //! - a header is scanned as `name: value`, so rules keyed on a header name see it;
 //! - refusals name where (the header's name, `query`, `path`) and the rule, never the value;
-//!   a header whose *name* holds the finding is named only as "a header name".
+//!   a header whose *name* holds the finding is named only as "header name".
 
 use super::headers::end_to_end_headers;
 use crate::anthropic::api::{ApiError, ErrorKind};
@@ -48,23 +48,17 @@ pub(super) fn scan_metadata(
 ) -> Result<Findings, Refused> {
     let mut findings = Findings::new();
     let path = percent_decode(uri.path().as_bytes(), false);
-    scan_part(engine, &path, "path", "path", &mut findings)?;
+    scan_part(engine, &path, 0, "path", "path", &mut findings)?;
     if let Some(query) = uri.query() {
         let query = percent_decode(query.as_bytes(), true);
-        scan_part(engine, &query, "query", "query string", &mut findings)?;
+        scan_part(engine, &query, 0, "query", "query string", &mut findings)?;
     }
     for (name, value) in forwarded_headers(headers) {
         if is_credential(name) {
             continue;
         }
-        // A header name is not secret in practice, but it is the client's text: scanned too.
-        scan_part(
-            engine,
-            name.as_str(),
-            "header name",
-            "a header name",
-            &mut findings,
-        )?;
+        // The name is scanned with its value (it is the client's text too); a finding in the
+        // name is reported without naming the header.
         let line = format!(
             "{}: {}",
             name.as_str(),
@@ -72,7 +66,14 @@ pub(super) fn scan_metadata(
         );
         let place = format!("header {}", name.as_str());
         let what = format!("header `{}`", name.as_str());
-        scan_part(engine, &line, &place, &what, &mut findings)?;
+        scan_part(
+            engine,
+            &line,
+            name.as_str().len(),
+            &place,
+            &what,
+            &mut findings,
+        )?;
     }
     Ok(findings)
 }
@@ -86,9 +87,12 @@ pub(super) struct Refused {
     pub findings: Findings,
 }
 
+/// Scans `text`, whose first `name_len` bytes are a header's name: a finding starting there is
+/// placed as "header name", never under the name itself.
 fn scan_part(
     engine: &Engine,
     text: &str,
+    name_len: usize,
     place: &str,
     what: &str,
     findings: &mut Findings,
@@ -104,6 +108,11 @@ fn scan_part(
     for finding in found {
         let action = finding.action;
         let rule_id = finding.rule_id.clone();
+        let (place, what) = if finding.span.start < name_len {
+            ("header name", "header name")
+        } else {
+            (place, what)
+        };
         findings.push(place, finding);
         if action == Action::Audit {
             continue;
@@ -249,6 +258,17 @@ examples = ["audited-word-1234"]
             assert_eq!(refused.findings.len(), 1);
             assert_eq!(refused.findings[0].path, format!("header {name}"));
         }
+    }
+
+    #[test]
+    fn a_secret_as_a_header_name_is_refused_without_naming_it() {
+        let t = token();
+        let refused = refused(scan("/v1/messages", &[(t.as_str(), "1")]));
+        assert_eq!(refused.error.status, 400);
+        let body = String::from_utf8_lossy(&refused.error.body()).into_owned();
+        assert!(body.contains("its header name holds"), "{body}");
+        assert!(!body.contains(&t), "{body}");
+        assert_eq!(refused.findings[0].path, "header name");
     }
 
     #[test]
