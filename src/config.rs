@@ -293,7 +293,7 @@ impl FileConfig {
     pub fn parse(origin: &str, text: &str) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|err| ConfigError::Parse {
             origin: origin.to_string(),
-            message: err.to_string(),
+            message: parse_error_message(text, &err),
         })
     }
 
@@ -342,7 +342,7 @@ impl FileConfig {
             if !prefix.starts_with('/') {
                 return Err(invalid(
                     "server.extra_passthrough_prefixes",
-                    format!("{prefix:?} must start with '/'"),
+                    "every prefix must start with '/'",
                 ));
             }
         }
@@ -396,10 +396,7 @@ impl FileConfig {
         }
         if let Some(dir) = &self.masking.rules_dir {
             if !dir.is_dir() {
-                return Err(invalid(
-                    "masking.rules_dir",
-                    format!("{} is not a directory", dir.display()),
-                ));
+                return Err(invalid("masking.rules_dir", "is not a directory"));
             }
         }
         let auth = self.auth.validate()?;
@@ -479,17 +476,82 @@ fn parse_thinking(value: &str) -> Result<ThinkingPolicy, ConfigError> {
                  unmasked; {VALUES}"
             ),
         )),
-        other => Err(invalid(
+        _ => Err(invalid(
             "masking.thinking",
-            format!("{other:?} is not a thinking policy; {VALUES}"),
+            format!("not a thinking policy; {VALUES}"),
         )),
+    }
+}
+
+/// A TOML error as `line L, column C: what`, without what `toml` adds that may carry a
+/// secret pasted into the file: the quoted source line, and the offending value itself
+/// (`invalid type: string "…"`, ``unknown variant `…` ``). Keys stay named.
+fn parse_error_message(text: &str, err: &toml::de::Error) -> String {
+    let mut message = redact_values(err.message().trim());
+    if let Some(span) = err.span() {
+        let before = &text.as_bytes()[..span.start.min(text.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = before.len()
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |n| n + 1)
+            + 1;
+        message = format!("line {line}, column {column}: {message}");
+    }
+    message
+}
+
+/// `message` with every double-quoted value, and the value of an `unknown variant`, replaced
+/// by `…`.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let quote = rest.find('"');
+        let variant = rest.find("unknown variant `");
+        match (quote, variant) {
+            (Some(q), v) if v.is_none_or(|v| q < v) => {
+                out.push_str(&rest[..=q]);
+                let after = &rest[q + 1..];
+                match after.find('"') {
+                    Some(end) => {
+                        out.push_str("…\"");
+                        rest = &after[end + 1..];
+                    }
+                    None => {
+                        out.push('…');
+                        return out;
+                    }
+                }
+            }
+            (_, Some(v)) => {
+                let head = v + "unknown variant `".len();
+                out.push_str(&rest[..head]);
+                let after = &rest[head..];
+                match after.find('`') {
+                    Some(end) => {
+                        out.push_str("…`");
+                        rest = &after[end + 1..];
+                    }
+                    None => {
+                        out.push('…');
+                        return out;
+                    }
+                }
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
     }
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
-        .map_err(|_| invalid(key, format!("{value:?} is not an IP:port address")))
+        .map_err(|_| invalid(key, "is not an IP:port address"))
 }
 
 fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
@@ -501,7 +563,7 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
     } else {
         return Err(invalid(
             "upstream.url",
-            format!("{url:?} must start with http:// or https://"),
+            "must start with http:// or https://",
         ));
     };
     let (authority, path) = match rest.find('/') {
@@ -509,16 +571,13 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         None => (rest, ""),
     };
     if authority.is_empty() || authority.contains('@') {
-        return Err(invalid(
-            "upstream.url",
-            format!("{url:?} has no usable host"),
-        ));
+        return Err(invalid("upstream.url", "has no usable host"));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
             let port: u16 = port
                 .parse()
-                .map_err(|_| invalid("upstream.url", format!("{url:?} has an invalid port")))?;
+                .map_err(|_| invalid("upstream.url", "has an invalid port"))?;
             (
                 host.trim_start_matches('[')
                     .trim_end_matches(']')
@@ -569,6 +628,52 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_name_the_place_and_key_but_never_echo_a_value() {
+        let secret = format!("sk-ant-api03-{}", "Zq9xWv7Lm2Kp4Rt6Yb8Nc0Df3Gh5Jk1");
+        for (text, expect) in [
+            // The source line is not quoted back.
+            (
+                format!("[upstream]\napi_key = \"{secret}\"\n"),
+                "line 2, column 1",
+            ),
+            // A value of the wrong type is not repeated.
+            (format!("[server]\nthreads = \"{secret}\"\n"), "line 2"),
+            // Nor is an unknown enum value, parsed or validated.
+            (
+                format!("[audit]\nsink = \"{secret}\"\n"),
+                "unknown variant `…`",
+            ),
+            (
+                format!("[masking]\nthinking = \"{secret}\"\n"),
+                "masking.thinking: not a thinking policy",
+            ),
+            // Nor a bad address or URL (a URL may carry credentials).
+            (
+                format!("[server]\nlisten = \"{secret}\"\n"),
+                "server.listen: is not an IP:port",
+            ),
+            (
+                format!("[upstream]\nurl = \"https://u:{secret}@\"\n"),
+                "upstream.url",
+            ),
+            // Nor a broken line.
+            (format!("[server]\nlisten = {secret}\n"), "line 2"),
+        ] {
+            let message = FileConfig::parse("x.toml", &text)
+                .and_then(FileConfig::validate)
+                .unwrap_err()
+                .to_string();
+            assert!(!message.contains(&secret), "{message}");
+            assert!(!message.contains("Zq9x"), "{message}");
+            assert!(message.contains(expect), "{message}");
+        }
+        assert!(FileConfig::parse("x.toml", "[upstream]\napi_key = \"x\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("api_key"));
+    }
+
+    #[test]
     fn unknown_key_is_rejected_by_name() {
         let err =
             FileConfig::parse("x.toml", "[server]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
@@ -579,9 +684,16 @@ mod tests {
     fn observability_sections_reject_unknown_keys_and_values() {
         for (text, word) in [
             ("[audit]\nsinks = \"file\"\n", "sinks"),
-            ("[audit]\nsink = \"syslog\"\n", "syslog"),
-            ("[audit]\non_failure = \"ignore\"\n", "ignore"),
-            ("[log]\nformat = \"xml\"\n", "xml"),
+            // A wrong value is answered with the values that are allowed, not repeated.
+            (
+                "[audit]\nsink = \"syslog\"\n",
+                "expected one of `off`, `stdout`, `file`",
+            ),
+            (
+                "[audit]\non_failure = \"ignore\"\n",
+                "line 2, column 14: unknown variant",
+            ),
+            ("[log]\nformat = \"xml\"\n", "`json`"),
             ("[metrics]\nenable = true\n", "enable"),
         ] {
             let err = FileConfig::parse("t.toml", text).unwrap_err().to_string();

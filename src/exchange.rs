@@ -168,6 +168,8 @@ pub struct Exchange {
     pub panicked: bool,
     /// Whether masking the request body ran out of its time budget (answered 422).
     pub over_budget: bool,
+    /// A large request body found no masking worker within its budget (answered 529).
+    pub masking_pool_busy: bool,
     /// The first thing that went wrong with the upstream, if anything did.
     pub upstream_error: Option<UpstreamFailure>,
     pub usage: Usage,
@@ -205,6 +207,7 @@ impl Exchange {
             late_matches: 0,
             panicked: false,
             over_budget: false,
+            masking_pool_busy: false,
             upstream_error: None,
             usage: Usage::default(),
             bytes_in: 0,

@@ -85,9 +85,12 @@ impl JsonlMasker {
             out.push(b'\n');
             chunk = chunk.get(newline + 1..).unwrap_or_default();
         }
+        // Only the new bytes can hold a newline (the partial line has none): looking there
+        // keeps a long line fed in small chunks linear, not quadratic.
+        let held = self.partial.len();
         self.partial.extend_from_slice(chunk);
-        if let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') {
-            let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
+        if let Some(last_newline) = memchr::memrchr(b'\n', chunk) {
+            let complete: Vec<u8> = self.partial.drain(..=held + last_newline).collect();
             self.mask_lines(&complete, out);
         }
         if self.partial.len() > self.max_line {

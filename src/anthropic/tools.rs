@@ -13,6 +13,11 @@
 //! - the regex rules run on every input; a parsed rule blocks only what they let through, so a
 //!   command the parser cannot read is still judged by them, and is counted
 //!   ([`ToolJudgement::shell_unparsed`], and an `audit` finding of [`SHELL_UNPARSED_RULE_ID`]);
+//! - one exception: in a command the parser read whole, the regex rules whose class a parsed
+//!   rule expresses ([`SUPERSEDED_IN_PARSED_COMMANDS`]) give way to it, since they cannot see
+//!   quoting (a download-and-run line echoed into a file runs nothing). Every
+//!   example of those rules is blocked by the parsed rule (tested), and they still block in
+//!   commands the parser cannot read and in every other text;
 //! - a parsed-rule block is a [`ToolBlock::Rule`] whose finding carries the `shell-…` rule id
 //!   ([`crate::anthropic::shell::ShellRule::id`]), action `block`, the JSON path of the command
 //!   and no text of it, so it flows to the client, audit and metrics like a regex rule's;
@@ -33,6 +38,11 @@ use serde_json::{json, Value};
 /// (it was judged by the regex rules only). Metrics count it as
 /// `streammask_findings_total{rule="streammask-shell-unparsed",action="audit"}`.
 pub const SHELL_UNPARSED_RULE_ID: &str = "streammask-shell-unparsed";
+
+/// Regex rules the parsed [`ShellRule::DownloadToInterpreter`] expresses whole: in a command
+/// the parser read without a gap, their findings are dropped and the parsed rule decides.
+pub const SUPERSEDED_IN_PARSED_COMMANDS: [&str; 2] =
+    ["deny-curl-pipe-shell", "deny-curl-pipe-interpreter"];
 
 /// The rule index synthetic findings carry: no rule of the engine has it, so metrics label them
 /// by id.
@@ -97,7 +107,8 @@ pub struct ToolJudgement {
     /// Shell commands in the input judged by the parsed rules.
     pub shell_commands: usize,
     /// Shell commands (or scripts nested in them) the parser could not read: judged by the
-    /// regex rules only. A metric `streammask_tool_commands_unparsed_total` should add this up.
+    /// regex rules only. Each also leaves an `audit` finding of [`SHELL_UNPARSED_RULE_ID`],
+    /// which is what metrics count.
     pub shell_unparsed: usize,
 }
 
@@ -134,6 +145,10 @@ pub fn judge_tool_call(engine: &Engine, input: &[u8], at: &str) -> ToolJudgement
     if let Ok(value) = serde_json::from_slice::<Value>(input) {
         shell.walk(&value, &format!("{at}.input"), false);
     }
+    findings.retain(|located| {
+        !(SUPERSEDED_IN_PARSED_COMMANDS.contains(&located.finding.rule_id.as_str())
+            && shell.read_whole.contains(&located.path))
+    });
     for (path, chars) in &shell.unparsed_at {
         findings.push(
             path.clone(),
@@ -178,6 +193,8 @@ struct ShellCommands {
     parsed: usize,
     unparsed: usize,
     unparsed_at: Vec<(String, usize)>,
+    /// The paths of the command strings the parser read without a gap.
+    read_whole: Vec<String>,
     /// The first command a parsed rule stopped: its path, the rule, its length in chars.
     hit: Option<(String, ShellRule, usize)>,
 }
@@ -188,6 +205,9 @@ impl ShellCommands {
         match value {
             Value::String(command) if is_command => {
                 let judged = judge_command(command);
+                if judged.unparsed == 0 {
+                    self.read_whole.push(path.to_string());
+                }
                 self.record(path, judged, command.chars().count());
             }
             Value::Array(items) if is_command && items.iter().all(Value::is_string) => {

@@ -53,6 +53,11 @@ impl Findings {
         }
     }
 
+    /// Keep only the findings for which `keep` says so, in their order.
+    pub fn retain(&mut self, keep: impl FnMut(&Located) -> bool) {
+        self.0.retain(keep);
+    }
+
     /// The first finding whose rule acts with `action`.
     pub fn first_with(&self, action: Action) -> Option<&Located> {
         self.0.iter().find(|f| f.finding.action == action)

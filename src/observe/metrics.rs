@@ -156,6 +156,9 @@ impl Metrics {
         if exchange.over_budget {
             self.streams.over_budget.inc();
         }
+        if exchange.masking_pool_busy {
+            self.streams.masking_pool_busy.inc();
+        }
         self.callers.record(exchange);
     }
 }
@@ -393,6 +396,7 @@ struct StreamMetrics {
     late_matches: IntCounter,
     panics: IntCounter,
     over_budget: IntCounter,
+    masking_pool_busy: IntCounter,
 }
 
 impl StreamMetrics {
@@ -432,6 +436,10 @@ impl StreamMetrics {
             over_budget: r.counter(
                 "streammask_masking_over_budget_total",
                 "Request bodies refused (422) because masking them ran out of [masking] max_scan_ms",
+            ),
+            masking_pool_busy: r.counter(
+                "streammask_masking_pool_busy_total",
+                "Large request bodies answered 529 because no masking worker was free within [masking] max_scan_ms",
             ),
         }
     }
@@ -860,11 +868,18 @@ applies_to = ["request", "tool_input"]
         exchange.over_budget = true;
         metrics.request_finished(&exchange);
         metrics.request_finished(&exchange);
+        let mut exchange = Exchange::new(false);
+        exchange.masking_pool_busy = true;
+        metrics.request_finished(&exchange);
         let text = exposition(&metrics);
         assert_eq!(value(&text, "streammask_request_panics_total"), Some(1.0));
         assert_eq!(
             value(&text, "streammask_masking_over_budget_total"),
             Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "streammask_masking_pool_busy_total"),
+            Some(1.0)
         );
     }
 

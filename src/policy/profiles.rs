@@ -62,14 +62,15 @@ pub fn validate_profiles(
     max_body_bytes: usize,
 ) -> Result<Vec<ProfileSection>, ConfigError> {
     let mut seen = std::collections::HashSet::new();
-    for profile in &profiles {
+    // Entries are named by position, never by their text: an error message quotes no value
+    // from the file.
+    for (n, profile) in profiles.iter().enumerate() {
         if profile.name.trim().is_empty() {
-            return Err(invalid("every profile needs a name".into()));
+            return Err(invalid(format!("profile {n}: every profile needs a name")));
         }
         if !seen.insert(profile.name.clone()) {
             return Err(invalid(format!(
-                "profile {:?} is defined twice",
-                profile.name
+                "profile {n}: its name is taken by an earlier profile"
             )));
         }
         if profile.name == DEFAULT_PROFILE {
@@ -80,22 +81,19 @@ pub fn validate_profiles(
             }
         } else if profile.groups.is_empty() {
             return Err(invalid(format!(
-                "profile {:?} names no groups (only \"default\" may)",
-                profile.name
+                "profile {n}: names no groups (only \"default\" may)"
             )));
         }
         if let Some(limit) = profile.max_body_bytes {
             if limit < 1024 {
                 return Err(invalid(format!(
-                    "profile {:?}: max_body_bytes must be at least 1024",
-                    profile.name
+                    "profile {n}: max_body_bytes must be at least 1024"
                 )));
             }
         }
         if profile.allowed_models.iter().any(|m| m.trim().is_empty()) {
             return Err(invalid(format!(
-                "profile {:?}: allowed_models has an empty entry",
-                profile.name
+                "profile {n}: allowed_models has an empty entry"
             )));
         }
     }
@@ -310,7 +308,7 @@ mod tests {
             ("[[profiles]]\nname = \"default\"\ngroups = [\"a\"]\n", "takes no groups"),
             (
                 "[[profiles]]\nname = \"x\"\ngroups = [\"a\"]\n[[profiles]]\nname = \"x\"\ngroups = [\"b\"]\n",
-                "defined twice",
+                "profile 1: its name is taken",
             ),
         ] {
             let file: File = toml::from_str(text).unwrap();

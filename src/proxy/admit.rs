@@ -104,8 +104,12 @@ pub(super) async fn admit(
             budget_ms: state.config.max_scan_ms,
         };
         let engine = Arc::clone(&profile.engine);
-        let (body, walked, took) =
-            mask_body(&state.masking_pool, limits, engine, body, originals).await?;
+        let (body, walked, took) = mask_body(&state.masking_pool, limits, engine, body, originals)
+            .await
+            .map_err(|refusal| {
+                ctx.exchange.masking_pool_busy = matches!(refusal, PoolRefusal::Busy { .. });
+                refusal.into_api_error()
+            })?;
         ctx.exchange.masking += took;
         ctx.exchange.model = request_model(&body);
         let forwarded = judge_body(ctx, &profile.engine, walked)?;
@@ -243,29 +247,29 @@ async fn mask_body(
     engine: Arc<Engine>,
     body: Vec<u8>,
     originals: Option<Originals>,
-) -> Result<(Vec<u8>, Result<Walked, WalkError>, Duration), ApiError> {
+) -> Result<(Vec<u8>, Result<Walked, WalkError>, Duration), PoolRefusal> {
     if body.len() < limits.offload_bytes {
         let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
         return Ok((body, walked, took));
     }
-    let unavailable = || {
-        ApiError::new(
-            ErrorKind::Api,
-            "streammask: the request body could not be masked (masking pool unavailable)",
-        )
+    // Waiting for a permit is an await, not a blocked worker. The wait has the body's own
+    // budget: a queue of large bodies behind busy permits must not hold a request longer than
+    // masking it would, so past that the client is told to come back (529, which SDKs retry).
+    let wait = Duration::from_millis(limits.budget_ms);
+    let permit = match tokio::time::timeout(wait, Arc::clone(pool).acquire_owned()).await {
+        Ok(permit) => permit.map_err(|_| PoolRefusal::Unavailable)?,
+        Err(_) => {
+            return Err(PoolRefusal::Busy {
+                budget_ms: limits.budget_ms,
+            })
+        }
     };
-    // Waiting for a permit is an await, not a blocked worker; every holder is bounded by its
-    // own budget, so the wait is too.
-    let permit = Arc::clone(pool)
-        .acquire_owned()
-        .await
-        .map_err(|_| unavailable())?;
     let job = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
         (body, walked, took)
     });
-    job.await.map_err(|_| unavailable())
+    job.await.map_err(|_| PoolRefusal::Unavailable)
 }
 
 /// The request walk both paths run: the JSON walker with the thinking restore hook, charged to
@@ -341,6 +345,34 @@ fn needs_walk(
         .with_status(415));
     }
     Ok(true)
+}
+
+/// Why a large body was not masked on the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolRefusal {
+    /// No permit within the body's budget: every permit is held by other large bodies.
+    Busy { budget_ms: u64 },
+    /// The pool or its task failed.
+    Unavailable,
+}
+
+impl PoolRefusal {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            PoolRefusal::Busy { budget_ms } => ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "streammask: every masking worker is busy with other large request bodies \
+                     (none free within {budget_ms} ms, `[masking] max_scan_ms`); nothing was \
+                     forwarded. Retry shortly"
+                ),
+            ),
+            PoolRefusal::Unavailable => ApiError::new(
+                ErrorKind::Api,
+                "streammask: the request body could not be masked (masking pool unavailable)",
+            ),
+        }
+    }
 }
 
 /// The refusal for a body whose masking ran out of its time budget.
@@ -505,5 +537,48 @@ mod tests {
                 refusal.message
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_waits_for_a_worker_no_longer_than_its_budget() {
+        let engine = engine();
+        let body = request(10);
+        let pool = masking_pool(1);
+        // Every permit held elsewhere: the wait ends at the budget with a 529 to retry.
+        let held = Arc::clone(&pool).acquire_owned().await.expect("permit");
+        let refusal = mask_body(
+            &pool,
+            limits(0, 50),
+            Arc::clone(&engine),
+            body.clone(),
+            None,
+        )
+        .await
+        .expect_err("no worker free");
+        assert_eq!(refusal, PoolRefusal::Busy { budget_ms: 50 });
+        let error = refusal.into_api_error();
+        assert_eq!((error.status, error.kind), (529, ErrorKind::Overloaded));
+        assert!(error.message.contains("max_scan_ms"), "{}", error.message);
+        // Small bodies never wait for the pool.
+        let (_, walked, _) = mask_body(
+            &pool,
+            limits(usize::MAX, 50),
+            engine.clone(),
+            body.clone(),
+            None,
+        )
+        .await
+        .expect("inline");
+        assert!(walked.is_ok());
+        // A permit given back within the budget is taken.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(held);
+        });
+        let (_, walked, _) = mask_body(&pool, limits(0, 60_000), engine, body, None)
+            .await
+            .expect("a worker came free");
+        assert!(walked.is_ok());
+        release.await.expect("release task");
     }
 }

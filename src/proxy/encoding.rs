@@ -6,6 +6,11 @@
 //!   it were scanned: a coding the table does not know is refused, not passed through;
 //! - decoding is bounded: a request body decompresses to at most `limit` bytes (a bomb is a
 //!   [`EncodingError::TooLarge`], found after reading `limit + 1` bytes, never more);
+//!   [`EncodingError::TooLarge`], found after reading `limit + 1` bytes, never more), and one
+//!   chunk of a streamed response decompresses to at most the streaming decoder's cap
+//!   ([`MAX_DECODED_PER_CHUNK`] by default): a bomb in a stream is an error found after
+//!   writing that many bytes, never more; a zstd frame may not ask for a window over 8 MiB
+//!   (RFC 8878's limit for HTTP), since the decoder allocates it up front;
 //! - error messages name the coding (cut to a short label), never body bytes.
 
 use std::io::{Read, Write};
@@ -56,6 +61,11 @@ pub(super) fn short_label(value: &str) -> String {
         .collect()
 }
 
+/// The largest zstd window accepted: 8 MiB, the limit RFC 8878 sets for the `zstd` content
+/// coding. A frame may declare a window of up to 2 GiB, which the decoder would allocate before
+/// producing a byte: a few bytes of body must not cost the proxy that much memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 /// Undo the `Content-Encoding` of a whole body (codings applied in order, so undone in
 /// reverse), producing at most `limit` bytes.
 pub fn decode_body(
@@ -77,7 +87,12 @@ pub fn decode_body(
             Coding::Deflate => Box::new(flate2::read::ZlibDecoder::new(&data[..])),
             Coding::Brotli => Box::new(brotli::Decompressor::new(&data[..], 4096)),
             Coding::Zstd => {
-                Box::new(zstd::stream::read::Decoder::new(&data[..]).map_err(|_| invalid())?)
+                let mut decoder =
+                    zstd::stream::read::Decoder::new(&data[..]).map_err(|_| invalid())?;
+                decoder
+                    .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|_| invalid())?;
+                Box::new(decoder)
             }
         };
         let mut out = Vec::new();
@@ -93,47 +108,94 @@ pub fn decode_body(
     Ok(data)
 }
 
-/// A streaming decoder for a response body in one coding.
-pub enum Decoder {
+/// What one upstream chunk of a streamed response may decompress to. Upstream reads are tens
+/// of KiB, and text compresses tenfold or so; a chunk that expands past this is a bomb, and the
+/// stream ends rather than grow the proxy.
+pub const MAX_DECODED_PER_CHUNK: usize = 16 << 20;
+
+/// A streaming decoder for a response body in one coding. Each [`Decoder::decode`] call
+/// produces at most its cap of bytes; past it the call fails (the stream is then ended).
+pub struct Decoder {
+    kind: DecoderKind,
+}
+
+enum DecoderKind {
     Identity,
-    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
-    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    Gzip(flate2::write::MultiGzDecoder<CappedSink>),
+    Deflate(flate2::write::ZlibDecoder<CappedSink>),
+    Brotli(Box<brotli::DecompressorWriter<CappedSink>>),
+    Zstd(zstd::stream::write::Decoder<'static, CappedSink>),
+}
+
+/// Where a streaming decoder writes: refuses to grow past `cap` bytes, so a decompressor
+/// stops at the cap instead of filling memory first and being checked after.
+struct CappedSink {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Write for CappedSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.cap {
+            return Err(std::io::Error::other("decompressed chunk over the cap"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Decoder {
-    /// The decoder for a response's `Content-Encoding`; `None` when it is not one coding
-    /// streammask decodes (the response is then refused).
+    /// The decoder for a response's `Content-Encoding`, producing at most
+    /// [`MAX_DECODED_PER_CHUNK`] bytes per chunk; `None` when it is not one coding streammask
+    /// decodes (the response is then refused).
     pub fn for_encoding(encoding: Option<&str>) -> Option<Decoder> {
-        Some(match Coding::parse(encoding.unwrap_or(""))? {
-            Coding::Identity => Decoder::Identity,
-            Coding::Gzip => Decoder::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
-            Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
-            Coding::Brotli => {
-                Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
-            }
-            Coding::Zstd => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).ok()?),
-        })
+        Decoder::with_cap(encoding, MAX_DECODED_PER_CHUNK)
     }
 
-    /// Decompress `chunk`, returning what is available so far.
+    /// [`Decoder::for_encoding`] with a cap of `max_per_chunk` decoded bytes per chunk.
+    pub fn with_cap(encoding: Option<&str>, max_per_chunk: usize) -> Option<Decoder> {
+        let sink = || CappedSink {
+            buf: Vec::new(),
+            cap: max_per_chunk,
+        };
+        let kind = match Coding::parse(encoding.unwrap_or(""))? {
+            Coding::Identity => DecoderKind::Identity,
+            Coding::Gzip => DecoderKind::Gzip(flate2::write::MultiGzDecoder::new(sink())),
+            Coding::Deflate => DecoderKind::Deflate(flate2::write::ZlibDecoder::new(sink())),
+            Coding::Brotli => {
+                DecoderKind::Brotli(Box::new(brotli::DecompressorWriter::new(sink(), 4096)))
+            }
+            Coding::Zstd => {
+                let mut decoder = zstd::stream::write::Decoder::new(sink()).ok()?;
+                decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).ok()?;
+                DecoderKind::Zstd(decoder)
+            }
+        };
+        Some(Decoder { kind })
+    }
+
+    /// Decompress `chunk`, returning what is available so far (at most the cap).
     pub fn decode(&mut self, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
         fn drain<W: Write>(
             w: &mut W,
             chunk: &[u8],
-            take: impl FnOnce(&mut W) -> Vec<u8>,
+            sink: impl Fn(&mut W) -> &mut CappedSink,
         ) -> std::io::Result<Vec<u8>> {
-            w.write_all(chunk)?;
-            w.flush()?;
-            Ok(take(w))
+            let written = w.write_all(chunk).and_then(|()| w.flush());
+            // A failed call leaves the decoder unusable; its partial output goes too.
+            let out = std::mem::take(&mut sink(w).buf);
+            written.map(|()| out)
         }
-        match self {
-            Decoder::Identity => Ok(chunk.to_vec()),
-            Decoder::Gzip(d) => drain(d, chunk, |d| std::mem::take(d.get_mut())),
-            Decoder::Deflate(d) => drain(d, chunk, |d| std::mem::take(d.get_mut())),
-            Decoder::Brotli(d) => drain(d.as_mut(), chunk, |d| std::mem::take(d.get_mut())),
-            Decoder::Zstd(d) => drain(d, chunk, |d| std::mem::take(d.get_mut())),
+        match &mut self.kind {
+            DecoderKind::Identity => Ok(chunk.to_vec()),
+            DecoderKind::Gzip(d) => drain(d, chunk, |d| d.get_mut()),
+            DecoderKind::Deflate(d) => drain(d, chunk, |d| d.get_mut()),
+            DecoderKind::Brotli(d) => drain(d.as_mut(), chunk, |d| d.get_mut()),
+            DecoderKind::Zstd(d) => drain(d, chunk, |d| d.get_mut()),
         }
     }
 }
@@ -275,5 +337,67 @@ mod tests {
         assert!(Decoder::for_encoding(Some("gzip, br")).is_none());
         let mut gzip_decoder = Decoder::for_encoding(Some("gzip")).expect("gzip is known");
         assert!(gzip_decoder.decode(b"this is not gzip at all").is_err());
+    }
+
+    #[test]
+    fn a_bomb_in_a_stream_stops_at_the_per_chunk_cap() {
+        let cap = 1 << 20;
+        let zeros = vec![0u8; 64 << 20];
+        for (encoding, bomb) in [
+            ("gzip", gzip(&zeros)),
+            ("br", brotli(&zeros)),
+            ("zstd", zstd(&zeros)),
+            ("deflate", deflate(&zeros)),
+        ] {
+            let mut decoder = Decoder::with_cap(Some(encoding), cap).expect("known coding");
+            // Fed whole, as one upstream read might carry it.
+            assert!(decoder.decode(&bomb).is_err(), "{encoding}: whole bomb");
+            // Fed in reads of 4 KiB: some read expands past the cap, and none returns more.
+            let mut decoder = Decoder::with_cap(Some(encoding), cap).expect("known coding");
+            let mut failed = false;
+            for piece in bomb.chunks(4096) {
+                match decoder.decode(piece) {
+                    Ok(out) => assert!(out.len() <= cap, "{encoding}: {} bytes", out.len()),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "{encoding}: 64 MiB from a few KiB must hit the cap");
+        }
+        // Ordinary text in ordinary reads stays well under the default cap.
+        let text = "data: {\"type\":\"ping\"}\n\n".repeat(50_000);
+        let mut decoder = Decoder::for_encoding(Some("gzip")).expect("gzip is known");
+        let mut out = Vec::new();
+        for piece in gzip(text.as_bytes()).chunks(16 << 10) {
+            out.extend(decoder.decode(piece).expect("ordinary text decodes"));
+        }
+        assert_eq!(out, text.as_bytes());
+    }
+
+    #[test]
+    fn a_zstd_frame_asking_for_a_huge_window_is_refused_before_allocating_it() {
+        fn zstd_with_window(data: &[u8], window_log: u32) -> Vec<u8> {
+            let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).expect("encoder");
+            encoder.window_log(window_log).expect("window");
+            encoder.write_all(data).expect("compress in memory");
+            encoder.finish().expect("compress in memory")
+        }
+        // A 128 MiB window declared by a frame of a few dozen bytes.
+        let greedy = zstd_with_window(BODY, 27);
+        assert!(greedy.len() < 200);
+        assert_eq!(
+            decode_body(greedy.clone(), Some("zstd"), 1 << 20),
+            Err(EncodingError::Invalid("zstd".into()))
+        );
+        let mut decoder = Decoder::for_encoding(Some("zstd")).expect("zstd is known");
+        assert!(decoder.decode(&greedy).is_err());
+        // RFC 8878's 8 MiB window is accepted.
+        let fitting = zstd_with_window(BODY, 23);
+        assert_eq!(
+            decode_body(fitting, Some("zstd"), 1 << 20).as_deref(),
+            Ok(BODY)
+        );
     }
 }

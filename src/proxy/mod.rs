@@ -24,7 +24,7 @@
 //! - no error message carries request or response content.
 
 mod admit;
-mod encoding;
+pub mod encoding;
 mod headers;
 mod metadata;
 mod response_headers;

@@ -195,7 +195,7 @@ pub(crate) fn build_reply(script: &Script, req: &Value, body_len: usize, rng: &m
         kind != Kind::ToolUse || script.text.is_some() || script.oversized_event_bytes.is_some();
     if want_text {
         let mut text = match (&script.text, kind) {
-            (Some(t), k) if k != Kind::Echo => t.clone(),
+            (Some(t), k) if k != Kind::Echo => t.repeat(script.repeat.unwrap_or(1)),
             _ => echo_text(req),
         };
         let mut forced_first = None;

@@ -55,6 +55,9 @@ pub(crate) struct Script {
     /// For `kind: garbage`: extra response headers, as `[name, value]` pairs.
     pub(crate) headers: Option<Vec<(String, String)>>,
     pub(crate) oversized_event_bytes: Option<usize>,
+    /// The scripted `text` is sent this many times over (a stream as long as a test needs, from
+    /// a script small enough for a header).
+    pub(crate) repeat: Option<usize>,
     /// Informational answers (`100`, `103`, …, or `101`) written before the final head, each
     /// with one header (`link` for 103), as a real server may.
     pub(crate) informational: Option<Vec<u16>>,

@@ -287,7 +287,7 @@ impl AuthConfig {
 fn check_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
     fetch::Url::parse(url)
         .map(|_| ())
-        .map_err(|e| invalid(key, format!("{url:?}: {e}")))
+        .map_err(|e| invalid(key, format!("not a usable URL: {e}")))
 }
 
 impl AuthSection {
@@ -332,9 +332,12 @@ impl AuthSection {
                     "mode \"static_keys\" needs at least one [[auth.static_keys]] entry",
                 ));
             }
-            for entry in &self.static_keys {
+            for (n, entry) in self.static_keys.iter().enumerate() {
                 if entry.subject.trim().is_empty() {
-                    return Err(invalid("auth.static_keys", "every key needs a subject"));
+                    return Err(invalid(
+                        "auth.static_keys",
+                        format!("entry {n}: every key needs a subject"),
+                    ));
                 }
                 let hash = hex::decode(entry.sha256.trim())
                     .ok()
@@ -343,15 +346,14 @@ impl AuthSection {
                         invalid(
                             "auth.static_keys",
                             format!(
-                                "sha256 of {:?} must be 64 hex digits (the SHA-256 of the key, never the key)",
-                                entry.subject
+                                "entry {n}: sha256 must be 64 hex digits (the SHA-256 of the key, never the key)"
                             ),
                         )
                     })?;
                 if static_keys.iter().any(|(h, _, _)| *h == hash) {
                     return Err(invalid(
                         "auth.static_keys",
-                        format!("the key of {:?} is listed twice", entry.subject),
+                        format!("entry {n}: its key is listed twice"),
                     ));
                 }
                 static_keys.push((hash, entry.subject.clone(), entry.groups.clone()));
@@ -436,7 +438,7 @@ fn jwt_config(section: &AuthSection) -> Result<JwtConfig, ConfigError> {
     if groups_claim.iter().any(|part| part.is_empty()) {
         return Err(invalid(
             "auth.groups_claim",
-            format!("{:?} is not a claim path", section.groups_claim),
+            "is not a claim path (names joined by '.', none empty)",
         ));
     }
     if section.leeway_secs > 300 {
@@ -449,12 +451,12 @@ fn jwt_config(section: &AuthSection) -> Result<JwtConfig, ConfigError> {
         ));
     }
     let mut algorithms = Vec::new();
-    for name in &section.algorithms {
+    for (n, name) in section.algorithms.iter().enumerate() {
         let alg = jwt::asymmetric_algorithm(name).ok_or_else(|| {
             invalid(
                 "auth.algorithms",
                 format!(
-                    "{name:?} is not allowed (one of {})",
+                    "entry {n} is not allowed (one of {})",
                     DEFAULT_ALGORITHMS.join(", ")
                 ),
             )

@@ -1,0 +1,4 @@
+//! libFuzzer entry for [`streammask_fuzz::json_walk`] (its docs say what the oracles are).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| streammask_fuzz::json_walk::run(data));
