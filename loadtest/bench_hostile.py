@@ -96,8 +96,13 @@ def main() -> None:
              "--admin", f"127.0.0.1:{admin}", "--upstream", f"http://127.0.0.1:{mock_port}"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(work / "proxy.log", "wb")))
         url = f"http://127.0.0.1:{port}"
-        smtest.wait_until(lambda: httpx.get(f"http://127.0.0.1:{admin}/healthz", timeout=1).status_code == 200,
-                          timeout=60, what="proxy up")
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        smtest.wait_until(ready, timeout=60, what="proxy ready")
         # Worst case: answered with a short echo-free reply so the time is the request side.
         log = bearer_log(args.lines)
         heavy = json.dumps({"model": smtest.MODEL, "max_tokens": 16,

@@ -556,6 +556,9 @@ fn what_cannot_carry_a_placeholder_ends_the_stream_with_an_error_event() {
         ev(&format!("x-{s}"), json!({"type":"ping"})),
         ev("content_block_start", json!({"type":"content_block_start","index":5,"content_block":{"type":"tool_use","id":format!("{s}"),"name":"Bash","input":{}}})),
         ev("content_block_start", json!({"type":"content_block_start","index":5,"content_block":{"type":"redacted_thinking","data":format!("{s}")}})),
+        // A key: refused, and the error names its path with the key's secret replaced (the
+        // path used to be quoted as it was; found by the sse_stream fuzz target).
+        ev("message_start", json!({"type":"message_start","message":{format!("note {s} x"):1,"content":[]}})),
     ];
     for (n, case) in cases.iter().enumerate() {
         let mut parts = body.to_vec();

@@ -36,8 +36,13 @@ pub fn planted() -> String {
 pub const PLANT_MARKER: &[u8] = b"@@";
 
 /// `data` with every [`PLANT_MARKER`] replaced by ` <secret> `; the count of replacements.
+/// Copies of the secret's prefix already in `data` (crossed over from a seed or an earlier
+/// input) are defused first (`ghp_` → `gxp_`): glued to other characters they make a longer
+/// token that is, by design, no GitHub token, and the oracles would take it for a leak.
 pub fn plant(data: &[u8]) -> (Vec<u8>, usize) {
     let secret = format!(" {} ", planted());
+    let defused = defuse(data);
+    let data = &defused[..];
     let mut out = Vec::with_capacity(data.len() + 64);
     let mut planted = 0;
     let mut rest = data;
@@ -49,6 +54,16 @@ pub fn plant(data: &[u8]) -> (Vec<u8>, usize) {
     }
     out.extend_from_slice(rest);
     (out, planted)
+}
+
+fn defuse(data: &[u8]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut from = 0;
+    while let Some(at) = find(&out[from..], b"ghp_") {
+        out[from + at + 1] = b'x';
+        from += at + 4;
+    }
+    out
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -200,10 +215,17 @@ pub mod sse_stream {
 
     fn assert_no_secret(out: &[u8], view: &ClientView) {
         let secret = planted();
-        assert!(
-            !String::from_utf8_lossy(out).contains(&secret),
-            "planted secret in the raw output"
-        );
+        let raw = String::from_utf8_lossy(out);
+        if let Some(at) = raw.find(&secret) {
+            let from = (0..=at.saturating_sub(300))
+                .rev()
+                .find(|&i| raw.is_char_boundary(i))
+                .unwrap_or(0);
+            let to = ((at + 300).min(raw.len())..=raw.len())
+                .find(|&i| raw.is_char_boundary(i))
+                .unwrap_or(raw.len());
+            panic!("planted secret in the raw output: {:?}", &raw[from..to]);
+        }
         assert!(
             !view.text.contains(&secret),
             "planted secret in the joined text"
@@ -366,7 +388,7 @@ pub mod sse_stream {
 
 /// The request JSON walker over random bodies, strict (requests) and lenient (responses).
 ///
-/// Oracles: no panic; a rewritten body is valid JSON; a body serde reads as JSON without a
+/// Oracles: no panic; a rewritten body serde read before is one it reads after; a body without a
 /// finding comes back unrewritten (forwarded byte for byte); a secret planted anywhere (`@@`
 /// in the input) is, when the walk succeeds without refusals, in no string or key of what would
 /// be forwarded — read as a client reads it, escapes decoded.
@@ -395,11 +417,13 @@ pub mod json_walk {
             return;
         };
         let forwarded: &[u8] = walked.body.as_deref().unwrap_or(&body);
-        if walked.body.is_some() {
-            let lenient_ok = options.lenient;
+        // What serde reads before the rewrite, it reads after. (The walker also accepts what
+        // stricter readers refuse and lenient ones take: lone surrogate escapes, and in lenient
+        // mode a byte-order mark and `NaN`; those bodies are compared as they are.)
+        if walked.body.is_some() && serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
             let parsed = serde_json::from_slice::<serde_json::Value>(forwarded);
             assert!(
-                parsed.is_ok() || lenient_ok,
+                parsed.is_ok(),
                 "a rewritten body is not JSON: {:?}",
                 parsed.err()
             );

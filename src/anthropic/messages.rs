@@ -450,7 +450,12 @@ impl SseTransformer {
 
     fn refuse(&mut self, fault: ScanFault, out: &mut Vec<u8>) {
         let fault = match fault {
-            ScanFault::Refused { rule_id, path } => StreamFault::Refused { rule_id, path },
+            // The path is built from keys the upstream chose: it is quoted to the client only
+            // once every rule's match in it is replaced.
+            ScanFault::Refused { rule_id, path } => StreamFault::Refused {
+                rule_id,
+                path: self.engine.redact_all(&path).into_owned(),
+            },
             ScanFault::Failed => StreamFault::Malformed("scanning failed".into()),
         };
         self.fail(fault, out);

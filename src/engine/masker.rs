@@ -232,6 +232,19 @@ impl Engine {
         Cow::Owned(out)
     }
 
+    /// [`Engine::redact`] in every scope: for text that will be quoted whatever direction it
+    /// came from (a JSON path built from client or upstream keys, in an error message or an
+    /// audit record), so that no rule's match survives, whichever scopes the rule applies to.
+    pub fn redact_all<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for scope in Scope::ALL {
+            if let Cow::Owned(redacted) = self.redact(&out, scope) {
+                out = Cow::Owned(redacted);
+            }
+        }
+        out
+    }
+
     fn in_scope(&self, rule: u32, scope: Scope) -> bool {
         self.matcher.rule(rule).scope_bits & scope.bit() != 0
     }

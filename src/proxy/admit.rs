@@ -15,15 +15,17 @@
 //!   that fails or is off (`thinking = "mask"`) leaves every thinking block masked: raw client
 //!   thinking is never forwarded;
 //! - masking is linear in the body and bounded in time: a body of at least
-//!   `[masking] offload_bytes` is masked on Tokio's blocking pool behind a semaphore of
-//!   `[masking] offload_threads` permits (the event loop only awaits it, so small requests on
-//!   the same worker are not held up), smaller bodies inline; either way the walk is charged to
-//!   a budget of `[masking] max_scan_ms` and a body that exhausts it is refused with a 422,
-//!   never forwarded unscanned and never left to stall a thread. Both paths run the same
+//!   `[masking] offload_bytes` is masked on the masking pool's `[masking] offload_threads`
+//!   lower-priority workers (the event loop only awaits it, so small requests on the same
+//!   worker are not held up; the wait for a worker is bounded by the budget, then a 529),
+//!   smaller bodies inline; either way the walk is charged to a budget of
+//!   `[masking] max_scan_ms` and a body that exhausts it is refused with a 422, never
+//!   forwarded unscanned and never left to stall a thread. Both paths run the same
 //!   [`walk_body`], so they produce the same bytes.
 
 use super::encoding::{decode_body, EncodingError};
 use super::headers::{header_str, is_json_content_type};
+use super::masking_pool::{MaskingPool, PoolRefusal};
 use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
@@ -38,7 +40,6 @@ use crate::policy::profiles::Profile;
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// A request the proxy will forward: where, and the body to send (decoded and masked).
 pub(super) struct Admitted {
@@ -108,7 +109,7 @@ pub(super) async fn admit(
             .await
             .map_err(|refusal| {
                 ctx.exchange.masking_pool_busy = matches!(refusal, PoolRefusal::Busy { .. });
-                refusal.into_api_error()
+                pool_refusal_error(refusal)
             })?;
         ctx.exchange.masking += took;
         ctx.exchange.model = request_model(&body);
@@ -233,16 +234,11 @@ pub(super) struct MaskingLimits {
     pub budget_ms: u64,
 }
 
-/// The bounded pool that masks large bodies off the event loop: `permits` at once.
-pub(super) fn masking_pool(permits: usize) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(permits.max(1)))
-}
-
-/// Walk (scan and rewrite) `body`, on the calling task when it is small and on Tokio's blocking
-/// pool, behind `pool`, when it is at least `limits.offload_bytes`. Gives the body back with
-/// the walk's result and the time the walk itself took (not the wait for a permit).
+/// Walk (scan and rewrite) `body`, on the calling task when it is small and on the masking
+/// pool when it is at least `limits.offload_bytes`. Gives the body back with the walk's result
+/// and the time the walk itself took (not the wait for a worker).
 async fn mask_body(
-    pool: &Arc<Semaphore>,
+    pool: &MaskingPool,
     limits: MaskingLimits,
     engine: Arc<Engine>,
     body: Vec<u8>,
@@ -252,24 +248,15 @@ async fn mask_body(
         let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
         return Ok((body, walked, took));
     }
-    // Waiting for a permit is an await, not a blocked worker. The wait has the body's own
-    // budget: a queue of large bodies behind busy permits must not hold a request longer than
+    // Waiting for a worker is an await, not a blocked event loop. The wait has the body's own
+    // budget: a queue of large bodies behind busy workers must not hold a request longer than
     // masking it would, so past that the client is told to come back (529, which SDKs retry).
     let wait = Duration::from_millis(limits.budget_ms);
-    let permit = match tokio::time::timeout(wait, Arc::clone(pool).acquire_owned()).await {
-        Ok(permit) => permit.map_err(|_| PoolRefusal::Unavailable)?,
-        Err(_) => {
-            return Err(PoolRefusal::Busy {
-                budget_ms: limits.budget_ms,
-            })
-        }
-    };
-    let job = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+    pool.run(wait, move || {
         let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
         (body, walked, took)
-    });
-    job.await.map_err(|_| PoolRefusal::Unavailable)
+    })
+    .await
 }
 
 /// The request walk both paths run: the JSON walker with the thinking restore hook, charged to
@@ -347,31 +334,21 @@ fn needs_walk(
     Ok(true)
 }
 
-/// Why a large body was not masked on the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PoolRefusal {
-    /// No permit within the body's budget: every permit is held by other large bodies.
-    Busy { budget_ms: u64 },
-    /// The pool or its task failed.
-    Unavailable,
-}
-
-impl PoolRefusal {
-    fn into_api_error(self) -> ApiError {
-        match self {
-            PoolRefusal::Busy { budget_ms } => ApiError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "streammask: every masking worker is busy with other large request bodies \
-                     (none free within {budget_ms} ms, `[masking] max_scan_ms`); nothing was \
-                     forwarded. Retry shortly"
-                ),
+/// The answer for a large body the masking pool did not mask.
+fn pool_refusal_error(refusal: PoolRefusal) -> ApiError {
+    match refusal {
+        PoolRefusal::Busy { waited_ms } => ApiError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "streammask: every masking worker is busy with other large request bodies \
+                 (none free within {waited_ms} ms, `[masking] max_scan_ms`); nothing was \
+                 forwarded. Retry shortly"
             ),
-            PoolRefusal::Unavailable => ApiError::new(
-                ErrorKind::Api,
-                "streammask: the request body could not be masked (masking pool unavailable)",
-            ),
-        }
+        ),
+        PoolRefusal::Unavailable => ApiError::new(
+            ErrorKind::Api,
+            "streammask: the request body could not be masked (masking pool unavailable)",
+        ),
     }
 }
 
@@ -412,7 +389,7 @@ fn judge_body(
         let rule_id = refusal.finding.rule_id.clone();
         let description = engine.rule_description(&rule_id);
         // A path is made of the client's keys, and a key can itself be a secret.
-        let path = engine.redact(&refusal.path, Scope::Request);
+        let path = engine.redact_all(&refusal.path);
         let message = format!(
             "streammask refused this request: `{path}` holds what rule `{rule_id}` ({description}) \
              masks, and that field cannot carry a placeholder; remove it and send the request again"
@@ -476,7 +453,7 @@ mod tests {
     async fn off_loop_masking_gives_the_same_bytes_as_inline() {
         let engine = engine();
         let body = request(2000);
-        let pool = masking_pool(1);
+        let pool = MaskingPool::start(1);
         let (inline_body, inline, _) = mask_body(
             &pool,
             limits(usize::MAX, 600_000),
@@ -504,14 +481,14 @@ mod tests {
         assert_eq!(Some(masked), off_loop.body);
         assert_eq!(inline.findings, off_loop.findings);
         // The permit is given back.
-        assert_eq!(pool.available_permits(), 1);
+        assert_eq!(pool.available(), 1);
     }
 
     #[tokio::test]
     async fn a_spent_budget_is_a_422_naming_the_budget_on_both_paths() {
         let engine = engine();
         let body = request(200);
-        let pool = masking_pool(1);
+        let pool = MaskingPool::start(1);
         for offload_bytes in [usize::MAX, 0] {
             // A zero budget is spent before the first candidate: no assumption about speed.
             let (_, walked, _) = mask_body(
@@ -543,9 +520,19 @@ mod tests {
     async fn a_large_body_waits_for_a_worker_no_longer_than_its_budget() {
         let engine = engine();
         let body = request(10);
-        let pool = masking_pool(1);
-        // Every permit held elsewhere: the wait ends at the budget with a 529 to retry.
-        let held = Arc::clone(&pool).acquire_owned().await.expect("permit");
+        let pool = Arc::new(MaskingPool::start(1));
+        // The one worker held by another job: the wait ends at the budget with a 529.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(Duration::from_secs(60), move || hold.recv().is_ok())
+                    .await
+            })
+        };
+        while pool.available() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let refusal = mask_body(
             &pool,
             limits(0, 50),
@@ -555,8 +542,8 @@ mod tests {
         )
         .await
         .expect_err("no worker free");
-        assert_eq!(refusal, PoolRefusal::Busy { budget_ms: 50 });
-        let error = refusal.into_api_error();
+        assert_eq!(refusal, PoolRefusal::Busy { waited_ms: 50 });
+        let error = pool_refusal_error(refusal);
         assert_eq!((error.status, error.kind), (529, ErrorKind::Overloaded));
         assert!(error.message.contains("max_scan_ms"), "{}", error.message);
         // Small bodies never wait for the pool.
@@ -570,15 +557,19 @@ mod tests {
         .await
         .expect("inline");
         assert!(walked.is_ok());
-        // A permit given back within the budget is taken.
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            drop(held);
-        });
-        let (_, walked, _) = mask_body(&pool, limits(0, 60_000), engine, body, None)
-            .await
-            .expect("a worker came free");
-        assert!(walked.is_ok());
-        release.await.expect("release task");
+        // A worker that comes free within the budget takes the body.
+        let waiting = {
+            let pool = Arc::clone(&pool);
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                mask_body(&pool, limits(0, 60_000), engine, body, None)
+                    .await
+                    .map(|(_, walked, _)| walked.is_ok())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        release.send(()).expect("the busy job waits");
+        assert_eq!(busy.await.expect("task"), Ok(true));
+        assert_eq!(waiting.await.expect("task"), Ok(true));
     }
 }

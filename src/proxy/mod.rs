@@ -26,6 +26,7 @@
 mod admit;
 pub mod encoding;
 mod headers;
+mod masking_pool;
 mod metadata;
 mod response_headers;
 mod stream;
@@ -64,9 +65,9 @@ pub struct ProxyState {
     /// Originals of thinking masked for clients (`None` when `thinking = "mask"`).
     pub thinking_vault: Option<Arc<dyn Vault>>,
     upstream: Upstream,
-    /// Bounds how many large request bodies are masked off the event loop at once
-    /// (`[masking] offload_threads`, see [`admit`]).
-    masking_pool: Arc<tokio::sync::Semaphore>,
+    /// The workers that mask large request bodies off the event loop
+    /// (`[masking] offload_threads`, see [`admit`] and [`masking_pool`]).
+    masking_pool: masking_pool::MaskingPool,
 }
 
 impl ProxyState {
@@ -81,7 +82,7 @@ impl ProxyState {
         thinking_vault: Option<Arc<dyn Vault>>,
     ) -> ProxyState {
         let upstream = Upstream::new(&config.upstream);
-        let masking_pool = admit::masking_pool(config.offload_threads);
+        let masking_pool = masking_pool::MaskingPool::start(config.offload_threads);
         ProxyState {
             masking_pool,
             config,

@@ -80,5 +80,7 @@ def test_one_stream_fed_without_end_keeps_the_proxy_within_its_caps(proxy, mock)
     assert stopped, "the stream did not end with message_stop"
     assert text_len == repeat * len(UNIT), "text was lost or added on the way"
     growth = peak - baseline
+    print(f"proxy RSS {baseline / MIB:.1f} MiB before, peak {peak / MIB:.1f} MiB during a "
+          f"{STREAM_BYTES // MIB} MiB stream (growth {growth / MIB:.1f} MiB)")
     assert growth < SLACK, f"the proxy grew by {growth / MIB:.1f} MiB for one {STREAM_BYTES // MIB} MiB stream"
     proxy.assert_healthy()

@@ -241,7 +241,7 @@ fn record<'x>(exchange: &'x Exchange, engine: &Engine) -> AuditRecord<'x> {
                 rule: Cow::Borrowed(&f.rule_id),
                 direction: Cow::Borrowed(direction.label()),
                 action: Cow::Borrowed(f.action.as_str()),
-                path: engine.redact(&located.path, Scope::Request),
+                path: engine.redact_all(&located.path),
                 placeholder: Cow::Borrowed(&f.placeholder),
                 preview: preview(engine, f),
                 rewritten: f.rewritten,

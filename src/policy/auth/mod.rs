@@ -135,9 +135,10 @@ impl<'de> Deserialize<'de> for ModeList {
                 Some("none") => Ok(AuthMode::None),
                 Some("jwt") => Ok(AuthMode::Jwt),
                 Some("static_keys") => Ok(AuthMode::StaticKeys),
-                _ => Err(E::custom(format!(
-                    "auth.mode: {value} is not one of \"none\", \"jwt\", \"static_keys\""
-                ))),
+                // The value is not repeated: config errors quote nothing from the file.
+                _ => Err(E::custom(
+                    "auth.mode: expected one of `none`, `jwt`, `static_keys`",
+                )),
             }
         }
         match toml::Value::deserialize(d)? {
