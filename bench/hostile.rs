@@ -1,19 +1,23 @@
 //! Hostile-input benchmark (DESIGN.md "Performance budget": request masking is linear in body
-//! size for every input shape): masking time against body size, 64 KiB to 4 MiB, for the
+//! size for every input shape): masking time against body size, 64 KiB to the 32 MiB body limit, for the
 //! shapes that make a matcher do the most work per byte:
 //! - `bearer_log`: an access log whose every line ends `Authorization: Bearer <JWT>`;
 //! - `bearer_log_json`: the same log as the text of a Messages API request (the proxy's request
 //!   path: JSON walk, scan, rewrite of the raw body);
 //! - `jwt_prefix_run`: a JWT header segment and a dot, repeated (`eyJhbGciOiJIUzI1NiJ9.` × N);
 //! - `password_dense`: `password=` × N;
-//! - `base64_blob`: one long run of base64 characters.
+//! - `base64_blob`: one long run of base64 characters;
+//! - `jsonl_long_line`: one batch-results line as long as the body, fed to the JSON Lines
+//!   masker in 16 KiB reads, as an upstream sends it (it used to look for the end of the line
+//!   in everything held so far at every read: quadratic).
 //!
 //! For each shape the fitted exponent (slope of log time over log size, least squares) is
 //! printed as a Markdown table: ≈ 1.0 is linear. Figures are recorded in bench/README.md.
 //!
-//! Run: `cargo bench --bench hostile`. `HOSTILE_MAX_BYTES` caps the largest size (to time a
-//! super-linear build in reasonable time) and `HOSTILE_DIRECT_ONLY=1` skips criterion and
-//! prints only the direct timings and the exponents.
+//! Run: `cargo bench --bench hostile`. Criterion measures sizes up to 4 MiB; the direct timings
+//! and exponents cover every size. `HOSTILE_MAX_BYTES` caps the largest size (to time a
+//! super-linear build in reasonable time), `HOSTILE_SHAPE=name` times one shape, and
+//! `HOSTILE_DIRECT_ONLY=1` skips criterion and prints only the direct timings and the exponents.
 
 // The same allocator as the shipped binary (src/main.rs), so figures describe what runs.
 #[global_allocator]
@@ -21,22 +25,28 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use base64::Engine as _;
 use criterion::{black_box, Criterion, Throughput};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streammask::anthropic::jsonl::JsonlMasker;
 use streammask::engine::json_walk::{mask_json, ThinkingMode, WalkOptions};
 use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
 use streammask::engine::placeholder::PlaceholderKey;
 use streammask::{RuleSet, Scope};
 
-const SIZES: [usize; 4] = [64 << 10, 256 << 10, 1 << 20, 4 << 20];
+const SIZES: [usize; 6] = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 32 << 20];
+/// Criterion's samples stop here (the larger sizes are timed directly).
+const CRITERION_MAX: usize = 4 << 20;
 
-fn engine() -> Engine {
+fn engine() -> Arc<Engine> {
     let set = RuleSet::embedded().expect("embedded pack");
-    Engine::compile(
-        &set,
-        PlaceholderKey::new(b"bench-key-0123456789abcdef").unwrap(),
-        DEFAULT_MAX_HOLD_BYTES,
+    Arc::new(
+        Engine::compile(
+            &set,
+            PlaceholderKey::new(b"bench-key-0123456789abcdef").unwrap(),
+            DEFAULT_MAX_HOLD_BYTES,
+        )
+        .expect("pack compiles"),
     )
-    .expect("pack compiles")
 }
 
 /// A deterministic pseudo-random byte source (xorshift), so every run sees the same text.
@@ -116,12 +126,24 @@ fn base64_blob(size: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(random.take(size * 3 / 4 + 3))
 }
 
+fn jsonl_long_line(size: usize) -> String {
+    let words = fill(size, |n| format!("word{} ", n % 1000));
+    let line = serde_json::json!({
+        "custom_id": "req-1",
+        "result": {"type": "succeeded", "message": {"type": "message", "role": "assistant",
+            "content": [{"type": "text", "text": words}]}},
+    });
+    format!("{line}\n")
+}
+
 #[derive(Clone, Copy)]
 enum Path {
     /// `Engine::mask` of the text (block masking with a masked copy).
     Block,
     /// `mask_json` of the body (the proxy's request path).
     Json,
+    /// The JSON Lines masker fed 16 KiB reads (batch results).
+    JsonlReads,
 }
 
 struct Shape {
@@ -130,7 +152,7 @@ struct Shape {
     path: Path,
 }
 
-const SHAPES: [Shape; 5] = [
+const SHAPES: [Shape; 6] = [
     Shape {
         name: "bearer_log",
         build: bearer_log,
@@ -156,6 +178,11 @@ const SHAPES: [Shape; 5] = [
         build: base64_blob,
         path: Path::Block,
     },
+    Shape {
+        name: "jsonl_long_line",
+        build: jsonl_long_line,
+        path: Path::JsonlReads,
+    },
 ];
 
 const WALK: WalkOptions = WalkOptions {
@@ -165,8 +192,19 @@ const WALK: WalkOptions = WalkOptions {
 };
 
 /// Mask once; returns the number of findings (so the work cannot be optimised away).
-fn run(engine: &Engine, path: Path, text: &str) -> usize {
+fn run(engine: &Arc<Engine>, path: Path, text: &str) -> usize {
     match path {
+        Path::JsonlReads => {
+            let mut masker =
+                JsonlMasker::new(Arc::clone(engine), ThinkingMode::Mask).with_max_line(64 << 20);
+            let mut out = Vec::with_capacity(text.len() + 1024);
+            for read in black_box(text.as_bytes()).chunks(16 << 10) {
+                masker.push(read, &mut out);
+            }
+            masker.finish(&mut out);
+            black_box(out.len());
+            masker.take_findings().len()
+        }
         Path::Block => engine
             .mask(black_box(text), Scope::Request)
             .unwrap()
@@ -180,7 +218,7 @@ fn run(engine: &Engine, path: Path, text: &str) -> usize {
 }
 
 /// The fastest of a few runs (at least 3, or as many as fit in ~1 s).
-fn direct_time(engine: &Engine, path: Path, text: &str) -> Duration {
+fn direct_time(engine: &Arc<Engine>, path: Path, text: &str) -> Duration {
     let mut best = Duration::MAX;
     let started = Instant::now();
     let mut runs = 0;
@@ -215,8 +253,10 @@ fn main() {
         .unwrap_or(usize::MAX);
     let direct_only = std::env::var_os("HOSTILE_DIRECT_ONLY").is_some();
     let sizes: Vec<usize> = SIZES.into_iter().filter(|&s| s <= max_bytes).collect();
+    let only = std::env::var("HOSTILE_SHAPE").ok();
     let inputs: Vec<(&Shape, Vec<(usize, String)>)> = SHAPES
         .iter()
+        .filter(|shape| only.as_deref().is_none_or(|name| name == shape.name))
         .map(|shape| {
             let texts = sizes.iter().map(|&s| (s, (shape.build)(s))).collect();
             (shape, texts)
@@ -231,7 +271,7 @@ fn main() {
             .measurement_time(Duration::from_secs(2));
         let mut group = criterion.benchmark_group("hostile");
         for (shape, texts) in &inputs {
-            for (size, text) in texts {
+            for (size, text) in texts.iter().filter(|(size, _)| *size <= CRITERION_MAX) {
                 group.throughput(Throughput::Bytes(text.len() as u64));
                 let id = format!("{}/{}KiB", shape.name, size >> 10);
                 group.bench_function(id, |b| b.iter(|| run(&engine, shape.path, text)));

@@ -106,7 +106,8 @@ impl MaskingPool {
         }
     }
 
-    /// Permits free right now (tests).
+    /// Permits free right now.
+    #[cfg(test)]
     pub fn available(&self) -> usize {
         self.permits.available_permits()
     }

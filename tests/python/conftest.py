@@ -439,3 +439,15 @@ def rule_examples(session_dir) -> list[dict]:
     for ex in examples:
         smtest.plant(*ex.get("secrets", []))
     return examples
+
+
+@pytest.fixture(scope="session")
+def tool_block_rules(rule_examples) -> set[str]:
+    """The rules that may stop a tool call: the pack's `block` rules for tool input and the
+    parsed shell rules (which decide for the regex rules they supersede in a command they read
+    whole; one of them must stop curl | sh)."""
+    regex = {ex["id"] for ex in rule_examples if ex["action"] == "block" and "tool_input" in ex["applies_to"]}
+    assert regex, "the pack has tool-input block rules"
+    parsed = {"shell-download-to-interpreter", "shell-recursive-delete-home",
+              "shell-credential-exfiltration", "shell-history-disabled"}
+    return regex | parsed

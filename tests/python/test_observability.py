@@ -244,11 +244,6 @@ def obs_rule_of(obs: Obs, label: str, direction: str) -> str:
     return rules.pop()
 
 
-@pytest.fixture(scope="module")
-def tool_block_rules(rule_examples) -> set[str]:
-    return {ex["id"] for ex in rule_examples if ex["action"] == "block" and "tool_input" in ex["applies_to"]}
-
-
 def test_upstream_connect_errors_are_counted_by_kind(dead_proxy):
     def connect_errors() -> float:
         m = parse_metrics(httpx.get(dead_proxy.admin_url + "/metrics", timeout=5).text)

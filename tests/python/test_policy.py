@@ -24,18 +24,6 @@ from smtest import (
 )
 
 
-@pytest.fixture(scope="module")
-def tool_block_rules(rule_examples) -> set[str]:
-    """The pack's `block` rules for tool input (one of them must stop curl | sh)."""
-    rules = {
-        ex["id"]
-        for ex in rule_examples
-        if ex["action"] == "block" and "tool_input" in ex["applies_to"]
-    }
-    assert rules, "the rule pack has no block rule for tool input"
-    return rules
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_blocked_request_is_403_and_never_reaches_upstream(proxy, mock, stream):
     before = mock.stats()
