@@ -6,9 +6,30 @@
 #[allow(dead_code)]
 mod streammask_fuzz;
 
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::Once;
+
+thread_local! {
+    /// Panics raised on this thread, caught or not.
+    static PANICS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Count every panic, as libFuzzer does: its hook aborts on a panic even when the code under
+/// test catches it, so a caught panic is a failure here too.
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|count| count.set(count.get() + 1));
+            previous(info);
+        }));
+    });
+}
 
 fn replay(target: &str, run: fn(&[u8])) {
+    count_panics();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut replayed = 0;
     for dir in ["seeds", "regressions"] {
@@ -19,10 +40,17 @@ fn replay(target: &str, run: fn(&[u8])) {
         files.sort();
         for file in files {
             let data = std::fs::read(&file).expect("read a corpus file");
+            let before = PANICS.with(Cell::get);
             let outcome = std::panic::catch_unwind(|| run(&data));
             assert!(
                 outcome.is_ok(),
                 "{target}: {} fails its oracle",
+                file.display()
+            );
+            assert_eq!(
+                PANICS.with(Cell::get),
+                before,
+                "{target}: {} raised a panic (even if it was caught)",
                 file.display()
             );
             replayed += 1;

@@ -27,6 +27,25 @@ pub const MAX_DEPTH: usize = 8;
 /// Deeper bracket nesting is not handed to the parser, whose time grows steeply with it.
 pub const MAX_NESTING: usize = 32;
 
+/// Whether `text` has a redirection whose file descriptor number has 10 or more digits
+/// (`99999999999>x`): brush-parser 0.4 unwraps the number's parse and panics on overflow
+/// (found by the sse_stream fuzz target). Such a command is judged unparsed instead.
+fn overflowing_fd(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut digits = 0;
+    for &b in bytes {
+        if b.is_ascii_digit() {
+            digits += 1;
+            continue;
+        }
+        if digits >= 10 && (b == b'<' || b == b'>') {
+            return true;
+        }
+        digits = 0;
+    }
+    false
+}
+
 /// The deepest nesting of `(`/`{` in `text`, quotes ignored (an over-count only sends a command
 /// to the regex rules).
 fn nesting(text: &str) -> usize {
@@ -108,11 +127,13 @@ impl Walk {
 
     /// Parse `text` as a script and walk it; `None` (and counted) when it does not parse.
     pub fn script(&mut self, text: &str, depth: usize) -> Option<Facts> {
-        if depth > MAX_DEPTH || nesting(text) > MAX_NESTING {
+        if depth > MAX_DEPTH || nesting(text) > MAX_NESTING || overflowing_fd(text) {
             self.unparsed += 1;
             return None;
         }
         let mut parser = Parser::new(std::io::Cursor::new(text.as_bytes()), &self.options);
+        // The parser has panicked on input it should refuse; `catch_unwind` keeps one such
+        // command from ending the stream, and known cases are kept away from it beforehand.
         let parsed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parser.parse_program()));
         let Ok(Ok(program)) = parsed else {

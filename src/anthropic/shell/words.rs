@@ -41,9 +41,13 @@ impl Word {
 }
 
 /// Normalise the source text of one word.
-/// `None` when the word does not parse.
+/// `None` when the word does not parse (or the parser panics on it: one word must not end the
+/// stream it came in).
 pub fn normalize(raw: &str, options: &ParserOptions) -> Option<Word> {
-    let pieces = word::parse(raw, options).ok()?;
+    let pieces =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| word::parse(raw, options)))
+            .ok()?
+            .ok()?;
     let mut out = Word::default();
     for piece in &pieces {
         push(raw, piece, false, &mut out);
