@@ -517,28 +517,19 @@ fn redact_values(message: &str) -> String {
         Some(at) => message.split_at(at),
         None => (message, ""),
     };
-    let mut out = String::with_capacity(message.len());
-    let mut rest = head;
-    while let Some(open) = rest.find(['"', '`']) {
-        let quote = rest.as_bytes()[open] as char;
-        out.push_str(&rest[..=open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find(quote) else {
-            out.push('…');
-            rest = "";
-            break;
-        };
-        if out.ends_with("missing field `") {
-            out.push_str(&after[..=close]);
-        } else {
-            out.push('…');
-            out.push(quote);
-        }
-        rest = &after[close + 1..];
+    if head.contains("missing field `") {
+        return message.to_string();
     }
-    out.push_str(rest);
-    out.push_str(tail);
-    out
+    // Everything from the first quote to `expected` may be the file's text, quoted or not
+    // (`toml` prints some values bare after a quoted one): it all goes.
+    match head.find(['"', '`']) {
+        Some(open) => {
+            let quote = &head[open..=open];
+            let separator = if tail.is_empty() { "" } else { ", " };
+            format!("{}…{quote}{separator}{tail}", &head[..=open])
+        }
+        None => message.to_string(),
+    }
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
