@@ -517,7 +517,12 @@ fn redact_values(message: &str) -> String {
         Some(at) => message.split_at(at),
         None => (message, ""),
     };
-    if head.contains("missing field `") {
+    // `missing field `name`` names a field of the schema; only that exact shape is kept.
+    let schema_field = head
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+        .is_some_and(|name| name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+    if schema_field && tail.is_empty() {
         return message.to_string();
     }
     // Everything from the first quote to `expected` may be the file's text, quoted or not
