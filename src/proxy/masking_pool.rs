@@ -33,7 +33,8 @@ pub enum PoolRefusal {
 
 pub struct MaskingPool {
     permits: Arc<Semaphore>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// `Sender` is `Sync`: callers on any thread send without a lock of ours.
+    jobs: mpsc::Sender<Job>,
 }
 
 impl MaskingPool {
@@ -66,7 +67,7 @@ impl MaskingPool {
         }
         MaskingPool {
             permits: Arc::new(Semaphore::new(threads)),
-            jobs: Mutex::new(sender),
+            jobs: sender,
         }
     }
 
@@ -92,12 +93,7 @@ impl MaskingPool {
             drop(permit);
             let _ = done.send(outcome);
         });
-        let sent = self
-            .jobs
-            .lock()
-            .map_err(|_| PoolRefusal::Unavailable)?
-            .send(job);
-        if sent.is_err() {
+        if self.jobs.send(job).is_err() {
             return Err(PoolRefusal::Unavailable);
         }
         match result.await {
