@@ -1,7 +1,7 @@
 //! Policy: who is calling and what applies to them — authentication ([`auth`]: JWT/OIDC and
 //! static service keys), the caller's [`identity`], per-group [`profiles`] (which rules, which
-//! models, which size limit), the upstream [`credentials`] the proxy holds, and the CA bundles
-//! it [`trust`]s.
+//! models, which size limit), the upstream [`credentials`] the proxy holds, the CA bundles
+//! it [`trust`]s, and the shared, sealed [`store`] of per-caller state (memory or Redis).
 //!
 //! Layer: above `engine` (each profile owns a compiled engine) and `anthropic` (routes and
 //! request shapes); below the exchange record, observability and the proxy. It may import only
@@ -14,6 +14,7 @@ pub mod auth;
 pub mod credentials;
 pub mod identity;
 pub mod profiles;
+pub mod store;
 pub mod trust;
 
 use std::sync::Arc;
