@@ -52,6 +52,164 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub restore: RestoreSection,
+}
+
+/// `[restore]`: placeholders given back to the caller who sent the secret, in its own tool
+/// calls (see `crate::anthropic::restore`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreSection {
+    pub enabled: bool,
+    /// Where: `"tool_input"` (default) and, opt-in, `"text"`.
+    pub scopes: Vec<String>,
+    /// How long a learned secret is kept after it was last seen in a request.
+    pub ttl_secs: u64,
+    /// Key the vault by Claude Code session too, not only by caller.
+    pub per_session: bool,
+    /// `"memory"` (one replica) or `"redis"` (replicas share it).
+    pub store: String,
+    pub redis_url: Option<String>,
+    /// The environment variable holding the Redis URL instead (it may carry a password).
+    pub redis_url_env: Option<String>,
+    pub redis_timeout_ms: u64,
+    /// Per caller: at most this many secrets and bytes (the earliest to expire go first).
+    pub max_entries_per_caller: usize,
+    pub max_bytes_per_caller: usize,
+    /// Longer secrets are never kept (nor restored).
+    pub max_secret_bytes: usize,
+}
+
+impl Default for RestoreSection {
+    fn default() -> Self {
+        RestoreSection {
+            enabled: true,
+            scopes: vec!["tool_input".into()],
+            ttl_secs: 86_400,
+            per_session: false,
+            store: "memory".into(),
+            redis_url: None,
+            redis_url_env: None,
+            redis_timeout_ms: 500,
+            max_entries_per_caller: 1024,
+            max_bytes_per_caller: 1 << 20,
+            max_secret_bytes: 16 << 10,
+        }
+    }
+}
+
+/// Where restored secrets are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreStore {
+    Memory,
+    /// The URL is only ever passed to the Redis client, never printed.
+    Redis {
+        url: String,
+    },
+}
+
+/// The validated `[restore]` section.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub enabled: bool,
+    pub tool_input: bool,
+    pub text: bool,
+    pub ttl_secs: u64,
+    pub per_session: bool,
+    pub store: RestoreStore,
+    pub redis_timeout_ms: u64,
+    pub max_entries_per_caller: usize,
+    pub max_bytes_per_caller: usize,
+    pub max_secret_bytes: usize,
+}
+
+impl RestoreSection {
+    fn validate(self) -> Result<RestoreConfig, ConfigError> {
+        let (mut tool_input, mut text) = (false, false);
+        for scope in &self.scopes {
+            match scope.as_str() {
+                "tool_input" => tool_input = true,
+                "text" => text = true,
+                _ => {
+                    return Err(invalid(
+                        "restore.scopes",
+                        "takes \"tool_input\" and \"text\" only (thinking is never restored)",
+                    ))
+                }
+            }
+        }
+        if !(60..=30 * 86_400).contains(&self.ttl_secs) {
+            return Err(invalid(
+                "restore.ttl_secs",
+                "must be between 60 and 2592000 (30 days)",
+            ));
+        }
+        if !(10..=10_000).contains(&self.redis_timeout_ms) {
+            return Err(invalid(
+                "restore.redis_timeout_ms",
+                "must be between 10 and 10000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_entries_per_caller) {
+            return Err(invalid(
+                "restore.max_entries_per_caller",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(64..=1 << 20).contains(&self.max_secret_bytes) {
+            return Err(invalid(
+                "restore.max_secret_bytes",
+                "must be between 64 and 1048576",
+            ));
+        }
+        if self.max_bytes_per_caller < self.max_secret_bytes {
+            return Err(invalid(
+                "restore.max_bytes_per_caller",
+                "must be at least restore.max_secret_bytes",
+            ));
+        }
+        let store = match self.store.as_str() {
+            "memory" => RestoreStore::Memory,
+            "redis" => {
+                let url = match (&self.redis_url, &self.redis_url_env) {
+                    (Some(url), None) => url.clone(),
+                    (None, Some(var)) => std::env::var(var).map_err(|_| {
+                        invalid(
+                            "restore.redis_url_env",
+                            "names an environment variable that is not set",
+                        )
+                    })?,
+                    _ => {
+                        return Err(invalid(
+                            "restore.store",
+                            "\"redis\" needs exactly one of restore.redis_url and restore.redis_url_env",
+                        ))
+                    }
+                };
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(invalid(
+                        "restore.redis_url",
+                        "must be a redis:// or rediss:// URL",
+                    ));
+                }
+                RestoreStore::Redis { url }
+            }
+            _ => return Err(invalid("restore.store", "must be \"memory\" or \"redis\"")),
+        };
+        Ok(RestoreConfig {
+            enabled: self.enabled && (tool_input || text),
+            tool_input,
+            text,
+            ttl_secs: self.ttl_secs,
+            per_session: self.per_session,
+            store,
+            redis_timeout_ms: self.redis_timeout_ms,
+            max_entries_per_caller: self.max_entries_per_caller,
+            max_bytes_per_caller: self.max_bytes_per_caller,
+            max_secret_bytes: self.max_secret_bytes,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,6 +447,7 @@ pub struct Config {
     pub audit: AuditSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    pub restore: RestoreConfig,
 }
 
 impl FileConfig {
@@ -430,6 +589,7 @@ impl FileConfig {
             }
         }
         self.audit.validate()?;
+        let restore = self.restore.validate()?;
         Ok(Config {
             listen,
             admin,
@@ -463,6 +623,7 @@ impl FileConfig {
             audit: self.audit,
             metrics: self.metrics,
             log: self.log,
+            restore,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! ids and placeholders, transcripts are the masked bytes as forwarded and sent.
 
 use crate::anthropic::api::Route;
+use crate::anthropic::restore::RestoreEvent;
 use crate::anthropic::tools::ToolBlock;
 use crate::anthropic::transcript::ResponseTranscript;
 use crate::anthropic::usage::Usage;
@@ -184,6 +185,10 @@ pub struct Exchange {
     /// The request body as forwarded upstream (kept only with `keep_transcripts`).
     pub request_transcript: Option<Bytes>,
     pub response_transcript: Option<ResponseTranscript>,
+    /// Placeholders met in the response where restore applies: restored or not, and why.
+    pub restore_events: Vec<RestoreEvent>,
+    /// The restore vault failed for this request (it then restored only what it carried).
+    pub restore_store_failed: bool,
 }
 
 impl Exchange {
@@ -213,6 +218,8 @@ impl Exchange {
             bytes_in: 0,
             bytes_out: 0,
             upstream_ttfb: None,
+            restore_events: Vec::new(),
+            restore_store_failed: false,
             masking: Duration::ZERO,
             keep_transcripts,
             request_transcript: None,

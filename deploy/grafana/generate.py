@@ -66,6 +66,14 @@ ts("Blocked requests and tool calls by rule", [
     ("sum by (rule) (%s)" % rate("streammask_blocked_requests_total"), "request {{rule}}"),
     ("sum by (rule) (%s)" % rate("streammask_blocked_tool_calls_total"), "tool call {{rule}}")], "ops", x=12)
 y+=8
+row("Restore")
+ts("Placeholders restored (by rule) and left masked (by reason)", [
+    ("sum by (rule) (%s)" % rate("streammask_placeholders_restored_total"), "restored {{rule}}"),
+    ("sum by (reason) (%s)" % rate("streammask_placeholders_unrestored_total"), "left masked: {{reason}}")], "ops",
+    desc="Secrets given back in their owner's own tool calls; unknown = another caller's, expired or made up.")
+ts("Restore vault failures", [("sum(%s)" % rate("streammask_restore_store_failures_total"), "requests")], "reqps", x=12,
+    desc="Requests for which the restore vault (memory or Redis) could not be read or written: they restored only what they carried.")
+y+=8
 row("Streaming")
 ts("Active streams", [("sum(%s)" % s("streammask_active_streams"), "streams")])
 ts("Held bytes now, and peak held per stream p99", [

@@ -34,10 +34,12 @@
 //!   Anthropic-shaped `error` event, and [`SseTransformer::finish`] flushes every open block.
 
 use crate::anthropic::compact::{compact_block_stop, write_delta_event, CompactDelta};
+use crate::anthropic::restore::{RestoreEvent, RestoreMap, TextRestorer};
 use crate::anthropic::scan_value::{lenient_value, parse_strict, scan_value, ScanFault};
 use crate::anthropic::sse::{encode_event, write_event, Event, SseError, SseFramer};
 use crate::anthropic::tools::{
-    is_tool_like, judge_message_tools, judge_tool_input, ToolBlock, ToolVerdict,
+    is_tool_like, judge_message_tools, judge_tool_input, restore_allowed_input, restore_message,
+    ToolBlock, ToolVerdict,
 };
 use crate::anthropic::usage::Usage;
 use crate::engine::json_walk::{mask_json, ThinkingMode, WalkError, WalkOptions};
@@ -71,6 +73,55 @@ pub struct MaskedBody {
     pub blocked_tools: Vec<ToolBlock>,
     /// Thinking blocks whose text masking changed, with their original text.
     pub thinking_originals: Vec<ThinkingOriginal>,
+    /// Placeholders met where restore applies, restored or not.
+    pub restored: Vec<RestoreEvent>,
+}
+
+/// [`mask_json_response`], then the caller's secrets given back where `restore`'s scopes say
+/// ([`restore_message`]): the last step, so nothing masks them again.
+pub fn mask_json_response_restoring(
+    engine: &Engine,
+    body: &[u8],
+    thinking: ThinkingMode,
+    restore: Option<&RestoreMap>,
+) -> Result<MaskedBody, WalkError> {
+    let mut masked = mask_json_response(engine, body, thinking)?;
+    let Some(map) = restore else {
+        return Ok(masked);
+    };
+    if !masked.refusals.is_empty() {
+        return Ok(masked);
+    }
+    let current = masked.body.as_deref().unwrap_or(body);
+    if memchr::memmem::find(current, b"[MASKED:").is_none() {
+        return Ok(masked);
+    }
+    let Some(mut message) = lenient_value(current) else {
+        return Ok(masked);
+    };
+    let done = restore_message(engine, &mut message, map);
+    masked.restored = done.restored;
+    masked.findings.append(done.findings);
+    if done.changed {
+        let tools_left = message
+            .get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|blocks| {
+                blocks.iter().any(|b| {
+                    let kind = b.get("type").and_then(Value::as_str).unwrap_or_default();
+                    is_tool_like(kind, b.get("input").is_some())
+                })
+            });
+        if !done.blocked.is_empty()
+            && !tools_left
+            && message.get("stop_reason").and_then(Value::as_str) == Some("tool_use")
+        {
+            message["stop_reason"] = json!("end_turn");
+        }
+        masked.blocked_tools.extend(done.blocked);
+        masked.body = Some(serde_json::to_vec(&message).unwrap_or_default());
+    }
+    Ok(masked)
 }
 
 /// Mask a complete JSON response body (non-streaming Messages response, batch object, model
@@ -249,6 +300,11 @@ pub struct SseTransformer {
     thinking_originals: Vec<ThinkingOriginal>,
     /// A tool call's input is buffered to its stop; this many bytes at most.
     max_tool_input_bytes: usize,
+    /// The caller's placeholders to give back ([`SseTransformer::with_restore`]).
+    restore: Option<Arc<RestoreMap>>,
+    /// Restores the joined text after its masker, when the restore scopes include text.
+    text_restorer: TextRestorer,
+    restore_events: Vec<RestoreEvent>,
 }
 
 /// The default cap on one tool call's buffered input (`[masking] max_tool_input_bytes`).
@@ -279,7 +335,27 @@ impl SseTransformer {
             scratch: Vec::new(),
             thinking_originals: Vec::new(),
             max_tool_input_bytes: DEFAULT_MAX_TOOL_INPUT_BYTES,
+            restore: None,
+            text_restorer: TextRestorer::new(),
+            restore_events: Vec::new(),
         }
+    }
+
+    /// Give the caller's secrets back in what the client acts on: tool inputs (judged again
+    /// with the `block` rules after restore) and, when the map's scopes say so, text.
+    pub fn with_restore(mut self, map: Arc<RestoreMap>) -> SseTransformer {
+        self.restore = Some(map);
+        self
+    }
+
+    /// The placeholders met where restore applies so far, restored or not.
+    pub fn take_restore_events(&mut self) -> Vec<RestoreEvent> {
+        std::mem::take(&mut self.restore_events)
+    }
+
+    /// The text restore map, when the scopes include text.
+    fn text_restore(&self) -> Option<Arc<RestoreMap>> {
+        self.restore.as_ref().filter(|m| m.scopes().text).cloned()
     }
 
     /// Caps one tool call's buffered input: beyond `bytes` the stream ends with an `error`
@@ -564,6 +640,13 @@ impl SseTransformer {
             self.fail(StreamFault::Malformed("masking failed".into()), out);
             return;
         }
+        if let (Which::Text, Some(map)) = (which, self.text_restore()) {
+            let path = format!("content[{holder}].text");
+            let events = &mut self.restore_events;
+            let mut restored = self.text_restorer.push(&map, &tail, &path, events);
+            restored.extend(self.text_restorer.flush(&map, &path, events));
+            tail = restored;
+        }
         if !tail.is_empty() {
             write_delta_event(
                 out,
@@ -626,6 +709,13 @@ impl SseTransformer {
         if !matches!(pushed, Some(Ok(()))) {
             self.fail(StreamFault::Malformed("masking failed".into()), out);
             return false;
+        }
+        if let (Which::Text, Some(map)) = (which, self.text_restore()) {
+            let path = format!("content[{index}].text");
+            let masked = std::mem::take(emitted);
+            *emitted = self
+                .text_restorer
+                .push(&map, &masked, &path, &mut self.restore_events);
         }
         true
     }
@@ -1155,9 +1245,20 @@ impl SseTransformer {
         } else {
             partial_json.to_string()
         };
-        let (verdict, findings) =
-            judge_tool_input(&self.engine, whole.as_bytes(), &format!("content[{index}]"));
+        let at = format!("content[{index}]");
+        let (mut verdict, findings) = judge_tool_input(&self.engine, whole.as_bytes(), &at);
         self.findings.append(findings);
+        if let ToolVerdict::Allow(masked) = verdict {
+            let (after, findings) = restore_allowed_input(
+                &self.engine,
+                self.restore.as_deref(),
+                masked,
+                &at,
+                &mut self.restore_events,
+            );
+            self.findings.append(findings);
+            verdict = after;
+        }
         match verdict {
             ToolVerdict::Allow(input) => {
                 self.tools_allowed += 1;

@@ -3,8 +3,8 @@
 //! with the hand-read wire forms in `compact` and tool calls judged whole in [`tools`]),
 //! JSON Lines batch results ([`jsonl`]), batch objects ([`batches`]), token [`usage`],
 //! originals of masked thinking kept for their return ([`thinking_vault`]), shell commands of
-//! tool calls judged by parsing them ([`shell`]) and
-//! response [`transcript`]s.
+//! tool calls judged by parsing them ([`shell`]), placeholders given back to their owner's
+//! tool calls ([`restore`]) and response [`transcript`]s.
 //!
 //! Layer: above the engine, which it drives; below everything that knows about callers,
 //! policy, observability or Pingora. It may import only `engine` (`tests/layers.rs`).
@@ -14,6 +14,7 @@ pub mod batches;
 mod compact;
 pub mod jsonl;
 pub mod messages;
+pub mod restore;
 pub(crate) mod scan_value;
 pub mod shell;
 pub mod sse;

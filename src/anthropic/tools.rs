@@ -28,6 +28,7 @@
 //! - when every tool call of a message was blocked, `stop_reason: tool_use` becomes `end_turn`,
 //!   so the client shows the message instead of waiting for a tool result.
 
+use crate::anthropic::restore::{RestoreEvent, RestoreMap};
 use crate::anthropic::shell::{judge_argv, judge_command, ShellRule};
 use crate::engine::findings::join_path;
 use crate::engine::json_walk::{mask_json, ThinkingMode, WalkOptions};
@@ -172,6 +173,38 @@ pub fn judge_tool_call(engine: &Engine, input: &[u8], at: &str) -> ToolJudgement
     }
 }
 
+/// Give an allowed tool call's input its caller's secrets back ([`RestoreMap`], when its
+/// scopes include tool input), then judge the restored input again with the `block` rules: a
+/// restored secret inside a denylisted command is still refused, and the refusal names only
+/// the rule. Returns the verdict on what the client would get, and the findings to add (the
+/// blocking one only: the restored secrets themselves are not news). `at` is the tool block's
+/// path; restore events go to `events` (none for a call that ends up blocked).
+pub fn restore_allowed_input(
+    engine: &Engine,
+    restore: Option<&RestoreMap>,
+    input: Vec<u8>,
+    at: &str,
+    events: &mut Vec<RestoreEvent>,
+) -> (ToolVerdict, Findings) {
+    let Some(map) = restore.filter(|m| m.scopes().tool_input) else {
+        return (ToolVerdict::Allow(input), Findings::new());
+    };
+    let before = events.len();
+    let Some(restored) = map.restore_tool_input(&input, &format!("{at}.input"), events) else {
+        return (ToolVerdict::Allow(input), Findings::new());
+    };
+    let judged = judge_tool_call(engine, &restored, at);
+    match judged.verdict {
+        ToolVerdict::Block(refusal) => {
+            events.truncate(before);
+            let mut findings = judged.findings;
+            findings.retain(|located| located.finding.action == Action::Block);
+            (ToolVerdict::Block(refusal), findings)
+        }
+        ToolVerdict::Allow(_) => (ToolVerdict::Allow(restored), Findings::new()),
+    }
+}
+
 /// A finding made by the judge itself, not by an engine rule: no span text, no placeholder
 /// text beyond the rule id, so nothing of the command reaches the audit log.
 fn synthetic(rule_id: &str, action: Action, chars: usize) -> Finding {
@@ -254,6 +287,61 @@ pub struct MessageTools {
     pub changed: bool,
     pub findings: Findings,
     pub blocked: Vec<ToolBlock>,
+    /// Placeholders met in allowed calls' inputs, restored or not.
+    pub restored: Vec<RestoreEvent>,
+}
+
+/// Give the tool calls (and, when the map's scopes say so, the text blocks) of a complete,
+/// already masked and judged message their caller's secrets back, in place. Run last: what
+/// it puts in must not be masked again. A call whose restored input a `block` rule refuses
+/// is replaced by a text block, as [`judge_message_tools`] does.
+pub fn restore_message(engine: &Engine, message: &mut Value, map: &RestoreMap) -> MessageTools {
+    let mut done = MessageTools::default();
+    let Some(content) = message.get_mut("content").and_then(Value::as_array_mut) else {
+        return done;
+    };
+    for (index, block) in content.iter_mut().enumerate() {
+        let at = format!("content[{index}]");
+        let block_type = block
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if block_type == "text" && map.scopes().text {
+            if let Some(Value::String(text)) = block.get_mut("text") {
+                if let Some(restored) =
+                    map.restore_str(text, &format!("{at}.text"), &mut done.restored)
+                {
+                    *text = restored;
+                    done.changed = true;
+                }
+            }
+            continue;
+        }
+        if !is_tool_like(block_type, block.get("input").is_some()) {
+            continue;
+        }
+        let input =
+            serde_json::to_vec(block.get("input").unwrap_or(&Value::Null)).unwrap_or_default();
+        let (verdict, findings) =
+            restore_allowed_input(engine, Some(map), input.clone(), &at, &mut done.restored);
+        done.findings.append(findings);
+        match verdict {
+            ToolVerdict::Allow(restored) if restored != input => {
+                if let Ok(value) = serde_json::from_slice(&restored) {
+                    block["input"] = value;
+                    done.changed = true;
+                }
+            }
+            ToolVerdict::Allow(_) => {}
+            ToolVerdict::Block(refusal) => {
+                let name = block.get("name").and_then(Value::as_str).unwrap_or("tool");
+                *block = json!({"type": "text", "text": refusal.client_text(engine, name)});
+                done.blocked.push(refusal);
+                done.changed = true;
+            }
+        }
+    }
+    done
 }
 
 /// Whether a content block is a tool call the client may act on: the known tool-use types, and

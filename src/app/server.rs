@@ -9,8 +9,9 @@
 //!   writer, thinking vault — and hands it down; nothing is kept in process-wide statics.
 
 use super::admin::Admin;
+use crate::anthropic::restore::RestoreScopes;
 use crate::anthropic::thinking_vault::{MemoryVault, Vault, VaultKey, VaultLimits};
-use crate::config::{Config, ThinkingPolicy};
+use crate::config::{Config, RestoreStore, ThinkingPolicy};
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::{Engine, MaskError, RuleSet};
 use crate::observe::audit::Auditor;
@@ -18,7 +19,10 @@ use crate::observe::metrics::Metrics;
 use crate::policy::auth::Authenticator;
 use crate::policy::credentials::UpstreamKey;
 use crate::policy::profiles::Policy;
+use crate::policy::restore_vault::{RestoreVault, VaultSettings, VAULT_LABEL};
+use crate::policy::store::{GroupLimits, GroupStore, MemoryStore, RedisStore, Sealer};
 use crate::policy::Security;
+use crate::proxy::restore::Restore;
 use crate::proxy::{Proxy, ProxyState};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -48,6 +52,8 @@ pub enum StartError {
     Tls(String),
     #[error(transparent)]
     Audit(#[from] crate::observe::audit::AuditError),
+    #[error("restore: {0}")]
+    Restore(#[from] crate::policy::store::StoreError),
 }
 
 /// The configured placeholder key material: from `file` if one is configured (trimmed), else
@@ -94,6 +100,62 @@ pub fn thinking_vault(config: &Config) -> Result<Option<Arc<dyn Vault>>, StartEr
         config.thinking_max_bytes,
     );
     Ok(Some(Arc::new(MemoryVault::new(&key, limits))))
+}
+
+/// The Redis key prefix of the restore vault's groups.
+pub const RESTORE_NAMESPACE: &str = "streammask:restore:v1";
+
+/// Groups and bytes a process keeps in a memory restore vault, all callers together.
+const RESTORE_MEMORY_GROUPS: usize = 100_000;
+const RESTORE_MEMORY_BYTES: usize = 256 << 20;
+
+/// The restore state of `[restore]` (`None` when off): the vault (memory or Redis) under keys
+/// derived from the placeholder key (random when it is, so nothing survives a restart).
+pub fn restore_state(config: &Config) -> Result<Option<Restore>, StartError> {
+    let settings = &config.restore;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let material = key_material(
+        config.placeholder_key_file.as_deref(),
+        &config.placeholder_key_env,
+    )?;
+    let sealer = material.map_or_else(
+        || Sealer::random(VAULT_LABEL),
+        |m| Sealer::derive(&m, VAULT_LABEL),
+    );
+    let store: Arc<dyn GroupStore> = match &settings.store {
+        RestoreStore::Memory => Arc::new(MemoryStore::new(
+            RESTORE_MEMORY_GROUPS,
+            RESTORE_MEMORY_BYTES,
+        )),
+        RestoreStore::Redis { url } => Arc::new(RedisStore::new(
+            url,
+            RESTORE_NAMESPACE,
+            Duration::from_millis(settings.redis_timeout_ms),
+        )?),
+    };
+    let vault = RestoreVault::new(
+        store,
+        sealer,
+        VaultSettings {
+            ttl: Duration::from_secs(settings.ttl_secs),
+            per_session: settings.per_session,
+            limits: GroupLimits {
+                max_entries: settings.max_entries_per_caller,
+                max_bytes: settings.max_bytes_per_caller,
+            },
+            max_secret_bytes: settings.max_secret_bytes,
+        },
+    );
+    Ok(Some(Restore {
+        vault,
+        scopes: RestoreScopes {
+            tool_input: settings.tool_input,
+            text: settings.text,
+        },
+        owners_known: config.auth.enabled(),
+    }))
 }
 
 /// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
@@ -151,9 +213,8 @@ pub fn build_state(config: Config) -> Result<ProxyState, StartError> {
         .then(|| Arc::new(Metrics::new(&engine, &config.known_groups)));
     let auditor = Auditor::start(&config.audit, metrics.as_ref().map(|m| m.audit_counters()))?;
     let vault = thinking_vault(&config)?;
-    Ok(ProxyState::new(
-        config, engine, security, metrics, auditor, vault,
-    ))
+    let restore = restore_state(&config)?;
+    Ok(ProxyState::new(config, engine, security, metrics, auditor, vault).with_restore(restore))
 }
 
 /// The proxy's listening service for `state` (TLS and h2c as configured), not yet started.

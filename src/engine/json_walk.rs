@@ -69,7 +69,7 @@ use crate::engine::masker::{Budget, Engine, Finding, MaskError};
 use crate::engine::rules::Scope;
 use crate::engine::unescape::View;
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 /// Containers may nest this deep; one more is [`WalkError::TooDeep`].
@@ -126,6 +126,33 @@ pub struct Walked {
     /// naming path and rule, a response stream is ended with an `error` event. Report-only
     /// findings in such values (`audit`, `block`/`approve` in a request) are in `findings`.
     pub refusals: Findings,
+    /// With [`mask_json_learning`]: every distinct placeholder the rewrite put in, with the
+    /// text it replaced (the restore vault's input). Empty otherwise.
+    pub learned: Vec<Learned>,
+    /// With [`mask_json_learning`]: the byte ranges, in the output (the rewritten body, or the
+    /// original when unchanged), of the `thinking` strings of signed blocks — the upstream's
+    /// own signed text, which nothing after the walk may rewrite. Sorted.
+    pub signed_thinking: Vec<Range<usize>>,
+}
+
+/// A placeholder and the exact text it replaced. `Debug` prints neither the text nor anything
+/// derived from it beyond its length: a `Learned` holds a raw secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Learned {
+    /// The engine's index of the rule that found it.
+    pub rule: u32,
+    pub placeholder: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Learned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learned")
+            .field("rule", &self.rule)
+            .field("placeholder", &self.placeholder)
+            .field("secret_bytes", &self.secret.len())
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +217,27 @@ pub fn mask_json_within(
         0
     };
     let mut walker = Walker::new(engine, text, opts, restore, budget);
+    walker.document(start, raw.len(), None)?;
+    Ok(walker.finish())
+}
+
+/// [`mask_json_within`] that also reports, in [`Walked::learned`], each distinct placeholder it
+/// wrote with the text it replaced: what the proxy may later give back to the same caller.
+pub fn mask_json_learning(
+    engine: &Engine,
+    raw: &[u8],
+    opts: &WalkOptions,
+    restore: Option<&dyn ThinkingRestore>,
+    budget: Option<&Budget>,
+) -> Result<Walked, WalkError> {
+    let text = validate_utf8(raw)?;
+    let start = if opts.lenient && raw.starts_with(BOM) {
+        BOM.len()
+    } else {
+        0
+    };
+    let mut walker = Walker::new(engine, text, opts, restore, budget);
+    walker.learning = Some(HashMap::new());
     walker.document(start, raw.len(), None)?;
     Ok(walker.finish())
 }
@@ -813,6 +861,10 @@ struct Walker<'a> {
     /// The decoded texts of the current document's parts, concatenated.
     joined: String,
     parts: Vec<Part>,
+    /// Placeholder → (rule, replaced text), kept only by [`mask_json_learning`].
+    learning: Option<HashMap<String, (u32, String)>>,
+    /// Raw ranges of the `thinking` strings of signed blocks (learning only).
+    signed_thinking: Vec<Range<usize>>,
 }
 
 impl<'a> Walker<'a> {
@@ -839,6 +891,18 @@ impl<'a> Walker<'a> {
             refusals: Vec::new(),
             joined: String::new(),
             parts: Vec::new(),
+            learning: None,
+            signed_thinking: Vec::new(),
+        }
+    }
+
+    /// Remember what `placeholder` replaced, when learning: the first text seen for it wins
+    /// (a placeholder names its text by a keyed hash, so a second one is the same text).
+    fn learn(&mut self, rule: u32, placeholder: &str, secret: &str) {
+        if let Some(learning) = self.learning.as_mut() {
+            if !secret.is_empty() && !learning.contains_key(placeholder) {
+                learning.insert(placeholder.to_string(), (rule, secret.to_string()));
+            }
         }
     }
 
@@ -1029,6 +1093,9 @@ impl<'a> Walker<'a> {
                 },
                 false,
             )?;
+            if thinking && info.signature.is_some() && self.learning.is_some() {
+                self.signed_thinking.push(value_node.start..value_node.end);
+            }
             let restored = thinking && self.restore_thinking(info.signature, value_node)?;
             if !restored {
                 match value_node.kind {
@@ -1135,6 +1202,14 @@ impl<'a> Walker<'a> {
                 path: self.render_path(),
                 found: findings.iter().map(|f| (f.rule, f.span.clone())).collect(),
             });
+        }
+        if self.learning.is_some() {
+            for finding in findings.iter().filter(|f| f.rewritten) {
+                let secret = decoded.get(finding.span.clone()).unwrap_or_default();
+                if !(ctx.refuse || ctx.thinking && self.opts.thinking == ThinkingMode::Report) {
+                    self.learn(finding.rule, &finding.placeholder, secret);
+                }
+            }
         }
         self.scratch = scratch;
         if findings.is_empty() {
@@ -1356,6 +1431,7 @@ impl<'a> Walker<'a> {
         let path = first_part.path.clone();
         let rewritten = finding.rewritten;
         let placeholder = finding.placeholder.clone();
+        let reported_rule = finding.rule;
         let mut reported = finding;
         reported.span = first_local.start..first_local.start + span.len();
         self.findings.push((
@@ -1367,6 +1443,14 @@ impl<'a> Walker<'a> {
         ));
         if !rewritten {
             return Ok(());
+        }
+        if self.learning.is_some() {
+            let secret = self
+                .joined
+                .get(span.clone())
+                .unwrap_or_default()
+                .to_string();
+            self.learn(reported_rule, &placeholder, &secret);
         }
         let text = self.text;
         for (i, local) in portions {
@@ -1415,11 +1499,27 @@ impl<'a> Walker<'a> {
     fn finish(mut self) -> Walked {
         let findings = ordered(std::mem::take(&mut self.findings));
         let refusals = ordered(std::mem::take(&mut self.refusals));
+        let mut learned: Vec<Learned> = self
+            .learning
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(placeholder, (rule, secret))| Learned {
+                rule,
+                placeholder,
+                secret,
+            })
+            .collect();
+        learned.sort_by(|a, b| a.placeholder.cmp(&b.placeholder));
+        let mut signed_thinking = std::mem::take(&mut self.signed_thinking);
+        signed_thinking.sort_by_key(|r| r.start);
         if self.replacements.is_empty() {
             return Walked {
                 body: None,
                 findings,
                 refusals,
+                learned,
+                signed_thinking,
             };
         }
         // Replacements come per string, then from the joined view: put them in body order, the
@@ -1432,6 +1532,10 @@ impl<'a> Walker<'a> {
         let extra: usize = self.replacements.iter().map(|(_, p)| p.len()).sum();
         let mut out = Vec::with_capacity(raw.len() + extra);
         let mut copied = 0;
+        // (raw end of an applied replacement, output minus raw length so far), for mapping the
+        // signed thinking ranges, whose ends lie outside every replacement (they include the
+        // quotes, replacements never do).
+        let mut shifts: Vec<(usize, isize)> = Vec::new();
         for (range, replacement) in &self.replacements {
             if range.end <= copied && range.start < copied {
                 continue;
@@ -1441,12 +1545,26 @@ impl<'a> Walker<'a> {
             out.extend_from_slice(raw.get(copied..start).unwrap_or_default());
             out.extend_from_slice(replacement.as_bytes());
             copied = end;
+            shifts.push((end, out.len() as isize - end as isize));
         }
         out.extend_from_slice(raw.get(copied..).unwrap_or_default());
+        let map = |offset: usize| -> usize {
+            let applied = shifts.partition_point(|(end, _)| *end <= offset);
+            let shift = applied
+                .checked_sub(1)
+                .and_then(|i| shifts.get(i))
+                .map_or(0, |(_, shift)| *shift);
+            offset.saturating_add_signed(shift)
+        };
+        for range in &mut signed_thinking {
+            *range = map(range.start)..map(range.end);
+        }
         Walked {
             body: Some(out),
             findings,
             refusals,
+            learned,
+            signed_thinking,
         }
     }
 }
@@ -2318,5 +2436,31 @@ mod tests {
                 prop_assert_eq!(find_byte(&raw, from, needle), naive);
             }
         }
+    }
+
+    #[test]
+    fn learning_reports_what_placeholders_replaced_and_where_signed_thinking_is() {
+        let raw = format!(
+            r#"{{"messages":[{{"role":"user","content":"key {TOKEN} and again {TOKEN}"}},{{"role":"assistant","content":[{{"type":"thinking","thinking":"plain thought","signature":"sig"}}]}}]}}"#
+        );
+        let opts = WalkOptions {
+            scope: Scope::Request,
+            thinking: ThinkingMode::Mask,
+            lenient: false,
+        };
+        let walked =
+            mask_json_learning(engine(), raw.as_bytes(), &opts, None, None).expect("walks");
+        let ph = placeholder(engine(), TOKEN);
+        assert_eq!(walked.learned.len(), 1);
+        assert_eq!(walked.learned[0].placeholder, ph);
+        assert_eq!(walked.learned[0].secret, TOKEN);
+        assert!(!format!("{:?}", walked.learned).contains(TOKEN));
+        let body = walked.body.expect("rewritten");
+        assert_eq!(walked.signed_thinking.len(), 1);
+        let range = walked.signed_thinking[0].clone();
+        assert_eq!(&body[range], b"\"plain thought\"");
+        // Without learning nothing is reported.
+        let plain = mask_json(engine(), raw.as_bytes(), &opts).expect("walks");
+        assert!(plain.learned.is_empty() && plain.signed_thinking.is_empty());
     }
 }

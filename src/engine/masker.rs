@@ -210,6 +210,32 @@ impl Engine {
             .map_or("", |r| r.rule.description.as_str())
     }
 
+    /// Whether placeholders of rule `rule_id` may be restored (its `restore` field); unknown
+    /// ids may not.
+    pub fn rule_restores(&self, rule_id: &str) -> bool {
+        self.matcher
+            .rule_by_id(rule_id)
+            .is_some_and(|r| r.rule.restore)
+    }
+
+    /// The ids of the rules whose placeholders are never restored (`restore = false`).
+    pub fn non_restoring_rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.matcher
+            .rules()
+            .iter()
+            .filter(|r| !r.rule.restore)
+            .map(|r| r.id())
+    }
+
+    /// The index of rule `rule_id`, as findings carry it.
+    pub fn rule_index(&self, rule_id: &str) -> Option<u32> {
+        self.matcher
+            .rules()
+            .iter()
+            .position(|r| r.id() == rule_id)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
     /// `text` with every finding replaced by its placeholder, whatever the rule's action: for
     /// short client-chosen strings (a model name, a JSON path) and transcripts that end up in
     /// the audit log, which must hold no text any rule matches.

@@ -204,6 +204,10 @@ pub struct Rule {
     /// (see [`Truncation`]); empty for rules that only match whole tokens.
     #[serde(default)]
     pub truncated: Vec<Truncation>,
+    /// Whether a placeholder of this rule may be given back to the caller who sent the secret
+    /// (`[restore]`). `false` for secrets that should never come back (private keys, say).
+    #[serde(default = "enabled_by_default")]
+    pub restore: bool,
     /// Where the rule came from, for error messages.
     #[serde(skip)]
     pub source: String,

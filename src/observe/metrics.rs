@@ -16,6 +16,7 @@
 //!   so tests build their own and a reload can keep or replace it.
 
 use crate::anthropic::api::Route;
+use crate::anthropic::restore::Unrestored;
 use crate::anthropic::tools::ToolBlock;
 use crate::anthropic::usage::TokenKind;
 use crate::engine::{Action, Engine, Finding, Located, Scope};
@@ -112,6 +113,7 @@ pub struct Metrics {
     streams: StreamMetrics,
     callers: CallerMetrics,
     audit: AuditCounters,
+    restore: RestoreMetrics,
 }
 
 impl Metrics {
@@ -126,6 +128,7 @@ impl Metrics {
             streams: StreamMetrics::register(&r),
             callers: CallerMetrics::register(&r, known_groups),
             audit: AuditCounters::register(&r),
+            restore: RestoreMetrics::register(&r, engine),
             registry,
         }
     }
@@ -147,6 +150,7 @@ impl Metrics {
     pub fn request_finished(&self, exchange: &Exchange) {
         self.requests.record(exchange);
         self.rules.record(exchange);
+        self.restore.record(exchange);
         if exchange.late_matches > 0 {
             self.streams.late_matches.inc_by(exchange.late_matches);
         }
@@ -383,6 +387,64 @@ impl RuleMetrics {
                 },
                 ToolBlock::Unparseable => self.blocked_tool_calls_unparseable.inc(),
             }
+        }
+    }
+}
+
+/// Placeholders given back to their owner, and those left masked.
+struct RestoreMetrics {
+    restored: IntCounterVec,
+    unrestored: IntCounterVec,
+    store_failures: IntCounter,
+}
+
+impl RestoreMetrics {
+    fn register(r: &Registrar, engine: &Engine) -> RestoreMetrics {
+        let restored = r.counter_vec(
+            "streammask_placeholders_restored_total",
+            "Placeholders in responses given back their secret for the caller who sent it, by rule",
+            &["rule"],
+        );
+        // Every rule whose placeholders can come back has its series from start-up, so rates
+        // (and dashboards) see a zero rather than nothing.
+        for compiled in engine.matcher().rules() {
+            if compiled.rule.restore && compiled.rule.action == Action::Mask {
+                restored.with_label_values(&[&compiled.rule.id]);
+            }
+        }
+        let unrestored = r.counter_vec(
+            "streammask_placeholders_unrestored_total",
+            "Placeholders in responses left masked where restore applies, by reason",
+            &["reason"],
+        );
+        for reason in [
+            Unrestored::Unknown,
+            Unrestored::RuleOptOut,
+            Unrestored::StoreUnavailable,
+        ] {
+            unrestored.with_label_values(&[reason.label()]);
+        }
+        RestoreMetrics {
+            restored,
+            unrestored,
+            store_failures: r.counter(
+                "streammask_restore_store_failures_total",
+                "Requests for which the restore vault could not be read or written",
+            ),
+        }
+    }
+
+    fn record(&self, exchange: &Exchange) {
+        // Rule labels come only from restored placeholders, which the proxy made itself: a
+        // made-up placeholder is counted by reason, so labels stay bounded by the rule pack.
+        for event in &exchange.restore_events {
+            match event.unrestored {
+                None => self.restored.with_label_values(&[&event.rule_id]).inc(),
+                Some(reason) => self.unrestored.with_label_values(&[reason.label()]).inc(),
+            }
+        }
+        if exchange.restore_store_failed {
+            self.store_failures.inc();
         }
     }
 }

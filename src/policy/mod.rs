@@ -14,6 +14,7 @@ pub mod auth;
 pub mod credentials;
 pub mod identity;
 pub mod profiles;
+pub mod restore_vault;
 pub mod store;
 pub mod trust;
 

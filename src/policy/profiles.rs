@@ -44,6 +44,13 @@ pub struct ProfileSection {
     pub allowed_models: Vec<String>,
     /// Request size limit for this profile (defaults to `server.max_body_bytes`).
     pub max_body_bytes: Option<usize>,
+    /// `false`: this profile's callers never get placeholders restored (`[restore]`).
+    #[serde(default = "restore_by_default")]
+    pub restore: bool,
+}
+
+fn restore_by_default() -> bool {
+    true
 }
 
 impl ProfileSection {
@@ -109,6 +116,7 @@ pub fn validate_profiles(
             actions: BTreeMap::new(),
             allowed_models: Vec::new(),
             max_body_bytes: None,
+            restore: true,
         },
     };
     profiles.push(default);
@@ -136,6 +144,8 @@ pub struct Profile {
     allowed_models: Vec<String>,
     pub max_body_bytes: usize,
     pub engine: Arc<Engine>,
+    /// Whether this profile's callers may get placeholders restored.
+    pub restore: bool,
 }
 
 impl Profile {
@@ -246,6 +256,7 @@ impl Policy {
                 allowed_models: section.allowed_models.clone(),
                 max_body_bytes: section.max_body_bytes.unwrap_or(usize::MAX),
                 engine,
+                restore: section.restore,
             }));
         }
         Ok(Policy { profiles })
@@ -335,6 +346,7 @@ mod tests {
             allowed_models: models.iter().map(|m| m.to_string()).collect(),
             max_body_bytes: 1,
             engine: test_engine(),
+            restore: true,
         }
     }
 

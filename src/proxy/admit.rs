@@ -30,7 +30,9 @@ use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
 use crate::anthropic::thinking_vault::{thinking_signatures, VaultRestore};
-use crate::engine::json_walk::{mask_json_within, ThinkingMode, WalkError, WalkOptions, Walked};
+use crate::engine::json_walk::{
+    mask_json_learning, mask_json_within, ThinkingMode, WalkError, WalkOptions, Walked,
+};
 use crate::engine::masker::Budget;
 use crate::engine::{Action, Engine, MaskError, Scope, ThinkingRestore};
 use crate::exchange::Outcome;
@@ -99,24 +101,34 @@ pub(super) async fn admit(
     // The model list is checked on the body as the client sent it, once the walker has
     // refused what readers could disagree on (invalid JSON, duplicate keys).
     let originals = thinking_originals(state, &body).await;
-    let (body, forwarded) = if needs_walk(session, &ctx.exchange.method, route, &body)? {
+    let (body, forwarded, learned) = if needs_walk(session, &ctx.exchange.method, route, &body)? {
         let limits = MaskingLimits {
             offload_bytes: state.config.offload_bytes,
             budget_ms: state.config.max_scan_ms,
         };
         let engine = Arc::clone(&profile.engine);
-        let (body, walked, took) = mask_body(&state.masking_pool, limits, engine, body, originals)
-            .await
-            .map_err(|refusal| {
-                ctx.exchange.masking_pool_busy = matches!(refusal, PoolRefusal::Busy { .. });
-                pool_refusal_error(refusal)
-            })?;
+        let learn = route == Route::Messages && state.restore.is_some() && profile.restore;
+        let (body, walked, took) =
+            mask_body(&state.masking_pool, limits, engine, body, originals, learn)
+                .await
+                .map_err(|refusal| {
+                    ctx.exchange.masking_pool_busy = matches!(refusal, PoolRefusal::Busy { .. });
+                    pool_refusal_error(refusal)
+                })?;
         ctx.exchange.masking += took;
         ctx.exchange.model = request_model(&body);
+        let mut walked = walked;
+        let learned = walked
+            .as_mut()
+            .map(|w| super::restore::Learning {
+                learned: std::mem::take(&mut w.learned),
+                signed_thinking: std::mem::take(&mut w.signed_thinking),
+            })
+            .unwrap_or_default();
         let forwarded = judge_body(ctx, &profile.engine, walked)?;
-        (body, forwarded)
+        (body, forwarded, learned)
     } else {
-        (body, None)
+        (body, None, Default::default())
     };
     if !profile.allows_request_models(route, &body) {
         ctx.exchange.auth_failure = Some(AuthFailure::ModelNotAllowed);
@@ -130,6 +142,11 @@ pub(super) async fn admit(
         ));
     }
     let body = forwarded.unwrap_or(body);
+    let body = if route == Route::Messages {
+        super::restore::prepare(state, &profile, ctx, learned, body).await
+    } else {
+        body
+    };
     Ok(Admitted { route, body })
 }
 
@@ -243,9 +260,10 @@ async fn mask_body(
     engine: Arc<Engine>,
     body: Vec<u8>,
     originals: Option<Originals>,
+    learn: bool,
 ) -> Result<(Vec<u8>, Result<Walked, WalkError>, Duration), PoolRefusal> {
     if body.len() < limits.offload_bytes {
-        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
+        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms, learn);
         return Ok((body, walked, took));
     }
     // Waiting for a worker is an await, not a blocked event loop. The wait has the body's own
@@ -253,19 +271,21 @@ async fn mask_body(
     // masking it would, so past that the client is told to come back (529, which SDKs retry).
     let wait = Duration::from_millis(limits.budget_ms);
     pool.run(wait, move || {
-        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms);
+        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms, learn);
         (body, walked, took)
     })
     .await
 }
 
 /// The request walk both paths run: the JSON walker with the thinking restore hook, charged to
-/// a fresh budget of `budget_ms`. Returns the result and the time it took.
+/// a fresh budget of `budget_ms`, and — with `learn` — reporting what each placeholder replaced
+/// (for restore). Returns the result and the time it took.
 fn walk_body(
     engine: &Engine,
     body: &[u8],
     originals: Option<Originals>,
     budget_ms: u64,
+    learn: bool,
 ) -> (Result<Walked, WalkError>, Duration) {
     let started = Instant::now();
     let restore = originals.map(|(signatures, fetched)| {
@@ -279,13 +299,12 @@ fn walk_body(
         lenient: false,
     };
     let budget = Budget::new(budget_ms);
-    let walked = mask_json_within(
-        engine,
-        body,
-        &options,
-        restore.as_ref().map(|r| r as &dyn ThinkingRestore),
-        Some(&budget),
-    );
+    let hook = restore.as_ref().map(|r| r as &dyn ThinkingRestore);
+    let walked = if learn {
+        mask_json_learning(engine, body, &options, hook, Some(&budget))
+    } else {
+        mask_json_within(engine, body, &options, hook, Some(&budget))
+    };
     (walked, started.elapsed())
 }
 
@@ -460,6 +479,7 @@ mod tests {
             Arc::clone(&engine),
             body.clone(),
             None,
+            false,
         )
         .await
         .expect("inline");
@@ -469,6 +489,7 @@ mod tests {
             Arc::clone(&engine),
             body.clone(),
             None,
+            false,
         )
         .await
         .expect("off loop");
@@ -497,6 +518,7 @@ mod tests {
                 Arc::clone(&engine),
                 body.clone(),
                 None,
+                false,
             )
             .await
             .expect("masked");
@@ -539,6 +561,7 @@ mod tests {
             Arc::clone(&engine),
             body.clone(),
             None,
+            false,
         )
         .await
         .expect_err("no worker free");
@@ -553,6 +576,7 @@ mod tests {
             engine.clone(),
             body.clone(),
             None,
+            false,
         )
         .await
         .expect("inline");
@@ -562,7 +586,7 @@ mod tests {
             let pool = Arc::clone(&pool);
             let engine = Arc::clone(&engine);
             tokio::spawn(async move {
-                mask_body(&pool, limits(0, 60_000), engine, body, None)
+                mask_body(&pool, limits(0, 60_000), engine, body, None, false)
                     .await
                     .map(|(_, walked, _)| walked.is_ok())
             })

@@ -7,6 +7,8 @@
 //!   then the audit record.
 //! - thinking masked for the client is kept in the thinking vault by [`stream`] and put back by
 //!   [`admit`] when its signed block returns ([`ProxyState::thinking_vault`]).
+//! - placeholders are given back to the caller who sent their secrets: [`restore`] learns and
+//!   recalls them after [`admit`] masked the request, [`stream`] restores them in the response.
 //!
 //! Why forwarding happens in `request_filter` and not in Pingora's later phases: once
 //! `request_filter` has read the body, Pingora 0.9 can only replay it to the upstream from its
@@ -29,11 +31,13 @@ mod headers;
 mod masking_pool;
 mod metadata;
 mod response_headers;
+pub mod restore;
 mod stream;
 pub mod tls;
 mod upstream;
 
 use crate::anthropic::api::{ApiError, ErrorKind};
+use crate::anthropic::restore::RestoreMap;
 use crate::anthropic::thinking_vault::Vault;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -64,6 +68,8 @@ pub struct ProxyState {
     pub auditor: Option<Auditor>,
     /// Originals of thinking masked for clients (`None` when `thinking = "mask"`).
     pub thinking_vault: Option<Arc<dyn Vault>>,
+    /// Placeholders given back to their owner (`None` when `[restore] enabled = false`).
+    pub restore: Option<restore::Restore>,
     upstream: Upstream,
     /// The workers that mask large request bodies off the event loop
     /// (`[masking] offload_threads`, see [`admit`] and [`masking_pool`]).
@@ -91,8 +97,15 @@ impl ProxyState {
             metrics,
             auditor,
             thinking_vault,
+            restore: None,
             upstream,
         }
+    }
+
+    /// Turn restore on with `restore` (`[restore]`).
+    pub fn with_restore(mut self, restore: Option<restore::Restore>) -> ProxyState {
+        self.restore = restore;
+        self
     }
 
     fn transcript_limit(&self) -> usize {
@@ -105,6 +118,8 @@ pub struct RequestCtx {
     exchange: Exchange,
     /// The caller's policy profile (its engine masks this request and its response).
     profile: Option<Arc<Profile>>,
+    /// The caller's placeholders to give back in the response ([`restore`]).
+    restore: Option<Arc<RestoreMap>>,
 }
 
 impl RequestCtx {
@@ -160,6 +175,7 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             exchange: Exchange::new(keep_transcripts),
             profile: None,
+            restore: None,
         }
     }
 

@@ -33,8 +33,9 @@ use crate::anthropic::api::{ApiError, ErrorKind, Route};
 use crate::anthropic::batches::point_results_url_at_proxy;
 use crate::anthropic::jsonl::JsonlMasker;
 use crate::anthropic::messages::{
-    error_event, mask_json_response, SseTransformer, ThinkingOriginal,
+    error_event, mask_json_response_restoring, SseTransformer, ThinkingOriginal,
 };
+use crate::anthropic::restore::RestoreMap;
 use crate::anthropic::thinking_vault::VaultEntry;
 use crate::anthropic::transcript::{ResponseTranscript, StreamTranscript};
 use crate::anthropic::usage::Usage;
@@ -153,6 +154,7 @@ pub(super) async fn relay(
                 state,
                 engine: &engine,
                 kind,
+                restore: ctx.restore.clone(),
             };
             if stream
                 .run(session, &mut ctx.exchange, &mut upstream, &mut decoder)
@@ -170,7 +172,8 @@ pub(super) async fn relay(
             // The connection is done with once the body is read, whatever the client does.
             state.upstream.release(upstream, &peer).await;
             let masking = Instant::now();
-            let body = mask_buffered(state, &engine, exchange, body, || {
+            let restore = ctx.restore.as_deref();
+            let body = mask_buffered(state, &engine, restore, exchange, body, || {
                 route == Route::Messages && stream_requested(request_body)
             });
             exchange.masking += masking.elapsed();
@@ -183,7 +186,7 @@ pub(super) async fn relay(
                     }
                 }
             }
-            send_whole(session, exchange, downstream, body).await;
+            send_whole(session, exchange, downstream, body, restore).await;
             Ok(())
         }
     }
@@ -208,13 +211,19 @@ async fn send_whole(
     exchange: &mut Exchange,
     mut header: ResponseHeader,
     body: Vec<u8>,
+    restore: Option<&RestoreMap>,
 ) {
     let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
     exchange.usage = Usage::from_json_body(&body);
     exchange.bytes_out += body.len();
     let body = Bytes::from(body);
     if exchange.keep_transcripts {
-        exchange.response_transcript = Some(ResponseTranscript::Body(body.clone()));
+        // What restore gave the client is kept as the placeholder it was.
+        let kept = match restore.and_then(|map| map.conceal(&body)) {
+            Some(concealed) => Bytes::from(concealed),
+            None => body.clone(),
+        };
+        exchange.response_transcript = Some(ResponseTranscript::Body(kept));
     }
     if session
         .write_response_header(Box::new(header), body.is_empty())
@@ -267,13 +276,15 @@ async fn read_whole(
 fn mask_buffered(
     state: &ProxyState,
     engine: &std::sync::Arc<Engine>,
+    restore: Option<&RestoreMap>,
     exchange: &mut Exchange,
     body: Vec<u8>,
     stream_requested: impl FnOnce() -> bool,
 ) -> Result<Vec<u8>, ApiError> {
     let bad_gateway = |message: &str| ApiError::new(ErrorKind::Api, message).with_status(502);
-    match mask_json_response(engine, &body, ThinkingMode::Mask) {
+    match mask_json_response_restoring(engine, &body, ThinkingMode::Mask, restore) {
         Ok(masked) => {
+            exchange.restore_events.extend(masked.restored);
             exchange.blocked_tools.extend(masked.blocked_tools);
             exchange.response_findings.append(masked.findings);
             if !masked.refusals.is_empty() {
@@ -299,9 +310,13 @@ fn mask_buffered(
             state.config.max_sse_event_bytes,
         )
         .with_max_tool_input(state.config.max_tool_input_bytes);
+        if let Some(map) = restore {
+            sse = sse.with_restore(std::sync::Arc::new(map.clone()));
+        }
         let mut out = Vec::with_capacity(body.len() + 256);
         sse.push(&body, &mut out);
         sse.finish(&mut out);
+        exchange.restore_events.extend(sse.take_restore_events());
         keep_thinking(state, sse.take_thinking_originals());
         exchange.blocked_tools.extend(sse.take_blocked_tools());
         exchange.late_matches += sse.late_matches();
@@ -335,6 +350,8 @@ struct Stream<'s> {
     state: &'s ProxyState,
     engine: &'s std::sync::Arc<Engine>,
     kind: BodyKind,
+    /// The caller's placeholders to give back (`[restore]`).
+    restore: Option<std::sync::Arc<RestoreMap>>,
 }
 
 /// The masker of a streamed body.
@@ -389,6 +406,7 @@ impl StreamMasker {
     fn record(&mut self, exchange: &mut Exchange) {
         match self {
             StreamMasker::Sse(sse) => {
+                exchange.restore_events.extend(sse.take_restore_events());
                 exchange.blocked_tools.extend(sse.take_blocked_tools());
                 exchange.late_matches += sse.late_matches();
                 exchange.response_findings.append(sse.take_findings());
@@ -424,14 +442,18 @@ impl Stream<'_> {
     ) -> bool {
         let config = &self.state.config;
         let mut masker = match self.kind {
-            BodyKind::Sse => StreamMasker::Sse(Box::new(
-                SseTransformer::new(
+            BodyKind::Sse => {
+                let mut sse = SseTransformer::new(
                     std::sync::Arc::clone(self.engine),
                     ThinkingMode::Mask,
                     config.max_sse_event_bytes,
                 )
-                .with_max_tool_input(config.max_tool_input_bytes),
-            )),
+                .with_max_tool_input(config.max_tool_input_bytes);
+                if let Some(map) = &self.restore {
+                    sse = sse.with_restore(std::sync::Arc::clone(map));
+                }
+                StreamMasker::Sse(Box::new(sse))
+            }
             _ => StreamMasker::Jsonl(
                 JsonlMasker::new(std::sync::Arc::clone(self.engine), ThinkingMode::Mask)
                     .with_max_line(self.state.upstream.max_response_bytes()),
@@ -475,7 +497,11 @@ impl Stream<'_> {
             keep_thinking(self.state, masker.take_thinking_originals());
             exchange.bytes_out += out.len();
             if let Some(transcript) = transcript.as_mut() {
-                transcript.push(&out);
+                // What restore gave the client is kept as the placeholder it was.
+                match self.restore.as_ref().and_then(|map| map.conceal(&out)) {
+                    Some(concealed) => transcript.push(&concealed),
+                    None => transcript.push(&out),
+                }
             }
             let body = Bytes::from(std::mem::take(&mut out));
             if done {

@@ -26,6 +26,15 @@ pub struct AuditFinding<'a> {
     pub rewritten: bool,
 }
 
+/// A placeholder given back to the caller in the response: which, where, by which rule. Never
+/// the value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditRestore<'a> {
+    pub rule: Cow<'a, str>,
+    pub placeholder: Cow<'a, str>,
+    pub path: Cow<'a, str>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AuditIdentity {
     pub subject: String,
@@ -85,8 +94,18 @@ pub struct AuditRecord<'a> {
     #[serde(default)]
     pub usage: Option<crate::anthropic::usage::Usage>,
     pub findings: Vec<AuditFinding<'a>>,
+    /// Placeholders restored in the response (`[restore]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<AuditRestore<'a>>,
+    /// Placeholders in the response left masked where restore applies.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unrestored: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Value>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn scrub(engine: &Engine, value: &mut Value, scope: Scope) {
@@ -284,6 +303,21 @@ fn record<'x>(exchange: &'x Exchange, engine: &Engine) -> AuditRecord<'x> {
         },
         usage: (!exchange.usage.is_empty()).then_some(exchange.usage),
         findings,
+        restored: exchange
+            .restore_events
+            .iter()
+            .filter(|event| event.unrestored.is_none())
+            .map(|event| AuditRestore {
+                rule: Cow::Borrowed(&event.rule_id),
+                placeholder: Cow::Borrowed(&event.placeholder),
+                path: engine.redact_all(&event.path),
+            })
+            .collect(),
+        unrestored: exchange
+            .restore_events
+            .iter()
+            .filter(|event| event.unrestored.is_some())
+            .count(),
         transcript: None,
     }
 }

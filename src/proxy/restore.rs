@@ -1,0 +1,256 @@
+//! The request half of restore: after a request is masked, learn what its placeholders stand
+//! for, keep that for its caller, mask every other occurrence of those secrets, and hand the
+//! response phase the caller's [`RestoreMap`].
+//!
+//! Invariants:
+//! - the map holds only secrets this caller sent: learned from this request, or recalled from
+//!   the vault under this caller's own key for placeholders this request carries. Without
+//!   authentication there is no owner to tell apart, so nothing is recalled: only what the same
+//!   request carried comes back;
+//! - every other occurrence of a secret the map holds is masked in the body that goes upstream
+//!   (a restored value in the history of the next turn goes back as its placeholder, so the
+//!   model never gets it and the prompt cache still sees the same bytes);
+//! - a vault that fails or is slow (`[restore] redis_timeout_ms`) costs restores, never the
+//!   request: the map then holds what the request carried, and unknown placeholders are
+//!   counted as `store_unavailable`;
+//! - the log lines here name counts and the store's error kind, never a secret or placeholder.
+
+use super::{ProxyState, RequestCtx};
+use crate::anthropic::restore::{json_escaped, placeholder_rule_id, RestoreMap, RestoreScopes};
+use crate::engine::json_walk::Learned;
+use crate::engine::{Action, Engine, Finding};
+use crate::policy::profiles::Profile;
+use crate::policy::restore_vault::{Owner, RestoreVault};
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// At most this many placeholders a request carries are looked up in the vault.
+const MAX_RECALLED: usize = 4096;
+
+/// Secrets shorter than this are not masked elsewhere in the body by occurrence alone (a
+/// short value is too likely to be ordinary text too).
+const MIN_REPEAT_BYTES: usize = 8;
+
+/// The restore state of the proxy (`[restore]`): the vault and where restore applies.
+pub struct Restore {
+    pub vault: RestoreVault,
+    pub scopes: RestoreScopes,
+    /// Whether callers are authenticated (otherwise nothing is recalled across requests).
+    pub owners_known: bool,
+}
+
+/// What the request walk learned: placeholders with what they replaced, and where the signed
+/// thinking is in the forwarded body (left as it is: rewriting it breaks its signature).
+#[derive(Debug, Default)]
+pub(super) struct Learning {
+    pub learned: Vec<Learned>,
+    pub signed_thinking: Vec<std::ops::Range<usize>>,
+}
+
+/// Learn, keep and recall for this request; returns the body to forward (with every other
+/// occurrence of a known secret masked). Sets `ctx.restore` when restore applies.
+pub(super) async fn prepare(
+    state: &ProxyState,
+    profile: &Profile,
+    ctx: &mut RequestCtx,
+    learning: Learning,
+    body: Vec<u8>,
+) -> Vec<u8> {
+    let Learning {
+        learned,
+        signed_thinking,
+    } = learning;
+    let Some(restore) = state.restore.as_ref().filter(|_| profile.restore) else {
+        return body;
+    };
+    let engine = &profile.engine;
+    let mut map = RestoreMap::new(restore.scopes);
+    for rule in engine.non_restoring_rule_ids() {
+        map.opt_out(rule);
+    }
+    let mut known: Vec<(String, String)> = Vec::new();
+    let mut keep: Vec<(String, String)> = Vec::new();
+    for learned in learned {
+        let rule_id = placeholder_rule_id(&learned.placeholder).unwrap_or_default();
+        if engine.rule_restores(rule_id) && restore.vault.keeps(&learned.secret) {
+            map.insert(learned.placeholder.clone(), learned.secret.clone());
+            keep.push((learned.placeholder.clone(), learned.secret.clone()));
+        }
+        known.push((learned.placeholder, learned.secret));
+    }
+    let subject = ctx
+        .exchange
+        .caller
+        .as_ref()
+        .map_or("anonymous", |c| c.subject.as_str())
+        .to_string();
+    let session = ctx.exchange.session_id.clone();
+    let owner = Owner {
+        subject: &subject,
+        session: session.as_deref(),
+    };
+    if restore.owners_known {
+        let taught: HashSet<&str> = known.iter().map(|(p, _)| p.as_str()).collect();
+        let carried: Vec<String> = carried_placeholders(&body)
+            .into_iter()
+            .filter(|p| !taught.contains(p.as_str()))
+            .take(MAX_RECALLED)
+            .collect();
+        // One round trip each, in parallel: a store that is down costs at most one timeout.
+        let (recalled, remembered) = tokio::join!(
+            restore.vault.recall(owner, &carried),
+            restore.vault.remember(owner, &keep)
+        );
+        match recalled {
+            Ok(values) => {
+                for (placeholder, value) in carried.into_iter().zip(values) {
+                    if let Some(secret) = value {
+                        map.insert(placeholder.clone(), secret.clone());
+                        known.push((placeholder, secret));
+                    }
+                }
+            }
+            Err(error) => {
+                map.set_store_failed();
+                ctx.exchange.restore_store_failed = true;
+                tracing::warn!(%error, backend = restore.vault.backend(), "restore vault unavailable: this request restores only what it carried");
+            }
+        }
+        if let Err(error) = remembered {
+            ctx.exchange.restore_store_failed = true;
+            tracing::warn!(%error, backend = restore.vault.backend(), "restore vault unavailable: secrets of this request are not kept");
+        }
+    }
+    let body = mask_repeats(
+        engine,
+        &mut ctx.exchange.request_findings,
+        &known,
+        &signed_thinking,
+        body,
+    );
+    ctx.restore = Some(Arc::new(map));
+    body
+}
+
+/// Every distinct well-formed placeholder in `body`, in order of first appearance.
+fn carried_placeholders(body: &[u8]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for at in memchr::memmem::find_iter(body, b"[MASKED:") {
+        let Some(len) = crate::anthropic::restore::placeholder_len(&body[at..]) else {
+            continue;
+        };
+        let placeholder = String::from_utf8_lossy(&body[at..at + len]).into_owned();
+        if seen.insert(placeholder.clone()) {
+            out.push(placeholder);
+        }
+    }
+    out
+}
+
+/// `body` with every occurrence of a known secret (as it appears inside a JSON string)
+/// replaced by its placeholder, except inside `protected` ranges (signed thinking, sorted);
+/// each replacement is recorded as a finding of the rule the placeholder names, at path `*`
+/// (anywhere in the body).
+fn mask_repeats(
+    engine: &Engine,
+    findings: &mut crate::engine::Findings,
+    known: &[(String, String)],
+    protected: &[std::ops::Range<usize>],
+    body: Vec<u8>,
+) -> Vec<u8> {
+    let (patterns, placeholders): (Vec<Vec<u8>>, Vec<&str>) = known
+        .iter()
+        .filter(|(_, secret)| secret.len() >= MIN_REPEAT_BYTES)
+        .map(|(placeholder, secret)| (json_escaped(secret), placeholder.as_str()))
+        .unzip();
+    if patterns.is_empty() {
+        return body;
+    }
+    let Ok(searcher) = AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(&patterns)
+    else {
+        return body;
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for found in searcher.find_iter(&body) {
+        let after = protected.partition_point(|r| r.end <= found.start());
+        if protected.get(after).is_some_and(|r| r.start < found.end()) {
+            continue;
+        }
+        let placeholder = placeholders[found.pattern().as_usize()];
+        let out = out.get_or_insert_with(|| Vec::with_capacity(body.len()));
+        out.extend_from_slice(&body[copied..found.start()]);
+        out.extend_from_slice(placeholder.as_bytes());
+        copied = found.end();
+        let rule_id = placeholder_rule_id(placeholder).unwrap_or_default();
+        findings.push(
+            "*",
+            Finding {
+                rule: engine.rule_index(rule_id).unwrap_or(u32::MAX),
+                rule_id: rule_id.to_string(),
+                action: Action::Mask,
+                span: 0..0,
+                placeholder: placeholder.to_string(),
+                rewritten: true,
+                secret_chars: found.len(),
+                checksum_valid: None,
+            },
+        );
+    }
+    match out {
+        Some(mut out) => {
+            out.extend_from_slice(&body[copied..]);
+            out
+        }
+        None => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_masked_everywhere_but_in_signed_thinking() {
+        let engine = crate::engine::test_engine(
+            "[[rules]]\nid = \"t\"\ndescription = \"t\"\npattern = 'tok_[a-z]{8}'\naction = \"mask\"\n",
+        );
+        let secret = "bare-value-7Hq2\"x";
+        let placeholder = "[MASKED:t:01234567]";
+        let body = br#"{"a":"grep bare-value-7Hq2\"x .env","thinking":"bare-value-7Hq2\"x","b":"bare-value-7Hq2\"x"}"#;
+        let thinking_at = memchr::memmem::find(body, b"\"thinking\":").expect("key") + 11;
+        let protected: Vec<std::ops::Range<usize>> =
+            std::iter::once(thinking_at..thinking_at + 21).collect();
+        let mut findings = crate::engine::Findings::new();
+        let known = vec![(placeholder.to_string(), secret.to_string())];
+        let out = mask_repeats(&engine, &mut findings, &known, &protected, body.to_vec());
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            r#"{"a":"grep [MASKED:t:01234567] .env","thinking":"bare-value-7Hq2\"x","b":"[MASKED:t:01234567]"}"#
+        );
+        assert_eq!(findings.len(), 2);
+        // Short values are not masked by occurrence alone.
+        let short = vec![(placeholder.to_string(), "abc".to_string())];
+        let out = mask_repeats(
+            &engine,
+            &mut findings,
+            &short,
+            &[],
+            b"{\"a\":\"abc\"}".to_vec(),
+        );
+        assert_eq!(out, b"{\"a\":\"abc\"}");
+    }
+
+    #[test]
+    fn carried_placeholders_are_found_once_each() {
+        let body = br#"{"a":"[MASKED:x-y:0123abcd] [MASKED:x-y:0123abcd] [MASKED:bad] [MASKED:z:ffffffff]"}"#;
+        assert_eq!(
+            carried_placeholders(body),
+            ["[MASKED:x-y:0123abcd]", "[MASKED:z:ffffffff]"]
+        );
+    }
+}
