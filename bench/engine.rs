@@ -18,7 +18,7 @@ use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streammask::anthropic::messages::SseTransformer;
-use streammask::engine::json_walk::{mask_json, ThinkingMode, WalkOptions};
+use streammask::engine::json_walk::{mask_json, mask_json_learning, ThinkingMode, WalkOptions};
 use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
 use streammask::engine::placeholder::PlaceholderKey;
 use streammask::{RuleSet, Scope};
@@ -344,6 +344,28 @@ fn main() {
     requests.throughput(Throughput::Bytes(request.len() as u64));
     requests.bench_function("mask_json_claude_code_1MiB", |b| {
         b.iter(|| mask_json(&engine, black_box(&request), &walk).unwrap())
+    });
+    // What restore adds to a request (issue 15): the walk that also learns what each
+    // placeholder replaced, then every other occurrence of those secrets masked in the body.
+    requests.bench_function("mask_json_learning_and_repeats_claude_code_1MiB", |b| {
+        b.iter(|| {
+            let walked =
+                mask_json_learning(&engine, black_box(&request), &walk, None, None).unwrap();
+            let known: Vec<(String, String)> = walked
+                .learned
+                .into_iter()
+                .map(|l| (l.placeholder, l.secret))
+                .collect();
+            let body = walked.body.unwrap_or_else(|| request.clone());
+            let mut findings = streammask::engine::Findings::new();
+            streammask::proxy::restore::mask_repeats(
+                &engine,
+                &mut findings,
+                &known,
+                &walked.signed_thinking,
+                body,
+            )
+        })
     });
     requests.finish();
     let walked = mask_json(&engine, &request, &walk).unwrap();

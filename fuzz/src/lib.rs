@@ -394,7 +394,7 @@ pub mod sse_stream {
 /// be forwarded — read as a client reads it, escapes decoded.
 pub mod json_walk {
     use super::{engine, plant, planted, strings};
-    use streammask::engine::json_walk::{mask_json, WalkOptions};
+    use streammask::engine::json_walk::{mask_json, mask_json_learning, WalkOptions};
     use streammask::engine::ThinkingMode;
     use streammask::Scope;
 
@@ -434,6 +434,7 @@ pub mod json_walk {
                 "a body without findings was rewritten"
             );
         }
+        learning_agrees(&engine, &body, &options, &walked);
         if planted_count > 0 && walked.refusals.is_empty() {
             let secret = planted();
             assert!(
@@ -448,6 +449,62 @@ pub mod json_walk {
                     "planted secret in a string a client reads"
                 );
             }
+        }
+    }
+
+    /// The learning walk (restore) rewrites exactly as the plain walk does; each placeholder it
+    /// reports is one its findings carry and stands for a non-empty text — the very text the
+    /// placeholder names when the body has no escapes (through an escape the text is kept as
+    /// the string held it, which is what restore must give back); each signed-thinking range
+    /// of the output is a whole JSON string.
+    fn learning_agrees(
+        engine: &streammask::engine::Engine,
+        body: &[u8],
+        options: &WalkOptions,
+        plain: &streammask::engine::json_walk::Walked,
+    ) {
+        let learning = match mask_json_learning(engine, body, options, None, None) {
+            Ok(learning) => learning,
+            Err(error) => panic!("the learning walk failed where the plain one did not: {error}"),
+        };
+        assert_eq!(learning.body, plain.body, "learning changed the rewrite");
+        assert_eq!(
+            learning.findings, plain.findings,
+            "learning changed the findings"
+        );
+        let forwarded: &[u8] = learning.body.as_deref().unwrap_or(body);
+        let escapes = body.contains(&b'\\');
+        for learned in &learning.learned {
+            assert!(!learned.secret.is_empty(), "learned an empty text");
+            assert!(
+                learning
+                    .findings
+                    .iter()
+                    .any(|f| f.finding.placeholder == learned.placeholder),
+                "a learned placeholder no finding carries"
+            );
+            if !escapes {
+                let rule_id = learned
+                    .placeholder
+                    .trim_start_matches("[MASKED:")
+                    .rsplit_once(':')
+                    .map(|(id, _)| id)
+                    .unwrap_or_default();
+                assert_eq!(
+                    engine
+                        .placeholder_key()
+                        .placeholder(rule_id, learned.secret.as_bytes()),
+                    learned.placeholder,
+                    "a learned text is not what its placeholder names"
+                );
+            }
+        }
+        for range in &learning.signed_thinking {
+            let slice = forwarded.get(range.clone()).expect("range inside the body");
+            assert!(
+                slice.len() >= 2 && slice.first() == Some(&b'"') && slice.last() == Some(&b'"'),
+                "a signed-thinking range is not a JSON string"
+            );
         }
     }
 }

@@ -153,7 +153,7 @@ fn carried_placeholders(body: &[u8]) -> Vec<String> {
 /// replaced by its placeholder, except inside `protected` ranges (signed thinking, sorted);
 /// each replacement is recorded as a finding of the rule the placeholder names, at path `*`
 /// (anywhere in the body).
-fn mask_repeats(
+pub fn mask_repeats(
     engine: &Engine,
     findings: &mut crate::engine::Findings,
     known: &[(String, String)],
