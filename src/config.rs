@@ -79,7 +79,14 @@ pub struct RestoreSection {
     pub max_bytes_per_caller: usize,
     /// Longer secrets are never kept (nor restored).
     pub max_secret_bytes: usize,
+    /// Tools whose inputs get secrets back; `["*"]` for every tool.
+    pub tools: Vec<String>,
 }
+
+/// The tools restore serves by default: Claude Code's file and shell tools, which act on the
+/// developer's own machine. A tool that sends its input elsewhere (a web fetch, an MCP server)
+/// would carry a restored secret off it.
+pub const DEFAULT_RESTORE_TOOLS: [&str; 5] = ["Bash", "Edit", "MultiEdit", "Write", "NotebookEdit"];
 
 impl Default for RestoreSection {
     fn default() -> Self {
@@ -95,6 +102,7 @@ impl Default for RestoreSection {
             max_entries_per_caller: 1024,
             max_bytes_per_caller: 1 << 20,
             max_secret_bytes: 16 << 10,
+            tools: DEFAULT_RESTORE_TOOLS.map(String::from).to_vec(),
         }
     }
 }
@@ -122,6 +130,8 @@ pub struct RestoreConfig {
     pub max_entries_per_caller: usize,
     pub max_bytes_per_caller: usize,
     pub max_secret_bytes: usize,
+    /// `None`: every tool.
+    pub tools: Option<Vec<String>>,
 }
 
 impl RestoreSection {
@@ -163,12 +173,20 @@ impl RestoreSection {
                 "must be between 64 and 1048576",
             ));
         }
-        if self.max_bytes_per_caller < self.max_secret_bytes {
+        if self.max_bytes_per_caller < self.max_secret_bytes || self.max_bytes_per_caller > 64 << 20
+        {
             return Err(invalid(
                 "restore.max_bytes_per_caller",
-                "must be at least restore.max_secret_bytes",
+                "must be at least restore.max_secret_bytes and at most 67108864",
             ));
         }
+        if self.tools.is_empty() || self.tools.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid(
+                "restore.tools",
+                "must name at least one tool (or \"*\" for every tool), and no empty name",
+            ));
+        }
+        let tools = (!self.tools.iter().any(|t| t == "*")).then_some(self.tools);
         let store = match self.store.as_str() {
             "memory" => RestoreStore::Memory,
             "redis" => {
@@ -187,10 +205,11 @@ impl RestoreSection {
                         ))
                     }
                 };
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                if !url.starts_with("redis://") {
                     return Err(invalid(
                         "restore.redis_url",
-                        "must be a redis:// or rediss:// URL",
+                        "must be a redis:// URL (TLS to Redis is not built in: use a local TLS \
+                         tunnel such as stunnel, or a sidecar)",
                     ));
                 }
                 RestoreStore::Redis { url }
@@ -208,6 +227,7 @@ impl RestoreSection {
             max_entries_per_caller: self.max_entries_per_caller,
             max_bytes_per_caller: self.max_bytes_per_caller,
             max_secret_bytes: self.max_secret_bytes,
+            tools,
         })
     }
 }

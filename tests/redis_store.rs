@@ -225,6 +225,12 @@ async fn entries_expire_and_so_does_the_group() {
         .unwrap();
     let got = store.fetch(&group, &[id(1), id(2)]).await.unwrap();
     assert_eq!(got, vec![None, some(b"here")]);
+    // The whole group, at once: only what is live.
+    assert_eq!(
+        store.fetch_group(&group).await.unwrap(),
+        vec![(id(2), b"here".to_vec())]
+    );
+    assert!(store.fetch_group(&id(9)).await.unwrap().is_empty());
     let expire_at: i64 = redis::cmd("PEXPIRETIME")
         .arg(&key)
         .query_async(&mut conn)

@@ -38,8 +38,9 @@ fn event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
-/// A message whose block 0 is a tool call with `input` sent in `pieces`.
-fn tool_stream(pieces: &[&str]) -> Vec<String> {
+/// A message whose block 0 starts as `block` and gets `deltas` (of `delta_type`, each piece
+/// in field `field`).
+fn message_stream(block: Value, delta_type: &str, field: &str, pieces: &[&str]) -> Vec<String> {
     let mut events = vec![
         event(
             "message_start",
@@ -47,17 +48,24 @@ fn tool_stream(pieces: &[&str]) -> Vec<String> {
         ),
         event(
             "content_block_start",
-            &serde_json::json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"Bash","input":{}}}),
+            &serde_json::json!({"type":"content_block_start","index":0,"content_block":block}),
         ),
     ];
     for piece in pieces {
-        events.push(event("content_block_delta", &serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":piece}})));
+        let mut delta = serde_json::json!({"type": delta_type});
+        delta[field] = Value::from(*piece);
+        events.push(event(
+            "content_block_delta",
+            &serde_json::json!({"type":"content_block_delta","index":0,"delta":delta}),
+        ));
     }
     events.push(event(
         "content_block_stop",
         &serde_json::json!({"type":"content_block_stop","index":0}),
     ));
-    events.push(event("message_delta", &serde_json::json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}})));
+    if delta_type == "input_json_delta" {
+        events.push(event("message_delta", &serde_json::json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}})));
+    }
     events.push(event(
         "message_stop",
         &serde_json::json!({"type":"message_stop"}),
@@ -65,29 +73,15 @@ fn tool_stream(pieces: &[&str]) -> Vec<String> {
     events
 }
 
+/// A message whose block 0 is a tool call with `input` sent in `pieces`.
+fn tool_stream(pieces: &[&str]) -> Vec<String> {
+    let block = serde_json::json!({"type":"tool_use","id":"toolu_1","name":"Bash","input":{}});
+    message_stream(block, "input_json_delta", "partial_json", pieces)
+}
+
 fn text_stream(pieces: &[&str]) -> Vec<String> {
-    let mut events = vec![
-        event(
-            "message_start",
-            &serde_json::json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1,"output_tokens":0}}}),
-        ),
-        event(
-            "content_block_start",
-            &serde_json::json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
-        ),
-    ];
-    for piece in pieces {
-        events.push(event("content_block_delta", &serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":piece}})));
-    }
-    events.push(event(
-        "content_block_stop",
-        &serde_json::json!({"type":"content_block_stop","index":0}),
-    ));
-    events.push(event(
-        "message_stop",
-        &serde_json::json!({"type":"message_stop"}),
-    ));
-    events
+    let block = serde_json::json!({"type":"text","text":""});
+    message_stream(block, "text_delta", "text", pieces)
 }
 
 /// Run `events` through a transformer restoring with `map`; returns what a client joins: the

@@ -1249,9 +1249,14 @@ impl SseTransformer {
         let (mut verdict, findings) = judge_tool_input(&self.engine, whole.as_bytes(), &at);
         self.findings.append(findings);
         if let ToolVerdict::Allow(masked) = verdict {
+            let name = start
+                .pointer("/content_block/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let (after, findings) = restore_allowed_input(
                 &self.engine,
                 self.restore.as_deref(),
+                name,
                 masked,
                 &at,
                 &mut self.restore_events,

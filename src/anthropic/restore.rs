@@ -25,7 +25,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The longest rule id a restorable placeholder may carry: longer `[MASKED:…` runs are not
 /// held back in streamed text.
@@ -55,6 +55,8 @@ pub enum Unrestored {
     RuleOptOut,
     /// The vault could not be read for this request.
     StoreUnavailable,
+    /// The tool is not one restore gives secrets to (`[restore] tools`).
+    ToolNotAllowed,
 }
 
 impl Unrestored {
@@ -63,6 +65,7 @@ impl Unrestored {
             Unrestored::Unknown => "unknown",
             Unrestored::RuleOptOut => "rule_opt_out",
             Unrestored::StoreUnavailable => "store_unavailable",
+            Unrestored::ToolNotAllowed => "tool_not_allowed",
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct RestoreMap {
     opted_out: HashSet<String>,
     /// The vault failed for this request: an unknown placeholder may be a known one.
     store_failed: bool,
+    /// Tools whose inputs get secrets back (`None`: every tool).
+    tools: Option<Arc<HashSet<String>>>,
     /// Finds the secrets again, JSON-escaped, for [`RestoreMap::conceal`] (built on first use).
     concealer: OnceLock<Option<(AhoCorasick, Vec<String>)>>,
 }
@@ -113,6 +118,41 @@ impl RestoreMap {
 
     pub fn scopes(&self) -> RestoreScopes {
         self.scopes
+    }
+
+    /// Restore into the inputs of these tools only (`None`: every tool): a secret put back into
+    /// a tool that sends it elsewhere (a web fetch, an MCP call) would leave the machine.
+    pub fn with_tools(mut self, tools: Option<Arc<HashSet<String>>>) -> RestoreMap {
+        self.tools = tools;
+        self
+    }
+
+    /// Whether a call of tool `name` gets secrets back.
+    pub fn restores_tool(&self, name: &str) -> bool {
+        self.tools.as_ref().is_none_or(|tools| tools.contains(name))
+    }
+
+    /// Every placeholder in a tool input of a tool restore does not serve, counted as such.
+    pub fn count_refused_tool(&self, input: &[u8], path: &str, events: &mut Vec<RestoreEvent>) {
+        let mut from = 0;
+        while let Some(found) = memchr::memmem::find(&input[from..], PREFIX) {
+            let start = from + found;
+            match placeholder_len(&input[start..]) {
+                Some(len) => {
+                    let placeholder = String::from_utf8_lossy(&input[start..start + len]);
+                    events.push(RestoreEvent {
+                        rule_id: placeholder_rule_id(&placeholder)
+                            .unwrap_or_default()
+                            .to_string(),
+                        placeholder: placeholder.into_owned(),
+                        path: path.to_string(),
+                        unrestored: Some(Unrestored::ToolNotAllowed),
+                    });
+                    from = start + len;
+                }
+                None => from = start + 1,
+            }
+        }
     }
 
     /// Know `placeholder` as standing for `secret` (the first secret given for it stays).
@@ -143,10 +183,19 @@ impl RestoreMap {
         let (searcher, placeholders) = self
             .concealer
             .get_or_init(|| {
+                // A streamed tool input is JSON inside a JSON string: escaped twice.
                 let (patterns, placeholders): (Vec<Vec<u8>>, Vec<String>) = self
                     .secrets
                     .iter()
-                    .map(|(placeholder, secret)| (json_escaped(secret), placeholder.clone()))
+                    .flat_map(|(placeholder, secret)| {
+                        let once = json_escaped(secret);
+                        let twice = json_escaped(&String::from_utf8_lossy(&once));
+                        let mut forms = vec![once];
+                        if twice != forms[0] {
+                            forms.push(twice);
+                        }
+                        forms.into_iter().map(move |f| (f, placeholder.clone()))
+                    })
                     .filter(|(pattern, _)| !pattern.is_empty())
                     .unzip();
                 let searcher = AhoCorasick::builder()
@@ -171,13 +220,14 @@ impl RestoreMap {
 
     /// The secret behind `placeholder`, or why it stays.
     fn resolve(&self, placeholder: &str) -> Result<&str, Unrestored> {
+        let rule = placeholder_rule_id(placeholder).unwrap_or_default();
+        if self.opted_out.contains(rule) {
+            return Err(Unrestored::RuleOptOut);
+        }
         if let Some(secret) = self.secrets.get(placeholder) {
             return Ok(secret);
         }
-        let rule = placeholder_rule_id(placeholder).unwrap_or_default();
-        if self.opted_out.contains(rule) {
-            Err(Unrestored::RuleOptOut)
-        } else if self.store_failed {
+        if self.store_failed {
             Err(Unrestored::StoreUnavailable)
         } else {
             Err(Unrestored::Unknown)
@@ -320,6 +370,45 @@ pub fn json_escaped(secret: &str) -> Vec<u8> {
         .get(1..quoted.len().saturating_sub(1))
         .unwrap_or_default()
         .to_vec()
+}
+
+/// The forms `secret` takes inside a JSON string as common writers escape it: as serde and
+/// `JSON.stringify` do; with `/` as `\/` (PHP); with every character but ASCII letters and
+/// digits as `\uXXXX` in upper- or lower-case hex (.NET escapes `+`, Go `&<>`, Python non-ASCII).
+/// Distinct forms only.
+pub fn escaped_forms(secret: &str) -> Vec<Vec<u8>> {
+    let plain = json_escaped(secret);
+    let mut forms = vec![plain.clone()];
+    let slashed: Vec<u8> = String::from_utf8_lossy(&plain)
+        .replace('/', "\\/")
+        .into_bytes();
+    for upper in [true, false] {
+        let mut unicode = String::with_capacity(secret.len() * 6);
+        for c in secret.chars() {
+            if c.is_ascii_alphanumeric() {
+                unicode.push(c);
+                continue;
+            }
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let hex = if upper {
+                    format!("\\u{unit:04X}")
+                } else {
+                    format!("\\u{unit:04x}")
+                };
+                unicode.push_str(&hex);
+            }
+        }
+        forms.push(unicode.into_bytes());
+    }
+    forms.push(slashed);
+    let mut distinct: Vec<Vec<u8>> = Vec::with_capacity(forms.len());
+    for form in forms {
+        if !distinct.contains(&form) {
+            distinct.push(form);
+        }
+    }
+    distinct
 }
 
 /// The rule id inside a placeholder.
@@ -503,6 +592,24 @@ mod tests {
             format!(r#"{{"c":"grep '{PH}' .env"}}"#)
         );
         assert_eq!(map.conceal(b"nothing here"), None);
+    }
+
+    #[test]
+    fn escaped_forms_cover_the_common_json_writers() {
+        let forms: Vec<String> = escaped_forms("ab+c/d\"é")
+            .into_iter()
+            .map(|f| String::from_utf8(f).expect("utf-8"))
+            .collect();
+        assert_eq!(
+            forms,
+            [
+                r#"ab+c/d\"é"#,
+                r"ab\u002Bc\u002Fd\u0022\u00E9",
+                r"ab\u002bc\u002fd\u0022\u00e9",
+                r#"ab+c\/d\"é"#,
+            ]
+        );
+        assert_eq!(escaped_forms("abcDEF123"), vec![b"abcDEF123".to_vec()]);
     }
 
     #[test]

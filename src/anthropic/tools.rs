@@ -173,8 +173,8 @@ pub fn judge_tool_call(engine: &Engine, input: &[u8], at: &str) -> ToolJudgement
     }
 }
 
-/// Give an allowed tool call's input its caller's secrets back ([`RestoreMap`], when its
-/// scopes include tool input), then judge the restored input again with the `block` rules: a
+/// Give an allowed call of tool `tool_name` its caller's secrets back ([`RestoreMap`], when
+/// its scopes include tool input and its tools this one), then judge the restored input again with the `block` rules: a
 /// restored secret inside a denylisted command is still refused, and the refusal names only
 /// the rule. Returns the verdict on what the client would get, and the findings to add (the
 /// blocking one only: the restored secrets themselves are not news). `at` is the tool block's
@@ -182,6 +182,7 @@ pub fn judge_tool_call(engine: &Engine, input: &[u8], at: &str) -> ToolJudgement
 pub fn restore_allowed_input(
     engine: &Engine,
     restore: Option<&RestoreMap>,
+    tool_name: &str,
     input: Vec<u8>,
     at: &str,
     events: &mut Vec<RestoreEvent>,
@@ -189,6 +190,10 @@ pub fn restore_allowed_input(
     let Some(map) = restore.filter(|m| m.scopes().tool_input) else {
         return (ToolVerdict::Allow(input), Findings::new());
     };
+    if !map.restores_tool(tool_name) {
+        map.count_refused_tool(&input, &format!("{at}.input"), events);
+        return (ToolVerdict::Allow(input), Findings::new());
+    }
     let before = events.len();
     let Some(restored) = map.restore_tool_input(&input, &format!("{at}.input"), events) else {
         return (ToolVerdict::Allow(input), Findings::new());
@@ -322,8 +327,19 @@ pub fn restore_message(engine: &Engine, message: &mut Value, map: &RestoreMap) -
         }
         let input =
             serde_json::to_vec(block.get("input").unwrap_or(&Value::Null)).unwrap_or_default();
-        let (verdict, findings) =
-            restore_allowed_input(engine, Some(map), input.clone(), &at, &mut done.restored);
+        let name = block
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let (verdict, findings) = restore_allowed_input(
+            engine,
+            Some(map),
+            &name,
+            input.clone(),
+            &at,
+            &mut done.restored,
+        );
         done.findings.append(findings);
         match verdict {
             ToolVerdict::Allow(restored) if restored != input => {

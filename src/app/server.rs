@@ -149,7 +149,11 @@ pub fn restore_state(config: &Config) -> Result<Option<Restore>, StartError> {
         },
     );
     Ok(Some(Restore {
-        vault,
+        vault: Arc::new(vault),
+        tools: settings
+            .tools
+            .as_ref()
+            .map(|tools| Arc::new(tools.iter().cloned().collect())),
         scopes: RestoreScopes {
             tool_input: settings.tool_input,
             text: settings.text,

@@ -210,25 +210,29 @@ pub fn mask_json_within(
     restore: Option<&dyn ThinkingRestore>,
     budget: Option<&Budget>,
 ) -> Result<Walked, WalkError> {
-    let text = validate_utf8(raw)?;
-    let start = if opts.lenient && raw.starts_with(BOM) {
-        BOM.len()
-    } else {
-        0
-    };
-    let mut walker = Walker::new(engine, text, opts, restore, budget);
-    walker.document(start, raw.len(), None)?;
-    Ok(walker.finish())
+    walk_document(engine, raw, opts, restore, budget, false)
 }
 
 /// [`mask_json_within`] that also reports, in [`Walked::learned`], each distinct placeholder it
-/// wrote with the text it replaced: what the proxy may later give back to the same caller.
+/// wrote with the text it replaced (what the proxy may later give back to the same caller),
+/// and in [`Walked::signed_thinking`] where the signed thinking is.
 pub fn mask_json_learning(
     engine: &Engine,
     raw: &[u8],
     opts: &WalkOptions,
     restore: Option<&dyn ThinkingRestore>,
     budget: Option<&Budget>,
+) -> Result<Walked, WalkError> {
+    walk_document(engine, raw, opts, restore, budget, true)
+}
+
+fn walk_document(
+    engine: &Engine,
+    raw: &[u8],
+    opts: &WalkOptions,
+    restore: Option<&dyn ThinkingRestore>,
+    budget: Option<&Budget>,
+    learn: bool,
 ) -> Result<Walked, WalkError> {
     let text = validate_utf8(raw)?;
     let start = if opts.lenient && raw.starts_with(BOM) {
@@ -237,7 +241,9 @@ pub fn mask_json_learning(
         0
     };
     let mut walker = Walker::new(engine, text, opts, restore, budget);
-    walker.learning = Some(HashMap::new());
+    if learn {
+        walker.learning = Some(HashMap::new());
+    }
     walker.document(start, raw.len(), None)?;
     Ok(walker.finish())
 }
@@ -1093,9 +1099,7 @@ impl<'a> Walker<'a> {
                 },
                 false,
             )?;
-            if thinking && info.signature.is_some() && self.learning.is_some() {
-                self.signed_thinking.push(value_node.start..value_node.end);
-            }
+            let replaced_before = self.replacements.len();
             let restored = thinking && self.restore_thinking(info.signature, value_node)?;
             if !restored {
                 match value_node.kind {
@@ -1110,6 +1114,16 @@ impl<'a> Walker<'a> {
                         self.value(value, child, is_source)?;
                     }
                 }
+            }
+            // Signed thinking the walk left as it was (or put back whole) is the upstream's own
+            // text under its signature: nothing after the walk may rewrite it. A block the walk
+            // rewrote has lost its signature anyway.
+            if thinking
+                && info.signature.is_some()
+                && self.learning.is_some()
+                && (restored || self.replacements.len() == replaced_before)
+            {
+                self.signed_thinking.push(value_node.start..value_node.end);
             }
             self.path.pop();
             key = next;
@@ -2441,7 +2455,7 @@ mod tests {
     #[test]
     fn learning_reports_what_placeholders_replaced_and_where_signed_thinking_is() {
         let raw = format!(
-            r#"{{"messages":[{{"role":"user","content":"key {TOKEN} and again {TOKEN}"}},{{"role":"assistant","content":[{{"type":"thinking","thinking":"plain thought","signature":"sig"}}]}}]}}"#
+            r#"{{"messages":[{{"role":"user","content":"key {TOKEN} and again {TOKEN}"}},{{"role":"assistant","content":[{{"type":"thinking","thinking":"plain thought","signature":"sig"}},{{"type":"thinking","thinking":"saw {TOKEN}","signature":"sig2"}}]}}]}}"#
         );
         let opts = WalkOptions {
             scope: Scope::Request,
@@ -2456,6 +2470,7 @@ mod tests {
         assert_eq!(walked.learned[0].secret, TOKEN);
         assert!(!format!("{:?}", walked.learned).contains(TOKEN));
         let body = walked.body.expect("rewritten");
+        // The block the walk rewrote (its signature is lost anyway) is not protected.
         assert_eq!(walked.signed_thinking.len(), 1);
         let range = walked.signed_thinking[0].clone();
         assert_eq!(&body[range], b"\"plain thought\"");

@@ -421,6 +421,7 @@ impl RestoreMetrics {
             Unrestored::Unknown,
             Unrestored::RuleOptOut,
             Unrestored::StoreUnavailable,
+            Unrestored::ToolNotAllowed,
         ] {
             unrestored.with_label_values(&[reason.label()]);
         }

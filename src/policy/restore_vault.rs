@@ -23,6 +23,10 @@ use std::time::Duration;
 /// placeholder key).
 pub const VAULT_LABEL: &str = "streammask restore vault v1";
 
+/// Shorter secrets are never kept, so never restored: the proxy could not tell a later
+/// occurrence of one from ordinary text, and a restored value must always be masked again.
+pub const MIN_SECRET_BYTES: usize = 8;
+
 /// Whose secrets: the caller's subject and, when the vault is per session, its session id.
 #[derive(Clone, Copy)]
 pub struct Owner<'a> {
@@ -98,7 +102,7 @@ impl RestoreVault {
 
     /// Whether a secret of this length is kept at all.
     pub fn keeps(&self, secret: &str) -> bool {
-        !secret.is_empty() && secret.len() <= self.settings.max_secret_bytes
+        (MIN_SECRET_BYTES..=self.settings.max_secret_bytes).contains(&secret.len())
     }
 
     /// Keep (or refresh) each placeholder → secret for `owner`, in one store round trip.
@@ -112,9 +116,13 @@ impl RestoreVault {
         let mut entries = Vec::with_capacity(learned.len());
         for (placeholder, secret) in learned.iter().filter(|(_, s)| self.keeps(s)) {
             let field = self.field(placeholder);
+            let mut plain = Vec::with_capacity(placeholder.len() + 1 + secret.len());
+            plain.extend_from_slice(placeholder.as_bytes());
+            plain.push(0);
+            plain.extend_from_slice(secret.as_bytes());
             let value = self
                 .sealer
-                .seal(&Self::aad(&group, &field), secret.as_bytes())
+                .seal(&Self::aad(&group, &field), &plain)
                 .map_err(|_| StoreError::Unavailable("sealing failed".into()))?;
             entries.push(StoreEntry {
                 field,
@@ -144,11 +152,35 @@ impl RestoreVault {
         Ok(values
             .into_iter()
             .zip(&fields)
-            .map(|(value, field)| {
-                let plain = self.sealer.open(&Self::aad(&group, field), &value?)?;
-                String::from_utf8(plain).ok()
+            .zip(placeholders)
+            .map(|((value, field), placeholder)| {
+                let (stored, secret) = self.open(&group, field, &value?)?;
+                (stored == *placeholder).then_some(secret)
             })
             .collect())
+    }
+
+    /// Every placeholder and secret `owner` has, in one round trip.
+    pub async fn recall_all(&self, owner: Owner<'_>) -> Result<Vec<(String, String)>, StoreError> {
+        let group = self.group(owner);
+        let entries = self.store.fetch_group(&group).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(field, value)| {
+                let (placeholder, secret) = self.open(&group, &field, &value)?;
+                // The field names the placeholder: a value under another field does not count.
+                (self.field(&placeholder) == field).then_some((placeholder, secret))
+            })
+            .collect())
+    }
+
+    /// A sealed value as (placeholder, secret), when it opens under its group and field.
+    fn open(&self, group: &Id, field: &Id, value: &[u8]) -> Option<(String, String)> {
+        let plain = self.sealer.open(&Self::aad(group, field), value)?;
+        let split = plain.iter().position(|b| *b == 0)?;
+        let placeholder = String::from_utf8(plain.get(..split)?.to_vec()).ok()?;
+        let secret = String::from_utf8(plain.get(split + 1..)?.to_vec()).ok()?;
+        Some((placeholder, secret))
     }
 }
 
@@ -247,6 +279,42 @@ mod tests {
                 vec![Some("secret-one".into())]
             );
             assert_eq!(vault.recall(s2, &asked).await.expect("read"), vec![None]);
+        });
+    }
+
+    #[test]
+    fn a_callers_whole_group_reads_back_as_pairs() {
+        let vault = vault(false);
+        let alice = Owner {
+            subject: "alice",
+            session: None,
+        };
+        block_on(async {
+            vault
+                .remember(
+                    alice,
+                    &learned(&[
+                        ("[MASKED:a:00000001]", "secret-one"),
+                        ("[MASKED:b:00000002]", "secret-two"),
+                        ("[MASKED:c:00000003]", "short"),
+                    ]),
+                )
+                .await
+                .expect("kept");
+            let mut all = vault.recall_all(alice).await.expect("read");
+            all.sort();
+            assert_eq!(
+                all,
+                learned(&[
+                    ("[MASKED:a:00000001]", "secret-one"),
+                    ("[MASKED:b:00000002]", "secret-two")
+                ])
+            );
+            let bob = Owner {
+                subject: "bob",
+                session: None,
+            };
+            assert!(vault.recall_all(bob).await.expect("read").is_empty());
         });
     }
 

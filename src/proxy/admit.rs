@@ -107,7 +107,7 @@ pub(super) async fn admit(
             budget_ms: state.config.max_scan_ms,
         };
         let engine = Arc::clone(&profile.engine);
-        let learn = route == Route::Messages && state.restore.is_some() && profile.restore;
+        let learn = state.restore.is_some() && profile.restore;
         let (body, walked, took) =
             mask_body(&state.masking_pool, limits, engine, body, originals, learn)
                 .await
@@ -142,11 +142,7 @@ pub(super) async fn admit(
         ));
     }
     let body = forwarded.unwrap_or(body);
-    let body = if route == Route::Messages {
-        super::restore::prepare(state, &profile, ctx, learned, body).await
-    } else {
-        body
-    };
+    let body = super::restore::prepare(state, &profile, ctx, learned, body).await?;
     Ok(Admitted { route, body })
 }
 

@@ -1,41 +1,40 @@
 //! The request half of restore: after a request is masked, learn what its placeholders stand
-//! for, keep that for its caller, mask every other occurrence of those secrets, and hand the
-//! response phase the caller's [`RestoreMap`].
+//! for, keep that for its caller, mask every other occurrence of the caller's secrets, and hand
+//! the response phase the caller's [`RestoreMap`].
 //!
 //! Invariants:
-//! - the map holds only secrets this caller sent: learned from this request, or recalled from
-//!   the vault under this caller's own key for placeholders this request carries. Without
-//!   authentication there is no owner to tell apart, so nothing is recalled: only what the same
-//!   request carried comes back;
-//! - every other occurrence of a secret the map holds is masked in the body that goes upstream
-//!   (a restored value in the history of the next turn goes back as its placeholder, so the
-//!   model never gets it and the prompt cache still sees the same bytes);
-//! - a vault that fails or is slow (`[restore] redis_timeout_ms`) costs restores, never the
-//!   request: the map then holds what the request carried, and unknown placeholders are
-//!   counted as `store_unavailable`;
+//! - the map holds only secrets this caller sent: learned from this request, or read from the
+//!   vault under this caller's own key (its whole group, one round trip). Without
+//!   authentication there is no owner to tell apart, so nothing is kept or recalled: only
+//!   what the same request carried comes back;
+//! - every occurrence of a secret the request taught or the caller's vault holds is masked in
+//!   the body that goes upstream, in the escaped forms JSON writers use (a restored value in
+//!   the history of a later turn goes back as its placeholder, so the model never gets it and
+//!   the prompt cache still sees the same bytes) — except inside signed thinking the walk left
+//!   as it was, which is the upstream's own text under its signature;
+//! - this runs for every route with a JSON body (`count_tokens` carries the same history);
+//! - a vault that fails or is slow (`[restore] redis_timeout_ms`) costs restores, not the
+//!   request, unless the request carries placeholders of earlier requests: their secrets may
+//!   have been restored into it and could not be masked again, so it is refused (503);
 //! - the log lines here name counts and the store's error kind, never a secret or placeholder.
 
 use super::{ProxyState, RequestCtx};
-use crate::anthropic::restore::{json_escaped, placeholder_rule_id, RestoreMap, RestoreScopes};
+use crate::anthropic::api::{ApiError, ErrorKind};
+use crate::anthropic::restore::{escaped_forms, placeholder_rule_id, RestoreMap, RestoreScopes};
 use crate::engine::json_walk::Learned;
 use crate::engine::{Action, Engine, Finding};
 use crate::policy::profiles::Profile;
-use crate::policy::restore_vault::{Owner, RestoreVault};
+use crate::policy::restore_vault::{Owner, RestoreVault, MIN_SECRET_BYTES};
 use aho_corasick::{AhoCorasick, MatchKind};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// At most this many placeholders a request carries are looked up in the vault.
-const MAX_RECALLED: usize = 4096;
-
-/// Secrets shorter than this are not masked elsewhere in the body by occurrence alone (a
-/// short value is too likely to be ordinary text too).
-const MIN_REPEAT_BYTES: usize = 8;
-
 /// The restore state of the proxy (`[restore]`): the vault and where restore applies.
 pub struct Restore {
-    pub vault: RestoreVault,
+    pub vault: Arc<RestoreVault>,
     pub scopes: RestoreScopes,
+    /// Tools whose inputs get secrets back (`None`: every tool).
+    pub tools: Option<Arc<HashSet<String>>>,
     /// Whether callers are authenticated (otherwise nothing is recalled across requests).
     pub owners_known: bool,
 }
@@ -49,77 +48,117 @@ pub(super) struct Learning {
 }
 
 /// Learn, keep and recall for this request; returns the body to forward (with every other
-/// occurrence of a known secret masked). Sets `ctx.restore` when restore applies.
+/// occurrence of a secret the caller has in the vault, or this request taught, masked). Sets
+/// `ctx.restore` when restore applies. Refuses (503) a request that carries placeholders of
+/// earlier requests while the vault cannot be read: what was restored for them may be in it,
+/// and could not be masked again.
 pub(super) async fn prepare(
     state: &ProxyState,
     profile: &Profile,
     ctx: &mut RequestCtx,
     learning: Learning,
     body: Vec<u8>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, ApiError> {
     let Learning {
         learned,
         signed_thinking,
     } = learning;
-    let Some(restore) = state.restore.as_ref().filter(|_| profile.restore) else {
-        return body;
+    let Some(restore) = state
+        .restore
+        .as_ref()
+        .filter(|_| profile.restore && !body.is_empty())
+    else {
+        return Ok(body);
     };
     let engine = &profile.engine;
-    let mut map = RestoreMap::new(restore.scopes);
+    let mut map = RestoreMap::new(restore.scopes).with_tools(restore.tools.clone());
     for rule in engine.non_restoring_rule_ids() {
         map.opt_out(rule);
     }
+    let restores = |placeholder: &str| {
+        engine.rule_restores(placeholder_rule_id(placeholder).unwrap_or_default())
+    };
     let mut known: Vec<(String, String)> = Vec::new();
     let mut keep: Vec<(String, String)> = Vec::new();
     for learned in learned {
-        let rule_id = placeholder_rule_id(&learned.placeholder).unwrap_or_default();
-        if engine.rule_restores(rule_id) && restore.vault.keeps(&learned.secret) {
+        if restores(&learned.placeholder) && restore.vault.keeps(&learned.secret) {
             map.insert(learned.placeholder.clone(), learned.secret.clone());
             keep.push((learned.placeholder.clone(), learned.secret.clone()));
         }
         known.push((learned.placeholder, learned.secret));
     }
-    let subject = ctx
-        .exchange
-        .caller
-        .as_ref()
-        .map_or("anonymous", |c| c.subject.as_str())
-        .to_string();
-    let session = ctx.exchange.session_id.clone();
-    let owner = Owner {
-        subject: &subject,
-        session: session.as_deref(),
-    };
     if restore.owners_known {
-        let taught: HashSet<&str> = known.iter().map(|(p, _)| p.as_str()).collect();
-        let carried: Vec<String> = carried_placeholders(&body)
-            .into_iter()
-            .filter(|p| !taught.contains(p.as_str()))
-            .take(MAX_RECALLED)
-            .collect();
+        let subject = ctx
+            .exchange
+            .caller
+            .as_ref()
+            .map_or("anonymous", |c| c.subject.as_str())
+            .to_string();
+        let session = ctx.exchange.session_id.clone();
+        let owner = Owner {
+            subject: &subject,
+            session: session.as_deref(),
+        };
         // One round trip each, in parallel: a store that is down costs at most one timeout.
         let (recalled, remembered) = tokio::join!(
-            restore.vault.recall(owner, &carried),
+            restore.vault.recall_all(owner),
             restore.vault.remember(owner, &keep)
         );
+        if let Err(error) = remembered {
+            ctx.exchange.restore_store_failed = true;
+            tracing::warn!(%error, backend = restore.vault.backend(), "restore vault unavailable: secrets of this request are not kept");
+        }
         match recalled {
-            Ok(values) => {
-                for (placeholder, value) in carried.into_iter().zip(values) {
-                    if let Some(secret) = value {
-                        map.insert(placeholder.clone(), secret.clone());
-                        known.push((placeholder, secret));
+            Ok(all) => {
+                let taught: HashSet<&str> = keep.iter().map(|(p, _)| p.as_str()).collect();
+                let carried: HashSet<String> = carried_placeholders(&body).into_iter().collect();
+                let mut refresh = Vec::new();
+                for (placeholder, secret) in all {
+                    if taught.contains(placeholder.as_str()) {
+                        continue;
                     }
+                    if restores(&placeholder) && restore.vault.keeps(&secret) {
+                        map.insert(placeholder.clone(), secret.clone());
+                        if carried.contains(&placeholder) {
+                            refresh.push((placeholder.clone(), secret.clone()));
+                        }
+                    }
+                    // Masked again whether or not it may come back now.
+                    known.push((placeholder, secret));
+                }
+                if !refresh.is_empty() {
+                    // A placeholder still in use keeps its secret alive; off the request path.
+                    let vault = Arc::clone(&restore.vault);
+                    let subject = subject.clone();
+                    tokio::spawn(async move {
+                        let owner = Owner {
+                            subject: &subject,
+                            session: session.as_deref(),
+                        };
+                        if let Err(error) = vault.remember(owner, &refresh).await {
+                            tracing::warn!(%error, "restore vault: refreshing kept secrets failed");
+                        }
+                    });
                 }
             }
             Err(error) => {
                 map.set_store_failed();
                 ctx.exchange.restore_store_failed = true;
-                tracing::warn!(%error, backend = restore.vault.backend(), "restore vault unavailable: this request restores only what it carried");
+                let taught: HashSet<&str> = known.iter().map(|(p, _)| p.as_str()).collect();
+                let foreign = carried_placeholders(&body)
+                    .iter()
+                    .any(|p| !taught.contains(p.as_str()));
+                tracing::warn!(%error, backend = restore.vault.backend(), refused = foreign, "restore vault unavailable");
+                if foreign {
+                    return Err(ApiError::new(
+                        ErrorKind::Api,
+                        "streammask: the restore vault is unavailable, and this request carries \
+                         placeholders of earlier requests whose secrets could not be masked \
+                         again; retry shortly",
+                    )
+                    .with_status(503));
+                }
             }
-        }
-        if let Err(error) = remembered {
-            ctx.exchange.restore_store_failed = true;
-            tracing::warn!(%error, backend = restore.vault.backend(), "restore vault unavailable: secrets of this request are not kept");
         }
     }
     let body = mask_repeats(
@@ -130,7 +169,7 @@ pub(super) async fn prepare(
         body,
     );
     ctx.restore = Some(Arc::new(map));
-    body
+    Ok(body)
 }
 
 /// Every distinct well-formed placeholder in `body`, in order of first appearance.
@@ -162,8 +201,12 @@ pub fn mask_repeats(
 ) -> Vec<u8> {
     let (patterns, placeholders): (Vec<Vec<u8>>, Vec<&str>) = known
         .iter()
-        .filter(|(_, secret)| secret.len() >= MIN_REPEAT_BYTES)
-        .map(|(placeholder, secret)| (json_escaped(secret), placeholder.as_str()))
+        .filter(|(_, secret)| secret.len() >= MIN_SECRET_BYTES)
+        .flat_map(|(placeholder, secret)| {
+            escaped_forms(secret)
+                .into_iter()
+                .map(move |form| (form, placeholder.as_str()))
+        })
         .unzip();
     if patterns.is_empty() {
         return body;

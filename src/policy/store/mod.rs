@@ -100,6 +100,10 @@ pub trait GroupStore: Send + Sync + fmt::Debug {
     /// The value of each field, in order; None for unknown or expired (expires_at_ms <= now).
     async fn fetch(&self, group: &Id, fields: &[Id]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
+    /// Every live entry of `group` (field, value), in no particular order: one round trip for
+    /// a group bounded by its [`GroupLimits`].
+    async fn fetch_group(&self, group: &Id) -> Result<Vec<(Id, Vec<u8>)>, StoreError>;
+
     /// A short name for logs/metrics: "memory" or "redis".
     fn backend(&self) -> &'static str;
 }

@@ -213,6 +213,30 @@ impl RedisStore {
             .await
     }
 
+    async fn fetch_group_now(
+        &self,
+        group: &Id,
+        now: u64,
+    ) -> Result<Vec<(Id, Vec<u8>)>, RedisError> {
+        let mut conn = self.connection().await?;
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = ::redis::cmd("HGETALL")
+            .arg(self.key(group))
+            .query_async(&mut conn)
+            .await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(name, stored)| {
+                let field: Id = hex::decode(&name).ok()?.try_into().ok()?;
+                match split(&stored) {
+                    Some((expires_at_ms, value)) if expires_at_ms > now => {
+                        Some((field, value.to_vec()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
     async fn fetch_now(
         &self,
         group: &Id,
@@ -274,6 +298,11 @@ impl GroupStore for RedisStore {
             return Ok(Vec::new());
         }
         self.bounded("fetch", self.fetch_now(group, fields, now_ms()))
+            .await
+    }
+
+    async fn fetch_group(&self, group: &Id) -> Result<Vec<(Id, Vec<u8>)>, StoreError> {
+        self.bounded("fetch_group", self.fetch_group_now(group, now_ms()))
             .await
     }
 
