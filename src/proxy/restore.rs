@@ -172,6 +172,17 @@ pub(super) async fn prepare(
     Ok(body)
 }
 
+/// Whether `body` holds a `\uXXXX` escape of a character at or above U+0020: writers that
+/// escape only what JSON requires (control characters) never write one.
+fn has_printable_unicode_escape(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, b"\\u").any(|at| {
+        body.get(at + 2..at + 6)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .is_some_and(|unit| unit >= 0x20)
+    })
+}
+
 /// Every distinct well-formed placeholder in `body`, in order of first appearance.
 fn carried_placeholders(body: &[u8]) -> Vec<String> {
     let mut seen = HashSet::new();
@@ -199,13 +210,23 @@ pub fn mask_repeats(
     protected: &[std::ops::Range<usize>],
     body: Vec<u8>,
 ) -> Vec<u8> {
+    // The other writers' forms are searched for only when the body uses their escapes at all
+    // (`JSON.stringify`, what Claude Code sends, uses neither): each form costs search time.
+    let slashes = memchr::memmem::find(&body, b"\\/").is_some();
+    let unicode = has_printable_unicode_escape(&body);
     let (patterns, placeholders): (Vec<Vec<u8>>, Vec<&str>) = known
         .iter()
         .filter(|(_, secret)| secret.len() >= MIN_SECRET_BYTES)
         .flat_map(|(placeholder, secret)| {
             escaped_forms(secret)
                 .into_iter()
-                .map(move |form| (form, placeholder.as_str()))
+                .enumerate()
+                .filter(|(i, form)| {
+                    *i == 0
+                        || (slashes && memchr::memmem::find(form, b"\\/").is_some())
+                        || (unicode && memchr::memmem::find(form, b"\\u").is_some())
+                })
+                .map(move |(_, form)| (form, placeholder.as_str()))
         })
         .unzip();
     if patterns.is_empty() {
@@ -286,6 +307,37 @@ mod tests {
             b"{\"a\":\"abc\"}".to_vec(),
         );
         assert_eq!(out, b"{\"a\":\"abc\"}");
+    }
+
+    #[test]
+    fn other_writers_escapes_are_masked_when_the_body_uses_them() {
+        let engine = crate::engine::test_engine(
+            "[[rules]]\nid = \"t\"\ndescription = \"t\"\npattern = 'tok_[a-z]{8}'\naction = \"mask\"\n",
+        );
+        let known = vec![("[MASKED:t:01234567]".to_string(), "ab+cd/ef12".to_string())];
+        let mut findings = crate::engine::Findings::new();
+        for (body, expected) in [
+            (
+                r#"{"a":"ab\u002Bcd\u002Fef12"}"#,
+                r#"{"a":"[MASKED:t:01234567]"}"#,
+            ),
+            (r#"{"a":"ab+cd\/ef12"}"#, r#"{"a":"[MASKED:t:01234567]"}"#),
+            (
+                r#"{"a":"ab+cd/ef12 \u001b"}"#,
+                r#"{"a":"[MASKED:t:01234567] \u001b"}"#,
+            ),
+        ] {
+            let out = mask_repeats(
+                &engine,
+                &mut findings,
+                &known,
+                &[],
+                body.as_bytes().to_vec(),
+            );
+            assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+        }
+        assert!(!has_printable_unicode_escape(br#"{"a":"\u001b[0m"}"#));
+        assert!(has_printable_unicode_escape(br#"{"a":"\u00e9"}"#));
     }
 
     #[test]
