@@ -353,9 +353,20 @@ impl SseTransformer {
         std::mem::take(&mut self.restore_events)
     }
 
-    /// The text restore map, when the scopes include text.
-    fn text_restore(&self) -> Option<Arc<RestoreMap>> {
-        self.restore.as_ref().filter(|m| m.scopes().text).cloned()
+    /// Put back the caller's placeholders in `piece` of block `index`'s text (held across
+    /// calls when a placeholder may be cut; `flush` releases everything), when the restore
+    /// scopes include text; `piece` as it is otherwise.
+    fn restore_text(&mut self, index: u64, piece: Vec<u8>, flush: bool) -> Vec<u8> {
+        let Some(map) = self.restore.as_deref().filter(|m| m.scopes().text) else {
+            return piece;
+        };
+        let path = format!("content[{index}].text");
+        let events = &mut self.restore_events;
+        let mut out = self.text_restorer.push(map, &piece, &path, events);
+        if flush {
+            out.extend(self.text_restorer.flush(map, &path, events));
+        }
+        out
     }
 
     /// Caps one tool call's buffered input: beyond `bytes` the stream ends with an `error`
@@ -640,12 +651,8 @@ impl SseTransformer {
             self.fail(StreamFault::Malformed("masking failed".into()), out);
             return;
         }
-        if let (Which::Text, Some(map)) = (which, self.text_restore()) {
-            let path = format!("content[{holder}].text");
-            let events = &mut self.restore_events;
-            let mut restored = self.text_restorer.push(&map, &tail, &path, events);
-            restored.extend(self.text_restorer.flush(&map, &path, events));
-            tail = restored;
+        if which == Which::Text {
+            tail = self.restore_text(holder, tail, true);
         }
         if !tail.is_empty() {
             write_delta_event(
@@ -710,12 +717,9 @@ impl SseTransformer {
             self.fail(StreamFault::Malformed("masking failed".into()), out);
             return false;
         }
-        if let (Which::Text, Some(map)) = (which, self.text_restore()) {
-            let path = format!("content[{index}].text");
+        if which == Which::Text && self.restore.is_some() {
             let masked = std::mem::take(emitted);
-            *emitted = self
-                .text_restorer
-                .push(&map, &masked, &path, &mut self.restore_events);
+            *emitted = self.restore_text(index, masked, false);
         }
         true
     }

@@ -127,6 +127,13 @@ impl RestoreMap {
         self
     }
 
+    /// Whether placeholders of the rule `placeholder` names may come back.
+    pub fn restores_rule_of(&self, placeholder: &str) -> bool {
+        !self
+            .opted_out
+            .contains(placeholder_rule_id(placeholder).unwrap_or_default())
+    }
+
     /// Whether a call of tool `name` gets secrets back.
     pub fn restores_tool(&self, name: &str) -> bool {
         self.tools.as_ref().is_none_or(|tools| tools.contains(name))
@@ -134,24 +141,8 @@ impl RestoreMap {
 
     /// Every placeholder in a tool input of a tool restore does not serve, counted as such.
     pub fn count_refused_tool(&self, input: &[u8], path: &str, events: &mut Vec<RestoreEvent>) {
-        let mut from = 0;
-        while let Some(found) = memchr::memmem::find(&input[from..], PREFIX) {
-            let start = from + found;
-            match placeholder_len(&input[start..]) {
-                Some(len) => {
-                    let placeholder = String::from_utf8_lossy(&input[start..start + len]);
-                    events.push(RestoreEvent {
-                        rule_id: placeholder_rule_id(&placeholder)
-                            .unwrap_or_default()
-                            .to_string(),
-                        placeholder: placeholder.into_owned(),
-                        path: path.to_string(),
-                        unrestored: Some(Unrestored::ToolNotAllowed),
-                    });
-                    from = start + len;
-                }
-                None => from = start + 1,
-            }
+        for range in find_placeholders(input) {
+            events.push(event(&input[range], path, Some(Unrestored::ToolNotAllowed)));
         }
     }
 
@@ -220,8 +211,7 @@ impl RestoreMap {
 
     /// The secret behind `placeholder`, or why it stays.
     fn resolve(&self, placeholder: &str) -> Result<&str, Unrestored> {
-        let rule = placeholder_rule_id(placeholder).unwrap_or_default();
-        if self.opted_out.contains(rule) {
+        if !self.restores_rule_of(placeholder) {
             return Err(Unrestored::RuleOptOut);
         }
         if let Some(secret) = self.secrets.get(placeholder) {
@@ -257,35 +247,19 @@ impl RestoreMap {
     ) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
         let mut copied = 0;
-        let mut from = 0;
-        while let Some(found) = memchr::memmem::find(&bytes[from..], PREFIX) {
-            let start = from + found;
-            let Some(len) = placeholder_len(&bytes[start..]) else {
-                from = start + 1;
-                continue;
-            };
-            // A placeholder is ASCII by construction.
-            let placeholder = String::from_utf8_lossy(&bytes[start..start + len]).into_owned();
-            let rule_id = placeholder_rule_id(&placeholder)
-                .unwrap_or_default()
-                .to_string();
-            let unrestored = match self.resolve(&placeholder) {
+        for range in find_placeholders(bytes) {
+            let found = &bytes[range.clone()];
+            let unrestored = match self.resolve(&String::from_utf8_lossy(found)) {
                 Ok(secret) => {
                     let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
-                    out.extend_from_slice(&bytes[copied..start]);
+                    out.extend_from_slice(&bytes[copied..range.start]);
                     out.extend_from_slice(secret.as_bytes());
-                    copied = start + len;
+                    copied = range.end;
                     None
                 }
                 Err(reason) => Some(reason),
             };
-            events.push(RestoreEvent {
-                rule_id,
-                placeholder,
-                path: path.to_string(),
-                unrestored,
-            });
-            from = start + len;
+            events.push(event(found, path, unrestored));
         }
         let mut out = out?;
         out.extend_from_slice(&bytes[copied..]);
@@ -343,6 +317,24 @@ impl RestoreMap {
     }
 }
 
+/// The byte ranges of the well-formed placeholders in `bytes`, in order, not overlapping.
+pub fn find_placeholders(bytes: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = memchr::memmem::find(bytes.get(from..)?, PREFIX) {
+            let start = from + found;
+            match placeholder_len(&bytes[start..]) {
+                Some(len) => {
+                    from = start + len;
+                    return Some(start..start + len);
+                }
+                None => from = start + 1,
+            }
+        }
+        None
+    })
+}
+
 /// The length of the placeholder at the start of `bytes` (`[MASKED:<id>:<8 hex>]`, the id of
 /// lower-case letters, digits and `-`), or `None`.
 pub fn placeholder_len(bytes: &[u8]) -> Option<usize> {
@@ -361,6 +353,19 @@ pub fn placeholder_len(bytes: &[u8]) -> Option<usize> {
         && tail.get(9) == Some(&b']')
         && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     well_formed.then_some(PREFIX.len() + id + 10)
+}
+
+/// The event for `placeholder` (ASCII by construction) met at `path`.
+fn event(placeholder: &[u8], path: &str, unrestored: Option<Unrestored>) -> RestoreEvent {
+    let placeholder = String::from_utf8_lossy(placeholder).into_owned();
+    RestoreEvent {
+        rule_id: placeholder_rule_id(&placeholder)
+            .unwrap_or_default()
+            .to_string(),
+        placeholder,
+        path: path.to_string(),
+        unrestored,
+    }
 }
 
 /// The text of `secret` as a JSON serializer writes it between quotes.

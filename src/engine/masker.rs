@@ -210,14 +210,6 @@ impl Engine {
             .map_or("", |r| r.rule.description.as_str())
     }
 
-    /// Whether placeholders of rule `rule_id` may be restored (its `restore` field); unknown
-    /// ids may not.
-    pub fn rule_restores(&self, rule_id: &str) -> bool {
-        self.matcher
-            .rule_by_id(rule_id)
-            .is_some_and(|r| r.rule.restore)
-    }
-
     /// The ids of the rules whose placeholders are never restored (`restore = false`).
     pub fn non_restoring_rule_ids(&self) -> impl Iterator<Item = &str> {
         self.matcher

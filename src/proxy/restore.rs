@@ -20,7 +20,9 @@
 
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{ApiError, ErrorKind};
-use crate::anthropic::restore::{escaped_forms, placeholder_rule_id, RestoreMap, RestoreScopes};
+use crate::anthropic::restore::{
+    escaped_forms, find_placeholders, placeholder_rule_id, RestoreMap, RestoreScopes,
+};
 use crate::engine::json_walk::Learned;
 use crate::engine::{Action, Engine, Finding};
 use crate::policy::profiles::Profile;
@@ -75,13 +77,10 @@ pub(super) async fn prepare(
     for rule in engine.non_restoring_rule_ids() {
         map.opt_out(rule);
     }
-    let restores = |placeholder: &str| {
-        engine.rule_restores(placeholder_rule_id(placeholder).unwrap_or_default())
-    };
     let mut known: Vec<(String, String)> = Vec::new();
     let mut keep: Vec<(String, String)> = Vec::new();
     for learned in learned {
-        if restores(&learned.placeholder) && restore.vault.keeps(&learned.secret) {
+        if map.restores_rule_of(&learned.placeholder) && restore.vault.keeps(&learned.secret) {
             map.insert(learned.placeholder.clone(), learned.secret.clone());
             keep.push((learned.placeholder.clone(), learned.secret.clone()));
         }
@@ -117,7 +116,7 @@ pub(super) async fn prepare(
                     if taught.contains(placeholder.as_str()) {
                         continue;
                     }
-                    if restores(&placeholder) && restore.vault.keeps(&secret) {
+                    if map.restores_rule_of(&placeholder) && restore.vault.keeps(&secret) {
                         map.insert(placeholder.clone(), secret.clone());
                         if carried.contains(&placeholder) {
                             refresh.push((placeholder.clone(), secret.clone()));
@@ -186,17 +185,10 @@ fn has_printable_unicode_escape(body: &[u8]) -> bool {
 /// Every distinct well-formed placeholder in `body`, in order of first appearance.
 fn carried_placeholders(body: &[u8]) -> Vec<String> {
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for at in memchr::memmem::find_iter(body, b"[MASKED:") {
-        let Some(len) = crate::anthropic::restore::placeholder_len(&body[at..]) else {
-            continue;
-        };
-        let placeholder = String::from_utf8_lossy(&body[at..at + len]).into_owned();
-        if seen.insert(placeholder.clone()) {
-            out.push(placeholder);
-        }
-    }
-    out
+    find_placeholders(body)
+        .map(|range| String::from_utf8_lossy(&body[range]).into_owned())
+        .filter(|placeholder| seen.insert(placeholder.clone()))
+        .collect()
 }
 
 /// `body` with every occurrence of a known secret (as it appears inside a JSON string)

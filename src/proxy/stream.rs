@@ -172,7 +172,7 @@ pub(super) async fn relay(
             // The connection is done with once the body is read, whatever the client does.
             state.upstream.release(upstream, &peer).await;
             let masking = Instant::now();
-            let restore = ctx.restore.as_deref();
+            let restore = ctx.restore.as_ref();
             let body = mask_buffered(state, &engine, restore, exchange, body, || {
                 route == Route::Messages && stream_requested(request_body)
             });
@@ -186,7 +186,7 @@ pub(super) async fn relay(
                     }
                 }
             }
-            send_whole(session, exchange, downstream, body, restore).await;
+            send_whole(session, exchange, downstream, body, restore.map(|m| &**m)).await;
             Ok(())
         }
     }
@@ -276,13 +276,13 @@ async fn read_whole(
 fn mask_buffered(
     state: &ProxyState,
     engine: &std::sync::Arc<Engine>,
-    restore: Option<&RestoreMap>,
+    restore: Option<&std::sync::Arc<RestoreMap>>,
     exchange: &mut Exchange,
     body: Vec<u8>,
     stream_requested: impl FnOnce() -> bool,
 ) -> Result<Vec<u8>, ApiError> {
     let bad_gateway = |message: &str| ApiError::new(ErrorKind::Api, message).with_status(502);
-    match mask_json_response_restoring(engine, &body, ThinkingMode::Mask, restore) {
+    match mask_json_response_restoring(engine, &body, ThinkingMode::Mask, restore.map(|m| &**m)) {
         Ok(masked) => {
             exchange.restore_events.extend(masked.restored);
             exchange.blocked_tools.extend(masked.blocked_tools);
@@ -311,7 +311,7 @@ fn mask_buffered(
         )
         .with_max_tool_input(state.config.max_tool_input_bytes);
         if let Some(map) = restore {
-            sse = sse.with_restore(std::sync::Arc::new(map.clone()));
+            sse = sse.with_restore(std::sync::Arc::clone(map));
         }
         let mut out = Vec::with_capacity(body.len() + 256);
         sse.push(&body, &mut out);

@@ -34,6 +34,7 @@ import anthropic
 import httpx
 import pytest
 
+import authkit
 import smtest
 from smtest import (
     API_KEY,
@@ -358,6 +359,14 @@ def _prestart(request, proxy_factory):
     for fixture, spec in STANDARD_PROXIES.items():
         if fixture in needed:
             proxy_factory.launch(**spec)
+
+
+@pytest.fixture(scope="module")
+def idp():
+    """A loopback OIDC identity provider (JWKS and discovery) for the module's JWT tests."""
+    server = authkit.IdP()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -31,13 +31,6 @@ smtest.plant(UPSTREAM_KEY, UPSTREAM_KEY_ROTATED, CI_KEY)
 
 
 @pytest.fixture(scope="module")
-def idp():
-    server = authkit.IdP()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def keys(idp):
     """The IdP's current keys: RS256 (primary), PS256, ES256, ES384 and EdDSA."""
     ks = {alg: SigningKey(alg) for alg in ("RS256", "PS256", "ES256", "ES384", "EdDSA")}

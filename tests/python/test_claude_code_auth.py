@@ -37,13 +37,6 @@ def run_claude_with_helper(base_url: str, prompt: str, tmp: Path, helper_token: 
     )
 
 
-@pytest.fixture(scope="module")
-def idp():
-    server = authkit.IdP()
-    yield server
-    server.close()
-
-
 def test_claude_code_with_an_api_key_helper_jwt(proxy_factory, mock, idp, tmp_path):
     if not Path(CLAUDE_BIN).exists():
         pytest.fail(f"Claude Code CLI not found at {CLAUDE_BIN} (set CLAUDE_BIN)")

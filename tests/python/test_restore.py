@@ -148,13 +148,6 @@ def test_claude_code_edits_and_greps_a_env_file_it_was_shown_masked(proxy_factor
 # --- JWT callers: isolation ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def idp():
-    server = authkit.IdP()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def signing_key(idp):
     key = SigningKey("RS256")
     idp.publish(key)
