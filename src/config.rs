@@ -23,9 +23,11 @@ pub use crate::config_error::ConfigError;
 use crate::observe::audit::AuditSection;
 use crate::observe::log::LogSection;
 use crate::observe::metrics::MetricsSection;
+use crate::policy::approvals::{ApprovalSettings, ApprovalsSection};
 use crate::policy::auth::{AuthConfig, AuthSection};
 use crate::policy::credentials::{CredentialsMode, CredentialsSettings, KeySource};
 use crate::policy::profiles::ProfileSection;
+use crate::policy::store::{resolve_redis_url, RedisKeys};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,8 @@ pub struct FileConfig {
     pub log: LogSection,
     #[serde(default)]
     pub restore: RestoreSection,
+    #[serde(default)]
+    pub approvals: ApprovalsSection,
 }
 
 /// `[restore]`: placeholders given back to the caller who sent the secret, in its own tool
@@ -189,31 +193,17 @@ impl RestoreSection {
         let tools = (!self.tools.iter().any(|t| t == "*")).then_some(self.tools);
         let store = match self.store.as_str() {
             "memory" => RestoreStore::Memory,
-            "redis" => {
-                let url = match (&self.redis_url, &self.redis_url_env) {
-                    (Some(url), None) => url.clone(),
-                    (None, Some(var)) => std::env::var(var).map_err(|_| {
-                        invalid(
-                            "restore.redis_url_env",
-                            "names an environment variable that is not set",
-                        )
-                    })?,
-                    _ => {
-                        return Err(invalid(
-                            "restore.store",
-                            "\"redis\" needs exactly one of restore.redis_url and restore.redis_url_env",
-                        ))
-                    }
-                };
-                if !url.starts_with("redis://") {
-                    return Err(invalid(
-                        "restore.redis_url",
-                        "must be a redis:// URL (TLS to Redis is not built in: use a local TLS \
-                         tunnel such as stunnel, or a sidecar)",
-                    ));
-                }
-                RestoreStore::Redis { url }
-            }
+            "redis" => RestoreStore::Redis {
+                url: resolve_redis_url(
+                    RedisKeys {
+                        store: "restore.store",
+                        url: "restore.redis_url",
+                        url_env: "restore.redis_url_env",
+                    },
+                    self.redis_url.as_deref(),
+                    self.redis_url_env.as_deref(),
+                )?,
+            },
             _ => return Err(invalid("restore.store", "must be \"memory\" or \"redis\"")),
         };
         Ok(RestoreConfig {
@@ -468,6 +458,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub log: LogSection,
     pub restore: RestoreConfig,
+    /// `[approvals]`: human approval of requests that match `approve` rules.
+    pub approvals: ApprovalSettings,
 }
 
 impl FileConfig {
@@ -610,6 +602,7 @@ impl FileConfig {
         }
         self.audit.validate()?;
         let restore = self.restore.validate()?;
+        let approvals = self.approvals.validate()?;
         Ok(Config {
             listen,
             admin,
@@ -644,6 +637,7 @@ impl FileConfig {
             metrics: self.metrics,
             log: self.log,
             restore,
+            approvals,
         })
     }
 }

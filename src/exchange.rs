@@ -32,8 +32,8 @@ pub enum Outcome {
     Masked,
     /// Refused by a `block` rule (or by policy) before anything went upstream.
     Blocked,
-    /// Held for a human approver (`approve` rules). Nothing produces it until approvals land;
-    /// its series exist from start-up so dashboards and alerts can already name them.
+    /// Not forwarded for want of a human approval (`approve` rules): pending, denied, or the
+    /// approvals store unavailable. An approved request is `Allowed` or `Masked`.
     Approval,
     /// The proxy answered with its own error.
     Error,
@@ -189,6 +189,10 @@ pub struct Exchange {
     pub restore_events: Vec<RestoreEvent>,
     /// The restore vault failed for this request (it then restored only what it carried).
     pub restore_store_failed: bool,
+    /// The approvals whose grants let this request go upstream (`approve` findings).
+    pub approvals_used: Vec<String>,
+    /// The approvals store did not answer for this request (refused with a 503).
+    pub approval_store_failed: bool,
 }
 
 impl Exchange {
@@ -220,6 +224,8 @@ impl Exchange {
             upstream_ttfb: None,
             restore_events: Vec::new(),
             restore_store_failed: false,
+            approvals_used: Vec::new(),
+            approval_store_failed: false,
             masking: Duration::ZERO,
             keep_transcripts,
             request_transcript: None,

@@ -50,6 +50,9 @@ pub struct ApiError {
     pub status: u16,
     pub kind: ErrorKind,
     pub message: String,
+    /// Extra response headers (`x-streammask-approval-id`, …): static names, values built
+    /// from ids and states only.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -58,7 +61,13 @@ impl ApiError {
             status: kind.default_status(),
             kind,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
+        self.headers.push((name, value.into()));
+        self
     }
 
     pub fn with_status(mut self, status: u16) -> ApiError {

@@ -6,4 +6,5 @@
 
 pub mod admin;
 pub mod cli;
+pub mod console;
 pub mod server;

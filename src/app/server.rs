@@ -14,8 +14,12 @@ use crate::anthropic::thinking_vault::{MemoryVault, Vault, VaultKey, VaultLimits
 use crate::config::{Config, RestoreStore, ThinkingPolicy};
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::{Engine, MaskError, RuleSet};
+use crate::observe::approvals::ApprovalObservers;
 use crate::observe::audit::Auditor;
 use crate::observe::metrics::Metrics;
+use crate::policy::approvals::{
+    ApprovalStore, ApprovalStoreKind, Approvals, MemoryApprovals, RedisApprovals, APPROVALS_LABEL,
+};
 use crate::policy::auth::Authenticator;
 use crate::policy::credentials::UpstreamKey;
 use crate::policy::profiles::Policy;
@@ -162,6 +166,55 @@ pub fn restore_state(config: &Config) -> Result<Option<Restore>, StartError> {
     }))
 }
 
+/// The Redis key prefix of approvals and grants.
+pub const APPROVALS_NAMESPACE: &str = "streammask:approvals:v1";
+
+/// Approvals a memory store keeps (pending, decided and recently ended together).
+const APPROVALS_MEMORY_RECORDS: usize = 10_000;
+
+/// The approvals service of `[approvals]`: its store (memory or Redis), keys derived from the
+/// placeholder key (random when it is: grants then do not survive a restart, and replicas
+/// must share a configured key to share grants), and events to metrics and the audit log.
+pub fn approvals_state(
+    config: &Config,
+    metrics: Option<Arc<Metrics>>,
+    auditor: Option<Auditor>,
+) -> Result<Arc<Approvals>, StartError> {
+    let mut settings = config.approvals.clone();
+    if settings.console_url.is_none() {
+        settings.console_url = Some(format!("http://{}", config.admin));
+    }
+    let material = key_material(
+        config.placeholder_key_file.as_deref(),
+        &config.placeholder_key_env,
+    )?;
+    let sealer = material.map_or_else(
+        || Sealer::random(APPROVALS_LABEL),
+        |m| Sealer::derive(&m, APPROVALS_LABEL),
+    );
+    let store: Arc<dyn ApprovalStore> = match &settings.store {
+        ApprovalStoreKind::Memory => Arc::new(MemoryApprovals::new(APPROVALS_MEMORY_RECORDS)),
+        ApprovalStoreKind::Redis { url } => Arc::new(RedisApprovals::new(
+            url,
+            APPROVALS_NAMESPACE,
+            settings.redis_timeout,
+        )?),
+    };
+    if settings.approver_groups.is_empty() || !config.auth.enabled() {
+        tracing::warn!(
+            "no one can approve requests (approvals.approver_groups is empty or [auth] is off): \
+             requests matching approve rules will be refused until an approver can sign in"
+        );
+    }
+    let observer = ApprovalObservers { metrics, auditor };
+    Ok(Arc::new(Approvals::new(
+        store,
+        sealer,
+        settings,
+        Some(Arc::new(observer)),
+    )))
+}
+
 /// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
 /// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
 pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError> {
@@ -218,7 +271,12 @@ pub fn build_state(config: Config) -> Result<ProxyState, StartError> {
     let auditor = Auditor::start(&config.audit, metrics.as_ref().map(|m| m.audit_counters()))?;
     let vault = thinking_vault(&config)?;
     let restore = restore_state(&config)?;
-    Ok(ProxyState::new(config, engine, security, metrics, auditor, vault).with_restore(restore))
+    let approvals = approvals_state(&config, metrics.clone(), auditor.clone())?;
+    Ok(
+        ProxyState::new(config, engine, security, metrics, auditor, vault)
+            .with_restore(restore)
+            .with_approvals(Some(approvals)),
+    )
 }
 
 /// The proxy's listening service for `state` (TLS and h2c as configured), not yet started.
@@ -311,8 +369,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config.upstream.authority(),
         config.upstream.base_path
     );
-    let admin = Admin::bind(config.admin, state.metrics.clone(), rules_loaded)
-        .map_err(|e| StartError::Server(format!("server.admin {admin_addr}: {e}")))?;
+    let material = key_material(
+        config.placeholder_key_file.as_deref(),
+        &config.placeholder_key_env,
+    )?;
+    let admin = Admin::bind(
+        config.admin,
+        Arc::clone(&state),
+        rules_loaded,
+        material.as_deref(),
+    )
+    .map_err(|e| StartError::Server(format!("server.admin {admin_addr}: {e}")))?;
     let conf = ServerConf {
         threads: config.threads,
         ..ServerConf::default()

@@ -21,6 +21,7 @@ use crate::anthropic::tools::ToolBlock;
 use crate::anthropic::usage::TokenKind;
 use crate::engine::{Action, Engine, Finding, Located, Scope};
 use crate::exchange::{Direction, Exchange, Outcome, UpstreamError};
+use crate::policy::approvals::{ApprovalEvent, EventKind, State as ApprovalState};
 use crate::policy::auth::AuthFailure;
 use crate::policy::identity::Identity;
 use prometheus::{
@@ -114,6 +115,7 @@ pub struct Metrics {
     callers: CallerMetrics,
     audit: AuditCounters,
     restore: RestoreMetrics,
+    approvals: ApprovalMetrics,
 }
 
 impl Metrics {
@@ -129,6 +131,7 @@ impl Metrics {
             callers: CallerMetrics::register(&r, known_groups),
             audit: AuditCounters::register(&r),
             restore: RestoreMetrics::register(&r, engine),
+            approvals: ApprovalMetrics::register(&r),
             registry,
         }
     }
@@ -141,6 +144,18 @@ impl Metrics {
         out
     }
 
+    /// An approval changed (see [`crate::policy::approvals::EventKind`]).
+    pub fn approval_event(&self, event: &ApprovalEvent) {
+        self.approvals.record(event);
+    }
+
+    /// Pending approvals in the store, as this replica last read it.
+    pub fn set_approvals_pending(&self, pending: usize) {
+        self.approvals
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
     /// The counters the audit writer updates.
     pub fn audit_counters(&self) -> AuditCounters {
         self.audit.clone()
@@ -151,6 +166,9 @@ impl Metrics {
         self.requests.record(exchange);
         self.rules.record(exchange);
         self.restore.record(exchange);
+        if exchange.approval_store_failed {
+            self.approvals.store_failures.inc();
+        }
         if exchange.late_matches > 0 {
             self.streams.late_matches.inc_by(exchange.late_matches);
         }
@@ -446,6 +464,81 @@ impl RestoreMetrics {
         }
         if exchange.restore_store_failed {
             self.store_failures.inc();
+        }
+    }
+}
+
+/// Human approvals: decisions, what is waiting, how long approvers take, and what failed.
+struct ApprovalMetrics {
+    /// By state: `pending` (a new approval was requested), `approved`, `denied`, `expired`.
+    by_state: [IntCounter; 4],
+    used: IntCounter,
+    pending: IntGauge,
+    decision_seconds: Histogram,
+    webhook_failures: IntCounter,
+    store_failures: IntCounter,
+}
+
+const DECISION_BUCKETS: [f64; 12] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
+
+impl ApprovalMetrics {
+    fn register(r: &Registrar) -> ApprovalMetrics {
+        let total = r.counter_vec(
+            "streammask_approvals_total",
+            "Approvals by state reached: pending (requested), approved, denied, expired",
+            &["state"],
+        );
+        ApprovalMetrics {
+            by_state: ApprovalState::ALL.map(|s| total.with_label_values(&[s.label()])),
+            used: r.counter(
+                "streammask_approval_grants_used_total",
+                "Requests forwarded on an approved grant",
+            ),
+            pending: r.gauge(
+                "streammask_approvals_pending",
+                "Approvals waiting for a decision, as this replica last read the store (replicas \
+                 sharing a Redis report the same number: aggregate with max)",
+            ),
+            decision_seconds: r.histogram(
+                "streammask_approval_decision_seconds",
+                "Time from an approval's request to its decision",
+                DECISION_BUCKETS.to_vec(),
+            ),
+            webhook_failures: r.counter(
+                "streammask_approval_webhook_failures_total",
+                "New approvals the webhook could not be told of (after retries)",
+            ),
+            store_failures: r.counter(
+                "streammask_approval_store_failures_total",
+                "Requests needing approval refused because the approvals store did not answer",
+            ),
+        }
+    }
+
+    fn state(&self, state: ApprovalState) -> &IntCounter {
+        &self.by_state[state as usize]
+    }
+
+    fn record(&self, event: &ApprovalEvent) {
+        match event.kind {
+            EventKind::Requested => self.state(ApprovalState::Pending).inc(),
+            EventKind::Approved | EventKind::Denied => {
+                let state = if event.kind == EventKind::Approved {
+                    ApprovalState::Approved
+                } else {
+                    ApprovalState::Denied
+                };
+                self.state(state).inc();
+                if let Some(decision) = &event.approval.decision {
+                    let waited = decision.at_ms.saturating_sub(event.approval.created_at_ms);
+                    self.decision_seconds.observe(waited as f64 / 1000.0);
+                }
+            }
+            EventKind::Expired => self.state(ApprovalState::Expired).inc(),
+            EventKind::Used => self.used.inc(),
+            EventKind::WebhookFailed => self.webhook_failures.inc(),
         }
     }
 }

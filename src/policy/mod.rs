@@ -1,7 +1,8 @@
 //! Policy: who is calling and what applies to them — authentication ([`auth`]: JWT/OIDC and
 //! static service keys), the caller's [`identity`], per-group [`profiles`] (which rules, which
 //! models, which size limit), the upstream [`credentials`] the proxy holds, the CA bundles
-//! it [`trust`]s, and the shared, sealed [`store`] of per-caller state (memory or Redis).
+//! it [`trust`]s, the shared, sealed [`store`] of per-caller state (memory or Redis), and human
+//! [`approvals`] of requests that match `approve` rules.
 //!
 //! Layer: above `engine` (each profile owns a compiled engine) and `anthropic` (routes and
 //! request shapes); below the exchange record, observability and the proxy. It may import only
@@ -10,6 +11,7 @@
 //! Invariant: no credential leaves this layer — not the caller's token (only the identity
 //! derived from it does) and not the upstream key (only as a sensitive header value).
 
+pub mod approvals;
 pub mod auth;
 pub mod credentials;
 pub mod identity;

@@ -7,6 +7,8 @@
 //! - the caller is identified before the body is read, and the body limit is the profile's;
 //! - the body is scanned in the form the upstream will read it (decoded), and what goes
 //!   upstream is either the bytes scanned (no rewritten finding) or the walker's rewrite;
+//! - a request with `approve` findings goes on only on approved grants ([`super::approve`]),
+//!   decided after blocks and model policy, before anything is remembered for restore;
 //! - every refusal is an Anthropic-shaped error whose message carries rule ids and sizes, never
 //!   request content;
 //! - thinking text is masked like any other text, except that a `thinking` block whose
@@ -141,6 +143,14 @@ pub(super) async fn admit(
             ),
         ));
     }
+    super::approve::require_approval(
+        state.approvals.as_deref(),
+        session,
+        ctx,
+        &profile.engine,
+        &body,
+    )
+    .await?;
     let body = forwarded.unwrap_or(body);
     let body = super::restore::prepare(state, &profile, ctx, learned, body).await?;
     Ok(Admitted { route, body })

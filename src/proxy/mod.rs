@@ -26,6 +26,7 @@
 //! - no error message carries request or response content.
 
 mod admit;
+mod approve;
 pub mod encoding;
 mod headers;
 mod masking_pool;
@@ -70,6 +71,9 @@ pub struct ProxyState {
     pub thinking_vault: Option<Arc<dyn Vault>>,
     /// Placeholders given back to their owner (`None` when `[restore] enabled = false`).
     pub restore: Option<restore::Restore>,
+    /// Human approval of `approve` findings (`None` only in tests that build a bare state:
+    /// requests with approve findings are then refused).
+    pub approvals: Option<Arc<crate::policy::approvals::Approvals>>,
     upstream: Upstream,
     /// The workers that mask large request bodies off the event loop
     /// (`[masking] offload_threads`, see [`admit`] and [`masking_pool`]).
@@ -98,8 +102,18 @@ impl ProxyState {
             auditor,
             thinking_vault,
             restore: None,
+            approvals: None,
             upstream,
         }
+    }
+
+    /// Approvals (`[approvals]`).
+    pub fn with_approvals(
+        mut self,
+        approvals: Option<Arc<crate::policy::approvals::Approvals>>,
+    ) -> ProxyState {
+        self.approvals = approvals;
+        self
     }
 
     /// Turn restore on with `restore` (`[restore]`).
@@ -212,12 +226,13 @@ impl ProxyHttp for Proxy {
         if let Err(error) = result {
             // A refusal because of a finding is a block whatever its status (a finding where no
             // placeholder fits is a 400).
-            ctx.exchange.outcome =
-                if error.kind == ErrorKind::Permission || ctx.exchange.blocked_rule.is_some() {
-                    Outcome::Blocked
-                } else {
-                    Outcome::Error
-                };
+            ctx.exchange.outcome = if ctx.exchange.outcome == Outcome::Approval {
+                Outcome::Approval
+            } else if error.kind == ErrorKind::Permission || ctx.exchange.blocked_rule.is_some() {
+                Outcome::Blocked
+            } else {
+                Outcome::Error
+            };
             respond_error(session, &mut ctx.exchange, &error).await;
         }
         Ok(true)
@@ -287,6 +302,9 @@ async fn respond_error(session: &mut Session, exchange: &mut Exchange, error: &A
     let _ = header.insert_header(header::CONTENT_TYPE, "application/json");
     let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
     let _ = header.insert_header("x-streammask-request-id", exchange.request_id.as_str());
+    for (name, value) in &error.headers {
+        let _ = header.insert_header(*name, value.as_str());
+    }
     if error.status == 413 || error.status == 400 || exchange.auth_failure.is_some() {
         // The rest of the request body may still be on the wire: do not reuse the connection.
         session.set_keepalive(None);

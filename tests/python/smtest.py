@@ -307,7 +307,9 @@ def run_claude(
     }
     if api_key is not None:
         env["ANTHROPIC_API_KEY"] = api_key
-    cmd = [CLAUDE_BIN, "-p", prompt, "--session-id", session_id or str(uuid.uuid4()), *args]
+    # `session_id=""` passes no --session-id (for --resume/--continue, which name their own).
+    session = [] if session_id == "" else ["--session-id", session_id or str(uuid.uuid4())]
+    cmd = [CLAUDE_BIN, "-p", prompt, *session, *args]
     proc = subprocess.Popen(
         cmd,
         cwd=project,

@@ -1,4 +1,5 @@
-//! The audit log: one JSON line per request, to a size-rotated file or to stdout; and the
+//! The audit log: one JSON line per request (and one per approval event, `"kind":
+//! "approval"`), to a size-rotated file or to stdout; and the
 //! reader behind `streammask audit show|replay`. The line is built from the request's
 //! [`Exchange`] when it has been answered (Pingora's logging phase, so it adds no latency to
 //! the response) and written by a writer thread, so a slow disk never holds a request.
@@ -35,6 +36,7 @@ use crate::config_error::{invalid, ConfigError};
 use crate::engine::Engine;
 use crate::exchange::Exchange;
 use crate::observe::metrics::AuditCounters;
+use crate::policy::approvals::ApprovalEvent;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,7 +133,9 @@ impl AuditSection {
 
 /// The audit log of a running proxy: the queue to its writer thread and what the request path
 /// needs to know about it. Built at start-up ([`Auditor::start`]); dropping it (and so the
-/// queue's sender) lets the writer flush what is queued and stop.
+/// queue's sender) lets the writer flush what is queued and stop. Clones share the queue (the
+/// approvals observer keeps one); the writer stops when the last is dropped.
+#[derive(Clone)]
 pub struct Auditor {
     sender: SyncSender<Vec<u8>>,
     refuse: bool,
@@ -211,6 +215,17 @@ impl Auditor {
         let Some(line) = record::line(exchange, engine, self.transcript_max_bytes) else {
             return;
         };
+        self.queue(line);
+    }
+
+    /// Queue the line of an approval event (requested, approved, denied, expired, used).
+    pub fn record_approval(&self, event: &ApprovalEvent) {
+        if let Some(line) = record::approval_line(event) {
+            self.queue(line);
+        }
+    }
+
+    fn queue(&self, line: Vec<u8>) {
         let (write_failed, what, why) = match self.sender.try_send(line) {
             Ok(()) => return,
             Err(TrySendError::Full(_)) => {

@@ -9,6 +9,8 @@
 use crate::anthropic::transcript::ResponseTranscript;
 use crate::engine::{Engine, Finding, Scope};
 use crate::exchange::{Direction, Exchange};
+use crate::policy::approvals::ApprovalEvent;
+use crate::policy::store::now_ms;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -100,6 +102,9 @@ pub struct AuditRecord<'a> {
     /// Placeholders in the response left masked where restore applies.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unrestored: usize,
+    /// The approvals whose grants let the request go upstream (`approve` findings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Value>,
 }
@@ -318,8 +323,64 @@ fn record<'x>(exchange: &'x Exchange, engine: &Engine) -> AuditRecord<'x> {
             .iter()
             .filter(|event| event.unrestored.is_some())
             .count(),
+        approvals: exchange
+            .approvals_used
+            .iter()
+            .map(|id| Cow::Borrowed(id.as_str()))
+            .collect(),
         transcript: None,
     }
+}
+
+/// One approval event as an audit line (`"kind": "approval"`): ids, rule, caller, decision
+/// and the approver's reason (masked by whoever took it). Never the preview, which is request
+/// text: the console shows it, the log does not need it.
+#[derive(Debug, Serialize)]
+pub struct ApprovalLine<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    pub event: &'static str,
+    pub approval_id: &'a str,
+    pub rule_id: &'a str,
+    pub subject: &'a str,
+    pub groups: &'a [String],
+    pub session_id: Option<&'a str>,
+    /// The request that asked for or used the grant.
+    pub request_id: Option<&'a str>,
+    pub state: &'static str,
+    pub decided_by: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+/// The audit line of an approval event.
+pub fn approval_line(event: &ApprovalEvent) -> Option<Vec<u8>> {
+    let approval = &event.approval;
+    let at = |ms: u64| rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    let decision = approval.decision.as_ref();
+    let line = ApprovalLine {
+        time: rfc3339(SystemTime::now()),
+        kind: "approval",
+        event: event.kind.label(),
+        approval_id: &approval.id,
+        rule_id: &approval.rule_id,
+        subject: &approval.subject,
+        groups: &approval.groups,
+        session_id: approval.session_id.as_deref(),
+        request_id: event
+            .request_id
+            .as_deref()
+            .or(Some(approval.request_id.as_str())),
+        state: approval.state_at(now_ms()).label(),
+        decided_by: decision.map(|d| d.by.as_str()),
+        reason: decision.and_then(|d| d.reason.as_deref()),
+        created_at: at(approval.created_at_ms),
+        expires_at: at(approval.expires_at_ms()),
+    };
+    let mut bytes = serde_json::to_vec(&line).ok()?;
+    bytes.push(b'\n');
+    Some(bytes)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! A small HTTP(S) GET client for JWKS and OIDC discovery documents, built on Pingora's
+//! A small HTTP(S) client: GET for JWKS and OIDC discovery documents, any method for the
+//! approvals webhook and the `approvals` CLI; built on Pingora's
 //! upstream connector (so TLS verification, SNI and a custom CA work as for the upstream API).
 //!
 //! Invariants: certificates are verified (a custom CA replaces the system roots only when
@@ -118,13 +119,39 @@ impl Fetcher {
 
     /// GET `url`, expecting 200 and at most [`MAX_DOCUMENT_BYTES`].
     pub async fn get(&self, url: &Url) -> Result<Vec<u8>, FetchError> {
-        match tokio::time::timeout(FETCH_DEADLINE, self.get_inner(url)).await {
+        let (status, body) = self
+            .send("GET", url, &[("accept", "application/json")], None)
+            .await?;
+        if status != 200 {
+            return Err(FetchError::Failed(format!("HTTP status {status}")));
+        }
+        Ok(body)
+    }
+
+    /// One request (`method`, `url`, extra `headers`, optional `body`) with a deadline; the
+    /// status and at most [`MAX_DOCUMENT_BYTES`] of the response body, whatever the status.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
+        match tokio::time::timeout(FETCH_DEADLINE, self.send_inner(method, url, headers, body))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(FetchError::Failed("timed out".into())),
         }
     }
 
-    async fn get_inner(&self, url: &Url) -> Result<Vec<u8>, FetchError> {
+    async fn send_inner(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
         let failed = |what: &str| FetchError::Failed(what.to_string());
         let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
             .await
@@ -141,16 +168,29 @@ impl Fetcher {
             .map_err(|e| failed(e.etype().as_str()))?;
         session.set_read_timeout(Some(FETCH_DEADLINE));
         session.set_write_timeout(Some(FETCH_DEADLINE));
-        let mut request = RequestHeader::build("GET", url.path_and_query.as_bytes(), Some(4))
+        let mut request = RequestHeader::build(method, url.path_and_query.as_bytes(), Some(8))
             .map_err(|_| failed("bad request"))?;
         let _ = request.insert_header("host", url.authority());
-        let _ = request.insert_header("accept", "application/json");
         let _ = request.insert_header("user-agent", "streammask");
         let _ = request.insert_header("connection", "close");
+        for (name, value) in headers {
+            request
+                .insert_header(name.to_string(), *value)
+                .map_err(|_| failed("bad header"))?;
+        }
+        if let Some(body) = body {
+            let _ = request.insert_header("content-length", body.len().to_string());
+        }
         session
             .write_request_header(Box::new(request))
             .await
             .map_err(|e| failed(e.etype().as_str()))?;
+        if let Some(body) = body {
+            session
+                .write_request_body(bytes::Bytes::copy_from_slice(body), false)
+                .await
+                .map_err(|e| failed(e.etype().as_str()))?;
+        }
         session
             .finish_request_body()
             .await
@@ -163,9 +203,6 @@ impl Fetcher {
             .response_header()
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
-        if status != 200 {
-            return Err(FetchError::Failed(format!("HTTP status {status}")));
-        }
         let mut body = BytesMut::new();
         while let Some(chunk) = session
             .read_response_body()
@@ -177,7 +214,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body.to_vec())
+        Ok((status, body.to_vec()))
     }
 }
 

@@ -24,16 +24,17 @@
 //! (then their ids agree and each opens what another sealed) and share a clock: expiry is an
 //! absolute time ([`now_ms`]).
 //!
-//! Imports: no other module of the crate (the store is a leaf of `policy`).
+//! Imports: only `config_error` (the store is a leaf of `policy`).
 
 pub mod memory;
 pub mod redis;
 pub mod seal;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisLink, RedisStore};
 pub use self::seal::{SealError, Sealer};
 
+use crate::config_error::{invalid, ConfigError};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -106,6 +107,50 @@ pub trait GroupStore: Send + Sync + fmt::Debug {
 
     /// A short name for logs/metrics: "memory" or "redis".
     fn backend(&self) -> &'static str;
+}
+
+/// Where a section names its Redis: its `store`, `redis_url` and `redis_url_env` keys.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisKeys {
+    pub store: &'static str,
+    pub url: &'static str,
+    pub url_env: &'static str,
+}
+
+/// The Redis URL of a section with `store = "redis"`: exactly one of `redis_url` and
+/// `redis_url_env` (the environment variable holding it, since it may carry a password), and a
+/// `redis://` URL. Errors never quote the URL.
+pub fn resolve_redis_url(
+    keys: RedisKeys,
+    url: Option<&str>,
+    url_env: Option<&str>,
+) -> Result<String, ConfigError> {
+    let url = match (url, url_env) {
+        (Some(url), None) => url.to_string(),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            invalid(
+                keys.url_env,
+                "names an environment variable that is not set",
+            )
+        })?,
+        _ => {
+            return Err(invalid(
+                keys.store,
+                format!(
+                    "\"redis\" needs exactly one of {} and {}",
+                    keys.url, keys.url_env
+                ),
+            ))
+        }
+    };
+    if !url.starts_with("redis://") {
+        return Err(invalid(
+            keys.url,
+            "must be a redis:// URL (TLS to Redis is not built in: use a local TLS tunnel such \
+             as stunnel, or a sidecar)",
+        ));
+    }
+    Ok(url)
 }
 
 /// Unix epoch milliseconds (wall clock, so that replicas agree on expiry).

@@ -41,34 +41,40 @@ const HASH_BYTES_SCRIPT: &str = "local n = 0 \
 
 /// Groups of sealed values in one Redis, shared by every replica pointed at it.
 pub struct RedisStore {
-    client: Client,
+    link: RedisLink,
     namespace: String,
+}
+
+/// One lazily made, shared connection to a Redis and the timeout every call through it keeps:
+/// what each Redis-backed store of the crate (the restore vault's groups, the approvals) is
+/// built on.
+pub struct RedisLink {
+    client: Client,
     timeout: Duration,
     connection: OnceCell<ConnectionManager>,
 }
 
-impl RedisStore {
-    /// A store at `url` (`redis://[user:password@]host:port[/db]`) under `namespace`, each
-    /// operation bounded by `timeout`. Only parses the URL: the connection is made on first use.
-    pub fn new(url: &str, namespace: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+impl RedisLink {
+    /// A link to `url` (`redis://[user:password@]host:port[/db]`), each operation bounded by
+    /// `timeout`. Only parses the URL: the connection is made on first use.
+    pub fn open(url: &str, timeout: Duration) -> Result<RedisLink, StoreError> {
         // The parser's message may quote the URL, password included: say only that it is bad.
         let client = Client::open(url)
             .map_err(|_| StoreError::Unavailable("the redis URL is invalid".to_string()))?;
-        Ok(RedisStore {
+        Ok(RedisLink {
             client,
-            namespace: namespace.to_string(),
             timeout,
             connection: OnceCell::new(),
         })
     }
 
-    fn key(&self, group: &Id) -> String {
-        format!("{}:{}", self.namespace, hex::encode(group))
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The shared connection, made now if no call has made it yet. The manager reconnects by
     /// itself once made; until then every call tries afresh.
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+    pub async fn connection(&self) -> Result<ConnectionManager, RedisError> {
         let made = self
             .connection
             .get_or_try_init(|| {
@@ -84,8 +90,8 @@ impl RedisStore {
         Ok(made.clone())
     }
 
-    /// `op` bounded by the store's timeout, its errors made safe to print.
-    async fn bounded<T>(
+    /// `op` bounded by the link's timeout, its errors made safe to print.
+    pub async fn bounded<T>(
         &self,
         what: &str,
         op: impl Future<Output = Result<T, RedisError>>,
@@ -98,6 +104,33 @@ impl RedisStore {
                 self.timeout.as_millis()
             ))),
         }
+    }
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://[user:password@]host:port[/db]`) under `namespace`, each
+    /// operation bounded by `timeout`. Only parses the URL: the connection is made on first use.
+    pub fn new(url: &str, namespace: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+        Ok(RedisStore {
+            link: RedisLink::open(url, timeout)?,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    fn key(&self, group: &Id) -> String {
+        format!("{}:{}", self.namespace, hex::encode(group))
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        self.link.connection().await
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        self.link.bounded(what, op).await
     }
 
     async fn put_now(
@@ -316,6 +349,15 @@ impl fmt::Debug for RedisStore {
         // Not the client: its connection info holds the password.
         f.debug_struct("RedisStore")
             .field("namespace", &self.namespace)
+            .field("link", &self.link)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the client: its connection info holds the password.
+        f.debug_struct("RedisLink")
             .field("timeout", &self.timeout)
             .field("connected", &self.connection.initialized())
             .finish()
@@ -397,7 +439,7 @@ mod tests {
         assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(
-            !store.connection.initialized(),
+            !store.link.connection.initialized(),
             "a failed connect is not kept"
         );
         let entry = StoreEntry {

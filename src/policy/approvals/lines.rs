@@ -1,0 +1,374 @@
+//! The approve findings of a request as *matched lines*: what a grant is about (the whole
+//! trimmed line that holds the match, so approving `terraform destroy -target=x` does not
+//! approve `terraform destroy`) and what the approver is shown (that line and its neighbours,
+//! masked).
+//!
+//! Invariants:
+//! - every approve finding the walker reported yields a matched line: one found again in a
+//!   string of the body gets its line and preview; one the walker found where this reading
+//!   does not (an object key, an encoded value) gets a line made of its rule and path and a
+//!   preview that says so — never no line, so nothing is forwarded unapproved;
+//! - the preview is the text after every non-approve finding of every scope was replaced by
+//!   its placeholder (masking runs over the whole string before lines are cut, so a secret
+//!   spanning lines is masked whole), then cut to a few bounded lines: it never holds a raw
+//!   secret. The raw line is kept only to be hashed; `Debug` never prints it.
+
+use crate::engine::findings::Findings;
+use crate::engine::{Action, Engine, Scope};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::fmt;
+
+/// Lines of context shown above and below the matched line.
+const CONTEXT_LINES: usize = 2;
+/// Characters of one preview line kept.
+const MAX_LINE_CHARS: usize = 240;
+
+/// One approve finding, as the grant and the console need it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MatchedLine {
+    pub rule_id: String,
+    pub rule_description: String,
+    /// The trimmed raw line: hashed into the grant key, never shown.
+    line: String,
+    /// The line and its neighbours, masked.
+    pub preview: String,
+    /// Where in the body (a JSON path, masked).
+    pub path: String,
+}
+
+impl MatchedLine {
+    /// The raw line's bytes, for the keyed hash of the grant.
+    pub fn line_bytes(&self) -> &[u8] {
+        self.line.as_bytes()
+    }
+
+    #[cfg(test)]
+    pub fn for_test(rule_id: &str, line: &str) -> MatchedLine {
+        MatchedLine {
+            rule_id: rule_id.into(),
+            rule_description: String::new(),
+            line: line.trim().into(),
+            preview: line.trim().into(),
+            path: "messages[0].content".into(),
+        }
+    }
+}
+
+impl fmt::Debug for MatchedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MatchedLine")
+            .field("rule_id", &self.rule_id)
+            .field("path", &self.path)
+            .field("line_bytes", &self.line.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The matched lines of `body` (the request as the client sent it, decoded), given the
+/// findings the walker reported for it. Empty when no finding is an approve one.
+pub fn matched_lines(engine: &Engine, body: &[u8], findings: &Findings) -> Vec<MatchedLine> {
+    let wanted: Vec<(&str, &str)> = findings
+        .iter()
+        .filter(|f| f.finding.action == Action::Approve)
+        .map(|f| (f.finding.rule_id.as_str(), f.path.as_str()))
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Ok(document) = serde_json::from_slice::<Value>(body) {
+        let mut path = Vec::new();
+        visit(engine, &document, &mut path, &mut out);
+    }
+    let located: HashSet<(String, String)> = out
+        .iter()
+        .map(|m| (m.rule_id.clone(), m.path.clone()))
+        .collect();
+    for (rule_id, path) in wanted {
+        if located.contains(&(rule_id.to_string(), path.to_string())) {
+            continue;
+        }
+        let shown = engine.redact_all(path).into_owned();
+        out.push(MatchedLine {
+            rule_id: rule_id.to_string(),
+            rule_description: engine.rule_description(rule_id).to_string(),
+            // Rule and path stand in for the line: the grant is for this place in the request.
+            line: format!("\u{0}unlocated\u{0}{path}"),
+            preview: format!("(the match is in a value the console cannot show, at `{shown}`)"),
+            path: shown,
+        });
+    }
+    // Only what the walker reported counts (the walker knows which values are scanned).
+    let reported: HashSet<&str> = findings
+        .iter()
+        .filter(|f| f.finding.action == Action::Approve)
+        .map(|f| f.finding.rule_id.as_str())
+        .collect();
+    out.retain(|m| reported.contains(m.rule_id.as_str()));
+    out
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The walker's path notation: `a.b[2]`, keys that are not plain words as `["…"]`.
+fn render(path: &[Segment<'_>]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Index(index) => out.push_str(&format!("[{index}]")),
+            Segment::Key(name) => {
+                let plain = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if plain {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(name);
+                } else {
+                    out.push('[');
+                    out.push_str(&serde_json::to_string(name).unwrap_or_default());
+                    out.push(']');
+                }
+            }
+        }
+    }
+    out
+}
+
+fn visit<'a>(
+    engine: &Engine,
+    value: &'a Value,
+    path: &mut Vec<Segment<'a>>,
+    out: &mut Vec<MatchedLine>,
+) {
+    match value {
+        Value::String(text) => lines_of(engine, text, &render(path), out),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                path.push(Segment::Index(index));
+                visit(engine, item, path, out);
+                path.pop();
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                path.push(Segment::Key(key));
+                visit(engine, item, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The matched lines of one string.
+fn lines_of(engine: &Engine, text: &str, path: &str, out: &mut Vec<MatchedLine>) {
+    let Ok(findings) = engine.scan(text, Scope::Request) else {
+        return;
+    };
+    if !findings.iter().any(|f| f.action == Action::Approve) {
+        return;
+    }
+    // Mask everything but the approve matches, noting where each approve match lands.
+    let mut masked = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut landed = Vec::new();
+    for finding in &findings {
+        if finding.action == Action::Approve {
+            let start = finding.span.start.max(last);
+            landed.push((finding, masked.len() + (start - last)));
+            continue;
+        }
+        if finding.span.start < last {
+            continue;
+        }
+        masked.push_str(&text[last..finding.span.start]);
+        masked.push_str(&finding.placeholder);
+        last = finding.span.end;
+    }
+    masked.push_str(&text[last..]);
+    let path_shown = engine.redact_all(path).into_owned();
+    for (finding, at) in landed {
+        let line = line_around(text, finding.span.start, finding.span.end)
+            .trim()
+            .to_string();
+        let preview = preview_around(engine, &masked, at.min(masked.len()));
+        out.push(MatchedLine {
+            rule_id: finding.rule_id.clone(),
+            rule_description: engine.rule_description(&finding.rule_id).to_string(),
+            line,
+            preview,
+            path: path_shown.clone(),
+        });
+    }
+}
+
+/// The whole line(s) holding `start..end`.
+fn line_around(text: &str, start: usize, end: usize) -> &str {
+    let from = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let to = text[end..].find('\n').map_or(text.len(), |i| end + i);
+    &text[from..to]
+}
+
+/// The line of `masked` holding byte `at` with [`CONTEXT_LINES`] around it, each line cut to
+/// [`MAX_LINE_CHARS`], masked once more in every scope (approve matches kept).
+fn preview_around(engine: &Engine, masked: &str, at: usize) -> String {
+    let mut at = at;
+    while !masked.is_char_boundary(at) {
+        at -= 1;
+    }
+    let lines: Vec<&str> = masked.split('\n').collect();
+    let mut offset = 0;
+    let mut index = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if at <= offset + line.len() {
+            index = i;
+            break;
+        }
+        offset += line.len() + 1;
+    }
+    let from = index.saturating_sub(CONTEXT_LINES);
+    let to = (index + CONTEXT_LINES + 1).min(lines.len());
+    let cut: Vec<String> = lines[from..to]
+        .iter()
+        .map(|line| {
+            let line = line.trim_end();
+            match line.char_indices().nth(MAX_LINE_CHARS) {
+                Some((cut, _)) => format!("{}…", &line[..cut]),
+                None => line.to_string(),
+            }
+        })
+        .collect();
+    keep_approve_mask_rest(engine, &cut.join("\n"))
+}
+
+/// `text` with every finding of every scope replaced by its placeholder, except approve ones.
+fn keep_approve_mask_rest(engine: &Engine, text: &str) -> String {
+    let mut current = text.to_string();
+    for scope in Scope::ALL {
+        let Ok(findings) = engine.scan(&current, scope) else {
+            return "[unscannable]".to_string();
+        };
+        let mut out = String::with_capacity(current.len());
+        let mut last = 0;
+        for finding in findings.iter().filter(|f| f.action != Action::Approve) {
+            if finding.span.start < last {
+                continue;
+            }
+            out.push_str(&current[last..finding.span.start]);
+            out.push_str(&finding.placeholder);
+            last = finding.span.end;
+        }
+        out.push_str(&current[last..]);
+        current = out;
+    }
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::json_walk::{mask_json_within, ThinkingMode, WalkOptions};
+    use crate::engine::masker::DEFAULT_MAX_HOLD_BYTES;
+    use crate::engine::placeholder::PlaceholderKey;
+    use crate::engine::RuleSet;
+
+    fn engine() -> Engine {
+        let set = RuleSet::embedded().expect("pack");
+        let key = PlaceholderKey::new(b"lines-test-key-0123456789").expect("key");
+        Engine::compile(&set, key, DEFAULT_MAX_HOLD_BYTES).expect("compiles")
+    }
+
+    fn walk(engine: &Engine, body: &[u8]) -> Findings {
+        let options = WalkOptions {
+            scope: Scope::Request,
+            thinking: ThinkingMode::Mask,
+            lenient: false,
+        };
+        mask_json_within(engine, body, &options, None, None)
+            .expect("walk")
+            .findings
+    }
+
+    /// A GitHub token built from pieces (no credential-shaped literal in the source).
+    fn token() -> String {
+        format!("{}{}", "ghp_", "Zq7".repeat(12))
+    }
+
+    #[test]
+    fn the_grant_line_is_the_whole_line_and_the_preview_is_masked() {
+        let engine = engine();
+        let secret = token();
+        let text = format!(
+            "cd infra\nexport GITHUB_TOKEN={secret}\nterraform destroy -target=module.cache\necho done\n"
+        );
+        let body = serde_json::to_vec(&serde_json::json!({
+            "model": "m", "max_tokens": 1,
+            "messages": [{"role": "user", "content": text}],
+        }))
+        .unwrap();
+        let lines = matched_lines(&engine, &body, &walk(&engine, &body));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert_eq!(line.rule_id, "approve-terraform-destroy");
+        assert_eq!(line.line_bytes(), b"terraform destroy -target=module.cache");
+        assert_eq!(line.path, "messages[0].content");
+        assert!(line
+            .preview
+            .contains("terraform destroy -target=module.cache"));
+        assert!(line.preview.contains("cd infra"), "{}", line.preview);
+        assert!(!line.preview.contains(&secret), "{}", line.preview);
+        assert!(!format!("{line:?}").contains("module.cache"));
+    }
+
+    #[test]
+    fn a_finding_this_reading_cannot_place_still_needs_approval() {
+        // The walker reports an approve finding where no string of the body holds one (an
+        // object key, an encoded value): it still yields a line, keyed by rule and path.
+        let engine = engine();
+        let body = br#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+        let finding = engine
+            .scan("DROP DATABASE prod", Scope::Request)
+            .expect("scan")
+            .into_iter()
+            .find(|f| f.action == Action::Approve)
+            .expect("the pack has an approve rule for it");
+        let mut findings = Findings::new();
+        findings.push("metadata[\"DROP DATABASE prod\"]", finding);
+        let lines = matched_lines(&engine, body, &findings);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].rule_id, "approve-drop-database");
+        assert!(
+            lines[0].preview.contains("cannot show"),
+            "{}",
+            lines[0].preview
+        );
+        // Different places are different grants.
+        let mut elsewhere = Findings::new();
+        elsewhere.push("metadata.other", lines_finding(&engine));
+        let other = matched_lines(&engine, body, &elsewhere);
+        assert_ne!(other[0].line_bytes(), lines[0].line_bytes());
+    }
+
+    fn lines_finding(engine: &Engine) -> crate::engine::Finding {
+        engine
+            .scan("drop schema x", Scope::Request)
+            .expect("scan")
+            .into_iter()
+            .find(|f| f.action == Action::Approve)
+            .expect("approve finding")
+    }
+
+    #[test]
+    fn no_approve_finding_no_line() {
+        let engine = engine();
+        let body = br#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"terraform plan"}]}"#;
+        assert!(matched_lines(&engine, body, &walk(&engine, body)).is_empty());
+    }
+}
