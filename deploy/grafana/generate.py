@@ -74,6 +74,24 @@ ts("Placeholders restored (by rule) and left masked (by reason)", [
 ts("Restore vault failures", [("sum(%s)" % rate("streammask_restore_store_failures_total"), "requests")], "reqps", x=12,
     desc="Requests for which the restore vault (memory or Redis) could not be read or written: they restored only what they carried.")
 y+=8
+row("Approvals")
+stat("Pending approvals", "max(%s)" % s("streammask_approvals_pending"), x=0,
+     thresholds=[{"color":"green","value":None},{"color":"orange","value":1}],
+     desc="Approvals waiting for a decision (replicas sharing a Redis report the same number, hence max).")
+stat("Decision time p50", q("0.5", "streammask_approval_decision_seconds_bucket"), "s", x=6,
+     desc="From the request that needed approval to the approver's decision.")
+stat("Webhook failures", "sum(increase(%s[$__range]))" % s("streammask_approval_webhook_failures_total"), x=12, thresholds=red)
+stat("Approvals store failures", "sum(increase(%s[$__range]))" % s("streammask_approval_store_failures_total"), x=18, thresholds=red,
+     desc="Requests needing approval refused with 503 because the approvals store (Redis) did not answer.")
+y+=4
+ts("Approvals by state", [
+    ("sum by (state) (%s)" % rate("streammask_approvals_total"), "{{state}}"),
+    ("sum(%s)" % rate("streammask_approval_grants_used_total"), "requests forwarded on a grant")], "ops",
+    desc="pending = a new approval was requested; approved/denied = decisions; expired = nobody decided in time.")
+ts("Decision time", [
+    (q("0.5", "streammask_approval_decision_seconds_bucket"), "p50"),
+    (q("0.9", "streammask_approval_decision_seconds_bucket"), "p90")], "s", x=12)
+y+=8
 row("Streaming")
 ts("Active streams", [("sum(%s)" % s("streammask_active_streams"), "streams")])
 ts("Held bytes now, and peak held per stream p99", [

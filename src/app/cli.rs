@@ -1,5 +1,5 @@
-//! The command line: `run`, `scan`, `config check`, `rules check|list|bench|examples` and
-//! `audit show|replay`. Other tools depend on these exact forms, so flags are only ever added.
+//! The command line: `run`, `scan`, `config check`, `rules check|list|bench|examples`,
+//! `audit show|replay` and `approvals list|show|approve|deny`. Other tools depend on these exact forms, so flags are only ever added.
 //!
 //! The CLI never prints a secret: `scan` reports findings by rule id and placeholder only.
 
@@ -76,6 +76,23 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Decide approvals through a proxy's admin API (an approver's token: --token or
+    /// STREAMMASK_TOKEN).
+    Approvals {
+        /// The admin listener's base URL.
+        #[arg(
+            long,
+            global = true,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:9090"
+        )]
+        admin: String,
+        /// The approver's JWT or static key (default: STREAMMASK_TOKEN).
+        #[arg(long, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: super::approvals_cli::ApprovalsCommand,
     },
 }
 
@@ -233,6 +250,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rules {
             command: RulesCommand::List { rules },
         } => rules_list(rules),
+        Command::Approvals {
+            admin,
+            token,
+            command,
+        } => super::approvals_cli::run(&admin, token, command),
         Command::Rules {
             command: RulesCommand::Examples { rules },
         } => rules_examples(rules),

@@ -5,6 +5,7 @@
 //! hands over to [`cli::main`]. `anyhow` is used here and nowhere below.
 
 pub mod admin;
+pub mod approvals_cli;
 pub mod cli;
 pub mod console;
 pub mod server;

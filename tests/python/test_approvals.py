@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -200,6 +201,43 @@ def test_refusals_on_the_api(approvals_proxy):
     assert approval_id in {a["id"] for a in approved}
     # The console is not on the proxy listener.
     assert httpx.get(approvals_proxy.url + "/api/approvals", headers={"x-api-key": key("carol")}).status_code == 404
+
+
+def cli(proxy, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "STREAMMASK_TOKEN"}
+    if token:
+        env["STREAMMASK_TOKEN"] = token
+    return subprocess.run(
+        [str(smtest.PROXY_BIN), "approvals", "--admin", proxy.admin_url, *args],
+        capture_output=True, text=True, timeout=30, env=env,
+    )
+
+
+def test_the_approvals_cli_lists_shows_and_decides(approvals_proxy, mock):
+    marker = uuid.uuid4().hex
+    first = pending_of(send(approvals_proxy, "alice", f"{marker}\nkubectl delete namespace ledger"))
+    second = pending_of(send(approvals_proxy, "bob", f"{marker}\nkubectl delete namespace ledger"))
+    listed = cli(approvals_proxy, "list", "--state", "pending", token=key("carol"))
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "approve-kubectl-delete-namespace" in listed.stdout
+    as_json = json.loads(cli(approvals_proxy, "list", "--json", token=key("carol")).stdout)
+    assert {first, second} <= {a["id"] for a in as_json["data"]}
+    shown = cli(approvals_proxy, "show", first, token=key("carol"))
+    assert shown.returncode == 0 and "kubectl delete namespace ledger" in shown.stdout and "alice" in shown.stdout
+    approved = cli(approvals_proxy, "approve", first, "--token", key("carol"))
+    assert approved.returncode == 0 and f"{first} approved by carol" in approved.stdout
+    denied = cli(approvals_proxy, "deny", second, "--reason", "ask in #infra", token=key("carol"))
+    assert denied.returncode == 0 and "denied by carol" in denied.stdout
+    assert cli(approvals_proxy, "show", second, token=key("carol")).stdout.count("ask in #infra") == 1
+    again = cli(approvals_proxy, "approve", second, token=key("carol"))
+    assert again.returncode != 0 and "409" in again.stderr and "already denied" in again.stderr
+    assert key("carol") not in again.stderr + again.stdout
+    no_token = cli(approvals_proxy, "list")
+    assert no_token.returncode != 0 and "STREAMMASK_TOKEN" in no_token.stderr
+    outsider = cli(approvals_proxy, "list", token=key("bob"))
+    assert outsider.returncode != 0 and "403" in outsider.stderr
+    assert send(approvals_proxy, "alice", f"{marker}\nkubectl delete namespace ledger").status_code == 200
+    assert send(approvals_proxy, "bob", f"{marker}\nkubectl delete namespace ledger").status_code == 403
 
 
 def sign_in(proxy, who: str) -> httpx.Client:
@@ -451,10 +489,11 @@ def test_two_replicas_share_approvals_through_redis(proxy_factory, mock, redis):
         return next((x["id"] for x in data if marker in x["preview"]), None)
 
     approval_id = wait_until(pending_on_b, 15, what="the approval seen through replica B")
-    decided = time.monotonic()
     assert api(b, "carol", "POST", f"/api/approvals/{approval_id}/approve").status_code == 200
+    decided = time.monotonic()
     thread.join(20)
-    assert time.monotonic() - decided < 1.5, "the held request was not released within a second"
+    # Released within a second of the decision (the forward to the mock included).
+    assert time.monotonic() - decided < 1.0, "the held request was not released within a second"
     assert result["r"].status_code == 200, result["r"].text
     assert upstream_saw(mock, marker) == 1
     # The grant is in Redis: replica B forwards the next turn, and so does a restarted A.

@@ -15,6 +15,9 @@ pub const SCRIPT: &str = r#"(function () {
         if (html === null) return;
         var active = document.activeElement;
         if (active && active.form && box.contains(active)) return; // someone is typing a reason
+        var typed = box.querySelectorAll("input[name=reason]");
+        for (var i = 0; i < typed.length; i++) if (typed[i].value) return; // or typed one
+
         box.innerHTML = html;
       })
       .catch(function () {});
@@ -36,7 +39,7 @@ h2{font-size:15px;margin:24px 0 10px;color:#3a4356}
 .rule{font-family:ui-monospace,Menlo,Consolas,monospace;background:#eef1f6;border-radius:4px;padding:1px 6px}
 pre{background:#0f1420;color:#e8ecf3;border-radius:6px;padding:10px 12px;overflow-x:auto;margin:8px 0;font-size:12.5px}
 .actions{display:flex;gap:8px;align-items:center;flex-wrap:wrap}
-.actions input[type=text]{flex:1;min-width:200px;padding:6px 8px;border:1px solid #c5cbd6;border-radius:5px}
+.actions input[type=text],.actions input[type=password]{flex:1;min-width:200px;padding:6px 8px;border:1px solid #c5cbd6;border-radius:5px}
 button{border:0;border-radius:5px;padding:7px 14px;font-weight:600;cursor:pointer}
 .approve{background:#1f883d;color:#fff}.deny{background:#cf222e;color:#fff}.plain{background:#e4e7ec;color:#1d2330}
 .state{font-weight:600;text-transform:uppercase;font-size:11.5px;letter-spacing:.04em;border-radius:4px;padding:2px 6px}
@@ -44,6 +47,7 @@ button{border:0;border-radius:5px;padding:7px 14px;font-weight:600;cursor:pointe
 table{width:100%;border-collapse:collapse;background:#fff;border:1px solid #dde1e8;border-radius:8px}
 td,th{text-align:left;padding:7px 10px;border-bottom:1px solid #eef0f4;font-size:13px}
 .empty{color:#6b7385;font-style:italic}
+.note{color:#4b5568;font-size:13px;margin:8px 0}
 .error{background:#ffebe9;border:1px solid #ffc1bc;color:#a40e26;padding:10px 12px;border-radius:6px}
 a{color:#0a58ca}
 ";
@@ -92,7 +96,7 @@ pub fn sign_in(error: Option<&str>) -> String {
         &format!(
             "<h2>Sign in as an approver</h2>{error}<div class=\"card\">\
              <form method=\"post\" action=\"/approvals/sign-in\" class=\"actions\">\
-             <input type=\"text\" name=\"token\" autocomplete=\"off\" placeholder=\"Your token (JWT or service key)\" aria-label=\"token\">\
+             <input type=\"password\" name=\"token\" autocomplete=\"off\" placeholder=\"Your token (JWT or service key)\" aria-label=\"token\">\
              <button class=\"approve\" type=\"submit\">Sign in</button></form>\
              <p class=\"meta\">The token is checked once; the console then keeps a session cookie.</p></div>"
         ),
@@ -141,7 +145,7 @@ fn decide_form(approval: &Approval, session: &ConsoleSession) -> String {
     )
 }
 
-fn card(approval: &Approval, now: u64, session: &ConsoleSession) -> String {
+fn card(approval: &Approval, now: u64, session: &ConsoleSession, link: bool) -> String {
     let state = approval.state_at(now);
     let session_id = approval.session_id.as_deref().unwrap_or("none");
     let form = if state == State::Pending {
@@ -149,12 +153,26 @@ fn card(approval: &Approval, now: u64, session: &ConsoleSession) -> String {
     } else {
         String::new()
     };
+    let ends = match state {
+        State::Pending => "expires in",
+        State::Approved | State::Denied => "grant ends in",
+        State::Expired => "ended",
+    };
+    let left = if state == State::Expired {
+        format!("{} ago", age(now.saturating_sub(approval.expires_at_ms())))
+    } else {
+        age(approval.expires_at_ms().saturating_sub(now))
+    };
+    let details = if link {
+        format!("<a href=\"/approvals/{}\">details</a>", esc(&approval.id))
+    } else {
+        String::new()
+    };
     format!(
         "<div class=\"card\" data-approval=\"{id}\"><div class=\"meta\">{badge}\
          <span>rule <span class=\"rule\">{rule}</span></span><span>caller <b>{subject}</b></span>\
          <span>groups {groups}</span><span>session {session_id}</span>\
-         <span>asked {age} ago</span><span>expires in {left}</span>\
-         <a href=\"/approvals/{id}\">details</a></div>\
+         <span>asked {age} ago</span><span>{ends} {left}</span>{details}</div>\
          <div class=\"meta\">{description}</div><pre>{preview}</pre>{form}</div>",
         id = esc(&approval.id),
         badge = badge(state),
@@ -163,7 +181,6 @@ fn card(approval: &Approval, now: u64, session: &ConsoleSession) -> String {
         groups = esc(&approval.groups.join(", ")),
         session_id = esc(session_id),
         age = age(now.saturating_sub(approval.created_at_ms)),
-        left = age(approval.expires_at_ms().saturating_sub(now)),
         description = esc(&approval.rule_description),
         preview = esc(&approval.preview),
     )
@@ -180,7 +197,7 @@ pub fn lists(all: &[Approval], now: u64, session: &ConsoleSession) -> String {
         out.push_str("<p class=\"empty\">Nothing is waiting for a decision.</p>");
     }
     for approval in pending {
-        out.push_str(&card(approval, now, session));
+        out.push_str(&card(approval, now, session, true));
     }
     out.push_str("<h2>Decided and expired</h2>");
     let rest: Vec<&Approval> = all
@@ -193,19 +210,20 @@ pub fn lists(all: &[Approval], now: u64, session: &ConsoleSession) -> String {
     }
     out.push_str(
         "<table><tr><th>State</th><th>Rule</th><th>Caller</th><th>Decided by</th>\
-         <th>Reason</th><th>Asked</th><th></th></tr>",
+         <th>Reason</th><th>Asked</th><th>Decided</th><th></th></tr>",
     );
     for approval in rest {
         let decision = approval.decision.as_ref();
         out.push_str(&format!(
             "<tr><td>{}</td><td><span class=\"rule\">{}</span></td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{} ago</td><td><a href=\"/approvals/{}\">details</a></td></tr>",
+             <td>{}</td><td>{} ago</td><td>{}</td><td><a href=\"/approvals/{}\">details</a></td></tr>",
             badge(approval.state_at(now)),
             esc(&approval.rule_id),
             esc(&approval.subject),
             esc(decision.map_or("—", |d| d.by.as_str())),
             esc(decision.and_then(|d| d.reason.as_deref()).unwrap_or("")),
             age(now.saturating_sub(approval.created_at_ms)),
+            decision.map_or("—".to_string(), |d| format!("{} ago", age(now.saturating_sub(d.at_ms)))),
             esc(&approval.id),
         ));
     }
@@ -216,7 +234,7 @@ pub fn lists(all: &[Approval], now: u64, session: &ConsoleSession) -> String {
 pub fn detail(approval: &Approval, now: u64, session: &ConsoleSession) -> String {
     let decision = approval.decision.as_ref().map_or(String::new(), |d| {
         format!(
-            "<p class=\"meta\">{} by <b>{}</b>{}</p>",
+            "<p class=\"note\">{} by <b>{}</b>{}</p>",
             if d.approved { "Approved" } else { "Denied" },
             esc(&d.by),
             d.reason
@@ -229,9 +247,9 @@ pub fn detail(approval: &Approval, now: u64, session: &ConsoleSession) -> String
         Some(session),
         &format!(
             "<p><a href=\"/approvals\">← all approvals</a></p><h2>Approval {}</h2>{}{}\
-             <p class=\"meta\">request {} · created {} · expires {}</p>",
+             <p class=\"note\">request {} · created {} · current state ends {}</p>",
             esc(&approval.id),
-            card(approval, now, session),
+            card(approval, now, session, false),
             decision,
             esc(&approval.request_id),
             super::rfc3339_ms(approval.created_at_ms),

@@ -719,6 +719,41 @@ mod tests {
         deciding.await.expect("task").expect("decided");
     }
 
+    #[tokio::test]
+    async fn an_undecided_approval_is_reported_expired_once() {
+        let (mut approvals, seen) = service(Duration::from_secs(60));
+        approvals.settings.pending_ttl = Duration::from_millis(200);
+        let dev = vec!["dev".to_string()];
+        let standing = approvals
+            .check(&who("alice", None, &dev), &[line("drop schema x")])
+            .await
+            .expect("checked");
+        let id = standing.pending[0].id.clone();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let events = seen.0.lock().unwrap().clone();
+        assert_eq!(
+            events,
+            vec![
+                (EventKind::Requested, id.clone()),
+                (EventKind::Expired, id.clone())
+            ]
+        );
+        // Deciding it now is a conflict, and a new request opens a new approval.
+        let sec = vec!["sec".to_string()];
+        let late = approvals
+            .decide(&id, &who("carol", None, &sec), true, None)
+            .await;
+        assert!(
+            matches!(late, Err(ApprovalError::Conflict("expired"))),
+            "{late:?}"
+        );
+        let again = approvals
+            .check(&who("alice", None, &dev), &[line("drop schema x")])
+            .await
+            .expect("checked");
+        assert_ne!(again.pending[0].id, id);
+    }
+
     #[test]
     fn approval_ids_are_checked_before_use() {
         assert!(is_approval_id(&new_id()));
