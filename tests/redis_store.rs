@@ -544,3 +544,29 @@ async fn a_failed_connect_is_retried_by_the_next_call() {
     );
     drop(server);
 }
+
+/// The approvals' Redis backend keeps the same contract as the memory one (atomic open per
+/// grant, one decision, expiry, listing), run against a real server; and two replicas see one
+/// approval per grant.
+#[tokio::test]
+async fn approvals_keep_the_store_contract_in_redis() {
+    use streammask::policy::approvals::store::contract;
+    use streammask::policy::approvals::{ApprovalStore, RedisApprovals};
+    let server = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let a = RedisApprovals::new(&url, "streammask:approvals:test", TIMEOUT).unwrap();
+    contract::check(&a, "1111111111111111111111111111").await;
+    // A second replica opening the same grant gets the first one's approval.
+    let b = RedisApprovals::new(&url, "streammask:approvals:test", TIMEOUT).unwrap();
+    let now = now_ms();
+    let first = contract::approval("apr_x1", "shared-grant", now, now + 60_000);
+    let second = contract::approval("apr_x2", "shared-grant", now, now + 60_000);
+    let (opened, created) = a.open("shared-grant", first, now).await.unwrap();
+    assert!(created);
+    let (seen, created) = b.open("shared-grant", second, now).await.unwrap();
+    assert!(!created);
+    assert_eq!(seen.id, opened.id);
+    drop(server);
+    let down = a.get("apr_x1").await;
+    assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+}

@@ -130,23 +130,28 @@ impl AdminState {
     async fn serve(&self, stream: tokio::net::TcpStream) {
         let stream = pingora::protocols::l4::stream::Stream::from(stream);
         let mut session = ServerSession::new_http1(Box::new(stream));
-        let Ok(Some(request)) = tokio::time::timeout(REQUEST_DEADLINE, read(&mut session)).await
-        else {
-            return;
+        let read = match tokio::time::timeout(REQUEST_DEADLINE, read(&mut session)).await {
+            Ok(Some(read)) => read,
+            _ => return,
         };
-        let reply = match self.console.as_ref() {
-            Some(console) => console.handle(&request).await,
-            None => None,
-        };
-        let reply = reply.unwrap_or_else(|| {
-            let (status, content_type, body) = self.respond(&request.path);
-            Reply {
-                status,
-                content_type,
-                headers: Vec::new(),
-                body,
+        let reply = match read {
+            Err(refused) => refused,
+            Ok(request) => {
+                let console = match &self.console {
+                    Some(console) => console.handle(&request).await,
+                    None => None,
+                };
+                console.unwrap_or_else(|| {
+                    let (status, content_type, body) = self.respond(&request.path);
+                    Reply {
+                        status,
+                        content_type,
+                        headers: Vec::new(),
+                        body,
+                    }
+                })
             }
-        });
+        };
         let Reply {
             status,
             content_type,
@@ -206,8 +211,9 @@ impl AdminState {
     }
 }
 
-/// The request on `session`, its body read whole (refused past [`MAX_BODY_BYTES`]).
-async fn read(session: &mut ServerSession) -> Option<AdminRequest> {
+/// The request on `session`, its body read whole; a body past [`MAX_BODY_BYTES`] gets a 413.
+/// `None` when no request could be read at all.
+async fn read(session: &mut ServerSession) -> Option<Result<AdminRequest, Reply>> {
     if !matches!(session.read_request().await, Ok(true)) {
         return None;
     }
@@ -219,15 +225,18 @@ async fn read(session: &mut ServerSession) -> Option<AdminRequest> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = session.read_request_body().await {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return None;
+            return Some(Err(Reply::text(
+                413,
+                format!("request body over {MAX_BODY_BYTES} bytes\n"),
+            )));
         }
         body.extend_from_slice(&chunk);
     }
-    Some(AdminRequest {
+    Some(Ok(AdminRequest {
         method,
         path,
         query,
         headers,
         body,
-    })
+    }))
 }

@@ -199,6 +199,8 @@ def test_refusals_on_the_api(approvals_proxy):
     assert approval_id not in {a["id"] for a in pending}
     approved = api(approvals_proxy, "carol", "GET", "/api/approvals", params={"state": "approved"}).json()["data"]
     assert approval_id in {a["id"] for a in approved}
+    too_large = httpx.post(approvals_proxy.admin_url + "/approvals/sign-in", data={"token": "x" * 100_000})
+    assert too_large.status_code == 413
     # The console is not on the proxy listener.
     assert httpx.get(approvals_proxy.url + "/api/approvals", headers={"x-api-key": key("carol")}).status_code == 404
 
@@ -530,7 +532,8 @@ def test_claude_code_waits_for_approval_and_continues_the_session(approvals_prox
     link = next(w for w in printed.split() if w.startswith(approvals_proxy.admin_url + "/approvals/apr_"))
     approval_id = link.rstrip(".").rsplit("/", 1)[1]
     assert upstream_saw(mock, marker) == 0
-    # The link from Claude Code's output leads to the approval.
+    # The link from Claude Code's output leads to the approval: its console page, and its API object.
+    assert httpx.get(link.rstrip("."), timeout=10).status_code == 200
     shown = api(approvals_proxy, "carol", "GET", f"/api/approvals/{approval_id}").json()
     assert shown["session_id"] == session and shown["subject"] == "alice"
     assert api(approvals_proxy, "carol", "POST", f"/api/approvals/{approval_id}/approve").status_code == 200

@@ -1,6 +1,6 @@
 //! The approve findings of a request as *matched lines*: what a grant is about (the whole
-//! trimmed line that holds the match, so approving `terraform destroy -target=x` does not
-//! approve `terraform destroy`) and what the approver is shown (that line and its neighbours,
+//! trimmed line that holds the match, so approving a destroy of one `-target` does not approve
+//! a destroy of everything) and what the approver is shown (that line and its neighbours,
 //! masked).
 //!
 //! Invariants:
@@ -296,6 +296,9 @@ mod tests {
             .findings
     }
 
+    /// An approve-rule line, written in pieces so the source itself has no finding.
+    const DESTROY: &str = concat!("terraform", " destroy -target=module.cache");
+
     /// A GitHub token built from pieces (no credential-shaped literal in the source).
     fn token() -> String {
         format!("{}{}", "ghp_", "Zq7".repeat(12))
@@ -305,9 +308,7 @@ mod tests {
     fn the_grant_line_is_the_whole_line_and_the_preview_is_masked() {
         let engine = engine();
         let secret = token();
-        let text = format!(
-            "cd infra\nexport GITHUB_TOKEN={secret}\nterraform destroy -target=module.cache\necho done\n"
-        );
+        let text = format!("cd infra\nexport GITHUB_TOKEN={secret}\n{DESTROY}\necho done\n");
         let body = serde_json::to_vec(&serde_json::json!({
             "model": "m", "max_tokens": 1,
             "messages": [{"role": "user", "content": text}],
@@ -317,11 +318,9 @@ mod tests {
         assert_eq!(lines.len(), 1, "{lines:?}");
         let line = &lines[0];
         assert_eq!(line.rule_id, "approve-terraform-destroy");
-        assert_eq!(line.line_bytes(), b"terraform destroy -target=module.cache");
+        assert_eq!(line.line_bytes(), DESTROY.as_bytes());
         assert_eq!(line.path, "messages[0].content");
-        assert!(line
-            .preview
-            .contains("terraform destroy -target=module.cache"));
+        assert!(line.preview.contains(DESTROY));
         assert!(line.preview.contains("cd infra"), "{}", line.preview);
         assert!(!line.preview.contains(&secret), "{}", line.preview);
         assert!(!format!("{line:?}").contains("module.cache"));
@@ -334,13 +333,13 @@ mod tests {
         let engine = engine();
         let body = br#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
         let finding = engine
-            .scan("DROP DATABASE prod", Scope::Request)
+            .scan(concat!("DROP", " DATABASE prod"), Scope::Request)
             .expect("scan")
             .into_iter()
             .find(|f| f.action == Action::Approve)
             .expect("the pack has an approve rule for it");
         let mut findings = Findings::new();
-        findings.push("metadata[\"DROP DATABASE prod\"]", finding);
+        findings.push(concat!("metadata[\"DROP", " DATABASE prod\"]"), finding);
         let lines = matched_lines(&engine, body, &findings);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(lines[0].rule_id, "approve-drop-database");
@@ -358,7 +357,7 @@ mod tests {
 
     fn lines_finding(engine: &Engine) -> crate::engine::Finding {
         engine
-            .scan("drop schema x", Scope::Request)
+            .scan(concat!("drop", " schema x"), Scope::Request)
             .expect("scan")
             .into_iter()
             .find(|f| f.action == Action::Approve)

