@@ -85,6 +85,15 @@ def metric(proxy, name: str, **labels: str) -> float:
     return total
 
 
+def pending_for(proxy, fragment: str, what: str = "the pending approval") -> str:
+    """The id of the pending approval whose preview holds `fragment`, once it appears (as
+    carol sees it through the API)."""
+    def find():
+        data = api(proxy, "carol", "GET", "/api/approvals", params={"state": "pending"}).json()["data"]
+        return next((a["id"] for a in data if fragment in a["preview"]), None)
+    return wait_until(find, 15, what=what)
+
+
 def pending_of(response: httpx.Response) -> str:
     assert response.status_code == 403, response.text
     assert response.headers["x-streammask-approval-state"] == "pending"
@@ -361,14 +370,8 @@ def test_hold_mode_keeps_the_request_open_until_the_decision(proxy_factory, mock
         thread.start()
         return thread
 
-    def pending_for(fragment: str) -> str:
-        def find():
-            data = api(proxy, "carol", "GET", "/api/approvals", params={"state": "pending"}).json()["data"]
-            return next((a["id"] for a in data if fragment in a["preview"]), None)
-        return wait_until(find, 15, what="the held request's approval")
-
     approved_thread = held("approved", f"{marker}-a\nterraform destroy -target=a")
-    approval_id = pending_for(f"{marker}-a")
+    approval_id = pending_for(proxy, f"{marker}-a")
     time.sleep(1.0)
     assert "approved" not in results and upstream_saw(mock, f"{marker}-a") == 0
     decided_at = time.monotonic()
@@ -379,7 +382,7 @@ def test_hold_mode_keeps_the_request_open_until_the_decision(proxy_factory, mock
     assert upstream_saw(mock, f"{marker}-a") == 1
 
     denied_thread = held("denied", f"{marker}-d\nterraform destroy -target=d")
-    denied_id = pending_for(f"{marker}-d")
+    denied_id = pending_for(proxy, f"{marker}-d")
     api(proxy, "carol", "POST", f"/api/approvals/{denied_id}/deny", json={"reason": "use the runbook"})
     denied_thread.join(20)
     assert results["denied"].status_code == 403 and "use the runbook" in results["denied"].text
@@ -392,7 +395,7 @@ def test_hold_mode_keeps_the_request_open_until_the_decision(proxy_factory, mock
             b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             + f"x-api-key: {key('alice')}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
         )
-        left_id = pending_for(f"{marker}-c")
+        left_id = pending_for(proxy, f"{marker}-c")
     time.sleep(0.5)
     still = api(proxy, "carol", "GET", f"/api/approvals/{left_id}").json()
     assert still["state"] == "pending"

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 import smtest
-from smtest import REPO, wait_until
-from test_approvals import UPSTREAM_KEY, api, approvals_config, key, send, upstream_saw
+from smtest import REPO
+from test_approvals import UPSTREAM_KEY, api, approvals_config, key, pending_for, send, upstream_saw
 
 SCRIPT = Path(__file__).resolve().parent / "browser" / "console.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -111,23 +111,17 @@ def test_an_approver_approves_a_held_request_in_the_browser(proxy_factory, mock,
         thread.start()
         return thread
 
-    def pending_for(fragment: str) -> str:
-        def find():
-            data = api(proxy, "carol", "GET", "/api/approvals", params={"state": "pending"}).json()["data"]
-            return next((a["id"] for a in data if fragment in a["preview"]), None)
-        return wait_until(find, 15, what=f"the pending approval of {fragment!r}")
-
     # Company for the screenshot: a second pending card (dave's, released by a denial at the
     # end) and a decided row (bob's, denied at once).
     other_marker = uuid.uuid4().hex
     denied_thread = held("denied", "bob", f"{other_marker}-b\nDROP DATABASE analytics;")
-    api(proxy, "carol", "POST", f"/api/approvals/{pending_for(other_marker + '-b')}/deny",
+    api(proxy, "carol", "POST", f"/api/approvals/{pending_for(proxy, other_marker + '-b')}/deny",
         json={"reason": "analytics is still read by finance"})
     other_thread = held("other", "dave", f"{other_marker}-d\nkubectl delete namespace payments")
-    other_id = pending_for(f"{other_marker}-d")
+    other_id = pending_for(proxy, f"{other_marker}-d")
 
     thread = held("main", "alice", text)
-    approval_id = pending_for(marker)
+    approval_id = pending_for(proxy, marker)
     shown = api(proxy, "carol", "GET", f"/api/approvals/{approval_id}").json()
     assert shown["state"] == "pending" and shown["subject"] == "alice", shown
     assert "main" not in results and upstream_saw(mock, marker) == 0
