@@ -367,6 +367,27 @@ fn main() {
             )
         })
     });
+    // What approvals add to a request with an approve finding (issue 12): the matched lines
+    // and their masked previews, found again by reading the body's strings (the walk itself is
+    // measured above). Only requests with such a finding pay it.
+    let approving = {
+        let mut value: serde_json::Value = serde_json::from_slice(&request).unwrap();
+        let line = concat!("terraform", " destroy -target=module.cache");
+        value["messages"].as_array_mut().unwrap().push(
+            serde_json::json!({"role": "user", "content": format!("now run\n{line}\nplease")}),
+        );
+        serde_json::to_vec(&value).unwrap()
+    };
+    let approving_walk = mask_json(&engine, &approving, &walk).unwrap();
+    requests.bench_function("approval_matched_lines_claude_code_1MiB", |b| {
+        b.iter(|| {
+            streammask::policy::approvals::matched_lines(
+                &engine,
+                black_box(&approving),
+                &approving_walk.findings,
+            )
+        })
+    });
     requests.finish();
     let walked = mask_json(&engine, &request, &walk).unwrap();
     println!(

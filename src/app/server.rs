@@ -308,7 +308,7 @@ pub fn proxy_service(
 
 /// Re-read the upstream key on SIGHUP (a failed reload keeps the old key). Pingora uses
 /// SIGQUIT, SIGTERM and SIGINT, not SIGHUP.
-fn reload_on_sighup(key: Arc<UpstreamKey>) {
+fn reload_on_sighup(key: Option<Arc<UpstreamKey>>) {
     let spawned = std::thread::Builder::new()
         .name("streammask-sighup".into())
         .spawn(move || {
@@ -326,6 +326,12 @@ fn reload_on_sighup(key: Arc<UpstreamKey>) {
                     return;
                 };
                 while hangups.recv().await.is_some() {
+                    // Installed whatever the config: SIGHUP's default action would end the
+                    // process and cut every open stream.
+                    let Some(key) = &key else {
+                        tracing::info!("SIGHUP: no upstream key to reload (rules and config are read at start-up)");
+                        continue;
+                    };
                     match key.reload() {
                         Ok(()) => tracing::info!(source = ?key.source(), "upstream key reloaded"),
                         Err(error) => {
@@ -350,9 +356,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let state = Arc::new(build_state(config)?);
     let config = &state.config;
-    if let Some(key) = &state.security.upstream_key {
-        reload_on_sighup(Arc::clone(key));
-    }
+    reload_on_sighup(state.security.upstream_key.clone());
     let auth_on = state.security.auth.enabled();
     if !auth_on && state.security.upstream_key.is_some() {
         tracing::warn!(

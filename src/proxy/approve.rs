@@ -46,6 +46,16 @@ pub(super) async fn require_approval(
         ));
     };
     let matched = matched_lines(engine, body, &exchange.request_findings);
+    if matched.is_empty() {
+        // Every approve finding yields a line (see `lines`); none means a bug there, and a bug
+        // must not let the request through.
+        tracing::error!("approve findings without a matched line: request refused");
+        return Err(ApiError::new(
+            ErrorKind::Permission,
+            "streammask: this request matched a rule that needs human approval, and the approval \
+             could not be prepared; nothing was forwarded",
+        ));
+    }
     let (subject, groups) = exchange
         .caller
         .as_ref()

@@ -63,3 +63,35 @@ def _refused(port: int) -> bool:
         return False
     except OSError:
         return True
+
+
+def test_sighup_without_an_upstream_key_keeps_streams_open(proxy_factory, mock_server):
+    """SIGHUP's default action ends a process: a proxy with no upstream key to reload must
+    still catch it, so an SRE's `kill -HUP` cuts no stream."""
+    proxy = proxy_factory(name="sighup-no-key", fresh=True)
+    script = '{"kind":"text","text":"' + "word " * 30 + '","delay_ms":100,"max_delta":16}'
+    outcome: dict = {}
+
+    def stream() -> None:
+        with httpx.Client(base_url=proxy.url, timeout=60) as c:
+            r = c.post(
+                "/v1/messages",
+                json=user_request("stream slowly", stream=True),
+                headers={"x-api-key": API_KEY, "x-mock-script": mock_script(script)},
+            )
+            outcome["status"] = r.status_code
+            outcome["body"] = r.text
+
+    client = threading.Thread(target=stream)
+    client.start()
+    metrics = lambda: httpx.get(proxy.admin_url + "/metrics", timeout=5).text  # noqa: E731
+    wait_until(lambda: "streammask_active_streams 1" in metrics(), timeout=10, what="the stream to start")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: no upstream key to reload" in proxy.log_text(), 10, what="the SIGHUP log line")
+    client.join(30)
+    assert outcome["status"] == 200 and "message_stop" in outcome["body"]
+    assert proxy.alive()
+    with httpx.Client(base_url=proxy.url, timeout=30) as c:
+        r = c.post("/v1/messages", json=user_request("after the hangup"), headers={"x-api-key": API_KEY})
+    assert r.status_code == 200
+    proxy.assert_healthy()
