@@ -461,13 +461,16 @@ PROMQL_WORDS = {
 
 
 def promql_metric_names(expr: str) -> set[str]:
+    # Metrics named by a `{__name__=~"a|b"}` matcher (one selector over several counters).
+    by_name = {n for m in re.findall(r'__name__\s*=~?\s*"([^"]*)"', expr) for n in m.split("|")}
     expr = re.sub(r'"[^"]*"', '""', expr)        # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)        # label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)       # ranges
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     expr = re.sub(r"\$\w+", "", expr)            # Grafana variables
     names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
-    return {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"\d+|e\d*|s|m|h|d", n)}
+    names = {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"\d+|e\d*|s|m|h|d", n)}
+    return (names - {"__name__"}) | by_name
 
 
 def dashboard_and_alert_exprs() -> list[tuple[str, str]]:
