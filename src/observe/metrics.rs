@@ -329,6 +329,14 @@ impl RuleMetrics {
                     .then(|| findings_vec.with_label_values(&[&rule.id, direction.label(), action]))
             });
             let block = rule.action == Action::Block;
+            if block {
+                // Every block rule has its series in both families from start-up, so dashboards
+                // and alerts find them on a fresh proxy even when no rule of the pack blocks
+                // requests (the default pack's block rules all judge tool calls): one that
+                // cannot block a request stays at 0.
+                blocked_requests.with_label_values(&[&rule.id]);
+                blocked_tools.with_label_values(&[&rule.id]);
+            }
             rules.push(RuleHandles {
                 id: rule.id.clone(),
                 action: rule.action,
@@ -631,7 +639,7 @@ impl CallerMetrics {
             .chain(["other", "none"])
             .map(|g| groups_vec.with_label_values(&[g]))
             .collect();
-        CallerMetrics {
+        let callers = CallerMetrics {
             auth_failures: AuthFailure::ALL
                 .iter()
                 .map(|reason| auth_vec.with_label_values(&[reason.label()]))
@@ -644,7 +652,11 @@ impl CallerMetrics {
                 &["model", "group", "kind"],
             ),
             tokens: (0..MODEL_SLOTS).map(|_| OnceLock::new()).collect(),
-        }
+        };
+        // The `other` model's series for every group exist from start-up (model families get
+        // theirs on first use), so the token panels and any rate over them see a 0.
+        callers.tokens_for(OTHER_MODEL_SLOT, 0);
+        callers
     }
 
     fn record(&self, exchange: &Exchange) {
@@ -953,6 +965,34 @@ applies_to = ["request", "tool_input"]
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_fresh_proxy_exports_the_block_and_token_families() {
+        // A pack whose only block rule judges tool calls (like the default pack): the request
+        // family must still be there, at 0, and so must the token family.
+        let engine = crate::engine::test_engine(
+            r#"
+[[rules]]
+id = "test-tool-only"
+description = "a denylisted command"
+pattern = 'shred --all [a-z]{1,16}'
+action = "block"
+applies_to = ["tool_input"]
+"#,
+        );
+        let metrics = Metrics::new(&engine, &["eng".to_string()]);
+        let text = exposition(&metrics);
+        for series in [
+            r#"streammask_blocked_requests_total{rule="test-tool-only"}"#,
+            r#"streammask_blocked_tool_calls_total{rule="test-tool-only"}"#,
+            r#"streammask_tokens_total{group="eng",kind="input",model="other"}"#,
+            r#"streammask_tokens_total{group="none",kind="output",model="other"}"#,
+            r#"streammask_approvals_total{state="expired"}"#,
+            "streammask_approvals_pending",
+        ] {
+            assert_eq!(value(&text, series), Some(0.0), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

@@ -514,6 +514,19 @@ def test_dashboard_and_alerts_use_only_exported_metrics(obs):
         assert needed in used, f"{needed} is on no panel or alert"
 
 
+def test_a_fresh_proxy_already_exports_every_metric_the_dashboard_and_alerts_name(proxy_factory):
+    """Before any traffic: a series that appears only with the first event leaves rates empty
+    and alerts silent, so every name a panel or alert uses must be on /metrics at start-up."""
+    fresh = proxy_factory(name="fresh-metrics", fresh=True)
+    exported = {name for name, _ in parse_metrics(httpx.get(fresh.admin_url + "/metrics", timeout=10).text)}
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in exported} | exported
+    used = set()
+    for _, expr in dashboard_and_alert_exprs():
+        used |= promql_metric_names(expr)
+    missing = sorted(n for n in used if n not in families)
+    assert not missing, f"not on a fresh proxy's /metrics: {missing}"
+
+
 def test_audit_previews_name_the_rule_of_the_callers_own_profile(proxy_factory, session_dir, mock_server):
     """A profile that disables a rule numbers the pack's rules afresh. A finding of that
     profile must still be previewed with its own rule's prefix, also after a caller of the
