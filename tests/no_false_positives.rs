@@ -7,6 +7,18 @@ use std::path::Path;
 use streammask::Scope;
 use support::*;
 
+/// `text[from..to]` widened to character boundaries (a finding's context is only shown).
+fn context(text: &str, mut from: usize, to: usize) -> &str {
+    let mut to = to.min(text.len());
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    while !text.is_char_boundary(to) {
+        to += 1;
+    }
+    &text[from..to]
+}
+
 fn assert_clean(engine: &streammask::Engine, name: &str, text: &str) {
     for scope in [Scope::Request, Scope::Response, Scope::ToolInput] {
         let masked = engine.mask(text, scope).unwrap();
@@ -18,7 +30,7 @@ fn assert_clean(engine: &streammask::Engine, name: &str, text: &str) {
                     "{} at {}: {:?}",
                     f.rule_id,
                     f.span.start,
-                    &text[f.span.start.saturating_sub(30)..(f.span.end + 10).min(text.len())]
+                    context(text, f.span.start.saturating_sub(30), f.span.end + 10)
                 )
             })
             .collect();
