@@ -16,11 +16,11 @@ import httpx
 from smtest import API_KEY, user_request, wait_until, mock_script
 
 
-def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factory, mock_server):
-    proxy = proxy_factory(name="drain", fresh=True)
-    assert httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 200
-    # A stream that takes a few seconds: 20 events 150 ms apart.
-    script = '{"kind":"text","text":"' + "word " * 60 + '","delay_ms":150,"max_delta":16}'
+def start_slow_stream(proxy, words: int, delay_ms: int) -> tuple[threading.Thread, dict]:
+    """A streamed request whose reply takes a while (`words` words, events `delay_ms` apart),
+    running on a thread; returns once the proxy counts it as an active stream. The outcome dict
+    gets the status and the body when it ends."""
+    script = '{"kind":"text","text":"' + "word " * words + f'","delay_ms":{delay_ms},"max_delta":16}}'
     outcome: dict = {}
 
     def stream() -> None:
@@ -35,8 +35,20 @@ def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factor
 
     client = threading.Thread(target=stream)
     client.start()
-    metrics = lambda: httpx.get(proxy.admin_url + "/metrics", timeout=5).text  # noqa: E731
-    wait_until(lambda: "streammask_active_streams 1" in metrics(), timeout=10, what="the stream to start")
+    wait_until(lambda: "streammask_active_streams 1" in metrics_of(proxy), timeout=10, what="the stream to start")
+    return client, outcome
+
+
+def metrics_of(proxy) -> str:
+    return httpx.get(proxy.admin_url + "/metrics", timeout=5).text
+
+
+def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factory, mock_server):
+    proxy = proxy_factory(name="drain", fresh=True)
+    assert httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 200
+    # A stream that takes a few seconds: 20 events 150 ms apart.
+    client, outcome = start_slow_stream(proxy, 60, 150)
+    metrics = lambda: metrics_of(proxy)  # noqa: E731
 
     proxy.proc.send_signal(signal.SIGTERM)
     wait_until(
@@ -69,23 +81,7 @@ def test_sighup_without_an_upstream_key_keeps_streams_open(proxy_factory, mock_s
     """SIGHUP's default action ends a process: a proxy with no upstream key to reload must
     still catch it, so an SRE's `kill -HUP` cuts no stream."""
     proxy = proxy_factory(name="sighup-no-key", fresh=True)
-    script = '{"kind":"text","text":"' + "word " * 30 + '","delay_ms":100,"max_delta":16}'
-    outcome: dict = {}
-
-    def stream() -> None:
-        with httpx.Client(base_url=proxy.url, timeout=60) as c:
-            r = c.post(
-                "/v1/messages",
-                json=user_request("stream slowly", stream=True),
-                headers={"x-api-key": API_KEY, "x-mock-script": mock_script(script)},
-            )
-            outcome["status"] = r.status_code
-            outcome["body"] = r.text
-
-    client = threading.Thread(target=stream)
-    client.start()
-    metrics = lambda: httpx.get(proxy.admin_url + "/metrics", timeout=5).text  # noqa: E731
-    wait_until(lambda: "streammask_active_streams 1" in metrics(), timeout=10, what="the stream to start")
+    client, outcome = start_slow_stream(proxy, 30, 100)
     proxy.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "SIGHUP: no upstream key to reload" in proxy.log_text(), 10, what="the SIGHUP log line")
     client.join(30)
