@@ -146,7 +146,7 @@ fn scan_part(
 
 /// `%HH` sequences decoded (and `+` as a space in a query), invalid UTF-8 replaced: the text a
 /// server's router reads.
-fn percent_decode(raw: &[u8], plus_is_space: bool) -> String {
+pub fn percent_decode(raw: &[u8], plus_is_space: bool) -> String {
     let hex = |b: u8| char::from(b).to_digit(16);
     let mut out = Vec::with_capacity(raw.len());
     let mut at = 0;

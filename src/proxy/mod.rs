@@ -31,6 +31,7 @@ pub mod encoding;
 mod headers;
 mod masking_pool;
 mod metadata;
+pub use metadata::percent_decode;
 mod response_headers;
 pub mod restore;
 mod stream;

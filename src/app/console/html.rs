@@ -2,6 +2,7 @@
 //! is escaped; previews are already masked (see `crate::policy::approvals::lines`).
 
 use super::ConsoleSession;
+use crate::observe::audit::record::rfc3339_ms;
 use crate::policy::approvals::{Approval, State};
 
 /// Refreshes the lists in place every few seconds (the page works without it).
@@ -252,8 +253,8 @@ pub fn detail(approval: &Approval, now: u64, session: &ConsoleSession) -> String
             card(approval, now, session, false),
             decision,
             esc(&approval.request_id),
-            super::rfc3339_ms(approval.created_at_ms),
-            super::rfc3339_ms(approval.expires_at_ms()),
+            rfc3339_ms(approval.created_at_ms),
+            rfc3339_ms(approval.expires_at_ms()),
         ),
     )
 }

@@ -22,11 +22,12 @@
 
 pub mod html;
 
+use crate::observe::audit::record::rfc3339_ms;
 use crate::policy::approvals::{
     is_approval_id, Approval, ApprovalError, Approvals, Requester, State,
 };
 use crate::policy::store::{now_ms, Sealer};
-use crate::proxy::ProxyState;
+use crate::proxy::{percent_decode, ProxyState};
 use base64::Engine as _;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -512,10 +513,6 @@ pub fn api_object(approval: &Approval, now: u64) -> Value {
     })
 }
 
-pub fn rfc3339_ms(ms: u64) -> String {
-    crate::observe::audit::record::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
 fn csrf_refused() -> Reply {
     Reply::error(
         403,
@@ -564,7 +561,10 @@ fn parse_form(body: &[u8]) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(name), percent_decode(value))
+            (
+                percent_decode(name.as_bytes(), true),
+                percent_decode(value.as_bytes(), true),
+            )
         })
         .collect()
 }
@@ -575,31 +575,6 @@ fn form_value(form: &[(String, String)], name: &str) -> Option<String> {
 
 fn query_value(query: &str, name: &str) -> Option<String> {
     form_value(&parse_form(query.as_bytes()), name)
-}
-
-fn percent_decode(text: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            ) {
-                (Some(high), Some(low)) => {
-                    out.push((high * 16 + low) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

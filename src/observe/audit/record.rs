@@ -201,6 +201,11 @@ pub fn preview(engine: &Engine, finding: &Finding) -> String {
 }
 
 /// RFC 3339 UTC time with milliseconds, without a date library.
+/// [`rfc3339`] of Unix epoch milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
 pub fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
@@ -357,7 +362,6 @@ pub struct ApprovalLine<'a> {
 /// The audit line of an approval event.
 pub fn approval_line(event: &ApprovalEvent) -> Option<Vec<u8>> {
     let approval = &event.approval;
-    let at = |ms: u64| rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(ms));
     let decision = approval.decision.as_ref();
     let line = ApprovalLine {
         time: rfc3339(SystemTime::now()),
@@ -375,8 +379,8 @@ pub fn approval_line(event: &ApprovalEvent) -> Option<Vec<u8>> {
         state: approval.state_at(now_ms()).label(),
         decided_by: decision.map(|d| d.by.as_str()),
         reason: decision.and_then(|d| d.reason.as_deref()),
-        created_at: at(approval.created_at_ms),
-        expires_at: at(approval.expires_at_ms()),
+        created_at: rfc3339_ms(approval.created_at_ms),
+        expires_at: rfc3339_ms(approval.expires_at_ms()),
     };
     let mut bytes = serde_json::to_vec(&line).ok()?;
     bytes.push(b'\n');

@@ -14,7 +14,7 @@
 //!   secret. The raw line is kept only to be hashed; `Debug` never prints it.
 
 use crate::engine::findings::Findings;
-use crate::engine::{Action, Engine, Scope};
+use crate::engine::{Action, Engine, Finding, Scope};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt;
@@ -175,24 +175,7 @@ fn lines_of(engine: &Engine, text: &str, path: &str, out: &mut Vec<MatchedLine>)
     if !findings.iter().any(|f| f.action == Action::Approve) {
         return;
     }
-    // Mask everything but the approve matches, noting where each approve match lands.
-    let mut masked = String::with_capacity(text.len());
-    let mut last = 0;
-    let mut landed = Vec::new();
-    for finding in &findings {
-        if finding.action == Action::Approve {
-            let start = finding.span.start.max(last);
-            landed.push((finding, masked.len() + (start - last)));
-            continue;
-        }
-        if finding.span.start < last {
-            continue;
-        }
-        masked.push_str(&text[last..finding.span.start]);
-        masked.push_str(&finding.placeholder);
-        last = finding.span.end;
-    }
-    masked.push_str(&text[last..]);
+    let (masked, landed) = mask_all_but_approve(text, &findings);
     let path_shown = engine.redact_all(path).into_owned();
     for (finding, at) in landed {
         let line = line_around(text, finding.span.start, finding.span.end)
@@ -207,6 +190,32 @@ fn lines_of(engine: &Engine, text: &str, path: &str, out: &mut Vec<MatchedLine>)
             path: path_shown.clone(),
         });
     }
+}
+
+/// `text` with every finding but the approve ones replaced by its placeholder (of overlapping
+/// findings the first wins), and where each approve finding starts in the result.
+fn mask_all_but_approve<'f>(
+    text: &str,
+    findings: &'f [Finding],
+) -> (String, Vec<(&'f Finding, usize)>) {
+    let mut masked = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut landed = Vec::new();
+    for finding in findings {
+        if finding.action == Action::Approve {
+            let start = finding.span.start.max(last);
+            landed.push((finding, masked.len() + (start - last)));
+            continue;
+        }
+        if finding.span.start < last {
+            continue;
+        }
+        masked.push_str(&text[last..finding.span.start]);
+        masked.push_str(&finding.placeholder);
+        last = finding.span.end;
+    }
+    masked.push_str(&text[last..]);
+    (masked, landed)
 }
 
 /// The whole line(s) holding `start..end`.
@@ -255,17 +264,7 @@ fn keep_approve_mask_rest(engine: &Engine, text: &str) -> String {
         let Ok(findings) = engine.scan(&current, scope) else {
             return "[unscannable]".to_string();
         };
-        let mut out = String::with_capacity(current.len());
-        let mut last = 0;
-        for finding in findings.iter().filter(|f| f.action != Action::Approve) {
-            if finding.span.start < last {
-                continue;
-            }
-            out.push_str(&current[last..finding.span.start]);
-            out.push_str(&finding.placeholder);
-            last = finding.span.end;
-        }
-        out.push_str(&current[last..]);
+        let (out, _) = mask_all_but_approve(&current, &findings);
         current = out;
     }
     current

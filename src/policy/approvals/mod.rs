@@ -498,11 +498,9 @@ impl Approvals {
         Ok(self.store.get(id).await?)
     }
 
-    /// Every approval the store still keeps, newest first.
+    /// Every approval the store still keeps, newest first (as the store lists them).
     pub async fn list(&self) -> Result<Vec<Approval>, ApprovalError> {
-        let mut all = self.store.list(now_ms()).await?;
-        all.sort_by_key(|a| std::cmp::Reverse(a.created_at_ms));
-        Ok(all)
+        Ok(self.store.list(now_ms()).await?)
     }
 }
 
