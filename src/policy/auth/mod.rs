@@ -12,11 +12,14 @@
 //!   status: 401 for missing or invalid credentials, 403 for valid but not allowed;
 //! - only asymmetric signatures are accepted; `alg: none` and HMAC are refused before any key
 //!   is looked at, so a public key can never be used as an HMAC secret;
-//! - nothing here contacts the upstream API: authentication runs before any upstream connection.
+//! - nothing here contacts the upstream API: authentication runs before any upstream connection;
+//! - a JWT verified once may be accepted from the [`token_cache`] (keyed by its SHA-256) until
+//!   its `exp` or a key rotation, but `required_groups` is checked on every request.
 
 pub mod fetch;
 pub mod jwt;
 pub mod static_keys;
+pub mod token_cache;
 
 use crate::config_error::{invalid, ConfigError};
 use crate::policy::identity::Identity;
@@ -200,6 +203,9 @@ pub struct AuthSection {
     pub jwks_refresh_min_secs: u64,
     /// Keys are refetched in the background of a request once they are this old.
     pub jwks_max_age_secs: u64,
+    /// Verified tokens remembered (by SHA-256) until their `exp` or a key rotation, so that a
+    /// token's signature is checked once, not on every request; 0 turns the cache off.
+    pub jwt_cache_entries: usize,
     /// CA bundle (PEM) for fetching the JWKS / discovery document over HTTPS.
     pub ca_file: Option<PathBuf>,
     /// When non-empty, a caller must be in at least one of these groups (else 403).
@@ -213,6 +219,10 @@ pub enum AudienceList {
     One(String),
     Many(Vec<String>),
 }
+
+/// Upper bound of `jwt_cache_entries`: each entry holds a caller's subject and groups, so this
+/// bounds the memory a misplaced digit could claim.
+pub const MAX_JWT_CACHE_ENTRIES: usize = 1_000_000;
 
 pub const DEFAULT_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
@@ -232,6 +242,7 @@ impl Default for AuthSection {
             algorithms: DEFAULT_ALGORITHMS.iter().map(|s| s.to_string()).collect(),
             jwks_refresh_min_secs: 10,
             jwks_max_age_secs: 600,
+            jwt_cache_entries: token_cache::DEFAULT_ENTRIES,
             ca_file: None,
             required_groups: Vec::new(),
             static_keys: Vec::new(),
@@ -269,6 +280,9 @@ pub struct AuthConfig {
     pub static_keys: Vec<([u8; 32], String, Vec<String>)>,
     pub static_keys_enabled: bool,
     pub required_groups: Vec<String>,
+    /// Capacity of the verified-token cache (0: off). Kept out of [`JwtConfig`], which callers
+    /// outside this crate (the fuzz harness) build field by field.
+    pub jwt_cache_entries: usize,
 }
 
 impl AuthConfig {
@@ -325,6 +339,12 @@ impl AuthSection {
             }
             None
         };
+        if jwt_on && self.jwt_cache_entries > MAX_JWT_CACHE_ENTRIES {
+            return Err(invalid(
+                "auth.jwt_cache_entries",
+                format!("must be at most {MAX_JWT_CACHE_ENTRIES}"),
+            ));
+        }
         let mut static_keys = Vec::new();
         if static_on {
             if self.static_keys.is_empty() {
@@ -376,6 +396,7 @@ impl AuthSection {
             static_keys,
             static_keys_enabled: static_on,
             required_groups: self.required_groups,
+            jwt_cache_entries: if jwt_on { self.jwt_cache_entries } else { 0 },
         })
     }
 }
@@ -513,7 +534,9 @@ impl Authenticator {
     /// the proxy starts while the identity provider is briefly unreachable.
     pub fn new(config: &AuthConfig) -> Result<Authenticator, AuthStartError> {
         let jwt = match &config.jwt {
-            Some(jwt) => Some(JwtVerifier::new(jwt.clone())?),
+            Some(jwt) => {
+                Some(JwtVerifier::new(jwt.clone())?.with_token_cache(config.jwt_cache_entries))
+            }
             None => None,
         };
         let static_keys = config
@@ -706,5 +729,33 @@ mod tests {
             parse("mode = \"static_keys\"\n[[static_keys]]\nsubject = \"ci\"\nsha256 = \"abc\"\n")
                 .unwrap_err();
         assert!(err.to_string().starts_with("auth.static_keys"), "{err}");
+    }
+
+    #[test]
+    fn jwt_cache_entries_defaults_on_is_bounded_and_zero_turns_it_off() {
+        let parse = |text: &str| toml::from_str::<AuthSection>(text).map(AuthSection::validate);
+        let jwt = "mode = \"jwt\"\nissuer = \"https://idp.example/realms/x\"\naudience = \"a\"\n";
+        let entries = |text: &str| parse(text).unwrap().unwrap().jwt_cache_entries;
+        assert_eq!(entries(jwt), token_cache::DEFAULT_ENTRIES);
+        assert_eq!(entries(&format!("{jwt}jwt_cache_entries = 0\n")), 0);
+        assert_eq!(
+            entries(&format!(
+                "{jwt}jwt_cache_entries = {MAX_JWT_CACHE_ENTRIES}\n"
+            )),
+            MAX_JWT_CACHE_ENTRIES
+        );
+        let err = parse(&format!(
+            "{jwt}jwt_cache_entries = {}\n",
+            MAX_JWT_CACHE_ENTRIES + 1
+        ))
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("auth.jwt_cache_entries"),
+            "{err}"
+        );
+        assert!(parse(&format!("{jwt}jwt_cache_entries = -1\n")).is_err());
+        // Without JWTs there is nothing to cache.
+        assert_eq!(entries("mode = \"none\"\n"), 0);
     }
 }
