@@ -181,7 +181,7 @@ fn report_same_run_comparison(engine: &Engine, text: &str) {
     println!(
         "block, {} rules, {:.1} MiB, {} findings: mask {:.2} GB/s, scan (findings only) {:.2} GB/s, \
          Hyperscan pass alone {:.2} GB/s, RegexSet {:.3} GB/s, ratio mask/RegexSet {:.1}x",
-        engine.matcher().rules().len(),
+        engine.matcher().rules().count(),
         bytes / (1 << 20) as f64,
         findings,
         gbps(mask),

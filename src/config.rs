@@ -20,6 +20,7 @@
 
 use crate::config_error::invalid;
 pub use crate::config_error::ConfigError;
+use crate::engine::databases::CacheSetting;
 use crate::observe::audit::AuditSection;
 use crate::observe::log::LogSection;
 use crate::observe::metrics::MetricsSection;
@@ -288,6 +289,10 @@ impl Default for UpstreamSection {
 #[serde(deny_unknown_fields, default)]
 pub struct MaskingSection {
     pub rules_dir: Option<PathBuf>,
+    /// Where compiled Hyperscan databases of non-default rule packs are cached (`""`: off).
+    /// Unset: `STREAMMASK_HS_CACHE_DIR`, else the user's cache directory, else
+    /// `/var/cache/streammask/hyperscan` (see [`crate::engine::databases`]).
+    pub cache_dir: Option<PathBuf>,
     pub placeholder_key_env: String,
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
@@ -332,6 +337,7 @@ impl Default for MaskingSection {
     fn default() -> Self {
         MaskingSection {
             rules_dir: None,
+            cache_dir: None,
             placeholder_key_env: "STREAMMASK_PLACEHOLDER_KEY".into(),
             placeholder_key_file: None,
             max_hold_bytes: crate::engine::masker::DEFAULT_MAX_HOLD_BYTES,
@@ -430,6 +436,8 @@ pub struct Config {
     pub extra_passthrough_prefixes: Vec<String>,
     pub upstream: Upstream,
     pub rules_dir: Option<PathBuf>,
+    /// `[masking] cache_dir`, resolved.
+    pub database_cache: CacheSetting,
     pub placeholder_key_env: String,
     pub placeholder_key_file: Option<PathBuf>,
     pub max_hold_bytes: usize,
@@ -611,6 +619,11 @@ impl FileConfig {
             extra_passthrough_prefixes: self.server.extra_passthrough_prefixes,
             upstream,
             rules_dir: self.masking.rules_dir,
+            database_cache: match self.masking.cache_dir {
+                None => CacheSetting::Default,
+                Some(dir) if dir.as_os_str().is_empty() => CacheSetting::Off,
+                Some(dir) => CacheSetting::Dir(dir),
+            },
             placeholder_key_env: self.masking.placeholder_key_env,
             placeholder_key_file: self.masking.placeholder_key_file,
             max_hold_bytes: self.masking.max_hold_bytes,

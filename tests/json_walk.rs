@@ -657,7 +657,7 @@ fn one_mib_request_timing() {
                 "json_walk: same request, default pack ({} rules): {findings} findings, \
                  min {min:?}, median {median:?}; engine alone on the raw body: min \
                  {engine_only:?} (informational)",
-                engine.matcher().rules().len()
+                engine.matcher().rules().count()
             );
         }
         None => eprintln!("json_walk: default pack not loadable yet; timed fixture rules only"),

@@ -439,7 +439,7 @@ fn rules_bench(rules: Option<PathBuf>, per_rule: bool, file: Option<PathBuf>) ->
     let matcher = Matcher::compile(&set, max_match_len(default_max_hold()))?;
     println!(
         "pack: {} rules compiled in {:.1} s, {:.0} MB/s over {} bytes",
-        matcher.rules().len(),
+        matcher.rules().count(),
         started.elapsed().as_secs_f64(),
         throughput_mb_s(&matcher, &text)?,
         text.len()

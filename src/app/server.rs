@@ -218,6 +218,7 @@ pub fn approvals_state(
 /// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
 /// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
 pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError> {
+    crate::engine::databases::configure_cache(config.database_cache.clone());
     let rules = RuleSet::load(config.rules_dir.as_deref())?;
     let key = placeholder_key(
         config.placeholder_key_file.as_deref(),
@@ -363,7 +364,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             "the proxy injects its upstream key but [auth] is off: anyone who can reach the listener uses that key"
         );
     }
-    let rules_loaded = state.engine.matcher().rules().len();
+    let rules_loaded = state.engine.matcher().rules().count();
     let profiles = state.security.policy.len();
     let listen = config.listen.to_string();
     let admin_addr = config.admin.to_string();

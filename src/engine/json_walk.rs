@@ -1356,7 +1356,7 @@ impl<'a> Walker<'a> {
             if let Some(budget) = self.budget {
                 budget.charge(hay.len())?;
             }
-            let rules = matcher.rules();
+            let rules = matcher.all_rules();
             matcher
                 .scan_block(hay, |c| {
                     let end = window.start + c.end;

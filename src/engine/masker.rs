@@ -214,7 +214,6 @@ impl Engine {
     pub fn non_restoring_rule_ids(&self) -> impl Iterator<Item = &str> {
         self.matcher
             .rules()
-            .iter()
             .filter(|r| !r.rule.restore)
             .map(|r| r.id())
     }
@@ -222,9 +221,9 @@ impl Engine {
     /// The index of rule `rule_id`, as findings carry it.
     pub fn rule_index(&self, rule_id: &str) -> Option<u32> {
         self.matcher
-            .rules()
+            .all_rules()
             .iter()
-            .position(|r| r.id() == rule_id)
+            .position(|r| r.active() && r.id() == rule_id)
             .and_then(|i| u32::try_from(i).ok())
     }
 

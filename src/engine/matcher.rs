@@ -1,5 +1,6 @@
-//! The matcher: every enabled rule compiled into one Hyperscan block database and one streaming
-//! database, plus, per rule, a reverse DFA that finds where a match starts and a `regex`
+//! The matcher: every rule of a set compiled into one Hyperscan block database and one
+//! streaming database (shared by every matcher of the same expressions), the set's enabled
+//! rules active, plus, per rule, a reverse DFA that finds where a match starts and a `regex`
 //! confirmer that extracts the secret.
 //!
 //! Hyperscan reports *candidates* `(rule, end)`; the reverse DFA, run anchored at `end`, gives
@@ -16,14 +17,19 @@
 //! Invariants:
 //! - offsets handed out are absolute offsets into the logical text (block: the buffer; stream:
 //!   bytes since the stream opened);
-//! - every compiled rule has a finite maximum match length, `max_match_len` is their maximum;
-//! - scratch space is per thread and per matcher generation, so a swapped matcher never shares
-//!   scratch with the old one and no lock is taken on the scan path;
+//! - every compiled rule has a finite maximum match length, `max_match_len` is the maximum of
+//!   the active ones;
+//! - only active rules are ever reported as candidates;
+//! - a rule's regexes are built before its first candidate is placed; if they cannot be built
+//!   the rule masks the whole window a match could span (fail closed, never fail open);
+//! - scratch space is per thread and per database generation, so a swapped matcher never
+//!   shares scratch with the old one and no lock is taken on the scan path;
 //! - a Hyperscan stream is always closed (its state is freed only by `hs_close_stream`).
 
+use crate::engine::databases::{self, Databases, Source};
 use crate::engine::rules::{Action, Rule, RuleSet};
 use hyperscan::prelude::*;
-use hyperscan::{CompileFlags, ScratchRef, Serialized};
+use hyperscan::{CompileFlags, ScratchRef};
 use regex_automata::{
     hybrid::dfa::{Cache as ReverseCache, DFA as ReverseDfa},
     meta,
@@ -34,8 +40,9 @@ use regex_automata::{
 };
 use std::{
     cell::RefCell,
+    collections::HashSet,
     ops::Range,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{Arc, OnceLock},
 };
 
 /// Longest match any rule may have unless the caller configures more. Private-key bodies are
@@ -82,10 +89,12 @@ pub struct Confirmed {
     pub match_end: usize,
 }
 
-/// One rule ready to run.
-#[derive(Debug)]
-pub struct CompiledRule {
-    pub rule: Rule,
+/// The regexes that place and extract a rule's matches. Building them costs about 2 ms per
+/// rule, most of a cold start for a pack of hundreds, and most rules never see a candidate in a
+/// process's life; so a rule from the embedded pack (whose regexes are known to build: the
+/// pack's own tests build every one) builds them on its first candidate, and any other rule at
+/// compile time, where an error is reported by rule id.
+struct RuleCode {
     /// Reverse lazy DFA, anchored at the match end, longest match: yields the leftmost start.
     /// (A fully built DFA explodes for bounded repeats; the lazy one builds only the states a
     /// search visits.)
@@ -94,14 +103,53 @@ pub struct CompiledRule {
     confirm: meta::Regex,
     secret_group: Option<usize>,
     ignore: Vec<meta::Regex>,
+}
+
+impl RuleCode {
+    fn build(rule: &Rule) -> Result<RuleCode, String> {
+        let reverse = reverse_dfa(&rule.pattern)?;
+        let factory_dfa = reverse.clone();
+        let reverse_caches: Pool<ReverseCache, CacheFactory> =
+            Pool::new(Box::new(move || factory_dfa.create_cache()));
+        let confirm = confirm_regex(&rule.pattern)?;
+        let secret_group = confirm.group_info().to_index(PatternID::ZERO, "secret");
+        let ignore = rule
+            .ignore
+            .iter()
+            .map(|pattern| confirm_regex(pattern).map_err(|e| format!("ignore {pattern:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RuleCode {
+            reverse,
+            reverse_caches,
+            confirm,
+            secret_group,
+            ignore,
+        })
+    }
+}
+
+/// One rule ready to run.
+pub struct CompiledRule {
+    pub rule: Rule,
+    /// `None` inside: the regexes failed to build on first use (only possible for an embedded
+    /// rule when memory runs out); the rule then masks the whole window a match could span.
+    code: OnceLock<Option<RuleCode>>,
     /// Hyperscan's maximum match width for this rule.
     pub max_len: usize,
     /// Hyperscan's minimum match width for this rule.
     pub min_len: usize,
     pub scope_bits: u8,
-    /// What a preview of a secret this rule found may show: the literal its matches start with
-    /// (see [`literal_prefix`]).
-    pub preview_prefix: String,
+    preview_prefix: OnceLock<String>,
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRule")
+            .field("id", &self.rule.id)
+            .field("active", &self.rule.enabled)
+            .field("max_len", &self.max_len)
+            .finish()
+    }
 }
 
 impl CompiledRule {
@@ -116,18 +164,31 @@ impl CompiledRule {
     pub fn checksum(&self) -> Option<crate::engine::rules::Checksum> {
         self.rule.checksum
     }
+
+    /// Whether this matcher reports the rule (a profile may turn off rules of the shared
+    /// databases).
+    pub fn active(&self) -> bool {
+        self.rule.enabled
+    }
+
+    /// What a preview of a secret this rule found may show: the literal its matches start with
+    /// (see [`literal_prefix`]).
+    pub fn preview_prefix(&self) -> &str {
+        self.preview_prefix
+            .get_or_init(|| literal_prefix(&self.rule.pattern))
+    }
+
+    fn code(&self) -> Option<&RuleCode> {
+        self.code
+            .get_or_init(|| RuleCode::build(&self.rule).ok())
+            .as_ref()
+    }
 }
 
-/// Matcher generations are numbered process-wide so that per-thread scratch space, which is
-/// keyed by generation, is never shared between a matcher and one that replaced it. A number
-/// source, not shared state: nothing reads it but `Matcher::compile`.
-static GENERATION: AtomicU64 = AtomicU64::new(1);
-
 pub struct Matcher {
+    /// Every rule of the set, active or not, indexed by Hyperscan id.
     rules: Vec<CompiledRule>,
-    block_db: BlockDatabase,
-    stream_db: StreamingDatabase,
-    generation: u64,
+    databases: Arc<Databases>,
     max_match_len: usize,
     min_match_len: usize,
 }
@@ -136,7 +197,8 @@ impl std::fmt::Debug for Matcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Matcher")
             .field("rules", &self.rules.len())
-            .field("generation", &self.generation)
+            .field("generation", &self.databases.generation)
+            .field("source", &self.databases.source)
             .field("max_match_len", &self.max_match_len)
             .finish()
     }
@@ -177,12 +239,33 @@ fn hyperscan_pattern(rule: &Rule, id: usize) -> Pattern {
     }
 }
 
-/// Compile one rule under both engines; the error message says which engine refused it.
+/// Every (pattern, ignore guards) of the embedded pack: rules whose regexes are known to build.
+fn embedded_rule_code() -> &'static HashSet<(String, Vec<String>)> {
+    static KNOWN: OnceLock<HashSet<(String, Vec<String>)>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        RuleSet::embedded()
+            .map(|set| {
+                set.all()
+                    .iter()
+                    .map(|rule| (rule.pattern.clone(), rule.ignore.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// Check one rule under Hyperscan and, unless it is an embedded one, build its regexes now;
+/// the error message says which engine refused it.
 fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, String> {
-    let pattern = hyperscan_pattern(rule, 0);
-    let info = pattern.info().map_err(|e| format!("hyperscan: {e}"))?;
-    let max_len = info.max_width();
-    let min_len = info.min_width();
+    let (min_len, max_len) = match databases::embedded_widths(&rule.pattern) {
+        Some(widths) => widths,
+        None => {
+            let info = hyperscan_pattern(rule, 0)
+                .info()
+                .map_err(|e| format!("hyperscan: {e}"))?;
+            (info.min_width(), info.max_width())
+        }
+    };
     if max_len == u32::MAX as usize || max_len == usize::MAX {
         return Err("pattern has no finite maximum length (use bounded quantifiers)".into());
     }
@@ -191,28 +274,17 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
             "maximum match length {max_len} exceeds the limit {max_match_len}"
         ));
     }
-    let reverse = reverse_dfa(&rule.pattern)?;
-    let factory_dfa = reverse.clone();
-    let reverse_caches: Pool<ReverseCache, CacheFactory> =
-        Pool::new(Box::new(move || factory_dfa.create_cache()));
-    let confirm = confirm_regex(&rule.pattern)?;
-    let secret_group = confirm.group_info().to_index(PatternID::ZERO, "secret");
-    let ignore = rule
-        .ignore
-        .iter()
-        .map(|pattern| confirm_regex(pattern).map_err(|e| format!("ignore {pattern:?}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let code = OnceLock::new();
+    if !embedded_rule_code().contains(&(rule.pattern.clone(), rule.ignore.clone())) {
+        let _ = code.set(Some(RuleCode::build(rule)?));
+    }
     Ok(CompiledRule {
         rule: rule.clone(),
-        reverse,
-        reverse_caches,
-        confirm,
-        secret_group,
-        ignore,
+        code,
         max_len,
         min_len,
         scope_bits: rule.scope_bits(),
-        preview_prefix: literal_prefix(&rule.pattern),
+        preview_prefix: OnceLock::new(),
     })
 }
 
@@ -251,49 +323,7 @@ pub fn literal_prefix(pattern: &str) -> String {
         .collect()
 }
 
-/// Environment variable naming a directory where compiled Hyperscan databases are cached.
-/// Compiling the default pack takes seconds; loading a cached database takes milliseconds.
-/// Off unless set: the directory must be writable only by the service, because a database
-/// loaded from it decides what gets masked.
-pub const HS_CACHE_ENV: &str = "STREAMMASK_HS_CACHE_DIR";
-
-/// Build a database, or load it from the cache directory when one is configured and holds a
-/// database compiled from exactly these expressions, flags and ids by this Hyperscan version.
-fn cached_build<M: hyperscan::Mode>(
-    patterns: &Patterns,
-    mode: &str,
-) -> Result<hyperscan::Database<M>, hyperscan::Error> {
-    use sha2::{Digest, Sha256};
-    let Some(dir) = std::env::var_os(HS_CACHE_ENV).map(std::path::PathBuf::from) else {
-        return patterns.build();
-    };
-    let mut hasher = Sha256::new();
-    hasher.update(hyperscan::version_str().to_bytes());
-    hasher.update(mode.as_bytes());
-    for pattern in patterns.iter() {
-        hasher.update(pattern.id.unwrap_or(0).to_le_bytes());
-        hasher.update(pattern.flags.bits().to_le_bytes());
-        hasher.update((pattern.expression.len() as u64).to_le_bytes());
-        hasher.update(pattern.expression.as_bytes());
-    }
-    let path = dir.join(format!("{}.{mode}.hsdb", hex::encode(hasher.finalize())));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(db) = bytes.deserialize::<M>() {
-            return Ok(db);
-        }
-    }
-    let db: hyperscan::Database<M> = patterns.build()?;
-    if let Ok(serialized) = db.serialize() {
-        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&temporary, &serialized[..]))
-            .and_then(|_| std::fs::rename(&temporary, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-    }
-    Ok(db)
-}
+pub use super::databases::HS_CACHE_ENV;
 
 /// Compile each rule alone under both Hyperscan modes and report the ones that fail.
 fn blame_rules(rules: &[CompiledRule]) -> Vec<RuleError> {
@@ -324,12 +354,20 @@ thread_local! {
 const SCRATCH_SLOTS: usize = 4;
 
 impl Matcher {
-    /// Compile every enabled rule. All broken rules are reported together, by id.
+    /// Compile every rule of `set` into one pair of databases (shared with every other matcher
+    /// of the same expressions, see [`crate::engine::databases`]); the set's enabled rules are
+    /// the active ones, the others are never reported. All broken rules are reported together,
+    /// by id; a disabled rule must compile too, since a profile may turn it on.
     pub fn compile(set: &RuleSet, max_match_len: usize) -> Result<Matcher, MatcherError> {
         let mut rules = Vec::new();
         let mut errors = Vec::new();
-        for rule in set.enabled() {
-            match compile_rule(rule, max_match_len) {
+        for rule in set.all() {
+            let limit = if rule.enabled {
+                max_match_len
+            } else {
+                usize::MAX - 1
+            };
+            match compile_rule(rule, limit) {
                 Ok(compiled) => rules.push(compiled),
                 Err(message) => errors.push(RuleError {
                     id: rule.id.clone(),
@@ -363,45 +401,54 @@ impl Matcher {
                     .collect(),
             )
         };
-        let (block_db, stream_db) = match (
-            cached_build(&patterns, "block"),
-            cached_build(&patterns, "stream"),
-        ) {
-            (Ok(block), Ok(stream)) => (block, stream),
-            (block, stream) => {
+        let databases = match databases::load(&patterns) {
+            Ok(databases) => databases,
+            Err(error) => {
                 // Compiling rule by rule is slow, so it is done only to name the culprit.
                 let errors = blame_rules(&rules);
                 if !errors.is_empty() {
                     return Err(MatcherError::Rules(errors));
                 }
-                let message = block
-                    .err()
-                    .or(stream.err())
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                return Err(MatcherError::Hyperscan(message));
+                return Err(MatcherError::Hyperscan(error.to_string()));
             }
         };
-        let max_match_len = rules.iter().map(|r| r.max_len).max().unwrap_or(0);
-        let min_match_len = rules.iter().map(|r| r.min_len).min().unwrap_or(usize::MAX);
+        let active = || rules.iter().filter(|r| r.active());
+        let max_match_len = active().map(|r| r.max_len).max().unwrap_or(0);
+        let min_match_len = active().map(|r| r.min_len).min().unwrap_or(usize::MAX);
         Ok(Matcher {
             rules,
-            block_db,
-            stream_db,
-            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            databases,
             max_match_len,
             min_match_len,
         })
     }
 
-    pub fn rules(&self) -> &[CompiledRule] {
+    /// Where this matcher's databases came from.
+    pub fn database_source(&self) -> Source {
+        self.databases.source
+    }
+
+    /// Whether `other` scans with the very same databases (profiles of one pack do).
+    pub fn shares_databases_with(&self, other: &Matcher) -> bool {
+        Arc::ptr_eq(&self.databases, &other.databases)
+    }
+
+    /// The active rules.
+    pub fn rules(&self) -> impl Iterator<Item = &CompiledRule> + '_ {
+        self.rules.iter().filter(|r| r.active())
+    }
+
+    /// Every rule, active or not, indexed as candidates and findings number them.
+    pub fn all_rules(&self) -> &[CompiledRule] {
         &self.rules
     }
 
+    /// An active rule by id.
     pub fn rule_by_id(&self, id: &str) -> Option<&CompiledRule> {
-        self.rules.iter().find(|r| r.id() == id)
+        self.rules().find(|r| r.id() == id)
     }
 
+    /// The rule a candidate names (candidates only ever name active rules).
     pub fn rule(&self, index: u32) -> &CompiledRule {
         &self.rules[index as usize]
     }
@@ -417,27 +464,30 @@ impl Matcher {
 
     /// Bytes of Hyperscan state one open stream costs.
     pub fn stream_state_size(&self) -> usize {
-        self.stream_db.stream_size().unwrap_or(0)
+        self.databases.stream.stream_size().unwrap_or(0)
     }
 
     fn with_scratch<R>(&self, f: impl FnOnce(&ScratchRef) -> R) -> Result<R, MatcherError> {
         SCRATCH.with(|slots| {
             let mut slots = slots.borrow_mut();
-            let position = slots.iter().position(|(gen, _)| *gen == self.generation);
+            let generation = self.databases.generation;
+            let position = slots.iter().position(|(gen, _)| *gen == generation);
             let index = match position {
                 Some(index) => index,
                 None => {
                     let mut scratch = self
-                        .block_db
+                        .databases
+                        .block
                         .alloc_scratch()
                         .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
-                    self.stream_db
+                    self.databases
+                        .stream
                         .realloc_scratch(&mut scratch)
                         .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
                     if slots.len() >= SCRATCH_SLOTS {
                         slots.remove(0);
                     }
-                    slots.push((self.generation, scratch));
+                    slots.push((generation, scratch));
                     slots.len() - 1
                 }
             };
@@ -446,7 +496,9 @@ impl Matcher {
     }
 
     fn known_rule(&self, id: u32) -> bool {
-        (id as usize) < self.rules.len()
+        self.rules
+            .get(id as usize)
+            .is_some_and(CompiledRule::active)
     }
 
     /// Every candidate in `text`, in Hyperscan's report order (by end offset).
@@ -471,7 +523,7 @@ impl Matcher {
     ) -> Result<bool, MatcherError> {
         let mut stopped = false;
         let scanned = self.with_scratch(|scratch| {
-            self.block_db.scan(text, scratch, |id, _, to, _| {
+            self.databases.block.scan(text, scratch, |id, _, to, _| {
                 if self.known_rule(id)
                     && !on_candidate(Candidate {
                         rule: id,
@@ -493,7 +545,8 @@ impl Matcher {
     }
 
     pub fn open_stream(&self) -> Result<Stream, MatcherError> {
-        self.stream_db
+        self.databases
+            .stream
             .open_stream()
             .map_err(|e| MatcherError::Hyperscan(e.to_string()))
     }
@@ -552,8 +605,12 @@ impl Matcher {
         let input = Input::new(hay)
             .range(window_start..local_end)
             .anchored(Anchored::Yes);
-        let mut cache = compiled.reverse_caches.get();
-        match compiled.reverse.try_search_rev(&mut cache, &input) {
+        let Some(code) = compiled.code() else {
+            // Fail closed: the earliest start a match could have.
+            return Some(window_start + base);
+        };
+        let mut cache = code.reverse_caches.get();
+        match code.reverse.try_search_rev(&mut cache, &input) {
             Ok(Some(half)) => Some(half.offset() + base),
             _ => None,
         }
@@ -572,13 +629,22 @@ impl Matcher {
         let local_end = local_start
             .saturating_add(compiled.max_len.saturating_add(1))
             .min(hay.len());
+        let Some(code) = compiled.code() else {
+            // Fail closed: everything a match could span is the secret.
+            let end = local_start.saturating_add(compiled.max_len).min(hay.len());
+            let widened = widen_to_char_boundaries(hay, local_start..end);
+            return Some(Confirmed {
+                secret: Some(widened.start + base..widened.end + base),
+                match_end: end + base,
+            });
+        };
         let input = Input::new(hay)
             .range(local_start..local_end)
             .anchored(Anchored::Yes);
-        let mut caps: Captures = compiled.confirm.create_captures();
-        compiled.confirm.search_captures(&input, &mut caps);
+        let mut caps: Captures = code.confirm.create_captures();
+        code.confirm.search_captures(&input, &mut caps);
         let whole = caps.get_match()?;
-        let span = compiled
+        let span = code
             .secret_group
             .and_then(|group| caps.get_group(group))
             .unwrap_or_else(|| whole.span());
@@ -589,7 +655,7 @@ impl Matcher {
             });
         }
         let secret = &hay[span.start..span.end];
-        let ignored = compiled
+        let ignored = code
             .ignore
             .iter()
             .any(|guard| guard.is_match(Input::new(secret)));
@@ -727,6 +793,115 @@ action = "mask"
             .unwrap()
             .secret
             .is_some());
+    }
+
+    const TWO: &str = r#"
+[[rules]]
+id = "demo-key"
+description = "demo"
+pattern = '''\bkey=(?P<secret>[a-z]{4,8})\b'''
+action = "mask"
+
+[[rules]]
+id = "demo-pin"
+description = "demo"
+pattern = '''\bpin=[0-9]{4}\b'''
+action = "mask"
+"#;
+
+    fn rules_found(matcher: &Matcher, text: &[u8]) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut note = |c: Candidate| found.push(matcher.rule(c.rule).id().to_string());
+        matcher.scan_block(text, &mut note).unwrap();
+        let stream = matcher.open_stream().unwrap();
+        matcher.scan_stream(&stream, text, &mut note).unwrap();
+        matcher.close_stream(stream, &mut note).unwrap();
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn a_profile_that_turns_rules_off_shares_the_databases_and_never_reports_them() {
+        let all = set(TWO);
+        let base = Matcher::compile(&all, 1024).unwrap();
+        let off = all
+            .with_overrides(&[], &["demo-pin".to_string()], &Default::default())
+            .unwrap();
+        let profile = Matcher::compile(&off, 1024).unwrap();
+        assert!(profile.shares_databases_with(&base));
+        let text = b"key=abcdef pin=1234";
+        assert_eq!(rules_found(&base, text), ["demo-key", "demo-pin"]);
+        assert_eq!(rules_found(&profile, text), ["demo-key"]);
+        assert_eq!(
+            profile.rules().map(|r| r.id()).collect::<Vec<_>>(),
+            ["demo-key"]
+        );
+        assert!(profile.rule_by_id("demo-pin").is_none());
+        // Findings keep one numbering across profiles.
+        assert_eq!(profile.all_rules()[1].id(), "demo-pin");
+        // A rule the pack ships disabled is compiled too, so a profile can turn it on.
+        let shipped_off =
+            set(&TWO.replace("id = \"demo-pin\"", "id = \"demo-pin\"\nenabled = false"));
+        let quiet = Matcher::compile(&shipped_off, 1024).unwrap();
+        assert_eq!(rules_found(&quiet, text), ["demo-key"]);
+        let on = shipped_off
+            .with_overrides(&["demo-pin".to_string()], &[], &Default::default())
+            .unwrap();
+        let enabled = Matcher::compile(&on, 1024).unwrap();
+        assert!(enabled.shares_databases_with(&quiet));
+        assert_eq!(rules_found(&enabled, text), ["demo-key", "demo-pin"]);
+    }
+
+    #[test]
+    fn the_default_pack_loads_its_embedded_databases_and_builds_regexes_on_first_use() {
+        let pack = RuleSet::embedded().unwrap();
+        let matcher = Matcher::compile(&pack, 8190).unwrap();
+        assert_eq!(matcher.database_source(), Source::Embedded);
+        for rule in &matcher.rules {
+            assert!(rule.code.get().is_none(), "{} built eagerly", rule.id());
+            let info = hyperscan_pattern(&rule.rule, 0).info().unwrap();
+            assert_eq!(
+                (info.min_width(), info.max_width()),
+                (rule.min_len, rule.max_len),
+                "{}: the embedded widths are Hyperscan's",
+                rule.id()
+            );
+        }
+        let text = format!("aws {}{}", "AKIA", "IOSFODNN7EXAMPLE");
+        let mut found = Vec::new();
+        matcher
+            .scan_block(text.as_bytes(), |c| found.push(c))
+            .unwrap();
+        let aws = found
+            .iter()
+            .find(|c| matcher.rule(c.rule).id() == "aws-access-key-id")
+            .expect("candidate");
+        let start = matcher.start_of(aws.rule, text.as_bytes(), 0, aws.end);
+        assert_eq!(start, Some(4));
+        let confirmed = matcher.confirm(aws.rule, text.as_bytes(), 0, 4).unwrap();
+        assert_eq!(confirmed.secret, Some(4..24));
+        assert!(matcher.rule(aws.rule).code.get().is_some());
+    }
+
+    #[test]
+    fn every_embedded_rule_builds_its_regexes() {
+        for rule in RuleSet::embedded().unwrap().all() {
+            if let Err(e) = RuleCode::build(rule) {
+                panic!("{}: {e}", rule.id);
+            }
+        }
+    }
+
+    #[test]
+    fn a_rule_whose_regexes_cannot_be_built_masks_the_whole_window() {
+        let mut matcher = Matcher::compile(&set(DEMO), 1024).unwrap();
+        matcher.rules[0].code = OnceLock::from(None);
+        let max = matcher.rules[0].max_len;
+        let text = b"x key=abcdef y and more text after it";
+        assert_eq!(matcher.start_of(0, text, 0, 12), Some(12 - max.min(12)));
+        let confirmed = matcher.confirm(0, text, 0, 2).unwrap();
+        assert_eq!(confirmed.secret, Some(2..(2 + max).min(text.len())));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! observability, and imports no other module of the crate (`tests/layers.rs` enforces it).
 //!
 //! - [`rules`]: the data model of `rules/*.toml` and the embedded pack;
-//! - [`matcher`]: Hyperscan candidates, confirmed and extracted with `regex`;
+//! - [`matcher`]: Hyperscan candidates, confirmed and extracted with `regex`, on databases
+//!   from [`databases`] (shared, embedded at build time, cached, or compiled);
 //! - [`masker`]: block and streaming masking with placeholders from [`placeholder`];
 //! - [`json_walk`]: every string of a JSON document scanned (with [`unescape`] views and a
 //!   joined view of the text the model reads), only masked spans rewritten, findings in opaque
@@ -15,6 +16,8 @@
 //! - [`check`]: `rules check`, every rule run against its own examples.
 
 pub mod check;
+pub mod database_key;
+pub mod databases;
 pub mod findings;
 pub mod json_walk;
 pub mod masker;

@@ -265,7 +265,8 @@ impl RequestMetrics {
     }
 }
 
-/// Per-rule handles, indexed like the default engine's `Matcher::rules()`. A policy profile's
+/// Per-rule handles, indexed like the default engine's `Matcher::all_rules()` (an inactive
+/// rule has no handles). A policy profile's
 /// engine may number or act on rules differently, so a handle is used only when its id and
 /// action match the finding; otherwise the labelled vector is used (rule ids come from the
 /// loaded rules, so the label set stays bounded).
@@ -315,8 +316,18 @@ impl RuleMetrics {
             rules_loaded.with_label_values(&[action.as_str()]).set(0);
         }
         let mut rules = Vec::new();
-        for compiled in engine.matcher().rules() {
+        for compiled in engine.matcher().all_rules() {
             let rule = &compiled.rule;
+            if !compiled.active() {
+                rules.push(RuleHandles {
+                    id: rule.id.clone(),
+                    action: rule.action,
+                    findings: [None, None],
+                    blocked_requests: None,
+                    blocked_tool_calls: None,
+                });
+                continue;
+            }
             let action = rule.action.as_str();
             rules_loaded.with_label_values(&[action]).inc();
             let applies = |scope: Scope| rule.applies_to.contains(&scope);
@@ -1038,7 +1049,7 @@ applies_to = ["tool_input"]
             )));
         }
         assert!(!text.contains("alice"), "no subject in any label");
-        let rules = engine.matcher().rules().len();
+        let rules = engine.matcher().rules().count();
         let loaded: usize = text
             .lines()
             .filter(|l| l.starts_with("streammask_rules_loaded{"))

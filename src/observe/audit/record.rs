@@ -193,10 +193,10 @@ fn render_transcript(engine: &Engine, pending: Pending, limit: usize) -> String 
 pub fn preview(engine: &Engine, finding: &Finding) -> String {
     let prefix = engine
         .matcher()
-        .rules()
+        .all_rules()
         .get(finding.rule as usize)
         .filter(|rule| rule.id() == finding.rule_id)
-        .map_or("", |rule| rule.preview_prefix.as_str());
+        .map_or("", |rule| rule.preview_prefix());
     format!("{prefix}…({} chars)", finding.secret_chars)
 }
 
@@ -416,7 +416,7 @@ action = "mask"
 "#;
 
     /// Two profiles as the policy builds them: the default engine, and one whose profile
-    /// disables the first rule, so the second rule has index 0 there.
+    /// disables the first rule (both number the rules alike: they share one pack).
     fn two_profile_engines() -> (Engine, Engine) {
         let set = RuleSet::from_toml("audit-test.toml", RULES).unwrap();
         let key = PlaceholderKey::new(b"0123456789abcdef0123").unwrap();
@@ -438,11 +438,28 @@ action = "mask"
         let from_base = base.scan(&aws, Scope::Request).unwrap().remove(0);
         assert_eq!(preview(&base, &from_base), "AKIA…(20 chars)");
         let from_profile = profile.scan(&token, Scope::Request).unwrap().remove(0);
-        assert_eq!(from_profile.rule, 0, "the profile numbers its rules afresh");
+        assert_eq!(
+            from_profile.rule, 1,
+            "profiles of one pack share its numbering"
+        );
         assert_eq!(preview(&profile, &from_profile), "ghp_…(40 chars)");
-        // Looked up in an engine that numbers rules differently, the prefix is left out
-        // rather than taken from whatever rule has that index there.
-        assert_eq!(preview(&base, &from_profile), "…(40 chars)");
+        // Looked up in an engine of another pack, which numbers rules differently, the prefix
+        // is left out rather than taken from whatever rule has that index there.
+        let github_only = RuleSet::from_toml(
+            "other.toml",
+            &RULES[RULES.find("[[rules]]\nid = \"github-token\"").unwrap()..],
+        )
+        .unwrap();
+        let other = Engine::compile(
+            &github_only,
+            PlaceholderKey::new(b"0123456789abcdef0123").unwrap(),
+            8192,
+        )
+        .unwrap();
+        let from_other = other.scan(&token, Scope::Request).unwrap().remove(0);
+        assert_eq!(from_other.rule, 0);
+        assert_eq!(preview(&other, &from_other), "ghp_…(40 chars)");
+        assert_eq!(preview(&base, &from_other), "…(40 chars)");
     }
 
     #[test]

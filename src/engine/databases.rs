@@ -1,0 +1,365 @@
+//! Where the matcher's Hyperscan databases come from. Compiling the default pack takes seconds
+//! of CPU per mode; loading a compiled one takes milliseconds, so a database is compiled only
+//! when nothing below has it:
+//! 1. in this process: every matcher built from the same expressions (the base engine and every
+//!    policy profile, which differ only in which rules are active) shares one pair of databases;
+//! 2. embedded in the binary: `build.rs` compiles the default pack for generic x86-64 (no AVX2
+//!    needed), so a fresh container starts on the default pack without compiling anything;
+//! 3. the cache directory: databases compiled here before, for this CPU;
+//! 4. compiled now, then stored in the cache directory for the next start.
+//!
+//! Invariants:
+//! - a database is used only for the [`database_key`] it was compiled from (Hyperscan version,
+//!   mode, every expression with its id and flags), whichever of the four it comes from;
+//! - the cache directory is used only when it is owned by this user and not writable by group
+//!   or others, because a database loaded from it decides what gets masked; anything wrong with
+//!   it is a warning, never an error: the proxy compiles instead (read-only containers work);
+//! - an entry that does not load is ignored and replaced; entries are written to a temporary
+//!   name and renamed, so a reader never sees half a database; the directory keeps at most
+//!   [`MAX_CACHE_ENTRIES`] entries (oldest removed first).
+
+pub use super::database_key::{database_key, KeyedPattern};
+use hyperscan::prelude::*;
+use hyperscan::Serialized;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// Environment variable naming the cache directory (when the configuration does not). An
+/// empty value turns the cache off.
+pub const HS_CACHE_ENV: &str = "STREAMMASK_HS_CACHE_DIR";
+
+/// Cache entries kept; each rule-pack change adds two.
+pub const MAX_CACHE_ENTRIES: usize = 64;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_databases.rs"));
+}
+
+/// Where a matcher's databases were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Embedded,
+    Cache,
+    Compiled,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Embedded => "embedded",
+            Source::Cache => "cache",
+            Source::Compiled => "compiled",
+        }
+    }
+}
+
+/// Which cache directory to use; chosen once by the application before it compiles rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheSetting {
+    /// `STREAMMASK_HS_CACHE_DIR` when set, else the user's cache directory
+    /// (`$XDG_CACHE_HOME/streammask/hyperscan`, `~/.cache/streammask/hyperscan`), else
+    /// `/var/cache/streammask/hyperscan`.
+    Default,
+    Off,
+    Dir(PathBuf),
+}
+
+static CACHE_SETTING: RwLock<CacheSetting> = RwLock::new(CacheSetting::Default);
+
+pub fn configure_cache(setting: CacheSetting) {
+    *CACHE_SETTING.write().unwrap_or_else(|e| e.into_inner()) = setting;
+}
+
+/// The directory the current setting names (not checked).
+pub fn cache_dir() -> Option<PathBuf> {
+    let setting = CACHE_SETTING
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match setting {
+        CacheSetting::Off => None,
+        CacheSetting::Dir(dir) if dir.as_os_str().is_empty() => None,
+        CacheSetting::Dir(dir) => Some(dir),
+        CacheSetting::Default => match std::env::var_os(HS_CACHE_ENV) {
+            Some(dir) if dir.is_empty() => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => Some(default_cache_dir()),
+        },
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let user_cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|home| home.is_absolute() && home != Path::new("/"))
+                .map(|home| home.join(".cache"))
+        });
+    match user_cache {
+        Some(dir) => dir.join("streammask").join("hyperscan"),
+        None => PathBuf::from("/var/cache/streammask/hyperscan"),
+    }
+}
+
+/// A block and a streaming database compiled from the same expressions.
+pub struct Databases {
+    pub block: BlockDatabase,
+    pub stream: StreamingDatabase,
+    /// Numbered process-wide so per-thread scratch space, keyed by it, is never shared between
+    /// databases.
+    pub generation: u64,
+    pub source: Source,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Databases alive in this process, by block key (weak: a replaced rule pack's databases are
+/// freed when its last matcher goes).
+static SHARED: Mutex<Option<HashMap<[u8; 32], Weak<Databases>>>> = Mutex::new(None);
+
+/// The databases for `patterns`, from wherever they are cheapest to get (see the module doc).
+pub fn load(patterns: &Patterns) -> Result<Arc<Databases>, hyperscan::Error> {
+    let version = hyperscan::version_str().to_bytes();
+    let keyed = || {
+        patterns.iter().map(|p| KeyedPattern {
+            id: p.id.unwrap_or(0),
+            flags: p.flags.bits(),
+            expression: &p.expression,
+        })
+    };
+    let block_key = database_key(version, "block", keyed());
+    let stream_key = database_key(version, "stream", keyed());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = shared.get_or_insert_with(HashMap::new);
+    if let Some(databases) = shared.get(&block_key).and_then(Weak::upgrade) {
+        return Ok(databases);
+    }
+    // Compiling under the lock is deliberate: two profiles asking for the same pack at once
+    // must not compile it twice.
+    let (block, stream, source) = match (embedded_db(&block_key), embedded_db(&stream_key)) {
+        (Some(block), Some(stream)) => (block, stream, Source::Embedded),
+        _ => {
+            let cache = usable_cache_dir();
+            let cached = cache.as_deref().and_then(|dir| {
+                Some((
+                    read_entry(dir, &block_key, "block")?,
+                    read_entry(dir, &stream_key, "stream")?,
+                ))
+            });
+            match cached {
+                Some((block, stream)) => (block, stream, Source::Cache),
+                None => {
+                    let block: BlockDatabase = patterns.build()?;
+                    let stream: StreamingDatabase = patterns.build()?;
+                    if let Some(dir) = cache.as_deref() {
+                        write_entry(dir, &block_key, "block", &block);
+                        write_entry(dir, &stream_key, "stream", &stream);
+                        prune(dir);
+                    }
+                    (block, stream, Source::Compiled)
+                }
+            }
+        }
+    };
+    let databases = Arc::new(Databases {
+        block,
+        stream,
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        source,
+    });
+    shared.retain(|_, weak| weak.strong_count() > 0);
+    shared.insert(block_key, Arc::downgrade(&databases));
+    Ok(databases)
+}
+
+fn embedded_db<M: hyperscan::Mode>(key: &[u8; 32]) -> Option<hyperscan::Database<M>> {
+    let (_, bytes) = embedded::EMBEDDED_DATABASES
+        .iter()
+        .find(|(embedded_key, _)| embedded_key == key)?;
+    // Fails when this CPU lacks what the database needs (it needs nothing beyond SSSE3,
+    // which Hyperscan itself requires): then the cache or a compile takes over.
+    bytes.deserialize::<M>().ok()
+}
+
+/// How many databases the binary carries.
+pub fn embedded_count() -> usize {
+    embedded::EMBEDDED_DATABASES.len()
+}
+
+/// Hyperscan's (minimum, maximum) match width of an expression of the embedded pack, as the
+/// Hyperscan that built the binary computed it; `None` for any other expression, or when the
+/// running Hyperscan is another version.
+pub fn embedded_widths(expression: &str) -> Option<(usize, usize)> {
+    static WIDTHS: std::sync::OnceLock<HashMap<&'static str, (usize, usize)>> =
+        std::sync::OnceLock::new();
+    let widths = WIDTHS.get_or_init(|| {
+        let same_version =
+            hyperscan::version_str().to_bytes() == embedded::EMBEDDED_HYPERSCAN_VERSION.as_bytes();
+        embedded::EMBEDDED_WIDTHS
+            .iter()
+            .filter(|_| same_version)
+            .map(|&(expression, min, max)| (expression, (min, max)))
+            .collect()
+    });
+    widths.get(expression).copied()
+}
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+fn warn_once(dir: &Path, why: &str) {
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            dir = %dir.display(),
+            "Hyperscan database cache not used ({why}): rule packs other than the embedded \
+             default are compiled at every start"
+        );
+    }
+}
+
+/// The cache directory, created (0700) if missing, or `None` with a warning when it cannot be
+/// trusted or written.
+fn usable_cache_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = cache_dir()?;
+    if !dir.exists() {
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            warn_once(&dir, &format!("cannot create it: {e}"));
+            return None;
+        }
+    }
+    let metadata = match std::fs::metadata(&dir) {
+        Ok(metadata) if metadata.is_dir() => metadata,
+        Ok(_) => {
+            warn_once(&dir, "not a directory");
+            return None;
+        }
+        Err(e) => {
+            warn_once(&dir, &e.to_string());
+            return None;
+        }
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if metadata.uid() != euid {
+        warn_once(&dir, "owned by another user");
+        return None;
+    }
+    if metadata.mode() & 0o022 != 0 {
+        warn_once(&dir, "writable by group or others");
+        return None;
+    }
+    Some(dir)
+}
+
+fn entry_path(dir: &Path, key: &[u8; 32], mode: &str) -> PathBuf {
+    dir.join(format!("{}.{mode}.hsdb", hex::encode(key)))
+}
+
+fn read_entry<M: hyperscan::Mode>(
+    dir: &Path,
+    key: &[u8; 32],
+    mode: &str,
+) -> Option<hyperscan::Database<M>> {
+    let bytes = std::fs::read(entry_path(dir, key, mode)).ok()?;
+    bytes.deserialize::<M>().ok()
+}
+
+fn write_entry<M: hyperscan::Mode>(
+    dir: &Path,
+    key: &[u8; 32],
+    mode: &str,
+    db: &hyperscan::Database<M>,
+) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(serialized) = db.serialize() else {
+        return;
+    };
+    let path = entry_path(dir, key, mode);
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(&serialized[..]))
+        .and_then(|_| std::fs::rename(&temporary, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        warn_once(dir, &format!("cannot write it: {e}"));
+    }
+}
+
+/// Remove the oldest entries beyond [`MAX_CACHE_ENTRIES`].
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut databases: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "hsdb"))
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .collect();
+    if databases.len() <= MAX_CACHE_ENTRIES {
+        return;
+    }
+    databases.sort();
+    let excess = databases.len() - MAX_CACHE_ENTRIES;
+    for (_, path) in databases.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_covers_version_mode_ids_flags_and_expressions() {
+        let one = |id, flags, expression| KeyedPattern {
+            id,
+            flags,
+            expression,
+        };
+        let base = database_key(b"5.4", "block", [one(0, 0, "a+b")]);
+        assert_eq!(base, database_key(b"5.4", "block", [one(0, 0, "a+b")]));
+        assert_ne!(base, database_key(b"5.5", "block", [one(0, 0, "a+b")]));
+        assert_ne!(base, database_key(b"5.4", "stream", [one(0, 0, "a+b")]));
+        assert_ne!(base, database_key(b"5.4", "block", [one(1, 0, "a+b")]));
+        assert_ne!(base, database_key(b"5.4", "block", [one(0, 1, "a+b")]));
+        assert_ne!(base, database_key(b"5.4", "block", [one(0, 0, "a+c")]));
+        // Lengths are part of the key, so expressions cannot be re-split between patterns.
+        assert_ne!(
+            database_key(b"5.4", "block", [one(0, 0, "ab"), one(1, 0, "c")]),
+            database_key(b"5.4", "block", [one(0, 0, "a"), one(1, 0, "bc")])
+        );
+    }
+
+    #[test]
+    fn the_default_cache_dir_follows_xdg_then_home() {
+        // Read-only use of the environment: these are the process's own values.
+        let dir = default_cache_dir();
+        assert!(dir.is_absolute());
+        assert!(dir.ends_with("streammask/hyperscan"), "{}", dir.display());
+    }
+
+    #[test]
+    fn the_binary_embeds_the_default_pack_in_both_modes() {
+        assert_eq!(
+            embedded_count(),
+            2,
+            "build.rs compiles the default pack into one block and one streaming database"
+        );
+    }
+}
