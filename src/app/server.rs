@@ -28,6 +28,7 @@ use crate::policy::store::{GroupLimits, GroupStore, MemoryStore, RedisStore, Sea
 use crate::policy::Security;
 use crate::proxy::restore::Restore;
 use crate::proxy::{Proxy, ProxyState};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -300,10 +301,15 @@ pub fn proxy_service(
             app.server_options = Some(options);
         }
     }
-    match tls {
-        Some(settings) => proxy.add_tls_with_settings(&listen, None, settings),
-        None => proxy.add_tcp(&listen),
-    }
+    // No L4 read buffer: Pingora's default is 64 KiB per connection, zero-filled when the
+    // connection is accepted, so it is resident for as long as a stream stays open (most of a
+    // stream's memory). The HTTP/1 reader reads into its own header and body buffers anyway.
+    let buffers = L4BufferSettings::default().read(0);
+    let endpoint = ListenerConfig::tcp(listen).l4_buffer(buffers);
+    proxy.add_listener(match tls {
+        Some(settings) => endpoint.tls(settings),
+        None => endpoint,
+    });
     proxy
 }
 

@@ -184,6 +184,10 @@ impl Upstream {
         let opened = Instant::now();
         let failed = |exchange: &mut Exchange, stage: UpstreamError, e: pingora::BError| {
             let cause = e.etype().as_str();
+            // The request line records the kind only; the operating system's reason (too many
+            // open files, connection refused) is what an SRE needs. Pingora's error names the
+            // peer and the cause, never request content.
+            tracing::warn!(stage = ?stage, error = %e, "upstream request failed");
             exchange.upstream_failed(classify(stage, &e), Some(cause));
             unavailable(cause)
         };
