@@ -15,6 +15,12 @@ id = "cache-demo"
 description = "demo"
 pattern = '''\b(?P<secret>cdk_[a-z0-9]{12})\b'''
 action = "mask"
+
+[[rules]]
+id = "cache-demo-pin"
+description = "demo"
+pattern = '''\bcdkpin=[0-9]{6}\b'''
+action = "mask"
 "#;
 
 fn candidates(matcher: &Matcher, text: &[u8]) -> Vec<(u32, usize)> {
@@ -62,11 +68,37 @@ fn cached_databases_are_reused_and_keyed_by_rules() {
     assert!(again.shares_databases_with(&fresh), "shared in-process");
     drop((fresh, again));
 
+    // Pruning drops the least recently used entries: a load marks its entries used.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        std::fs::File::options()
+            .write(true)
+            .open(entry.unwrap().path())
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH)
+            .unwrap();
+    }
     let cached = Matcher::compile(&set, 1024).unwrap();
     assert_eq!(cached.database_source(), Source::Cache);
     assert_eq!(entries(&dir), 2, "the cache is reused, not rewritten");
     assert_eq!(candidates(&cached, text), expected);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let modified = entry.unwrap().metadata().unwrap().modified().unwrap();
+        assert!(
+            modified > std::time::UNIX_EPOCH,
+            "a loaded entry is touched"
+        );
+    }
     drop(cached);
+
+    // A single expression compiles in milliseconds (`rules check` compiles hundreds): it is
+    // never cached, so it cannot crowd out packs.
+    let one_rule = &RULES[..RULES.find("\n[[rules]]\nid = \"cache-demo-pin\"").unwrap()];
+    let single = RuleSet::from_toml("one.toml", one_rule).unwrap();
+    assert_eq!(single.len(), 1);
+    let matcher = Matcher::compile(&single, 1024).unwrap();
+    assert_eq!(matcher.database_source(), Source::Compiled);
+    drop(matcher);
+    assert_eq!(entries(&dir), 2);
 
     let changed = RuleSet::from_toml("cache.toml", &RULES.replace("{12}", "{10}")).unwrap();
     drop(Matcher::compile(&changed, 1024).unwrap());

@@ -16,7 +16,10 @@
 //!   it is a warning, never an error: the proxy compiles instead (read-only containers work);
 //! - an entry that does not load is ignored and replaced; entries are written to a temporary
 //!   name and renamed, so a reader never sees half a database; the directory keeps at most
-//!   [`MAX_CACHE_ENTRIES`] entries (oldest removed first).
+//!   [`MAX_CACHE_ENTRIES`] entries, the least recently used removed first (a load touches its
+//!   entry);
+//! - a database of a single expression (`rules check` and `rules bench --per-rule` compile
+//!   hundreds) is never cached: it compiles in milliseconds and would only crowd out packs.
 
 pub use super::database_key::{database_key, KeyedPattern};
 use hyperscan::prelude::*;
@@ -31,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 pub const HS_CACHE_ENV: &str = "STREAMMASK_HS_CACHE_DIR";
 
 /// Cache entries kept; each rule-pack change adds two.
-pub const MAX_CACHE_ENTRIES: usize = 64;
+pub const MAX_CACHE_ENTRIES: usize = 512;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_databases.rs"));
@@ -144,7 +147,11 @@ pub fn load(patterns: &Patterns) -> Result<Arc<Databases>, hyperscan::Error> {
     let (block, stream, source) = match (embedded_db(&block_key), embedded_db(&stream_key)) {
         (Some(block), Some(stream)) => (block, stream, Source::Embedded),
         _ => {
-            let cache = usable_cache_dir();
+            let cache = if patterns.len() > 1 {
+                usable_cache_dir()
+            } else {
+                None
+            };
             let cached = cache.as_deref().and_then(|dir| {
                 Some((
                     read_entry(dir, &block_key, "block")?,
@@ -269,8 +276,14 @@ fn read_entry<M: hyperscan::Mode>(
     key: &[u8; 32],
     mode: &str,
 ) -> Option<hyperscan::Database<M>> {
-    let bytes = std::fs::read(entry_path(dir, key, mode)).ok()?;
-    bytes.deserialize::<M>().ok()
+    let path = entry_path(dir, key, mode);
+    let bytes = std::fs::read(&path).ok()?;
+    let db = bytes.deserialize::<M>().ok()?;
+    // Pruning removes the oldest modification times first: a used entry is kept.
+    if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+    Some(db)
 }
 
 fn write_entry<M: hyperscan::Mode>(
