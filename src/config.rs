@@ -230,6 +230,9 @@ pub struct ServerSection {
     pub admin: String,
     pub threads: usize,
     pub max_body_bytes: usize,
+    /// Requests served at once (a stream counts until its end); beyond it a 503
+    /// `overloaded_error`. 0: no limit. The open-file limit is raised at start-up to fit it.
+    pub max_connections: usize,
     /// Path prefixes forwarded besides the Messages API routes (bodies still scanned).
     pub extra_passthrough_prefixes: Vec<String>,
     /// TLS on the listener (`[server.tls]`); plain HTTP without it.
@@ -246,6 +249,7 @@ impl Default for ServerSection {
             admin: "127.0.0.1:9090".into(),
             threads: 2,
             max_body_bytes: 32 << 20,
+            max_connections: 10_000,
             extra_passthrough_prefixes: Vec::new(),
             tls: None,
             h2c: false,
@@ -433,6 +437,8 @@ pub struct Config {
     pub admin: SocketAddr,
     pub threads: usize,
     pub max_body_bytes: usize,
+    /// `[server] max_connections` (0: no limit).
+    pub max_connections: usize,
     pub extra_passthrough_prefixes: Vec<String>,
     pub upstream: Upstream,
     pub rules_dir: Option<PathBuf>,
@@ -616,6 +622,7 @@ impl FileConfig {
             admin,
             threads: self.server.threads,
             max_body_bytes: self.server.max_body_bytes,
+            max_connections: self.server.max_connections,
             extra_passthrough_prefixes: self.server.extra_passthrough_prefixes,
             upstream,
             rules_dir: self.masking.rules_dir,

@@ -1,5 +1,6 @@
 //! The application: start-up ([`server`]: validated config → engines, policy, observability →
-//! the Pingora server), the admin listener ([`admin`]) and the command line ([`cli`]).
+//! the Pingora server; [`limits`]: the open-file limit), the admin listener ([`admin`]) and the
+//! command line ([`cli`]).
 //!
 //! Layer: the top. It may import every other layer and nothing imports it; `main.rs` only
 //! hands over to [`cli::main`]. `anyhow` is used here and nowhere below.
@@ -8,4 +9,5 @@ pub mod admin;
 pub mod approvals_cli;
 pub mod cli;
 pub mod console;
+pub mod limits;
 pub mod server;

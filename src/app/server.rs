@@ -363,6 +363,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let state = Arc::new(build_state(config)?);
     let config = &state.config;
+    super::limits::raise_open_file_limit(config.max_connections);
     reload_on_sighup(state.security.upstream_key.clone());
     let auth_on = state.security.auth.enabled();
     if !auth_on && state.security.upstream_key.is_some() {

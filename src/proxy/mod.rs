@@ -31,6 +31,7 @@ pub mod encoding;
 mod headers;
 mod masking_pool;
 mod metadata;
+mod open_requests;
 pub use metadata::percent_decode;
 mod response_headers;
 pub mod restore;
@@ -79,6 +80,8 @@ pub struct ProxyState {
     /// The workers that mask large request bodies off the event loop
     /// (`[masking] offload_threads`, see [`admit`] and [`masking_pool`]).
     masking_pool: masking_pool::MaskingPool,
+    /// `[server] max_connections`.
+    open_requests: open_requests::OpenRequests,
 }
 
 impl ProxyState {
@@ -94,8 +97,10 @@ impl ProxyState {
     ) -> ProxyState {
         let upstream = Upstream::new(&config.upstream);
         let masking_pool = masking_pool::MaskingPool::start(config.offload_threads);
+        let open_requests = open_requests::OpenRequests::new(config.max_connections);
         ProxyState {
             masking_pool,
+            open_requests,
             config,
             engine,
             security,
@@ -155,6 +160,15 @@ impl Proxy {
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
         let state = &*self.state;
+        // Held until the reply's last byte: a stream counts for as long as it is open.
+        let Some(_slot) = state.open_requests.try_acquire() else {
+            return Err(ApiError::new(
+                ErrorKind::Overloaded,
+                "streammask: this proxy is serving as many requests as server.max_connections \
+                 allows; retry shortly",
+            )
+            .with_status(503));
+        };
         let admitted = admit::admit(state, session, ctx).await?;
         let body = Bytes::from(admitted.body);
         if ctx.exchange.keep_transcripts && !body.is_empty() {
