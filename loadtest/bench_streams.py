@@ -110,6 +110,7 @@ from bench_proxy import (  # noqa: E402  (helpers of the end-to-end benchmark)
     DEFAULT_BIN_DIR,
     NO_PROXY_OPENER,
     PLACEHOLDER_KEY,
+    PROCS,
     event_cost_between,
     event_cost_snapshot,
     fmt_le,
@@ -119,6 +120,7 @@ from bench_proxy import (  # noqa: E402  (helpers of the end-to-end benchmark)
     machine_info,
     pct,
     proc_cpu_seconds,
+    stop_all,
     text_ranges,
     words_text,
 )
@@ -138,9 +140,7 @@ MARK = b'"\\t"'                # a TAB text delta as it is written in the event'
 TIMEOUT_KIND = "not finished at the deadline"
 
 # ---------------------------------------------------------------------------------------------
-# processes (the approach of bench_proxy.py; own list, raised descriptor limit)
-
-PROCS: list[subprocess.Popen] = []
+# processes: bench_proxy.py's list and stop_all; children get a raised descriptor limit
 
 
 def _child_setup(nofile: int):
@@ -161,22 +161,6 @@ def spawn(cmd, *, nofile, env=None, stdout=None, stderr=None) -> subprocess.Pope
                          preexec_fn=_child_setup(nofile))
     PROCS.append(p)
     return p
-
-
-def stop_all():
-    for p in reversed(PROCS):
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 3  # Pingora's graceful shutdown is slow: SIGKILL after 3 s
-    for p in reversed(PROCS):
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 class Abort(Exception):
