@@ -310,6 +310,9 @@ fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Re
         .read_to_end(&mut input)
         .context("reading stdin")?;
     let text = String::from_utf8_lossy(&input);
+    // As the proxy does for a request: a secret found once is masked everywhere in the text,
+    // also where it stands bare (and a stream masks the secrets of the whole text).
+    let engine = Arc::new(engine.knowing_secrets_of(&text, scope)?);
     let (output, findings) = match stream_chunk {
         None => {
             let masked = engine.mask(&text, scope)?;

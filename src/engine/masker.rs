@@ -19,6 +19,7 @@
 //! rule's maximum length has arrived after its start, or at the end of the text. Until then it
 //! is re-confirmed as text arrives.
 
+use crate::engine::known::{self, KnownError, KnownSecrets};
 use crate::engine::matcher::{Candidate, Confirmed, Matcher, MatcherError};
 use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::engine::rules::{Action, RuleSet, Scope};
@@ -35,6 +36,8 @@ pub const DEFAULT_MAX_HOLD_BYTES: usize = 12 * 1024;
 pub enum MaskError {
     #[error(transparent)]
     Matcher(#[from] MatcherError),
+    #[error(transparent)]
+    Known(#[from] KnownError),
     #[error("max_hold_bytes ({max_hold}) must exceed the longest rule match ({longest})")]
     HoldTooSmall { max_hold: usize, longest: usize },
     #[error("stream already finished")]
@@ -140,6 +143,8 @@ pub struct Engine {
     matcher: Arc<Matcher>,
     key: PlaceholderKey,
     max_hold: usize,
+    /// Secrets of this exchange found earlier, masked wherever they occur ([`known`]).
+    known: Option<Arc<KnownSecrets>>,
 }
 
 /// The result of masking a whole text.
@@ -153,6 +158,8 @@ pub struct Masked<'a> {
 struct SecretSpan {
     rule: u32,
     span: Range<usize>,
+    /// An occurrence of a known secret rather than a rule's match.
+    known: bool,
 }
 
 /// The longest match a rule may have for an engine holding at most `max_hold` bytes: a match
@@ -188,7 +195,65 @@ impl Engine {
             matcher: Arc::new(matcher),
             key,
             max_hold,
+            known: None,
         })
+    }
+
+    /// This engine (same rules, key and hold) that also masks every occurrence of `known`
+    /// secrets, each with the placeholder of the rule that found it: the engine of one exchange
+    /// once its request has been scanned.
+    pub fn with_known(&self, known: Option<Arc<KnownSecrets>>) -> Engine {
+        Engine {
+            matcher: Arc::clone(&self.matcher),
+            key: self.key.clone(),
+            max_hold: self.max_hold,
+            known,
+        }
+    }
+
+    /// The secrets this engine masks wherever they occur, if any.
+    pub fn known(&self) -> Option<&Arc<KnownSecrets>> {
+        self.known.as_ref()
+    }
+
+    /// The set of secrets `found` (rule index and the exact bytes it masked) that may be
+    /// propagated; `None` when none may (see [`known`] for which).
+    pub fn known_secrets<'s>(
+        &self,
+        found: impl IntoIterator<Item = (u32, &'s [u8])>,
+    ) -> Result<Option<Arc<KnownSecrets>>, MaskError> {
+        let matcher = &self.matcher;
+        let confirmed = found
+            .into_iter()
+            .filter(|&(rule, _)| (rule as usize) < matcher.all_rules().len())
+            .map(|(rule, secret)| known::Confirmed {
+                rule,
+                generic: matcher.rule(rule).rule.generic,
+                secret,
+            });
+        Ok(KnownSecrets::new(confirmed, matcher.max_match_len())?.map(Arc::new))
+    }
+
+    /// This engine knowing the secrets it masks in `text` (see [`Engine::with_known`]): masking
+    /// `text` again with it also masks their bare repeats, before and after the occurrence a rule
+    /// found. For a whole text scanned before anything is forwarded (`streammask scan`).
+    pub fn knowing_secrets_of(&self, text: &str, scope: Scope) -> Result<Engine, MaskError> {
+        let findings = self.scan(text, scope)?;
+        let known = self.known_secrets(
+            findings
+                .iter()
+                .filter(|f| f.rewritten)
+                .map(|f| (f.rule, &text.as_bytes()[f.span.clone()])),
+        )?;
+        Ok(self.with_known(known))
+    }
+
+    /// Texts shorter than this hold no finding.
+    fn min_scan_len(&self) -> usize {
+        let rules = self.matcher.min_match_len();
+        self.known
+            .as_ref()
+            .map_or(rules, |known| rules.min(known.shortest()))
     }
 
     pub fn matcher(&self) -> &Matcher {
@@ -309,7 +374,7 @@ impl Engine {
         let bytes = text.as_bytes();
         // Most JSON strings (keys, ids, short values) are shorter than any secret: skip the
         // scan call for them.
-        if bytes.len() < self.matcher.min_match_len() {
+        if bytes.len() < self.min_scan_len() {
             return Ok(Masked {
                 text: Cow::Borrowed(text),
                 findings: Vec::new(),
@@ -355,7 +420,11 @@ impl Engine {
             }) = confirmed
             {
                 if seen_spans.insert((c.rule, span.start, span.end)) {
-                    spans.push(SecretSpan { rule: c.rule, span });
+                    spans.push(SecretSpan {
+                        rule: c.rule,
+                        span,
+                        known: false,
+                    });
                 }
             }
             true
@@ -364,6 +433,18 @@ impl Engine {
             return Err(error);
         }
         debug_assert!(completed);
+        if let Some(known) = &self.known {
+            if let Some(budget) = budget {
+                budget.charge(bytes.len())?;
+            }
+            known.find(bytes, |rule, span| {
+                spans.push(SecretSpan {
+                    rule,
+                    span,
+                    known: true,
+                })
+            });
+        }
         if spans.is_empty() {
             return Ok(Masked {
                 text: Cow::Borrowed(text),
@@ -427,6 +508,7 @@ impl Engine {
             late_matches: 0,
             reopened: Vec::new(),
             last_pause: 0,
+            known_found_to: 0,
         })
     }
 }
@@ -543,6 +625,35 @@ fn rewritten_text(text: &str, out: Vec<u8>, findings: &[Finding]) -> String {
 }
 
 impl Emitter<'_> {
+    /// Remove every rewriting span of a context rule (`generic`) that overlaps a rewriting
+    /// span of a format rule or a known secret: the format rule names the finding and decides
+    /// the span (see [`crate::engine::rules::Rule::generic`]). `spans` is sorted by start.
+    fn drop_generic_overlaps(&self, spans: &mut Vec<SecretSpan>) {
+        let matcher = self.engine.matcher();
+        let rewriting = |s: &SecretSpan| rewrites(self.scope, matcher.rule(s.rule).action());
+        let generic = |s: &SecretSpan| !s.known && matcher.rule(s.rule).rule.generic;
+        if !spans.iter().any(|s| generic(s) && rewriting(s)) {
+            return;
+        }
+        // Precise spans by start, with the furthest end reached so far: a generic span
+        // overlaps one iff some precise span starting before its end ends after its start.
+        let mut precise: Vec<(usize, usize)> = Vec::new();
+        for s in spans.iter().filter(|s| !generic(s) && rewriting(s)) {
+            let furthest = precise.last().map_or(0, |&(_, end)| end).max(s.span.end);
+            precise.push((s.span.start, furthest));
+        }
+        if precise.is_empty() {
+            return;
+        }
+        spans.retain(|s| {
+            if !(generic(s) && rewriting(s)) {
+                return true;
+            }
+            let before_end = precise.partition_point(|&(start, _)| start < s.span.end);
+            before_end == 0 || precise[before_end - 1].1 <= s.span.start
+        });
+    }
+
     /// Emit `region` (absolute) of the text held in `buf` (starting at absolute `base`).
     /// `spans` must hold every final span starting before `region.end`; the ones consumed are
     /// removed. Spans starting before `region.start` were already emitted: they count as late.
@@ -562,15 +673,19 @@ impl Emitter<'_> {
         // Earliest, then longest, then the rule whose format carries a checksum (a token
         // format rule is more specific than a generic `TOKEN=…` rule over the same span, and
         // names the placeholder), then pack order.
+        // A known secret's occurrence names the placeholder first, so every occurrence of it
+        // gets the same one.
         let has_checksum = |rule: u32| matcher.rule(rule).checksum().is_some();
         spans.sort_by(|a, b| {
             a.span
                 .start
                 .cmp(&b.span.start)
                 .then(b.span.end.cmp(&a.span.end))
+                .then(b.known.cmp(&a.known))
                 .then(has_checksum(b.rule).cmp(&has_checksum(a.rule)))
                 .then(a.rule.cmp(&b.rule))
         });
+        self.drop_generic_overlaps(spans);
         let mut cursor = region.start;
         let mut consumed = 0;
         let mut group: Option<(u32, Range<usize>)> = None;
@@ -666,6 +781,8 @@ pub struct StreamMasker {
     reopened: Vec<(u32, usize)>,
     /// Offset of the last [`StreamMasker::flush`].
     last_pause: usize,
+    /// Every occurrence of a known secret ending at or before this offset is in `finals`.
+    known_found_to: usize,
 }
 
 impl std::fmt::Debug for StreamMasker {
@@ -743,6 +860,7 @@ impl StreamMasker {
         self.resolve(false);
         self.admit(fresh);
         self.resolve(false);
+        self.find_known();
         let boundary = self.emit_boundary();
         self.emit_to(boundary, out);
         self.trim();
@@ -822,6 +940,36 @@ impl StreamMasker {
         }
         self.trim();
         Ok(())
+    }
+
+    /// Add every occurrence of a known secret that ended since the last call to the final
+    /// spans. An occurrence is whitespace-free, so until its last byte arrives it lies in the
+    /// held trailing run and nothing of it has been emitted.
+    fn find_known(&mut self) {
+        let received = self.received();
+        let Some(known) = self.engine.known() else {
+            return;
+        };
+        let from = self
+            .known_found_to
+            .saturating_sub(known.longest().saturating_sub(1))
+            .max(self.base);
+        let (base, found_to) = (self.base, self.known_found_to);
+        let finals = &mut self.finals;
+        known.find(&self.buf[from - base..], |rule, span| {
+            let span = span.start + from..span.end + from;
+            if span.end > found_to {
+                push_unique(
+                    finals,
+                    SecretSpan {
+                        rule,
+                        span,
+                        known: true,
+                    },
+                );
+            }
+        });
+        self.known_found_to = received;
     }
 
     fn admit(&mut self, fresh: Vec<Candidate>) {
@@ -904,6 +1052,7 @@ impl StreamMasker {
                         SecretSpan {
                             rule: known.rule,
                             span,
+                            known: false,
                         },
                     );
                 }

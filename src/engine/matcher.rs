@@ -103,6 +103,8 @@ struct RuleCode {
     confirm: meta::Regex,
     secret_group: Option<usize>,
     ignore: Vec<meta::Regex>,
+    key_group: Option<usize>,
+    ignore_key: Vec<meta::Regex>,
 }
 
 impl RuleCode {
@@ -113,17 +115,28 @@ impl RuleCode {
             Pool::new(Box::new(move || factory_dfa.create_cache()));
         let confirm = confirm_regex(&rule.pattern)?;
         let secret_group = confirm.group_info().to_index(PatternID::ZERO, "secret");
-        let ignore = rule
-            .ignore
-            .iter()
-            .map(|pattern| confirm_regex(pattern).map_err(|e| format!("ignore {pattern:?}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let guards = |patterns: &[String], field: &str| {
+            patterns
+                .iter()
+                .map(|pattern| {
+                    confirm_regex(pattern).map_err(|e| format!("{field} {pattern:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let ignore = guards(&rule.ignore, "ignore")?;
+        let ignore_key = guards(&rule.ignore_key, "ignore_key")?;
+        let key_group = confirm.group_info().to_index(PatternID::ZERO, "key");
+        if !ignore_key.is_empty() && key_group.is_none() {
+            return Err("ignore_key needs a group named `key` in the pattern".into());
+        }
         Ok(RuleCode {
             reverse,
             reverse_caches,
             confirm,
             secret_group,
             ignore,
+            key_group,
+            ignore_key,
         })
     }
 }
@@ -239,17 +252,23 @@ fn hyperscan_pattern(rule: &Rule, id: usize) -> Pattern {
     }
 }
 
-/// Every (pattern, ignore guards) of the embedded pack: rules whose regexes are known to build.
-fn embedded_rule_code() -> &'static HashSet<(String, Vec<String>)> {
-    static KNOWN: OnceLock<HashSet<(String, Vec<String>)>> = OnceLock::new();
+/// What a rule's regexes are built from: its pattern and its guards.
+type RuleCodeIdentity = (String, Vec<String>, Vec<String>);
+
+fn rule_code_identity(rule: &Rule) -> RuleCodeIdentity {
+    (
+        rule.pattern.clone(),
+        rule.ignore.clone(),
+        rule.ignore_key.clone(),
+    )
+}
+
+/// The regex inputs of every rule of the embedded pack: rules whose regexes are known to build.
+fn embedded_rule_code() -> &'static HashSet<RuleCodeIdentity> {
+    static KNOWN: OnceLock<HashSet<RuleCodeIdentity>> = OnceLock::new();
     KNOWN.get_or_init(|| {
         RuleSet::embedded()
-            .map(|set| {
-                set.all()
-                    .iter()
-                    .map(|rule| (rule.pattern.clone(), rule.ignore.clone()))
-                    .collect()
-            })
+            .map(|set| set.all().iter().map(rule_code_identity).collect())
             .unwrap_or_default()
     })
 }
@@ -275,7 +294,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
         ));
     }
     let code = OnceLock::new();
-    if !embedded_rule_code().contains(&(rule.pattern.clone(), rule.ignore.clone())) {
+    if !embedded_rule_code().contains(&rule_code_identity(rule)) {
         let _ = code.set(Some(RuleCode::build(rule)?));
     }
     Ok(CompiledRule {
@@ -655,16 +674,48 @@ impl Matcher {
             });
         }
         let secret = &hay[span.start..span.end];
+        let key = code
+            .key_group
+            .and_then(|group| caps.get_group(group))
+            .map_or(&[][..], |key| &hay[key.start..key.end]);
         let ignored = code
             .ignore
             .iter()
-            .any(|guard| guard.is_match(Input::new(secret)));
+            .any(|guard| guard.is_match(Input::new(secret)))
+            || code
+                .ignore_key
+                .iter()
+                .any(|guard| guard.is_match(Input::new(key)))
+            || compiled
+                .rule
+                .min_entropy
+                .is_some_and(|least| shannon_entropy(secret) < least);
         let widened = widen_to_char_boundaries(hay, span.start..span.end);
         Some(Confirmed {
             secret: (!ignored).then(|| widened.start + base..widened.end + base),
             match_end: whole.end() + base,
         })
     }
+}
+
+/// Shannon entropy of `bytes` in bits per byte (0 for an empty slice).
+pub fn shannon_entropy(bytes: &[u8]) -> f64 {
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &byte in bytes {
+        counts[usize::from(byte)] += 1;
+    }
+    let total = bytes.len() as f64;
+    counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = f64::from(count) / total;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 fn is_utf8_continuation(byte: u8) -> bool {
@@ -868,7 +919,7 @@ action = "mask"
                 rule.id()
             );
         }
-        let text = format!("aws {}{}", "AKIA", "IOSFODNN7EXAMPLE");
+        let text = format!("aws {}{}", "AKIA", "Q7ZRLMNB2XKTW5VD");
         let mut found = Vec::new();
         matcher
             .scan_block(text.as_bytes(), |c| found.push(c))

@@ -12,6 +12,7 @@
 //! - [`json_walk`]: every string of a JSON document scanned (with [`unescape`] views and a
 //!   joined view of the text the model reads), only masked spans rewritten, findings in opaque
 //!   values refused;
+//! - [`known`]: secrets found earlier in an exchange, masked wherever else they occur;
 //! - [`findings`]: findings with where they were, the one way findings leave a producer;
 //! - [`check`]: `rules check`, every rule run against its own examples.
 
@@ -20,6 +21,7 @@ pub mod database_key;
 pub mod databases;
 pub mod findings;
 pub mod json_walk;
+pub mod known;
 pub mod masker;
 pub mod matcher;
 pub mod placeholder;

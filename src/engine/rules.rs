@@ -191,6 +191,22 @@ pub struct Rule {
     /// Regexes over the extracted secret: a candidate whose secret matches one is not a finding.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// Regexes over the key name the value was assigned to (the pattern's group named `key`,
+    /// when it has one): a candidate whose key matches one is not a finding
+    /// (`next_page_token`, `csrf_token`, `secret_name`: names of things that are not secrets).
+    #[serde(default)]
+    pub ignore_key: Vec<String>,
+    /// The least Shannon entropy, in bits per byte, the secret must have to be a finding:
+    /// the value test of context rules, which accept any value shape after a key name (a key
+    /// is random-looking; a name, a word or a repeated filler is not).
+    #[serde(default)]
+    pub min_entropy: Option<f64>,
+    /// A context rule that takes any value after a key name. Where one of its secrets overlaps
+    /// a secret of a rule that knows the token's own format, the format rule wins: it names the
+    /// finding and its span is the one replaced (a GitHub token in a clone URL's userinfo is
+    /// masked as the GitHub token, and the host and repository after it stay).
+    #[serde(default)]
+    pub generic: bool,
     /// The secret may span lines (private key bodies). Every other secret is one
     /// whitespace-free run, which is what lets the streaming masker hold so little.
     #[serde(default)]

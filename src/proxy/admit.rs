@@ -32,9 +32,7 @@ use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
 use crate::anthropic::thinking_vault::{thinking_signatures, VaultRestore};
-use crate::engine::json_walk::{
-    mask_json_learning, mask_json_within, ThinkingMode, WalkError, WalkOptions, Walked,
-};
+use crate::engine::json_walk::{mask_json_learning, ThinkingMode, WalkError, WalkOptions, Walked};
 use crate::engine::masker::Budget;
 use crate::engine::{Action, Engine, MaskError, Scope, ThinkingRestore};
 use crate::exchange::Outcome;
@@ -110,7 +108,7 @@ pub(super) async fn admit(
         };
         let engine = Arc::clone(&profile.engine);
         let learn = state.restore.is_some() && profile.restore;
-        let (body, walked, took) =
+        let (body, walked, took, exchange_engine) =
             mask_body(&state.masking_pool, limits, engine, body, originals, learn)
                 .await
                 .map_err(|refusal| {
@@ -118,6 +116,7 @@ pub(super) async fn admit(
                     pool_refusal_error(refusal)
                 })?;
         ctx.exchange.masking += took;
+        ctx.exchange_engine = exchange_engine;
         ctx.exchange.model = request_model(&body);
         let mut walked = walked;
         let learned = walked
@@ -257,9 +256,18 @@ pub(super) struct MaskingLimits {
     pub budget_ms: u64,
 }
 
+/// What masking a request body gives back: the body, the walk's result, the time the walk
+/// itself took (not the wait for a worker), and the engine for the rest of the exchange when
+/// the walk found secrets to propagate (see [`walk_body`]).
+type MaskedBody = (
+    Vec<u8>,
+    Result<Walked, WalkError>,
+    Duration,
+    Option<Arc<Engine>>,
+);
+
 /// Walk (scan and rewrite) `body`, on the calling task when it is small and on the masking
-/// pool when it is at least `limits.offload_bytes`. Gives the body back with the walk's result
-/// and the time the walk itself took (not the wait for a worker).
+/// pool when it is at least `limits.offload_bytes`.
 async fn mask_body(
     pool: &MaskingPool,
     limits: MaskingLimits,
@@ -267,18 +275,20 @@ async fn mask_body(
     body: Vec<u8>,
     originals: Option<Originals>,
     learn: bool,
-) -> Result<(Vec<u8>, Result<Walked, WalkError>, Duration), PoolRefusal> {
+) -> Result<MaskedBody, PoolRefusal> {
     if body.len() < limits.offload_bytes {
-        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms, learn);
-        return Ok((body, walked, took));
+        let (walked, took, exchange_engine) =
+            walk_body(&engine, &body, originals, limits.budget_ms, learn);
+        return Ok((body, walked, took, exchange_engine));
     }
     // Waiting for a worker is an await, not a blocked event loop. The wait has the body's own
     // budget: a queue of large bodies behind busy workers must not hold a request longer than
     // masking it would, so past that the client is told to come back (529, which SDKs retry).
     let wait = Duration::from_millis(limits.budget_ms);
     pool.run(wait, move || {
-        let (walked, took) = walk_body(&engine, &body, originals, limits.budget_ms, learn);
-        (body, walked, took)
+        let (walked, took, exchange_engine) =
+            walk_body(&engine, &body, originals, limits.budget_ms, learn);
+        (body, walked, took, exchange_engine)
     })
     .await
 }
@@ -286,13 +296,18 @@ async fn mask_body(
 /// The request walk both paths run: the JSON walker with the thinking restore hook, charged to
 /// a fresh budget of `budget_ms`, and — with `learn` — reporting what each placeholder replaced
 /// (for restore). Returns the result and the time it took.
+///
+/// A secret found once is masked everywhere: when the walk masks secrets, the body is walked
+/// again by an engine that also knows them ([`Engine::with_known`]), so their bare repeats in
+/// other strings (a tool result, an earlier turn) get the same placeholder; that engine is
+/// returned to mask the response too (the model may quote them). Both walks share the budget.
 fn walk_body(
     engine: &Engine,
     body: &[u8],
     originals: Option<Originals>,
     budget_ms: u64,
     learn: bool,
-) -> (Result<Walked, WalkError>, Duration) {
+) -> (Result<Walked, WalkError>, Duration, Option<Arc<Engine>>) {
     let started = Instant::now();
     let restore = originals.map(|(signatures, fetched)| {
         let restore = VaultRestore::new(engine, signatures, fetched);
@@ -306,12 +321,33 @@ fn walk_body(
     };
     let budget = Budget::new(budget_ms);
     let hook = restore.as_ref().map(|r| r as &dyn ThinkingRestore);
-    let walked = if learn {
-        mask_json_learning(engine, body, &options, hook, Some(&budget))
-    } else {
-        mask_json_within(engine, body, &options, hook, Some(&budget))
+    let first = mask_json_learning(engine, body, &options, hook, Some(&budget));
+    let known = match &first {
+        Ok(walked) => engine.known_secrets(
+            walked
+                .learned
+                .iter()
+                .map(|learned| (learned.rule, learned.secret.as_bytes())),
+        ),
+        Err(_) => Ok(None),
     };
-    (walked, started.elapsed())
+    let (walked, exchange_engine) = match known {
+        Ok(None) => (first, None),
+        Ok(Some(known)) => {
+            let exchange_engine = Arc::new(engine.with_known(Some(known)));
+            let second = mask_json_learning(&exchange_engine, body, &options, hook, Some(&budget));
+            (second, Some(exchange_engine))
+        }
+        Err(error) => (Err(WalkError::Mask(error)), None),
+    };
+    let walked = walked.map(|mut walked| {
+        if !learn {
+            walked.learned.clear();
+            walked.signed_thinking.clear();
+        }
+        walked
+    });
+    (walked, started.elapsed(), exchange_engine)
 }
 
 fn encoding_error(error: EncodingError) -> ApiError {
@@ -479,7 +515,7 @@ mod tests {
         let engine = engine();
         let body = request(2000);
         let pool = MaskingPool::start(1);
-        let (inline_body, inline, _) = mask_body(
+        let (inline_body, inline, _, _) = mask_body(
             &pool,
             limits(usize::MAX, 600_000),
             Arc::clone(&engine),
@@ -489,7 +525,7 @@ mod tests {
         )
         .await
         .expect("inline");
-        let (off_body, off_loop, _) = mask_body(
+        let (off_body, off_loop, _, _) = mask_body(
             &pool,
             limits(0, 600_000),
             Arc::clone(&engine),
@@ -518,7 +554,7 @@ mod tests {
         let pool = MaskingPool::start(1);
         for offload_bytes in [usize::MAX, 0] {
             // A zero budget is spent before the first candidate: no assumption about speed.
-            let (_, walked, _) = mask_body(
+            let (_, walked, _, _) = mask_body(
                 &pool,
                 limits(offload_bytes, 0),
                 Arc::clone(&engine),
@@ -576,7 +612,7 @@ mod tests {
         assert_eq!((error.status, error.kind), (529, ErrorKind::Overloaded));
         assert!(error.message.contains("max_scan_ms"), "{}", error.message);
         // Small bodies never wait for the pool.
-        let (_, walked, _) = mask_body(
+        let (_, walked, _, _) = mask_body(
             &pool,
             limits(usize::MAX, 50),
             engine.clone(),
@@ -594,7 +630,7 @@ mod tests {
             tokio::spawn(async move {
                 mask_body(&pool, limits(0, 60_000), engine, body, None, false)
                     .await
-                    .map(|(_, walked, _)| walked.is_ok())
+                    .map(|(_, walked, _, _)| walked.is_ok())
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;

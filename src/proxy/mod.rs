@@ -140,11 +140,18 @@ pub struct RequestCtx {
     profile: Option<Arc<Profile>>,
     /// The caller's placeholders to give back in the response ([`restore`]).
     restore: Option<Arc<RestoreMap>>,
+    /// The profile's engine plus the secrets the request's scan masked, once it found any:
+    /// it masks their bare repeats in the response too.
+    exchange_engine: Option<Arc<Engine>>,
 }
 
 impl RequestCtx {
-    /// The engine of the request's profile (the base engine before the caller is known).
+    /// The engine of this exchange: the profile's (the base engine before the caller is
+    /// known), knowing the request's secrets once it has been scanned.
     fn engine(&self, state: &ProxyState) -> Arc<Engine> {
+        if let Some(engine) = &self.exchange_engine {
+            return Arc::clone(engine);
+        }
         Arc::clone(self.profile.as_ref().map_or(&state.engine, |p| &p.engine))
     }
 }
@@ -205,6 +212,7 @@ impl ProxyHttp for Proxy {
             exchange: Exchange::new(keep_transcripts),
             profile: None,
             restore: None,
+            exchange_engine: None,
         }
     }
 
