@@ -82,11 +82,15 @@ def check_text(where: str, text: str, batch: list[dict]) -> list[str]:
 
 def covered_by_a_placeholder(text: str, example: str, secret: str) -> bool:
     """Whether the example's text before its secret is followed, in `text`, by a placeholder
-    (the secret's start was replaced by a wider span)."""
+    (the secret's start was replaced by a wider span: a rule's, or a longer secret found
+    elsewhere in the batch, which is masked wherever it occurs)."""
     before = example[: example.find(secret)]
-    # The last few characters before the secret, which no rule rewrites.
-    anchor = before[-8:]
-    at = text.find(anchor) if anchor else 0
+    # The last few characters before the secret, which no rule rewrites; for a secret that
+    # starts its example, the blank line `joined` puts before every example but the first.
+    if not before and PLACEHOLDER_RE.match(text, 0):
+        return True
+    anchor = before[-8:] or "\n\n"
+    at = text.find(anchor)
     while at != -1:
         if PLACEHOLDER_RE.match(text, at + len(anchor)):
             return True
