@@ -25,8 +25,13 @@ use streammask::{RuleSet, Scope};
 
 const CORPUS_BYTES: usize = 4 << 20;
 
+/// The default pack, or with `STREAMMASK_BENCH_PACK=DIR` only the rule files in DIR (a same-run
+/// comparison with another pack: the texts stay the default pack's).
 fn engine() -> Arc<Engine> {
-    let set = RuleSet::embedded().expect("embedded pack");
+    let set = match std::env::var_os("STREAMMASK_BENCH_PACK") {
+        Some(dir) => RuleSet::from_dir_only(std::path::Path::new(&dir)).expect("pack dir"),
+        None => RuleSet::embedded().expect("embedded pack"),
+    };
     Arc::new(
         Engine::compile(
             &set,
@@ -52,6 +57,33 @@ fn mixed_corpus() -> String {
             text.push('\n');
             next_example += 1;
         }
+    }
+    text
+}
+
+/// The worst ordinary text for the context rules: every line names a token, secret, password
+/// or API key (code that handles credentials without holding one), so every keyword starts a
+/// candidate that the value tests then drop.
+fn keyword_dense_corpus() -> String {
+    let lines = [
+        "token_count = len(tokens)\n",
+        "max_tokens: 1024\n",
+        "api_key = settings.OPENAI_API_KEY\n",
+        "password: ${DB_PASSWORD}\n",
+        "secret_name: db-credentials-v2\n",
+        "const apiKey = process.env.API_KEY;\n",
+        "if access_token is None: raise AuthError(\"missing access token\")\n",
+        "client_secret = os.environ[\"CLIENT_SECRET\"]\n",
+        "    \"refresh_token\": refresh_token_from(response),\n",
+        "TOKEN_URL=https://auth.example.com/oauth/token\n",
+        "$config['db_password'] = getenv('DB_PASSWORD');\n",
+        "<secretKeyRef name=\"app-secrets\" key=\"api-key\"/>\n",
+    ];
+    let mut text = String::with_capacity(CORPUS_BYTES + 128);
+    let mut at = 0;
+    while text.len() < CORPUS_BYTES {
+        text.push_str(lines[at % lines.len()]);
+        at += 1;
     }
     text
 }
@@ -441,6 +473,8 @@ fn main() {
     criterion.final_summary();
 
     report_same_run_comparison(&engine, &text);
+    println!("keyword-dense worst case (every line names a credential, none holds one):");
+    report_same_run_comparison(&engine, &keyword_dense_corpus());
     report_delta_percentiles_and_memory(&engine, stream_text);
     report_sse_event_cost_warm_and_after_idle(&engine);
 }

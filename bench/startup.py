@@ -114,7 +114,7 @@ def time_run(binary: str, home: str, extra_args: list[str]) -> tuple[float, floa
 
 def time_scan(binary: str, home: str, extra_args: list[str]) -> float:
     cpu_before = child_cpu()
-    subprocess.run([binary, "scan", *extra_args], input=b"deploy with key AKIAIOSFODNN7EXAMPLE\n",
+    subprocess.run([binary, "scan", *extra_args], input=b"deploy with key AKIAQ7ZRLMNB2XKTW5VD\n",
                    env=environment(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    check=True)
     return child_cpu() - cpu_before
