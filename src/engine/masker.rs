@@ -670,11 +670,10 @@ impl Emitter<'_> {
     ) {
         let matcher = self.engine.matcher();
         let write = self.write;
-        // Earliest, then longest, then the rule whose format carries a checksum (a token
+        // Earliest, then longest, then a known secret's occurrence (so every occurrence of it
+        // gets the same placeholder), then the rule whose format carries a checksum (a token
         // format rule is more specific than a generic `TOKEN=…` rule over the same span, and
         // names the placeholder), then pack order.
-        // A known secret's occurrence names the placeholder first, so every occurrence of it
-        // gets the same one.
         let has_checksum = |rule: u32| matcher.rule(rule).checksum().is_some();
         spans.sort_by(|a, b| {
             a.span
