@@ -72,9 +72,9 @@ fn main() {
         hyperscan::version_str().to_string_lossy()
     ));
     generated.push_str("pub static EMBEDDED_WIDTHS: &[(&str, usize, usize)] = &[\n");
-    for expression in patterns.iter().flatten() {
-        if let Some((min, max)) = widths(expression) {
-            generated.push_str(&format!("    ({expression:?}, {min}, {max}),\n"));
+    for PackRule { pattern, .. } in patterns.iter().flatten() {
+        if let Some((min, max)) = widths(pattern) {
+            generated.push_str(&format!("    ({pattern:?}, {min}, {max}),\n"));
         }
     }
     generated.push_str("];\n");
@@ -97,10 +97,17 @@ fn widths(expression: &str) -> Option<(usize, usize)> {
     Some((info.min_width(), info.max_width()))
 }
 
-/// Every rule's expression in the order the runtime numbers them: files sorted by name, rules
-/// in file order, disabled rules included (the matcher compiles them all and masks out the
-/// inactive ones).
-fn pack_patterns(files: &[PathBuf]) -> Result<Vec<String>, String> {
+/// One rule of the pack as the databases see it.
+struct PackRule {
+    pattern: String,
+    /// What Hyperscan runs instead of `pattern`, if set.
+    prefilter: Option<String>,
+    enabled: bool,
+}
+
+/// Every rule of the pack, in the order the runtime numbers them: files sorted by name, rules
+/// in file order.
+fn pack_patterns(files: &[PathBuf]) -> Result<Vec<PackRule>, String> {
     let mut patterns = Vec::new();
     for path in files {
         let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -115,24 +122,40 @@ fn pack_patterns(files: &[PathBuf]) -> Result<Vec<String>, String> {
                 .get("pattern")
                 .and_then(|p| p.as_str())
                 .ok_or_else(|| format!("{}: a rule without a pattern", path.display()))?;
-            patterns.push(pattern.to_string());
+            let enabled = rule
+                .get("enabled")
+                .and_then(|e| e.as_bool())
+                .unwrap_or(true);
+            let prefilter = rule
+                .get("prefilter")
+                .and_then(|p| p.as_str())
+                .map(str::to_string);
+            patterns.push(PackRule {
+                pattern: pattern.to_string(),
+                prefilter,
+                enabled,
+            });
         }
     }
     Ok(patterns)
 }
 
-fn compile_pack(expressions: &[String], out_dir: &Path) -> Result<Vec<([u8; 32], String)>, String> {
+/// The databases of the default configuration: the enabled rules, each with its index as id (a
+/// disabled rule is compiled only when a profile turns it on, and the runtime then compiles
+/// databases of its own).
+fn compile_pack(rules: &[PackRule], out_dir: &Path) -> Result<Vec<([u8; 32], String)>, String> {
     use hyperscan::prelude::*;
     use hyperscan::{CompileFlags, CpuFeatures, Platform, Tune};
-    if expressions.is_empty() {
+    if !rules.iter().any(|rule| rule.enabled) {
         return Ok(Vec::new());
     }
     let patterns = Patterns(
-        expressions
+        rules
             .iter()
             .enumerate()
-            .map(|(id, expression)| Pattern {
-                expression: expression.clone(),
+            .filter(|(_, rule)| rule.enabled)
+            .map(|(id, rule)| Pattern {
+                expression: rule.prefilter.as_ref().unwrap_or(&rule.pattern).clone(),
                 flags: CompileFlags::empty(),
                 id: Some(id),
                 ext: Default::default(),

@@ -7,9 +7,9 @@
 //! - it has at least one example and one negative example;
 //! - every example yields a finding of this rule in each of its scopes, and masking is
 //!   idempotent (a masked example yields no new finding, so placeholders are never re-masked);
-//! - for rules that apply to responses (the only streamed text): secrets are free of whitespace
-//!   unless the rule is `multiline`, and streaming the example in 1-byte and 7-byte deltas
-//!   gives the block result;
+//! - for rules that apply to responses (the only streamed text): secrets hold no more runs
+//!   of whitespace than the rule's `spaces` (none for most) unless the rule is `multiline`,
+//!   and streaming the example in 1-byte and 7-byte deltas gives the block result;
 //! - no negative example yields a finding of this rule;
 //! - for a checksum rule, every full-length example (the longest secret among its examples)
 //!   carries a valid checksum, and every example reports a checksum verdict; shorter secrets
@@ -23,9 +23,11 @@
 //! secret would be, must not be matched by any rule.
 
 use crate::engine::masker::{Engine, MaskError, DEFAULT_MAX_HOLD_BYTES};
-use crate::engine::matcher::{MatcherError, RuleError};
+use crate::engine::matcher::{Matcher, MatcherError, RuleError};
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::rules::{Rule, RuleSet, Scope, Truncation};
+use crate::engine::validators::{ValidationContext, DEFAULT_EMAIL_ALLOW_DOMAINS};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// What may follow a cut-off token: nothing (a JSON string or the text ends), a line end, or
@@ -97,6 +99,18 @@ fn stream_all(
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
+/// What validators read while examples are checked: national phone numbers are read as US
+/// numbers (the pack's `phone-national` examples are), and the default e-mail allow-list holds.
+fn check_validation() -> ValidationContext {
+    ValidationContext {
+        phone_region: Some("US".to_string()),
+        email_allow_domains: DEFAULT_EMAIL_ALLOW_DOMAINS
+            .iter()
+            .map(|domain| domain.to_string())
+            .collect(),
+    }
+}
+
 fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
     let id = rule.id.as_str();
     if rule.examples.is_empty() {
@@ -107,7 +121,8 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
     }
     let mut single = rule.clone();
     single.enabled = true;
-    let engine = match Engine::compile(&RuleSet::single(&single), check_key(), max_hold) {
+    let set = RuleSet::single(&single).with_validation(check_validation());
+    let engine = match Engine::compile(&set, check_key(), max_hold) {
         Ok(engine) => Arc::new(engine),
         Err(MaskError::Matcher(MatcherError::Rules(errors))) => {
             report.problems.extend(errors);
@@ -118,6 +133,9 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             return;
         }
     };
+    if rule.prefilter.is_some() {
+        check_prefilter(rule, engine.matcher(), report);
+    }
     // (example, secret length, checksum valid) of every finding of a checksum rule.
     let mut checksums: Vec<(usize, usize, bool)> = Vec::new();
     for (n, example) in rule.examples.iter().enumerate() {
@@ -152,11 +170,19 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
                     }
                     checksums.push((n, secret.len(), finding.checksum_valid == Some(true)));
                 }
-                if streamed && !rule.multiline && secret.bytes().any(|b| b.is_ascii_whitespace()) {
+                let runs = secret
+                    .as_bytes()
+                    .split(u8::is_ascii_whitespace)
+                    .filter(|word| !word.is_empty())
+                    .count()
+                    .saturating_sub(1);
+                if streamed && !rule.multiline && runs > rule.spaces {
                     report.problem(
                         id,
                         format!(
-                            "example {n}: secret contains whitespace but the rule is not multiline"
+                            "example {n}: secret holds {runs} run(s) of whitespace, more than the \
+                             rule's `spaces` ({}), and the rule is not multiline",
+                            rule.spaces
                         ),
                     );
                 }
@@ -320,6 +346,35 @@ fn check_truncation(
     }
 }
 
+/// A prefilter must report every end at which the pattern matches, in every example and
+/// negative example: an end it misses is a secret never looked at.
+fn check_prefilter(rule: &Rule, matcher: &Matcher, report: &mut CheckReport) {
+    for (kind, text) in rule.examples.iter().map(|e| ("example", e)).chain(
+        rule.negative_examples
+            .iter()
+            .map(|e| ("negative example", e)),
+    ) {
+        let hay = text.as_bytes();
+        let mut reported = HashSet::new();
+        if let Err(e) = matcher.scan_block(hay, |c| {
+            reported.insert(c.end);
+        }) {
+            report.problem(&rule.id, format!("prefilter: {e}"));
+            return;
+        }
+        let missed = (0..=hay.len())
+            .find(|&end| !reported.contains(&end) && matcher.start_of(0, hay, 0, end).is_some());
+        if let Some(end) = missed {
+            report.problem(
+                &rule.id,
+                format!(
+                    "prefilter misses the pattern's match ending at byte {end} of {kind} {text:?}"
+                ),
+            );
+        }
+    }
+}
+
 /// Check every rule in `set` (disabled ones too) and the pack as a whole.
 pub fn check_rules(set: &RuleSet, max_hold: usize) -> CheckReport {
     let mut report = CheckReport::default();
@@ -413,6 +468,39 @@ reason = "test"
             .into_iter()
             .map(|p| format!("{}: {}", p.id, p.message))
             .collect()
+    }
+
+    #[test]
+    fn a_prefilter_that_misses_a_match_of_the_pattern_is_reported_with_where() {
+        let rule = |prefilter: &str| {
+            RuleSet::from_toml(
+                "p.toml",
+                &format!(
+                    r#"
+[[rules]]
+id = "demo-mail"
+description = "demo"
+pattern = '[a-z]{{1,20}}@(?P<secret>[a-z]{{2,10}}\.(?:com|org))\b'
+prefilter = '{prefilter}'
+action = "mask"
+examples = ["mail ann@contoso.com", "or bob@fabrikam.org now"]
+negative_examples = ["@contoso.com alone"]
+"#
+                ),
+            )
+            .expect("parses")
+        };
+        // From the literal `@` on, ending where the pattern ends: every match is reported.
+        assert!(problems(&rule(r"@[a-z]{2,10}\.(?:com|org)\b")).is_empty());
+        // A prefilter that forgot `.org` never reports the second example.
+        let found = problems(&rule(r"@[a-z]{2,10}\.com\b"));
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "demo-mail: prefilter misses the pattern's match \
+                 ending at byte 19 of example \"or bob@fabrikam.org now\""
+            )),
+            "{found:?}"
+        );
     }
 
     #[test]

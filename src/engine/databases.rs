@@ -161,8 +161,7 @@ pub fn load(patterns: &Patterns) -> Result<Arc<Databases>, hyperscan::Error> {
             match cached {
                 Some((block, stream)) => (block, stream, Source::Cache),
                 None => {
-                    let block: BlockDatabase = patterns.build()?;
-                    let stream: StreamingDatabase = patterns.build()?;
+                    let (block, stream) = compile_both(patterns)?;
                     if let Some(dir) = cache.as_deref() {
                         write_entry(dir, &block_key, "block", &block);
                         write_entry(dir, &stream_key, "stream", &stream);
@@ -182,6 +181,21 @@ pub fn load(patterns: &Patterns) -> Result<Arc<Databases>, hyperscan::Error> {
     shared.retain(|_, weak| weak.strong_count() > 0);
     shared.insert(block_key, Arc::downgrade(&databases));
     Ok(databases)
+}
+
+/// Both modes compiled at once, on two threads: each takes seconds for a pack of hundreds of
+/// rules or a list of 100,000 terms, and Hyperscan's compiler is single-threaded.
+fn compile_both(
+    patterns: &Patterns,
+) -> Result<(BlockDatabase, StreamingDatabase), hyperscan::Error> {
+    std::thread::scope(|scope| {
+        let stream = scope.spawn(|| -> Result<StreamingDatabase, _> { patterns.build() });
+        let block: Result<BlockDatabase, _> = patterns.build();
+        let stream = stream
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok((block?, stream?))
+    })
 }
 
 fn embedded_db<M: hyperscan::Mode>(key: &[u8; 32]) -> Option<hyperscan::Database<M>> {

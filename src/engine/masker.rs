@@ -7,15 +7,18 @@
 //!    Hyperscan candidates and the same confirmer; the streaming masker only emits text once
 //!    every candidate that could cover it is final.
 //! 2. **Bounded hold.** Held text is the trailing non-whitespace run (no secret of a
-//!    single-line rule contains whitespace), extended back to the start of any secret still in
-//!    progress (multi-line private keys), and never more than `max_hold` bytes.
+//!    single-line rule contains whitespace), extended back by as many words as a dictionary's
+//!    longest multi-word term has gaps ([`Matcher::word_gaps`], 0 without dictionaries) and to
+//!    the start of any secret still in progress (multi-line private keys), and never more
+//!    than `max_hold` bytes.
 //! 3. **Flush.** [`StreamMasker::finish`] emits everything that is held, masked as block mode
 //!    masks the end of a text.
 //! 4. Rules have finite lengths below `max_hold` (checked at [`Engine::new`]), so a candidate
 //!    whose start lies more than `max_hold` bytes back is always final: forced emission at the
 //!    cap can never cut through an undecided secret.
 //!
-//! A candidate is *final* once its match is followed by whitespace, once more text than the
+//! A candidate is *final* once its match is followed by whitespace (for a rule whose secret may
+//! hold `gaps` whitespace runs: once more runs than that follow its start), once more text than the
 //! rule's maximum length has arrived after its start, or at the end of the text. Until then it
 //! is re-confirmed as text arrives.
 
@@ -25,7 +28,7 @@ use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::engine::rules::{Action, RuleSet, Scope};
 use hyperscan::Stream;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use std::{borrow::Cow, ops::Range, sync::Arc};
 
@@ -124,6 +127,10 @@ pub struct Finding {
     /// For rules whose format carries a checksum: whether this secret's checksum is valid
     /// (a certainly-real token). `None` for every other rule.
     pub checksum_valid: Option<bool>,
+    /// What a finding that is not a span of text matched, in words an approver and the audit
+    /// trail may read (a protected file's path and how many of its lines); never text of the
+    /// request.
+    pub detail: Option<String>,
 }
 
 /// Which actions rewrite text in a given scope. In a request, `block` and `approve` findings
@@ -273,6 +280,43 @@ impl Engine {
         self.matcher
             .rule_by_id(rule_id)
             .map_or("", |r| r.rule.description.as_str())
+    }
+
+    /// Whether an active rule of this engine is a protected source tree.
+    pub fn has_protected_code(&self) -> bool {
+        self.matcher
+            .rules()
+            .any(|r| r.rule.protected_code.is_some())
+    }
+
+    /// One finding per protected file of which `text` holds a run of at least the rule's
+    /// `min_match_lines` lines' worth (active rules of `scope` only). The finding is not a span:
+    /// it replaces nothing, and its detail names the file and the lines matched, never the
+    /// code.
+    pub fn find_protected_code(&self, text: &str, scope: Scope) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for (index, compiled) in self.matcher.all_rules().iter().enumerate() {
+            let Some(tree) = compiled.rule.protected_code.as_ref() else {
+                continue;
+            };
+            if !compiled.active() || compiled.scope_bits & scope.bit() == 0 {
+                continue;
+            }
+            for found in tree.index.find(text, tree.min_match_lines) {
+                findings.push(Finding {
+                    rule: u32::try_from(index).unwrap_or(u32::MAX),
+                    rule_id: compiled.id().to_string(),
+                    action: compiled.action(),
+                    span: 0..0,
+                    placeholder: String::new(),
+                    rewritten: false,
+                    secret_chars: 0,
+                    checksum_valid: None,
+                    detail: Some(format!("{} lines of `{}`", found.lines, found.file)),
+                });
+            }
+        }
+        findings
     }
 
     /// The ids of the rules whose placeholders are never restored (`restore = false`).
@@ -501,6 +545,7 @@ impl Engine {
             base: 0,
             emitted: 0,
             after_last_space: 0,
+            word_starts: VecDeque::new(),
             pending: Vec::new(),
             resolved: Vec::new(),
             finals: Vec::new(),
@@ -511,6 +556,20 @@ impl Engine {
             known_found_to: 0,
         })
     }
+}
+
+/// How many runs of whitespace `text` holds (a trailing run counts).
+fn whitespace_runs(text: &[u8]) -> usize {
+    let mut runs = 0;
+    let mut in_run = false;
+    for byte in text {
+        let space = byte.is_ascii_whitespace();
+        if space && !in_run {
+            runs += 1;
+        }
+        in_run = space;
+    }
+    runs
 }
 
 /// A candidate whose start is known, with the end of its confirmed match.
@@ -719,6 +778,7 @@ impl Emitter<'_> {
                     rewritten,
                     secret_chars: String::from_utf8_lossy(secret).chars().count(),
                     checksum_valid: compiled.checksum().map(|checksum| checksum.verify(secret)),
+                    detail: None,
                 });
             };
         for candidate in spans.iter() {
@@ -766,6 +826,10 @@ pub struct StreamMasker {
     emitted: usize,
     /// Absolute offset just after the last whitespace byte received.
     after_last_space: usize,
+    /// Where each of the last `word_gaps + 1` whitespace runs ended, oldest first: only kept
+    /// when a rule's match may hold whitespace (a dictionary's multi-word term), whose start
+    /// is then that many words back.
+    word_starts: VecDeque<usize>,
     /// Candidates not yet final, with their tentative secret start.
     pending: Vec<(Known, usize)>,
     /// Candidates already decided, so later reports of the same match are ignored.
@@ -844,6 +908,25 @@ impl StreamMasker {
         self.buf.extend_from_slice(chunk);
         if let Some(last_space) = chunk.iter().rposition(u8::is_ascii_whitespace) {
             self.after_last_space = chunk_start + last_space + 1;
+        }
+        let word_gaps = self.engine.matcher().word_gaps();
+        if word_gaps > 0 {
+            for (at, _) in chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, byte)| byte.is_ascii_whitespace())
+            {
+                let after = chunk_start + at + 1;
+                match self.word_starts.back_mut() {
+                    Some(last) if *last + 1 == after => *last = after,
+                    _ => {
+                        self.word_starts.push_back(after);
+                        if self.word_starts.len() > word_gaps + 1 {
+                            self.word_starts.pop_front();
+                        }
+                    }
+                }
+            }
         }
         let engine = Arc::clone(&self.engine);
         let matcher = engine.matcher();
@@ -1013,20 +1096,36 @@ impl StreamMasker {
         while index < self.pending.len() {
             let (known, _) = self.pending[index];
             let confirmed = matcher.confirm(known.rule, &self.buf, self.base, known.start);
-            let too_long = received - known.start > matcher.rule(known.rule).max_len;
+            let compiled = matcher.rule(known.rule);
+            let too_long = received - known.start > compiled.max_len;
             // Final once whitespace follows the secret (inside the match as its terminator,
-            // or after it): no response rule's match continues past that.
+            // or after it): no response rule's match continues past that. A match that may
+            // hold `gaps` whitespace runs is final once more runs than it can hold follow its
+            // start: a dictionary term starts at the term and holds `gaps`; a regex match
+            // also holds the one character before its secret and the one after, each of
+            // which may be whitespace. (Deciding sooner drops a match that is still growing:
+            // `4464 4921 7070 4781` is no card, `4464 4921 7070 4781 475` is one, and its
+            // start would then be known as decided.)
+            let holds = if compiled.rule.dictionary.is_some() {
+                compiled.gaps
+            } else {
+                compiled.gaps + 2
+            };
             let decided = at_end
                 || too_long
-                || confirmed.as_ref().is_some_and(|c| {
-                    let secret_end = c
-                        .secret
-                        .as_ref()
-                        .map_or(c.match_end.saturating_sub(1), |s| s.end);
-                    self.buf[secret_end.max(self.base) - self.base..]
-                        .iter()
-                        .any(u8::is_ascii_whitespace)
-                });
+                || if compiled.gaps > 0 {
+                    whitespace_runs(&self.buf[known.start.max(self.base) - self.base..]) > holds
+                } else {
+                    confirmed.as_ref().is_some_and(|c| {
+                        let secret_end = c
+                            .secret
+                            .as_ref()
+                            .map_or(c.match_end.saturating_sub(1), |s| s.end);
+                        self.buf[secret_end.max(self.base) - self.base..]
+                            .iter()
+                            .any(u8::is_ascii_whitespace)
+                    })
+                };
             let match_end = confirmed.as_ref().map_or(known.match_end, |c| c.match_end);
             let known = Known { match_end, ..known };
             if decided {
@@ -1067,12 +1166,23 @@ impl StreamMasker {
 
     fn emit_boundary(&self) -> usize {
         let received = self.received();
-        let mut boundary = self.after_last_space.max(self.emitted);
+        let word_gaps = self.engine.matcher().word_gaps();
+        let hold_from = if word_gaps == 0 {
+            self.after_last_space
+        } else if self.word_starts.len() > word_gaps {
+            self.word_starts[self.word_starts.len() - 1 - word_gaps]
+        } else {
+            // Fewer words than a term may span: any of them may start one.
+            0
+        };
+        let mut boundary = hold_from.max(self.emitted);
         // A single-line secret has no whitespace, so the trailing run already covers any that
-        // is still in progress; only multi-line secrets (private keys) extend the hold.
+        // is still in progress; only multi-line secrets (private keys) and secrets that may
+        // hold spaces extend the hold to their start.
         let matcher = self.engine.matcher();
         for &(known, tentative) in &self.pending {
-            if matcher.rule(known.rule).rule.multiline {
+            let compiled = matcher.rule(known.rule);
+            if compiled.rule.multiline || compiled.gaps > 0 {
                 boundary = boundary.min(tentative);
             }
         }

@@ -28,6 +28,7 @@
 
 use crate::engine::databases::{self, Databases, Source};
 use crate::engine::rules::{Action, Rule, RuleSet};
+use crate::engine::validators::ValidationContext;
 use hyperscan::prelude::*;
 use hyperscan::{CompileFlags, ScratchRef};
 use regex_automata::{
@@ -151,6 +152,9 @@ pub struct CompiledRule {
     pub max_len: usize,
     /// Hyperscan's minimum match width for this rule.
     pub min_len: usize,
+    /// How many whitespace runs one match may hold (a dictionary's multi-word terms, a rule's
+    /// `spaces`); 0 for the single-run secrets of most rules.
+    pub gaps: usize,
     pub scope_bits: u8,
     preview_prefix: OnceLock<String>,
 }
@@ -201,9 +205,17 @@ impl CompiledRule {
 pub struct Matcher {
     /// Every rule of the set, active or not, indexed by Hyperscan id.
     rules: Vec<CompiledRule>,
+    /// How many of `rules` are compiled into the databases.
+    rules_in_databases: usize,
+    /// The rule of each dictionary term, whose Hyperscan id is `rules.len()` + its index here.
+    term_rules: Vec<u32>,
     databases: Arc<Databases>,
     max_match_len: usize,
     min_match_len: usize,
+    /// The most whitespace runs inside one match of an active rule that is not `multiline`
+    /// (terms of a dictionary: `Acme Corp Europe` has two; a rule's `spaces`).
+    word_gaps: usize,
+    validation: ValidationContext,
 }
 
 impl std::fmt::Debug for Matcher {
@@ -242,14 +254,57 @@ fn reverse_dfa(pattern: &str) -> Result<ReverseDfa, String> {
         .map_err(|e| format!("reverse DFA: {e}"))
 }
 
+/// What Hyperscan runs for a rule: its prefilter, if it has one, else its pattern.
 fn hyperscan_pattern(rule: &Rule, id: usize) -> Pattern {
+    plain_pattern(rule.prefilter.as_ref().unwrap_or(&rule.pattern), id)
+}
+
+fn plain_pattern(expression: &str, id: usize) -> Pattern {
     Pattern {
-        expression: rule.pattern.clone(),
+        expression: expression.to_string(),
         flags: CompileFlags::empty(),
         id: Some(id),
         ext: Default::default(),
         som: None,
     }
+}
+
+/// Every Hyperscan expression of a rule: its pattern, reporting `id`; or one literal per term
+/// of a dictionary, each reporting an id of its own from `next_term_id` (Hyperscan merges the
+/// expressions that share an id into one automaton: 4,000 terms under one id took 5 s to
+/// compile, under distinct ids 0.1 s), recorded in `term_rules` so candidates name the rule.
+fn hyperscan_patterns(
+    rule: &Rule,
+    id: usize,
+    next_term_id: &mut usize,
+    term_rules: &mut Vec<u32>,
+) -> Vec<Pattern> {
+    if rule.protected_code.is_some() {
+        return Vec::new();
+    }
+    let Some(dictionary) = &rule.dictionary else {
+        return vec![hyperscan_pattern(rule, id)];
+    };
+    let flags = if dictionary.options().case_sensitive {
+        CompileFlags::empty()
+    } else {
+        CompileFlags::CASELESS
+    };
+    dictionary
+        .expressions()
+        .map(|expression| {
+            let term_id = *next_term_id;
+            *next_term_id += 1;
+            term_rules.push(id as u32);
+            Pattern {
+                expression,
+                flags,
+                id: Some(term_id),
+                ext: Default::default(),
+                som: None,
+            }
+        })
+        .collect()
 }
 
 /// What a rule's regexes are built from: its pattern and its guards.
@@ -276,10 +331,35 @@ fn embedded_rule_code() -> &'static HashSet<RuleCodeIdentity> {
 /// Check one rule under Hyperscan and, unless it is an embedded one, build its regexes now;
 /// the error message says which engine refused it.
 fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, String> {
+    if rule.protected_code.is_some() {
+        // Never reported by Hyperscan: it widens no window and holds nothing back.
+        return Ok(CompiledRule {
+            rule: rule.clone(),
+            code: OnceLock::new(),
+            max_len: 0,
+            min_len: usize::MAX,
+            gaps: 0,
+            scope_bits: rule.scope_bits(),
+            preview_prefix: OnceLock::from(String::new()),
+        });
+    }
+    if let Some(dictionary) = &rule.dictionary {
+        // Terms are literals: nothing to build, and their widths are their lengths.
+        return Ok(CompiledRule {
+            rule: rule.clone(),
+            code: OnceLock::new(),
+            max_len: dictionary.longest(),
+            min_len: dictionary.shortest(),
+            gaps: dictionary.word_gaps(),
+            scope_bits: rule.scope_bits(),
+            preview_prefix: OnceLock::from(String::new()),
+        });
+    }
     let (min_len, max_len) = match databases::embedded_widths(&rule.pattern) {
         Some(widths) => widths,
         None => {
-            let info = hyperscan_pattern(rule, 0)
+            // The widths of the pattern, not of a prefilter: they bound where a match starts.
+            let info = plain_pattern(&rule.pattern, 0)
                 .info()
                 .map_err(|e| format!("hyperscan: {e}"))?;
             (info.min_width(), info.max_width())
@@ -302,6 +382,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
         code,
         max_len,
         min_len,
+        gaps: rule.spaces,
         scope_bits: rule.scope_bits(),
         preview_prefix: OnceLock::new(),
     })
@@ -348,9 +429,14 @@ pub use super::databases::HS_CACHE_ENV;
 fn blame_rules(rules: &[CompiledRule]) -> Vec<RuleError> {
     let mut errors = Vec::new();
     for compiled in rules {
-        let pattern = hyperscan_pattern(&compiled.rule, 0);
-        let block: Result<BlockDatabase, _> = pattern.build();
-        let stream: Result<StreamingDatabase, _> = pattern.build();
+        let patterns = Patterns(hyperscan_patterns(
+            &compiled.rule,
+            0,
+            &mut 1,
+            &mut Vec::new(),
+        ));
+        let block: Result<BlockDatabase, _> = patterns.build();
+        let stream: Result<StreamingDatabase, _> = patterns.build();
         let message = match (block, stream) {
             (Err(e), _) => format!("hyperscan (block): {e}"),
             (_, Err(e)) => format!("hyperscan (streaming): {e}"),
@@ -375,8 +461,10 @@ const SCRATCH_SLOTS: usize = 4;
 impl Matcher {
     /// Compile every rule of `set` into one pair of databases (shared with every other matcher
     /// of the same expressions, see [`crate::engine::databases`]); the set's enabled rules are
-    /// the active ones, the others are never reported. All broken rules are reported together,
-    /// by id; a disabled rule must compile too, since a profile may turn it on.
+    /// the active ones, the others are never reported. The databases hold the enabled rules and
+    /// the set's armed ones (disabled here, on in some profile). All broken rules are reported
+    /// together, by id; a disabled rule's pattern and regexes are checked too, since a profile
+    /// may turn it on.
     pub fn compile(set: &RuleSet, max_match_len: usize) -> Result<Matcher, MatcherError> {
         let mut rules = Vec::new();
         let mut errors = Vec::new();
@@ -397,29 +485,42 @@ impl Matcher {
         if !errors.is_empty() {
             return Err(MatcherError::Rules(errors));
         }
-        Self::from_compiled(rules)
+        let in_databases: Vec<bool> = set.all().iter().map(|r| set.is_compiled(r)).collect();
+        Self::from_compiled(rules, &in_databases, set.validation().clone())
     }
 
-    fn from_compiled(rules: Vec<CompiledRule>) -> Result<Matcher, MatcherError> {
+    /// `in_databases[i]`: whether rule `i` is compiled into the databases (a disabled rule no
+    /// profile turns on is not).
+    fn from_compiled(
+        rules: Vec<CompiledRule>,
+        in_databases: &[bool],
+        validation: ValidationContext,
+    ) -> Result<Matcher, MatcherError> {
         // An empty rule set is legal (everything passes); Hyperscan refuses an empty database,
         // so compile a pattern that cannot match any text we scan.
-        let patterns: Patterns = if rules.is_empty() {
-            Patterns(vec![Pattern {
+        let mut next_term_id = rules.len();
+        let mut term_rules = Vec::new();
+        let compiled = |i: usize| in_databases.get(i).copied().unwrap_or(true);
+        let rules_in_databases = (0..rules.len()).filter(|&i| compiled(i)).count();
+        let mut patterns = Patterns(
+            rules
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| compiled(*i))
+                .flat_map(|(i, r)| {
+                    hyperscan_patterns(&r.rule, i, &mut next_term_id, &mut term_rules)
+                })
+                .collect(),
+        );
+        if patterns.0.is_empty() {
+            patterns.0.push(Pattern {
                 expression: r"\x00streammask-no-rules\x00\x01".into(),
                 flags: CompileFlags::empty(),
                 id: Some(u32::MAX as usize),
                 ext: Default::default(),
                 som: None,
-            }])
-        } else {
-            Patterns(
-                rules
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| hyperscan_pattern(&r.rule, i))
-                    .collect(),
-            )
-        };
+            });
+        }
         let databases = match databases::load(&patterns) {
             Ok(databases) => databases,
             Err(error) => {
@@ -434,12 +535,22 @@ impl Matcher {
         let active = || rules.iter().filter(|r| r.active());
         let max_match_len = active().map(|r| r.max_len).max().unwrap_or(0);
         let min_match_len = active().map(|r| r.min_len).min().unwrap_or(usize::MAX);
+        let word_gaps = active().map(|r| r.gaps).max().unwrap_or(0);
         Ok(Matcher {
             rules,
+            rules_in_databases,
+            term_rules,
             databases,
             max_match_len,
             min_match_len,
+            word_gaps,
+            validation,
         })
+    }
+
+    /// How many rules the databases hold: the enabled ones and the armed ones.
+    pub fn rules_in_databases(&self) -> usize {
+        self.rules_in_databases
     }
 
     /// Where this matcher's databases came from.
@@ -481,6 +592,12 @@ impl Matcher {
         self.min_match_len
     }
 
+    /// How many whitespace runs one single-line match may hold (0 unless a dictionary has
+    /// terms of several words or a rule declares `spaces`).
+    pub fn word_gaps(&self) -> usize {
+        self.word_gaps
+    }
+
     /// Bytes of Hyperscan state one open stream costs.
     pub fn stream_state_size(&self) -> usize {
         self.databases.stream.stream_size().unwrap_or(0)
@@ -514,10 +631,16 @@ impl Matcher {
         })
     }
 
-    fn known_rule(&self, id: u32) -> bool {
-        self.rules
-            .get(id as usize)
-            .is_some_and(CompiledRule::active)
+    /// The active rule a Hyperscan id reports for (a dictionary's terms have ids of their own
+    /// after the rules').
+    fn rule_of(&self, id: u32) -> Option<u32> {
+        let index = id as usize;
+        let rule = if index < self.rules.len() {
+            id
+        } else {
+            *self.term_rules.get(index - self.rules.len())?
+        };
+        self.rules[rule as usize].active().then_some(rule)
     }
 
     /// Every candidate in `text`, in Hyperscan's report order (by end offset).
@@ -543,12 +666,13 @@ impl Matcher {
         let mut stopped = false;
         let scanned = self.with_scratch(|scratch| {
             self.databases.block.scan(text, scratch, |id, _, to, _| {
-                if self.known_rule(id)
-                    && !on_candidate(Candidate {
-                        rule: id,
-                        end: to as usize,
-                    })
-                {
+                let Some(rule) = self.rule_of(id) else {
+                    return Matching::Continue;
+                };
+                if !on_candidate(Candidate {
+                    rule,
+                    end: to as usize,
+                }) {
                     stopped = true;
                     return Matching::Terminate;
                 }
@@ -579,9 +703,9 @@ impl Matcher {
     ) -> Result<(), MatcherError> {
         self.with_scratch(|scratch| {
             stream.scan(chunk, scratch, |id, _, to, _| {
-                if self.known_rule(id) {
+                if let Some(rule) = self.rule_of(id) {
                     on_candidate(Candidate {
-                        rule: id,
+                        rule,
                         end: to as usize,
                     });
                 }
@@ -599,9 +723,9 @@ impl Matcher {
     ) -> Result<(), MatcherError> {
         self.with_scratch(|scratch| {
             stream.close(scratch, |id, _, to, _| {
-                if self.known_rule(id) {
+                if let Some(rule) = self.rule_of(id) {
                     on_candidate(Candidate {
-                        rule: id,
+                        rule,
                         end: to as usize,
                     });
                 }
@@ -619,6 +743,11 @@ impl Matcher {
         let local_end = end.checked_sub(base)?;
         if local_end > hay.len() {
             return None;
+        }
+        if let Some(dictionary) = &compiled.rule.dictionary {
+            return dictionary
+                .start_of(hay, local_end)
+                .map(|start| start + base);
         }
         let window_start = local_end.saturating_sub(compiled.max_len);
         let input = Input::new(hay)
@@ -642,6 +771,13 @@ impl Matcher {
         let local_start = start.checked_sub(base)?;
         if local_start > hay.len() {
             return None;
+        }
+        if let Some(dictionary) = &compiled.rule.dictionary {
+            let end = dictionary.end_of(hay, local_start)?;
+            return Some(Confirmed {
+                secret: Some(local_start + base..end + base),
+                match_end: end + base,
+            });
         }
         // A match is at most `max_len` bytes; one more byte lets a trailing look-around see
         // what follows. Bounding the input keeps the anchored search from reading further.
@@ -689,7 +825,11 @@ impl Matcher {
             || compiled
                 .rule
                 .min_entropy
-                .is_some_and(|least| shannon_entropy(secret) < least);
+                .is_some_and(|least| shannon_entropy(secret) < least)
+            || compiled
+                .rule
+                .validate
+                .is_some_and(|validator| !validator.validate(secret, &self.validation));
         let widened = widen_to_char_boundaries(hay, span.start..span.end);
         Some(Confirmed {
             secret: (!ignored).then(|| widened.start + base..widened.end + base),
@@ -737,6 +877,7 @@ fn widen_to_char_boundaries(hay: &[u8], mut span: Range<usize>) -> Range<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::rules::Overrides;
 
     #[test]
     fn literal_prefixes_come_from_the_pattern_only() {
@@ -877,7 +1018,10 @@ action = "mask"
         let all = set(TWO);
         let base = Matcher::compile(&all, 1024).unwrap();
         let off = all
-            .with_overrides(&[], &["demo-pin".to_string()], &Default::default())
+            .with_overrides(&Overrides {
+                disable_rules: &["demo-pin".to_string()],
+                ..Overrides::default()
+            })
             .unwrap();
         let profile = Matcher::compile(&off, 1024).unwrap();
         assert!(profile.shares_databases_with(&base));
@@ -891,13 +1035,23 @@ action = "mask"
         assert!(profile.rule_by_id("demo-pin").is_none());
         // Findings keep one numbering across profiles.
         assert_eq!(profile.all_rules()[1].id(), "demo-pin");
-        // A rule the pack ships disabled is compiled too, so a profile can turn it on.
+        // A rule the pack ships disabled is left out of the databases, unless it is armed
+        // (a profile turns it on): then it is compiled, inactive, and the profile that turns
+        // it on shares the databases.
         let shipped_off =
             set(&TWO.replace("id = \"demo-pin\"", "id = \"demo-pin\"\nenabled = false"));
         let quiet = Matcher::compile(&shipped_off, 1024).unwrap();
+        assert_eq!(quiet.rules_in_databases(), 1);
         assert_eq!(rules_found(&quiet, text), ["demo-key"]);
-        let on = shipped_off
-            .with_overrides(&["demo-pin".to_string()], &[], &Default::default())
+        let armed = shipped_off.with_armed(["demo-pin".to_string()]);
+        let quiet = Matcher::compile(&armed, 1024).unwrap();
+        assert_eq!(quiet.rules_in_databases(), 2);
+        assert_eq!(rules_found(&quiet, text), ["demo-key"]);
+        let on = armed
+            .with_overrides(&Overrides {
+                enable_rules: &["demo-pin".to_string()],
+                ..Overrides::default()
+            })
             .unwrap();
         let enabled = Matcher::compile(&on, 1024).unwrap();
         assert!(enabled.shares_databases_with(&quiet));
@@ -911,7 +1065,7 @@ action = "mask"
         assert_eq!(matcher.database_source(), Source::Embedded);
         for rule in &matcher.rules {
             assert!(rule.code.get().is_none(), "{} built eagerly", rule.id());
-            let info = hyperscan_pattern(&rule.rule, 0).info().unwrap();
+            let info = plain_pattern(&rule.rule.pattern, 0).info().unwrap();
             assert_eq!(
                 (info.min_width(), info.max_width()),
                 (rule.min_len, rule.max_len),

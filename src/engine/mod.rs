@@ -13,20 +13,29 @@
 //!   joined view of the text the model reads), only masked spans rewritten, findings in opaque
 //!   values refused;
 //! - [`known`]: secrets found earlier in an exchange, masked wherever else they occur;
+//! - [`validators`]: checks a personal-data candidate must pass besides its shape (Luhn,
+//!   mod-97, reserved e-mail domains, phone numbering plans);
+//! - [`dictionary`]: an organisation's own terms, matched as literals in the rules' databases;
+//! - [`protected_code`]: winnowed fingerprints of protected source trees, and the search for
+//!   runs of them in a request's text;
 //! - [`findings`]: findings with where they were, the one way findings leave a producer;
 //! - [`check`]: `rules check`, every rule run against its own examples.
 
 pub mod check;
 pub mod database_key;
 pub mod databases;
+pub mod dictionary;
 pub mod findings;
+pub mod json_strings;
 pub mod json_walk;
 pub mod known;
 pub mod masker;
 pub mod matcher;
 pub mod placeholder;
+pub mod protected_code;
 pub mod rules;
 pub mod unescape;
+pub mod validators;
 
 pub use findings::{Findings, Located};
 pub use json_walk::{ThinkingMode, ThinkingRestore};

@@ -14,10 +14,15 @@
 //!   here it is only checked for shape (`min_len >= 1`, a non-empty prefix pattern and
 //!   reason).
 
+use crate::engine::dictionary::Dictionary;
+use crate::engine::protected_code::FingerprintIndex;
+use crate::engine::validators::{ValidationContext, Validator};
 use serde::Deserialize;
 use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 mod embedded {
@@ -170,6 +175,17 @@ fn enabled_by_default() -> bool {
     true
 }
 
+/// The most whitespace runs a rule's secret may declare (`spaces`).
+pub const MAX_SPACES: usize = 16;
+
+/// A protected source tree as a rule holds it: fingerprints only, never code.
+#[derive(Debug)]
+pub struct ProtectedTree {
+    pub index: FingerprintIndex,
+    /// The fewest lines' worth of one file a text must hold to be a finding.
+    pub min_match_lines: usize,
+}
+
 /// One rule exactly as written in a rule file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +227,12 @@ pub struct Rule {
     /// whitespace-free run, which is what lets the streaming masker hold so little.
     #[serde(default)]
     pub multiline: bool,
+    /// How many runs of whitespace one secret may hold (`4556 0182 3497 2018` holds three):
+    /// a streamed text is then held back by as many words, so such a secret is still whole
+    /// when it is found. 0 for every token format. The pattern's context around the secret
+    /// may hold one more run before it and one after it (a delimiter character each), no more.
+    #[serde(default)]
+    pub spaces: usize,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     /// A checksum the token format carries (see [`Checksum`]).
@@ -224,12 +246,70 @@ pub struct Rule {
     /// (`[restore]`). `false` for secrets that should never come back (private keys, say).
     #[serde(default = "enabled_by_default")]
     pub restore: bool,
+    /// What Hyperscan runs instead of `pattern`, when the pattern is costly to run over every
+    /// byte (an e-mail address's local part before its `@`): a pattern that matches, ending
+    /// at the same offset, wherever `pattern` matches (typically the part of `pattern` from
+    /// its first rare literal on). Its reports are only candidates: `pattern` decides where
+    /// a match starts and what it is. `rules check` verifies the ends on every example.
+    #[serde(default)]
+    pub prefilter: Option<String>,
+    /// Labels a profile turns rules on or off by (`enable_tags = ["pii"]`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A check the candidate must pass besides its shape (a card number's Luhn digit and
+    /// issuer, an IBAN's mod-97): a candidate it refuses is not a finding.
+    #[serde(default)]
+    pub validate: Option<Validator>,
+    /// The terms of a `[[dictionaries]]` entry, when the rule is one: the rule then matches
+    /// those literals and `pattern` is only a label.
+    #[serde(skip)]
+    pub dictionary: Option<Arc<Dictionary>>,
+    /// The fingerprints of a `[[protected_code]]` entry, when the rule is one: the matcher
+    /// never reports such a rule, [`crate::engine::Engine::find_protected_code`] does.
+    #[serde(skip)]
+    pub protected_code: Option<Arc<ProtectedTree>>,
     /// Where the rule came from, for error messages.
     #[serde(skip)]
     pub source: String,
 }
 
 impl Rule {
+    /// A rule that no rule file holds (a dictionary, a protected tree): every optional field at
+    /// its default, enabled, restorable.
+    pub fn synthetic(
+        id: String,
+        description: String,
+        action: Action,
+        applies_to: Vec<Scope>,
+    ) -> Rule {
+        Rule {
+            id,
+            description,
+            pattern: String::new(),
+            action,
+            applies_to,
+            examples: Vec::new(),
+            negative_examples: Vec::new(),
+            references: Vec::new(),
+            ignore: Vec::new(),
+            ignore_key: Vec::new(),
+            min_entropy: None,
+            generic: false,
+            multiline: false,
+            spaces: 0,
+            prefilter: None,
+            enabled: true,
+            checksum: None,
+            truncated: Vec::new(),
+            restore: true,
+            tags: Vec::new(),
+            validate: None,
+            dictionary: None,
+            protected_code: None,
+            source: String::new(),
+        }
+    }
+
     pub fn scope_bits(&self) -> u8 {
         self.applies_to
             .iter()
@@ -268,16 +348,44 @@ pub enum RulesError {
     },
 }
 
-/// The rules in force, in a stable order (their index is their identity inside the matcher).
+/// The rules in force, in a stable order (their index is their identity inside the matcher),
+/// with what their validators may depend on.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    validation: ValidationContext,
+    /// Disabled rules that are compiled all the same, because a policy profile turns them on
+    /// and every profile's matcher shares one pair of databases. A disabled rule outside this
+    /// list costs nothing at scan time: it is not in the databases (personal-data rules have
+    /// no literal and would otherwise slow every scan, enabled or not).
+    armed: BTreeSet<String>,
+}
+
+/// What a policy profile changes in a rule set.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides<'a> {
+    pub enable_rules: &'a [String],
+    pub disable_rules: &'a [String],
+    pub enable_tags: &'a [String],
+    pub disable_tags: &'a [String],
+    pub actions: Option<&'a BTreeMap<String, Action>>,
+    /// The region national-format phone numbers are read in (`phone-national` validator).
+    pub phone_region: Option<&'a str>,
+}
+
+/// A name in [`Overrides`] that no rule of the set answers to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    #[error("names unknown rule {0:?}")]
+    UnknownRule(String),
+    #[error("names tag {0:?}, which no rule carries")]
+    UnknownTag(String),
 }
 
 impl RuleSet {
     /// The default pack compiled into the binary.
     pub fn embedded() -> Result<RuleSet, RulesError> {
-        let mut set = RuleSet { rules: Vec::new() };
+        let mut set = RuleSet::empty();
         for (name, text) in embedded::EMBEDDED_RULE_FILES {
             set.add_file(name, text, false)?;
         }
@@ -295,13 +403,13 @@ impl RuleSet {
 
     /// Only the rules in `dir`, without the embedded pack (for testing a pack in isolation).
     pub fn from_dir_only(dir: &Path) -> Result<RuleSet, RulesError> {
-        let mut set = RuleSet { rules: Vec::new() };
+        let mut set = RuleSet::empty();
         set.add_dir(dir)?;
         Ok(set)
     }
 
     pub fn from_toml(name: &str, text: &str) -> Result<RuleSet, RulesError> {
-        let mut set = RuleSet { rules: Vec::new() };
+        let mut set = RuleSet::empty();
         set.add_file(name, text, false)?;
         Ok(set)
     }
@@ -372,41 +480,118 @@ impl RuleSet {
     pub fn enabled_set(&self) -> RuleSet {
         RuleSet {
             rules: self.enabled().cloned().collect(),
+            validation: self.validation.clone(),
+            armed: BTreeSet::new(),
         }
     }
 
-    /// A set holding just one rule, for checking it alone.
+    /// A set holding just one rule, for checking it alone (compiled even when disabled).
     pub fn single(rule: &Rule) -> RuleSet {
         RuleSet {
             rules: vec![rule.clone()],
+            validation: ValidationContext::default(),
+            armed: BTreeSet::from([rule.id.clone()]),
         }
     }
 
-    /// This set with rules turned on or off and actions replaced (a policy profile). Returns
-    /// the first rule id that names no rule in the set.
-    pub fn with_overrides(
-        &self,
-        enable: &[String],
-        disable: &[String],
-        actions: &std::collections::BTreeMap<String, Action>,
-    ) -> Result<RuleSet, String> {
+    fn empty() -> RuleSet {
+        RuleSet {
+            rules: Vec::new(),
+            validation: ValidationContext::default(),
+            armed: BTreeSet::new(),
+        }
+    }
+
+    /// What the set's validators read besides the value.
+    pub fn validation(&self) -> &ValidationContext {
+        &self.validation
+    }
+
+    pub fn with_validation(mut self, validation: ValidationContext) -> RuleSet {
+        self.validation = validation;
+        self
+    }
+
+    /// The set with the disabled rules among `ids` compiled into the databases (inactive), so
+    /// every policy profile that turns one of them on shares this set's databases.
+    pub fn with_armed(mut self, ids: impl IntoIterator<Item = String>) -> RuleSet {
+        self.armed.extend(ids);
+        self
+    }
+
+    /// Whether the matcher compiles `rule` into its databases: when it is enabled, or armed.
+    pub fn is_compiled(&self, rule: &Rule) -> bool {
+        rule.enabled || self.armed.contains(&rule.id)
+    }
+
+    /// Append rules built elsewhere (dictionaries); an id already in the set is an error.
+    pub fn push(&mut self, rule: Rule) -> Result<(), RulesError> {
+        validate_shape(&rule)?;
+        if self.rules.iter().any(|existing| existing.id == rule.id) {
+            return Err(RulesError::DuplicateId {
+                file: rule.source.clone(),
+                id: rule.id,
+            });
+        }
+        self.rules.push(rule);
+        Ok(())
+    }
+
+    /// This set with rules turned on or off and actions replaced (a policy profile). Tags
+    /// apply first, so a rule id named in the profile wins over a tag (`enable_tags = ["pii"]`
+    /// with `disable_rules = ["pii-email"]` keeps e-mail addresses). A name that matches
+    /// nothing is an error: a typo must not silently leave data unmasked.
+    pub fn with_overrides(&self, overrides: &Overrides<'_>) -> Result<RuleSet, OverrideError> {
         let mut set = self.clone();
-        let ids = enable.iter().chain(disable.iter()).chain(actions.keys());
+        // Whatever this set compiles stays compiled, so a profile that only turns rules off
+        // or changes actions scans with this set's databases.
+        let compiled: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|rule| self.is_compiled(rule))
+            .map(|rule| rule.id.clone())
+            .collect();
+        set.armed.extend(compiled);
+        let ids = overrides
+            .enable_rules
+            .iter()
+            .chain(overrides.disable_rules)
+            .chain(overrides.actions.into_iter().flat_map(BTreeMap::keys));
         for id in ids {
             if !set.rules.iter().any(|rule| &rule.id == id) {
-                return Err(id.clone());
+                return Err(OverrideError::UnknownRule(id.clone()));
             }
         }
+        let known_tags: HashSet<&str> = set
+            .rules
+            .iter()
+            .flat_map(|rule| rule.tags.iter().map(String::as_str))
+            .collect();
+        for tag in overrides.enable_tags.iter().chain(overrides.disable_tags) {
+            if !known_tags.contains(tag.as_str()) {
+                return Err(OverrideError::UnknownTag(tag.clone()));
+            }
+        }
+        let tagged = |rule: &Rule, tags: &[String]| rule.tags.iter().any(|t| tags.contains(t));
         for rule in &mut set.rules {
-            if enable.contains(&rule.id) {
+            if tagged(rule, overrides.enable_tags) {
                 rule.enabled = true;
             }
-            if disable.contains(&rule.id) {
+            if tagged(rule, overrides.disable_tags) {
                 rule.enabled = false;
             }
-            if let Some(action) = actions.get(&rule.id) {
+            if overrides.enable_rules.contains(&rule.id) {
+                rule.enabled = true;
+            }
+            if overrides.disable_rules.contains(&rule.id) {
+                rule.enabled = false;
+            }
+            if let Some(action) = overrides.actions.and_then(|actions| actions.get(&rule.id)) {
                 rule.action = *action;
             }
+        }
+        if let Some(region) = overrides.phone_region {
+            set.validation.phone_region = Some(region.to_string());
         }
         Ok(set)
     }
@@ -435,7 +620,8 @@ fn validate_shape(rule: &Rule) -> Result<(), RulesError> {
     if !id_ok {
         return Err(invalid("id must be 1-64 characters of [a-z0-9-]"));
     }
-    if rule.pattern.is_empty() {
+    let synthetic = rule.dictionary.is_some() || rule.protected_code.is_some();
+    if rule.pattern.is_empty() && !synthetic {
         return Err(invalid("pattern is empty"));
     }
     if rule.applies_to.is_empty() {
@@ -443,6 +629,23 @@ fn validate_shape(rule: &Rule) -> Result<(), RulesError> {
     }
     if rule.description.trim().is_empty() {
         return Err(invalid("description is empty"));
+    }
+    let tag_ok = |tag: &String| {
+        !tag.is_empty()
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !rule.tags.iter().all(tag_ok) {
+        return Err(invalid("tags must be non-empty strings of [a-z0-9-]"));
+    }
+    if rule.prefilter.as_ref().is_some_and(|p| p.is_empty()) {
+        return Err(invalid("prefilter is empty"));
+    }
+    if rule.spaces > MAX_SPACES {
+        return Err(invalid(&format!(
+            "spaces must be at most {MAX_SPACES} (each one holds a streamed word back)"
+        )));
     }
     for truncated in &rule.truncated {
         if truncated.min_len == 0 {

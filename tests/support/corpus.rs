@@ -182,3 +182,29 @@ pub fn ordinary_text(seed: u64, size: usize) -> String {
     }
     text
 }
+
+/// `count` distinct made-up names (customer-name shaped, one in ten followed by ` Group`):
+/// the terms of a generated organisation dictionary.
+pub fn made_up_names(count: usize, seed: u64) -> Vec<String> {
+    const SYLLABLES: [&str; 20] = [
+        "ka", "zo", "ri", "ven", "tal", "mu", "qui", "dor", "xan", "pe", "lo", "brim", "sa", "tor",
+        "vel", "ny", "gra", "fen", "os", "ul",
+    ];
+    let mut rng = Rng::new(seed);
+    let mut seen = std::collections::HashSet::new();
+    let mut names = Vec::with_capacity(count);
+    while names.len() < count {
+        let mut word = String::new();
+        for _ in 0..3 + rng.below(3) {
+            word.push_str(SYLLABLES[rng.below(SYLLABLES.len())]);
+        }
+        let mut name = word[..1].to_uppercase() + &word[1..];
+        if rng.below(10) == 0 {
+            name.push_str(" Group");
+        }
+        if seen.insert(name.clone()) {
+            names.push(name);
+        }
+    }
+    names
+}
