@@ -27,6 +27,7 @@ use crate::observe::metrics::MetricsSection;
 use crate::policy::approvals::{ApprovalSettings, ApprovalsSection};
 use crate::policy::auth::{AuthConfig, AuthSection};
 use crate::policy::credentials::{CredentialsMode, CredentialsSettings, KeySource};
+use crate::policy::org_data::{DictionarySection, OrgData, PiiSection, ProtectedCodeSection};
 use crate::policy::profiles::ProfileSection;
 use crate::policy::store::{resolve_redis_url, RedisKeys};
 use serde::Deserialize;
@@ -59,6 +60,15 @@ pub struct FileConfig {
     pub restore: RestoreSection,
     #[serde(default)]
     pub approvals: ApprovalsSection,
+    /// `[[dictionaries]]`: the organisation's own terms.
+    #[serde(default)]
+    pub dictionaries: Vec<DictionarySection>,
+    /// `[[protected_code]]`: source trees whose code must not reach the model.
+    #[serde(default)]
+    pub protected_code: Vec<ProtectedCodeSection>,
+    /// `[pii]`: what the personal-data validators read.
+    #[serde(default)]
+    pub pii: PiiSection,
 }
 
 /// `[restore]`: placeholders given back to the caller who sent the secret, in its own tool
@@ -474,6 +484,8 @@ pub struct Config {
     pub restore: RestoreConfig,
     /// `[approvals]`: human approval of requests that match `approve` rules.
     pub approvals: ApprovalSettings,
+    /// `[[dictionaries]]`, `[[protected_code]]` and `[pii]`.
+    pub org_data: OrgData,
 }
 
 impl FileConfig {
@@ -617,6 +629,7 @@ impl FileConfig {
         self.audit.validate()?;
         let restore = self.restore.validate()?;
         let approvals = self.approvals.validate()?;
+        let org_data = OrgData::validate(self.dictionaries, self.protected_code, self.pii)?;
         Ok(Config {
             listen,
             admin,
@@ -658,6 +671,7 @@ impl FileConfig {
             log: self.log,
             restore,
             approvals,
+            org_data,
         })
     }
 }

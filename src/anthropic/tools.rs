@@ -222,6 +222,7 @@ fn synthetic(rule_id: &str, action: Action, chars: usize) -> Finding {
         rewritten: false,
         secret_chars: chars,
         checksum_valid: None,
+        detail: None,
     }
 }
 

@@ -1,10 +1,11 @@
 //! The command line: `run`, `scan`, `config check`, `rules check|list|bench|examples`,
-//! `audit show|replay` and `approvals list|show|approve|deny`. Other tools depend on these exact forms, so flags are only ever added.
+//! `dictionaries check`, `audit show|replay` and `approvals list|show|approve|deny`. Other tools depend on these exact forms, so flags are only ever added.
 //!
 //! The CLI never prints a secret: `scan` reports findings by rule id and placeholder only.
 
 use crate::config::{FileConfig, Overrides};
 use crate::engine::check::{check_rules, default_max_hold};
+use crate::engine::dictionary::MatchOptions;
 use crate::engine::masker::max_match_len;
 use crate::engine::matcher::Matcher;
 use crate::engine::placeholder::PlaceholderKey;
@@ -45,6 +46,10 @@ enum Command {
         /// Which rules apply: those for requests, response text, or tool input.
         #[arg(long, value_enum, default_value_t = ScopeArg::Request)]
         scope: ScopeArg,
+        /// Mask as this config's `default` profile does: its dictionaries, protected code,
+        /// enabled tags and rules directory (--rules still overrides the directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run the proxy (embedded default config unless --config is given; flags override).
     Run {
@@ -71,6 +76,11 @@ enum Command {
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+    /// Check the organisation's term lists (`[[dictionaries]]`).
+    Dictionaries {
+        #[command(subcommand)]
+        command: DictionariesCommand,
     },
     /// Read the audit log.
     Audit {
@@ -149,6 +159,25 @@ enum RulesCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum DictionariesCommand {
+    /// Report blank lines, duplicate terms and terms equal to (or, for substring dictionaries,
+    /// inside) common words, for every `[[dictionaries]]` entry of --config, or for the FILEs
+    /// given; exit 1 when any is found. Terms are named by line number (only the common
+    /// word a term hits is shown).
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Check FILEs as dictionaries matched case-sensitively.
+        #[arg(long)]
+        case_sensitive: bool,
+        /// Check FILEs as dictionaries matched inside words too (`whole_word = false`).
+        #[arg(long)]
+        substring: bool,
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Validate a config file (and the rules it names) without starting.
     Check { file: PathBuf },
@@ -188,7 +217,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rules,
             stream_chunk,
             scope,
-        } => scan(rules, stream_chunk, scope.into()),
+            config,
+        } => scan(rules, config, stream_chunk, scope.into()),
         Command::Run {
             config,
             listen,
@@ -250,6 +280,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rules {
             command: RulesCommand::List { rules },
         } => rules_list(rules),
+        Command::Dictionaries {
+            command:
+                DictionariesCommand::Check {
+                    config,
+                    case_sensitive,
+                    substring,
+                    files,
+                },
+        } => {
+            let options = MatchOptions {
+                case_sensitive,
+                whole_word: !substring,
+            };
+            dictionaries_check(config, options, files)
+        }
         Command::Approvals {
             admin,
             token,
@@ -267,6 +312,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => rules_bench(rules, per_rule, file),
     }
+}
+
+/// `dictionaries check`: every file's report, problems by line number.
+fn dictionaries_check(
+    config: Option<PathBuf>,
+    options: MatchOptions,
+    files: Vec<PathBuf>,
+) -> Result<ExitCode> {
+    let mut lists: Vec<(String, PathBuf, MatchOptions)> = files
+        .into_iter()
+        .map(|file| (file.display().to_string(), file, options))
+        .collect();
+    if let Some(config) = config {
+        let config = FileConfig::load(Some(&config))?.validate()?;
+        for section in &config.org_data.dictionaries {
+            lists.push((section.id.clone(), section.path.clone(), section.options()));
+        }
+    }
+    if lists.is_empty() {
+        bail!("nothing to check: name dictionary files or a --config with [[dictionaries]]");
+    }
+    let mut passed = true;
+    for (name, path, options) in lists {
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        let report = crate::engine::dictionary::check(&text, options);
+        println!("{name}: {} terms", report.terms);
+        for line in &report.empty_lines {
+            println!("  line {line}: blank");
+        }
+        for (line, first) in &report.duplicates {
+            println!("  line {line}: duplicate of line {first}");
+        }
+        for (line, word) in &report.common {
+            let how = if options.whole_word {
+                "is"
+            } else {
+                "is inside"
+            };
+            println!("  line {line}: {how} the common word {word:?}: it would mask ordinary text");
+        }
+        for (line, why) in &report.invalid {
+            println!("  line {line}: {why}");
+        }
+        if report.terms == 0 {
+            println!("  no terms");
+        }
+        passed &= report.passed();
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The placeholder key from the environment, or a random one with a warning.
@@ -298,13 +396,33 @@ fn audit_print(
     Ok(ExitCode::SUCCESS)
 }
 
-fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Result<ExitCode> {
-    let set = RuleSet::load(rules.as_deref())?;
-    let engine = Arc::new(Engine::compile(
-        &set,
-        placeholder_key_from_env()?,
-        default_max_hold(),
-    )?);
+fn scan(
+    rules: Option<PathBuf>,
+    config: Option<PathBuf>,
+    stream_chunk: Option<usize>,
+    scope: Scope,
+) -> Result<ExitCode> {
+    let engine = match config {
+        Some(path) => {
+            let overrides = Overrides {
+                rules,
+                ..Overrides::default()
+            };
+            let config = FileConfig::load(Some(&path))?
+                .apply(&overrides)
+                .validate()?;
+            let (_, policy) = super::server::build_policy(&config)?;
+            Arc::clone(&policy.profile_for(&[]).engine)
+        }
+        None => {
+            let set = RuleSet::load(rules.as_deref())?;
+            Arc::new(Engine::compile(
+                &set,
+                placeholder_key_from_env()?,
+                default_max_hold(),
+            )?)
+        }
+    };
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
@@ -332,11 +450,13 @@ fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Re
     std::io::stdout()
         .write_all(&output)
         .context("writing stdout")?;
+    let mut findings = findings;
+    findings.extend(engine.find_protected_code(&text, scope));
     let mut stderr = std::io::stderr().lock();
     for finding in &findings {
         writeln!(
             stderr,
-            "finding rule={} action={} offset={} chars={} placeholder={}{}",
+            "finding rule={} action={} offset={} chars={} placeholder={}{}{}",
             finding.rule_id,
             finding.action,
             finding.span.start,
@@ -346,7 +466,11 @@ fn scan(rules: Option<PathBuf>, stream_chunk: Option<usize>, scope: Scope) -> Re
                 Some(true) => " checksum=valid",
                 Some(false) => " checksum=invalid",
                 None => "",
-            }
+            },
+            finding
+                .detail
+                .as_ref()
+                .map_or(String::new(), |detail| format!(" detail={detail:?}"))
         )?;
     }
     writeln!(stderr, "{} finding(s)", findings.len())?;

@@ -13,6 +13,7 @@ use crate::anthropic::restore::RestoreScopes;
 use crate::anthropic::thinking_vault::{MemoryVault, Vault, VaultKey, VaultLimits};
 use crate::config::{Config, RestoreStore, ThinkingPolicy};
 use crate::engine::placeholder::PlaceholderKey;
+use crate::engine::validators::Validator;
 use crate::engine::{Engine, MaskError, RuleSet};
 use crate::observe::approvals::ApprovalObservers;
 use crate::observe::audit::Auditor;
@@ -22,7 +23,7 @@ use crate::policy::approvals::{
 };
 use crate::policy::auth::Authenticator;
 use crate::policy::credentials::UpstreamKey;
-use crate::policy::profiles::Policy;
+use crate::policy::profiles::{arm_profile_rules, Policy};
 use crate::policy::restore_vault::{RestoreVault, VaultSettings, VAULT_LABEL};
 use crate::policy::store::{GroupLimits, GroupStore, MemoryStore, RedisStore, Sealer};
 use crate::policy::Security;
@@ -59,6 +60,8 @@ pub enum StartError {
     Audit(#[from] crate::observe::audit::AuditError),
     #[error("restore: {0}")]
     Restore(#[from] crate::policy::store::StoreError),
+    #[error(transparent)]
+    OrgData(#[from] crate::policy::org_data::OrgDataError),
 }
 
 /// The configured placeholder key material: from `file` if one is configured (trimmed), else
@@ -220,7 +223,14 @@ pub fn approvals_state(
 /// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
 pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError> {
     crate::engine::databases::configure_cache(config.database_cache.clone());
-    let rules = RuleSet::load(config.rules_dir.as_deref())?;
+    let mut rules = RuleSet::load(config.rules_dir.as_deref())?;
+    for rule in config.org_data.rules()? {
+        rules.push(rule)?;
+    }
+    let rules = arm_profile_rules(
+        &config.profiles,
+        rules.with_validation(config.org_data.validation()),
+    )?;
     let key = placeholder_key(
         config.placeholder_key_file.as_deref(),
         &config.placeholder_key_env,
@@ -239,6 +249,19 @@ pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError
         &key,
         config.max_hold_bytes,
     )?;
+    // The phone library reads its numbering plans on first use (~0.1 s): at start-up, not in
+    // the first request that holds a phone number, when some profile validates them.
+    let validates_phones = policy.profiles().any(|profile| {
+        profile.engine.matcher().rules().any(|rule| {
+            matches!(
+                rule.rule.validate,
+                Some(Validator::Phone | Validator::PhoneNational)
+            )
+        })
+    });
+    if validates_phones {
+        crate::engine::validators::load_phone_metadata();
+    }
     Ok((engine, policy))
 }
 

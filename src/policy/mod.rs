@@ -1,8 +1,9 @@
 //! Policy: who is calling and what applies to them — authentication ([`auth`]: JWT/OIDC and
 //! static service keys), the caller's [`identity`], per-group [`profiles`] (which rules, which
 //! models, which size limit), the upstream [`credentials`] the proxy holds, the CA bundles
-//! it [`trust`]s, the shared, sealed [`store`] of per-caller state (memory or Redis), and human
-//! [`approvals`] of requests that match `approve` rules.
+//! it [`trust`]s, the shared, sealed [`store`] of per-caller state (memory or Redis), human
+//! [`approvals`] of requests that match `approve` rules, and the organisation's own data
+//! ([`org_data`]: dictionaries of its terms, protected source trees, personal-data settings).
 //!
 //! Layer: above `engine` (each profile owns a compiled engine) and `anthropic` (routes and
 //! request shapes); below the exchange record, observability and the proxy. It may import only
@@ -15,6 +16,7 @@ pub mod approvals;
 pub mod auth;
 pub mod credentials;
 pub mod identity;
+pub mod org_data;
 pub mod profiles;
 pub mod restore_vault;
 pub mod store;

@@ -8,12 +8,15 @@
 //!   profile's changes, so request masking, blocking and response streaming of one request all
 //!   follow the same profile. Profiles without rule changes share the base engine, and every
 //!   engine uses the same placeholder key (a secret masks the same way for every group);
-//! - a profile that names an unknown rule fails start-up (and `config check`).
+//! - a profile that names an unknown rule or a tag no rule carries fails start-up (and
+//!   `config check`); rule ids win over tags, so `enable_tags = ["pii"]` with one
+//!   `disable_rules` entry leaves that one rule off.
 
 use crate::anthropic::api::Route;
 use crate::config_error::ConfigError;
 use crate::engine::masker::MaskError;
 use crate::engine::placeholder::PlaceholderKey;
+use crate::engine::rules::{OverrideError, Overrides};
 use crate::engine::{Action, Engine, RuleSet};
 use serde::Deserialize;
 use serde_json::Value;
@@ -36,6 +39,16 @@ pub struct ProfileSection {
     /// Rule ids to turn off.
     #[serde(default)]
     pub disable_rules: Vec<String>,
+    /// Tags whose rules to turn on (`["pii"]`: every personal-data rule). Rule ids win over
+    /// tags.
+    #[serde(default)]
+    pub enable_tags: Vec<String>,
+    /// Tags whose rules to turn off.
+    #[serde(default)]
+    pub disable_tags: Vec<String>,
+    /// The region (ISO 3166 alpha-2, `"GB"`) national-format phone numbers are read in; without
+    /// it only international numbers (`+44 …`) can be personal-data findings.
+    pub phone_region: Option<String>,
     /// Per-rule action overrides, e.g. `{ "github-pat-classic" = "block" }`.
     #[serde(default)]
     pub actions: BTreeMap<String, Action>,
@@ -55,7 +68,12 @@ fn restore_by_default() -> bool {
 
 impl ProfileSection {
     fn changes_rules(&self) -> bool {
-        !(self.enable_rules.is_empty() && self.disable_rules.is_empty() && self.actions.is_empty())
+        !(self.enable_rules.is_empty()
+            && self.disable_rules.is_empty()
+            && self.enable_tags.is_empty()
+            && self.disable_tags.is_empty()
+            && self.actions.is_empty()
+            && self.phone_region.is_none())
     }
 }
 
@@ -98,6 +116,14 @@ pub fn validate_profiles(
                 )));
             }
         }
+        if let Some(region) = &profile.phone_region {
+            if !crate::engine::validators::is_phone_region(region) {
+                return Err(invalid(format!(
+                    "profile {n}: phone_region must be an ISO 3166 alpha-2 region the phone \
+                     library knows (\"GB\", \"US\")"
+                )));
+            }
+        }
         if profile.allowed_models.iter().any(|m| m.trim().is_empty()) {
             return Err(invalid(format!(
                 "profile {n}: allowed_models has an empty entry"
@@ -113,6 +139,9 @@ pub fn validate_profiles(
             groups: Vec::new(),
             enable_rules: Vec::new(),
             disable_rules: Vec::new(),
+            enable_tags: Vec::new(),
+            disable_tags: Vec::new(),
+            phone_region: None,
             actions: BTreeMap::new(),
             allowed_models: Vec::new(),
             max_body_bytes: None,
@@ -207,8 +236,11 @@ impl Profile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("profiles: profile {profile:?} names unknown rule {rule:?}")]
-    UnknownRule { profile: String, rule: String },
+    #[error("profiles: profile {profile:?} {source}")]
+    Overrides {
+        profile: String,
+        source: OverrideError,
+    },
     #[error("profiles: profile {profile:?}: {source}")]
     Engine { profile: String, source: MaskError },
 }
@@ -218,8 +250,41 @@ pub struct Policy {
     profiles: Vec<Arc<Profile>>,
 }
 
+/// The rules a profile changes `rules` into.
+fn profile_rules(section: &ProfileSection, rules: &RuleSet) -> Result<RuleSet, PolicyError> {
+    rules
+        .with_overrides(&Overrides {
+            enable_rules: &section.enable_rules,
+            disable_rules: &section.disable_rules,
+            enable_tags: &section.enable_tags,
+            disable_tags: &section.disable_tags,
+            actions: Some(&section.actions),
+            phone_region: section.phone_region.as_deref(),
+        })
+        .map_err(|source| PolicyError::Overrides {
+            profile: section.name.clone(),
+            source,
+        })
+}
+
+/// `rules` with every rule some profile turns on armed (see [`RuleSet::with_armed`]): compile
+/// the base engine from this set, so every profile's engine shares its databases.
+pub fn arm_profile_rules(
+    sections: &[ProfileSection],
+    rules: RuleSet,
+) -> Result<RuleSet, PolicyError> {
+    let mut armed = Vec::new();
+    for section in sections.iter().filter(|s| s.changes_rules()) {
+        let set = profile_rules(section, &rules)?;
+        armed.extend(set.enabled().map(|rule| rule.id.clone()));
+    }
+    Ok(rules.with_armed(armed))
+}
+
 impl Policy {
-    /// Compile each profile's engine. `base` is the engine of `rules` unchanged.
+    /// Compile each profile's engine. `base` is the engine of `rules` unchanged; `rules`
+    /// should come from [`arm_profile_rules`], or a profile that turns on a disabled rule
+    /// compiles databases of its own.
     pub fn build(
         sections: &[ProfileSection],
         rules: &RuleSet,
@@ -231,16 +296,7 @@ impl Policy {
         for section in sections {
             let engine =
                 if section.changes_rules() {
-                    let set = rules
-                        .with_overrides(
-                            &section.enable_rules,
-                            &section.disable_rules,
-                            &section.actions,
-                        )
-                        .map_err(|rule| PolicyError::UnknownRule {
-                            profile: section.name.clone(),
-                            rule,
-                        })?;
+                    let set = profile_rules(section, rules)?;
                     Arc::new(Engine::compile(&set, key.clone(), max_hold_bytes).map_err(
                         |source| PolicyError::Engine {
                             profile: section.name.clone(),
@@ -277,6 +333,11 @@ impl Policy {
         self.profiles.len()
     }
 
+    /// Every profile, the `default` one last.
+    pub fn profiles(&self) -> impl Iterator<Item = &Arc<Profile>> + '_ {
+        self.profiles.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.profiles.is_empty()
     }
@@ -285,6 +346,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::databases::Source;
 
     fn sections(text: &str) -> Vec<ProfileSection> {
         #[derive(Deserialize)]
@@ -326,6 +388,62 @@ mod tests {
             let err = validate_profiles(file.profiles, 4096).unwrap_err().to_string();
             assert!(err.starts_with("profiles") && err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn rules_only_a_profile_turns_on_are_in_the_shared_databases_and_nowhere_else() {
+        let pack = RuleSet::embedded().unwrap();
+        let disabled = pack.all().iter().filter(|r| !r.enabled).count();
+        assert!(disabled >= 6, "the personal-data rules ship disabled");
+        let key = PlaceholderKey::random();
+        let build = |text: &str| {
+            let sections = sections(text);
+            let rules = arm_profile_rules(&sections, pack.clone()).unwrap();
+            let base = Arc::new(Engine::compile(&rules, key.clone(), 8192).unwrap());
+            let policy = Policy::build(&sections, &rules, &base, &key, 8192).unwrap();
+            (base, policy)
+        };
+        // No profile turns a disabled rule on: the databases hold the enabled rules only (a
+        // disabled rule without a literal would slow every scan) and are the embedded ones.
+        let (base, _) = build("[[profiles]]\nname = \"default\"\n");
+        let matcher = base.matcher();
+        assert_eq!(matcher.rules_in_databases(), pack.all().len() - disabled);
+        assert_eq!(matcher.database_source(), Source::Embedded);
+        // One profile turns the personal-data rules on: they join the databases (inactive for
+        // the others), and every profile scans with the same databases.
+        let (base, policy) =
+            build("[[profiles]]\nname = \"hr\"\ngroups = [\"hr\"]\nenable_tags = [\"pii\"]\n");
+        let armed = pack
+            .all()
+            .iter()
+            .filter(|r| r.tags.iter().any(|t| t == "pii"))
+            .count();
+        assert_eq!(
+            base.matcher().rules_in_databases(),
+            pack.all().len() - disabled + armed
+        );
+        for profile in policy.profiles() {
+            assert!(
+                profile
+                    .engine
+                    .matcher()
+                    .shares_databases_with(base.matcher()),
+                "{}",
+                profile.name
+            );
+        }
+        let hr = policy.profile_for(&["hr".into()]);
+        let card = "card 4451 8685 7100 7653 on file";
+        let found = |engine: &Engine| {
+            engine
+                .scan(card, crate::engine::Scope::Request)
+                .unwrap()
+                .iter()
+                .map(|f| f.rule_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found(&hr.engine), ["pii-payment-card"]);
+        assert!(found(&base).is_empty());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::metadata::scan_metadata;
 use super::{ProxyState, RequestCtx};
 use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
 use crate::anthropic::thinking_vault::{thinking_signatures, VaultRestore};
+use crate::engine::json_strings::for_each_string;
 use crate::engine::json_walk::{mask_json_learning, ThinkingMode, WalkError, WalkOptions, Walked};
 use crate::engine::masker::Budget;
 use crate::engine::{Action, Engine, MaskError, Scope, ThinkingRestore};
@@ -341,6 +342,7 @@ fn walk_body(
         Err(error) => (Err(WalkError::Mask(error)), None),
     };
     let walked = walked.map(|mut walked| {
+        find_protected_code(engine, body, &mut walked);
         if !learn {
             walked.learned.clear();
             walked.signed_thinking.clear();
@@ -348,6 +350,23 @@ fn walk_body(
         walked
     });
     (walked, started.elapsed(), exchange_engine)
+}
+
+/// Add a finding for every protected file whose code a string of the body holds (the walk has
+/// accepted the body as JSON, so it parses). Only bodies of profiles with protected code are
+/// read again.
+fn find_protected_code(engine: &Engine, body: &[u8], walked: &mut Walked) {
+    if !engine.has_protected_code() {
+        return;
+    }
+    let Ok(document) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    for_each_string(&document, &mut |path, text| {
+        for finding in engine.find_protected_code(text, Scope::Request) {
+            walked.findings.push(path, finding);
+        }
+    });
 }
 
 fn encoding_error(error: EncodingError) -> ApiError {

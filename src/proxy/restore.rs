@@ -254,6 +254,7 @@ pub fn mask_repeats(
                 rewritten: true,
                 secret_chars: found.len(),
                 checksum_valid: None,
+                detail: None,
             },
         );
     }

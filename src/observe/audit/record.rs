@@ -188,9 +188,14 @@ fn render_transcript(engine: &Engine, pending: Pending, limit: usize) -> String 
 }
 
 /// The preview of a secret: its rule's literal prefix (at most 4 characters, from the
-/// pattern, never from the secret) and its length. The rule is looked up in `engine`, the one
+/// pattern, never from the secret) and its length; for a finding that is not a span, its
+/// detail (a protected file's path and lines matched). The rule is looked up in `engine`, the one
 /// that made the finding, and only trusted when its id is the finding's.
 pub fn preview(engine: &Engine, finding: &Finding) -> String {
+    // A finding that is not a span (protected code) says what it matched in its detail.
+    if let Some(detail) = &finding.detail {
+        return detail.clone();
+    }
     let prefix = engine
         .matcher()
         .all_rules()
@@ -392,7 +397,6 @@ mod tests {
     use super::*;
     use crate::engine::placeholder::PlaceholderKey;
     use crate::engine::RuleSet;
-    use std::collections::BTreeMap;
 
     #[test]
     fn rfc3339_formats_utc() {
@@ -422,7 +426,10 @@ action = "mask"
         let key = PlaceholderKey::new(b"0123456789abcdef0123").unwrap();
         let base = Engine::compile(&set, key.clone(), 8192).unwrap();
         let narrowed = set
-            .with_overrides(&[], &["aws-key".to_string()], &BTreeMap::new())
+            .with_overrides(&crate::engine::rules::Overrides {
+                disable_rules: &["aws-key".to_string()],
+                ..Default::default()
+            })
             .unwrap();
         let profile = Engine::compile(&narrowed, key, 8192).unwrap();
         (base, profile)

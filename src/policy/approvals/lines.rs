@@ -14,6 +14,7 @@
 //!   secret. The raw line is kept only to be hashed; `Debug` never prints it.
 
 use crate::engine::findings::Findings;
+use crate::engine::json_strings::for_each_string;
 use crate::engine::{Action, Engine, Finding, Scope};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -68,34 +69,53 @@ impl fmt::Debug for MatchedLine {
 /// The matched lines of `body` (the request as the client sent it, decoded), given the
 /// findings the walker reported for it. Empty when no finding is an approve one.
 pub fn matched_lines(engine: &Engine, body: &[u8], findings: &Findings) -> Vec<MatchedLine> {
-    let wanted: Vec<(&str, &str)> = findings
+    let wanted: Vec<(&str, &str, Option<&str>)> = findings
         .iter()
         .filter(|f| f.finding.action == Action::Approve)
-        .map(|f| (f.finding.rule_id.as_str(), f.path.as_str()))
+        .map(|f| {
+            (
+                f.finding.rule_id.as_str(),
+                f.path.as_str(),
+                f.finding.detail.as_deref(),
+            )
+        })
         .collect();
     if wanted.is_empty() {
         return Vec::new();
     }
     let mut out = Vec::new();
     if let Ok(document) = serde_json::from_slice::<Value>(body) {
-        let mut path = Vec::new();
-        visit(engine, &document, &mut path, &mut out);
+        for_each_string(&document, &mut |path, text| {
+            lines_of(engine, text, path, &mut out)
+        });
     }
     let located: HashSet<(String, String)> = out
         .iter()
         .map(|m| (m.rule_id.clone(), m.path.clone()))
         .collect();
-    for (rule_id, path) in wanted {
+    for (rule_id, path, detail) in wanted {
         if located.contains(&(rule_id.to_string(), path.to_string())) {
             continue;
         }
         let shown = engine.redact_all(path).into_owned();
+        let (line, preview) = match detail {
+            // A finding that is not a span (protected code): what it matched is its detail,
+            // and the grant is for that detail at this place.
+            Some(detail) => (
+                format!("\u{0}unlocated\u{0}{path}\u{0}{detail}"),
+                format!("({detail}, at `{shown}`; the text itself is not shown)"),
+            ),
+            // Rule and path stand in for the line: the grant is for this place in the request.
+            None => (
+                format!("\u{0}unlocated\u{0}{path}"),
+                format!("(the match is in a value the console cannot show, at `{shown}`)"),
+            ),
+        };
         out.push(MatchedLine {
             rule_id: rule_id.to_string(),
             rule_description: engine.rule_description(rule_id).to_string(),
-            // Rule and path stand in for the line: the grant is for this place in the request.
-            line: format!("\u{0}unlocated\u{0}{path}"),
-            preview: format!("(the match is in a value the console cannot show, at `{shown}`)"),
+            line,
+            preview,
             path: shown,
         });
     }
@@ -107,64 +127,6 @@ pub fn matched_lines(engine: &Engine, body: &[u8], findings: &Findings) -> Vec<M
         .collect();
     out.retain(|m| reported.contains(m.rule_id.as_str()));
     out
-}
-
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// The walker's path notation: `a.b[2]`, keys that are not plain words as `["…"]`.
-fn render(path: &[Segment<'_>]) -> String {
-    let mut out = String::new();
-    for segment in path {
-        match segment {
-            Segment::Index(index) => out.push_str(&format!("[{index}]")),
-            Segment::Key(name) => {
-                let plain = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if plain {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(name);
-                } else {
-                    out.push('[');
-                    out.push_str(&serde_json::to_string(name).unwrap_or_default());
-                    out.push(']');
-                }
-            }
-        }
-    }
-    out
-}
-
-fn visit<'a>(
-    engine: &Engine,
-    value: &'a Value,
-    path: &mut Vec<Segment<'a>>,
-    out: &mut Vec<MatchedLine>,
-) {
-    match value {
-        Value::String(text) => lines_of(engine, text, &render(path), out),
-        Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                path.push(Segment::Index(index));
-                visit(engine, item, path, out);
-                path.pop();
-            }
-        }
-        Value::Object(map) => {
-            for (key, item) in map {
-                path.push(Segment::Key(key));
-                visit(engine, item, path, out);
-                path.pop();
-            }
-        }
-        _ => {}
-    }
 }
 
 /// The matched lines of one string.
