@@ -18,9 +18,12 @@ use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streammask::anthropic::messages::SseTransformer;
+use streammask::engine::dictionary::{Dictionary, MatchOptions};
 use streammask::engine::json_walk::{mask_json, mask_json_learning, ThinkingMode, WalkOptions};
 use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
 use streammask::engine::placeholder::PlaceholderKey;
+use streammask::engine::rules::Rule;
+use streammask::engine::Action;
 use streammask::{RuleSet, Scope};
 
 const CORPUS_BYTES: usize = 4 << 20;
@@ -221,6 +224,65 @@ fn report_same_run_comparison(engine: &Engine, text: &str) {
         gbps(hyperscan_only),
         gbps(rs),
         rs.as_secs_f64() / mask.as_secs_f64()
+    );
+}
+
+/// What an organisation dictionary costs (issue 20): a generated list of
+/// `STREAMMASK_BENCH_DICTIONARY` terms (default 100,000; 0 skips) added to the pack — the time
+/// to compile the pack's databases with it (no cache: a first start after the list changed;
+/// later starts load the cached databases), and block throughput over `text` with and without
+/// it, measured in the same run.
+fn report_dictionary_cost(text: &str) {
+    let count = std::env::var("STREAMMASK_BENCH_DICTIONARY")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(100_000);
+    if count == 0 {
+        return;
+    }
+    let names = corpus::made_up_names(count, 20);
+    let dictionary =
+        Dictionary::parse("bench", &names.join("\n"), MatchOptions::default()).expect("terms");
+    let mut rule = Rule::synthetic(
+        "dict-bench".into(),
+        "bench dictionary".into(),
+        Action::Mask,
+        vec![Scope::Request, Scope::Response],
+    );
+    rule.dictionary = Some(Arc::new(dictionary));
+    let mut set = RuleSet::embedded().expect("embedded pack");
+    set.push(rule).expect("new id");
+    streammask::engine::databases::configure_cache(
+        streammask::engine::databases::CacheSetting::Off,
+    );
+    let key = PlaceholderKey::new(b"bench-key-0123456789abcdef").unwrap();
+    let started = Instant::now();
+    let with = Engine::compile(&set, key.clone(), DEFAULT_MAX_HOLD_BYTES).expect("compiles");
+    let compile = started.elapsed();
+    let without = Engine::compile(
+        &RuleSet::embedded().expect("embedded pack"),
+        key,
+        DEFAULT_MAX_HOLD_BYTES,
+    )
+    .expect("compiles");
+    let gbps = |d: Duration| text.len() as f64 / d.as_secs_f64() / 1e9;
+    let window = Duration::from_secs(3);
+    let sample = |engine: &Engine| {
+        time_per_iteration(
+            || {
+                black_box(engine.scan(black_box(text), Scope::Request).unwrap());
+            },
+            window,
+        )
+    };
+    let (plain, dict) = (sample(&without), sample(&with));
+    println!(
+        "dictionary of {count} terms: databases compiled in {:.2} s (no cache), scan {:.2} GB/s \
+         with it vs {:.2} GB/s without (same run, ratio {:.2})",
+        compile.as_secs_f64(),
+        gbps(dict),
+        gbps(plain),
+        plain.as_secs_f64() / dict.as_secs_f64()
     );
 }
 
@@ -477,4 +539,5 @@ fn main() {
     report_same_run_comparison(&engine, &keyword_dense_corpus());
     report_delta_percentiles_and_memory(&engine, stream_text);
     report_sse_event_cost_warm_and_after_idle(&engine);
+    report_dictionary_cost(&text);
 }

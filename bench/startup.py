@@ -13,7 +13,10 @@ Every case runs the release binary as a new process with a fresh `HOME` and no
   fits, so both databases are compiled (and cached);
 - `pack + 1 rule, warm`: the same again, loaded from the cache;
 - `3 profiles, cold`: two profiles that turn rules off or change actions share the default
-  pack's databases.
+  pack's databases;
+- `100,000-term dictionary`: a `[[dictionaries]]` entry of 100,000 generated names (issue 20):
+  cold compiles the pack with the terms (a first start after the list changed), warm loads the
+  cached databases.
 
 Usage: python3 bench/startup.py [--bin target/release/streammask] [--runs 5]
 Prints the median and the worst of `--runs` runs per case. Timing only; it asserts nothing.
@@ -52,6 +55,21 @@ name = "security"
 groups = ["security"]
 actions = { "aws-access-key-id" = "block" }
 """
+
+
+def made_up_names(count: int, seed: int = 20) -> list[str]:
+    """`count` distinct made-up names, one in ten of two words (customer-name shaped)."""
+    import random
+    syllables = ["ka", "zo", "ri", "ven", "tal", "mu", "qui", "dor", "xan", "pe", "lo", "brim",
+                 "sa", "tor", "vel", "ny", "gra", "fen", "os", "ul"]
+    rng = random.Random(seed)
+    names: set[str] = set()
+    while len(names) < count:
+        name = "".join(rng.choice(syllables) for _ in range(rng.randint(3, 5))).capitalize()
+        if rng.random() < 0.1:
+            name += " Group"
+        names.add(name)
+    return sorted(names)
 
 
 def free_port() -> int:
@@ -139,13 +157,21 @@ def main():
         with open(config, "w") as f:
             f.write(PROFILES)
 
+        terms = os.path.join(work, "customers.txt")
+        with open(terms, "w") as f:
+            f.write("\n".join(made_up_names(100_000)) + "\n")
+        dictionary = os.path.join(work, "dictionary.toml")
+        with open(dictionary, "w") as f:
+            f.write(f'[[dictionaries]]\nid = "customers"\npath = "{terms}"\n')
+
         cases = [
             ("default pack", [], "default"),
             ("pack + 1 rule", ["--rules", rules], "extra"),
             ("3 profiles", ["--config", config], "profiles"),
+            ("100,000-term dictionary", ["--config", dictionary], "dictionary"),
         ]
         print(f"binary: {args.bin}; {args.runs} runs per case; median (worst)")
-        print(f"{'case':<28} {'listening s':>16} {'/readyz s':>16} {'run CPU s':>16} {'scan CPU s':>16}")
+        print(f"{'case':<34} {'listening s':>16} {'/readyz s':>16} {'run CPU s':>16} {'scan CPU s':>16}")
         for name, extra, tag in cases:
             for state in ("cold", "warm"):
                 listening, ready, cpu, scan_cpu = [], [], [], []
@@ -164,11 +190,13 @@ def main():
                     if state == "cold":
                         shutil.rmtree(home)
                         os.mkdir(home)
-                    scan_extra = [a for a in extra if a != "--config" and a != config]
+                    # `scan --config` takes the dictionaries; profiles do not change a scan.
+                    scan_extra = extra if tag == "dictionary" else \
+                        [a for a in extra if a != "--config" and a != config]
                     if tag != "profiles":
                         scan_cpu.append(time_scan(args.bin, home, scan_extra))
                 fmt = lambda xs: f"{statistics.median(xs):.3f} ({max(xs):.3f})" if xs else "-"
-                print(f"{name + ', ' + state:<28} {fmt(listening):>16} {fmt(ready):>16} "
+                print(f"{name + ', ' + state:<34} {fmt(listening):>16} {fmt(ready):>16} "
                       f"{fmt(cpu):>16} {fmt(scan_cpu):>16}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
