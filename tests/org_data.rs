@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use streammask::engine::dictionary::{Dictionary, MatchOptions};
+use streammask::engine::masker::Engine;
 use streammask::engine::protected_code::FingerprintIndex;
 use streammask::engine::rules::{Overrides, ProtectedTree, Rule};
 use streammask::engine::{Action, RuleSet, Scope};
@@ -36,16 +37,20 @@ fn pack_with(rules: Vec<Rule>) -> RuleSet {
 const CODENAMES: &str =
     "# code names\nProject Falcon\nOsprey\nAcme\nAcme Corp Europe\nC++ Tooling\n";
 
-#[test]
-fn dictionary_terms_stream_exactly_as_block_masking_at_every_cut() {
-    let engine = engine_for(
+fn codenames_engine() -> Arc<Engine> {
+    engine_for(
         &pack_with(vec![dictionary_rule(
             "codenames",
             CODENAMES,
             MatchOptions::default(),
         )]),
         8192,
-    );
+    )
+}
+
+#[test]
+fn dictionary_terms_stream_exactly_as_block_masking_at_every_cut() {
+    let engine = codenames_engine();
     let text = "Ship project falcon\nto Acme  Corp Europe? No: Acme Corp Europe Ltd and OSPREY, \
                 ospreys, C++ Tooling; also ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 end";
     let block = engine.mask(text, Scope::Response).expect("masks").text;
@@ -86,14 +91,7 @@ fn dictionary_terms_stream_exactly_as_block_masking_at_every_cut() {
 
 #[test]
 fn a_streamed_multi_word_term_is_held_until_it_is_whole_and_no_longer() {
-    let engine = engine_for(
-        &pack_with(vec![dictionary_rule(
-            "codenames",
-            CODENAMES,
-            MatchOptions::default(),
-        )]),
-        8192,
-    );
+    let engine = codenames_engine();
     let mut masker = engine.stream(Scope::Response).expect("stream");
     let mut out = Vec::new();
     let text = "we met Acme Corp Europe today and then many more words followed here";
@@ -202,7 +200,9 @@ fn personal_data_rules_are_off_until_a_profile_enables_their_tag() {
 fn protected_code_is_a_finding_of_its_rule_with_the_file_named() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/mock/src");
     let mut index = FingerprintIndex::new();
-    index.add_paths(std::slice::from_ref(&root)).expect("fingerprints");
+    index
+        .add_paths(std::slice::from_ref(&root))
+        .expect("fingerprints");
     let mut rule = Rule::synthetic(
         "protected-code-mock".into(),
         "mock code".into(),

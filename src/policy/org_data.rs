@@ -128,6 +128,29 @@ pub enum OrgDataError {
     },
 }
 
+/// Every entry of `section` has a well-formed id of its own.
+fn check_ids<'a>(
+    section: &'static str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for (n, id) in ids.enumerate() {
+        if !id_ok(id) {
+            return Err(invalid(
+                section,
+                format!("entry {n}: id must be 1-40 characters of [a-z0-9-]"),
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(invalid(
+                section,
+                format!("entry {n}: id {id:?} is used twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn id_ok(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 40
@@ -143,20 +166,8 @@ impl OrgData {
         protected_code: Vec<ProtectedCodeSection>,
         pii: PiiSection,
     ) -> Result<OrgData, ConfigError> {
-        let mut seen = std::collections::HashSet::new();
+        check_ids("dictionaries", dictionaries.iter().map(|d| d.id.as_str()))?;
         for (n, dictionary) in dictionaries.iter().enumerate() {
-            if !id_ok(&dictionary.id) {
-                return Err(invalid(
-                    "dictionaries",
-                    format!("entry {n}: id must be 1-40 characters of [a-z0-9-]"),
-                ));
-            }
-            if !seen.insert(dictionary.id.clone()) {
-                return Err(invalid(
-                    "dictionaries",
-                    format!("entry {n}: id {:?} is used twice", dictionary.id),
-                ));
-            }
             if dictionary.applies_to.is_empty() {
                 return Err(invalid(
                     "dictionaries",
@@ -164,20 +175,11 @@ impl OrgData {
                 ));
             }
         }
-        let mut seen = std::collections::HashSet::new();
+        check_ids(
+            "protected_code",
+            protected_code.iter().map(|t| t.id.as_str()),
+        )?;
         for (n, tree) in protected_code.iter().enumerate() {
-            if !id_ok(&tree.id) {
-                return Err(invalid(
-                    "protected_code",
-                    format!("entry {n}: id must be 1-40 characters of [a-z0-9-]"),
-                ));
-            }
-            if !seen.insert(tree.id.clone()) {
-                return Err(invalid(
-                    "protected_code",
-                    format!("entry {n}: id {:?} is used twice", tree.id),
-                ));
-            }
             if tree.paths.is_empty() {
                 return Err(invalid(
                     "protected_code",
