@@ -233,14 +233,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 upstream,
                 rules,
             };
-            let config = FileConfig::load(config.as_deref())?
+            let mut config = FileConfig::load(config.as_deref())?
                 .apply(&overrides)
                 .validate()?;
-            crate::observe::log::init(if log_json {
-                LogFormat::Json
-            } else {
-                config.log.format
-            });
+            if log_json {
+                config.log.format = LogFormat::Json;
+            }
+            crate::observe::log::init(config.log.format);
             super::server::run(config)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -431,6 +431,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         admin,
     ));
     tracing::info!(%listen, admin = %admin_addr, %upstream, rules = rules_loaded, profiles, auth = auth_on, "streammask starting");
-    eprintln!("streammask: listening on {scheme}://{listen} (admin {admin_addr}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}", if auth_on { "on" } else { "off" });
+    // For a person at a terminal; a log collector reading JSON lines has the event above.
+    if config.log.format != crate::observe::log::LogFormat::Json {
+        eprintln!("streammask: listening on {scheme}://{listen} (admin {admin_addr}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}", if auth_on { "on" } else { "off" });
+    }
     server.run_forever()
 }
