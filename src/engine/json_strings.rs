@@ -5,6 +5,7 @@
 //! Invariant: the paths are the ones [`crate::engine::json_walk`] reports for the same strings,
 //! so a finding made here and one made by the walker name the same place alike.
 
+use super::json_walk::push_path_key;
 use serde_json::Value;
 
 enum Segment<'a> {
@@ -17,22 +18,7 @@ fn render(path: &[Segment<'_>]) -> String {
     for segment in path {
         match segment {
             Segment::Index(index) => out.push_str(&format!("[{index}]")),
-            Segment::Key(name) => {
-                let plain = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if plain {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(name);
-                } else {
-                    out.push('[');
-                    out.push_str(&serde_json::to_string(name).unwrap_or_default());
-                    out.push(']');
-                }
-            }
+            Segment::Key(name) => push_path_key(&mut out, name),
         }
     }
     out

@@ -1490,20 +1490,7 @@ impl<'a> Walker<'a> {
                         .ok()
                         .and_then(|node| self.small_string(node))
                         .unwrap_or_default();
-                    let simple = !name.is_empty()
-                        && name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                    if simple {
-                        if !out.is_empty() {
-                            out.push('.');
-                        }
-                        out.push_str(&name);
-                    } else {
-                        out.push('[');
-                        push_json_string(&mut out, &name);
-                        out.push(']');
-                    }
+                    push_path_key(&mut out, &name);
                 }
             }
         }
@@ -1643,6 +1630,26 @@ fn push_json_string(out: &mut String, text: &str) {
     push_json_content(&mut bytes, text);
     bytes.push(b'"');
     out.push_str(&String::from_utf8_lossy(&bytes));
+}
+
+/// Append object key `name` to a rendered path: `.name` for a plain word, `["…"]` otherwise.
+/// Every reader that names places in a request ([`crate::engine::json_strings`] too) renders
+/// keys with this, so its paths and the walker's agree.
+pub(crate) fn push_path_key(out: &mut String, name: &str) {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(name);
+    } else {
+        out.push('[');
+        push_json_string(out, name);
+        out.push(']');
+    }
 }
 
 #[cfg(test)]

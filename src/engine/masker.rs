@@ -284,9 +284,7 @@ impl Engine {
 
     /// Whether an active rule of this engine is a protected source tree.
     pub fn has_protected_code(&self) -> bool {
-        self.matcher
-            .rules()
-            .any(|r| r.rule.protected_code.is_some())
+        self.matcher.has_protected_code()
     }
 
     /// One finding per protected file of which `text` holds a run of at least the rule's

@@ -215,6 +215,8 @@ pub struct Matcher {
     /// The most whitespace runs inside one match of an active rule that is not `multiline`
     /// (terms of a dictionary: `Acme Corp Europe` has two; a rule's `spaces`).
     word_gaps: usize,
+    /// Whether an active rule is a protected-code tree (asked once per request).
+    protected_code: bool,
     validation: ValidationContext,
 }
 
@@ -536,6 +538,7 @@ impl Matcher {
         let max_match_len = active().map(|r| r.max_len).max().unwrap_or(0);
         let min_match_len = active().map(|r| r.min_len).min().unwrap_or(usize::MAX);
         let word_gaps = active().map(|r| r.gaps).max().unwrap_or(0);
+        let protected_code = active().any(|r| r.rule.protected_code.is_some());
         Ok(Matcher {
             rules,
             rules_in_databases,
@@ -544,6 +547,7 @@ impl Matcher {
             max_match_len,
             min_match_len,
             word_gaps,
+            protected_code,
             validation,
         })
     }
@@ -596,6 +600,11 @@ impl Matcher {
     /// terms of several words or a rule declares `spaces`).
     pub fn word_gaps(&self) -> usize {
         self.word_gaps
+    }
+
+    /// Whether an active rule is a protected-code tree.
+    pub fn has_protected_code(&self) -> bool {
+        self.protected_code
     }
 
     /// Bytes of Hyperscan state one open stream costs.
