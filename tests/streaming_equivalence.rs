@@ -362,3 +362,16 @@ fn a_secret_across_a_flush_is_masked_after_it_and_not_counted_late() {
         assert_eq!(masker.late_matches(), 0, "cut {cut}");
     }
 }
+
+/// Found by the property above: a keyword-gated value right after a match that ends at `=`.
+#[test]
+fn a_token_header_value_after_a_masked_token_streams_equal_to_block() {
+    let engine = default_engine_cached();
+    let text = "slack token is cAEZxEXAMPLElsR8f2aOkxw5kx3CTP okX-Finnhub-Token: cgdtbiexamplewrj19sxpassword = Authorization: token PomXqRF7ZlLXlq4798wYPmJv3TXEXAMPLEvbfj2e";
+    for scope in [Scope::Response, Scope::Request] {
+        let block = engine.mask(text, scope).unwrap().text.into_owned();
+        let cuts: Vec<usize> = (1..text.len()).collect();
+        let streamed = stream_with_cuts(&engine, text, scope, &cuts, |_, _| {});
+        assert_eq!(streamed, block, "{scope:?}");
+    }
+}
