@@ -69,6 +69,8 @@ pub struct FileConfig {
     /// `[pii]`: what the personal-data validators read.
     #[serde(default)]
     pub pii: PiiSection,
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
 }
 
 /// `[restore]`: placeholders given back to the caller who sent the secret, in its own tool
@@ -250,6 +252,21 @@ pub struct ServerSection {
     /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.1, for meshes whose sidecar
     /// terminates TLS.
     pub h2c: bool,
+    /// Reload when the config file, the rules directory or a dictionary file changes.
+    pub watch: bool,
+    /// A change is reloaded once the watched files have stayed unchanged this long (editors
+    /// and ConfigMap updates write in several steps).
+    pub watch_debounce_ms: u64,
+    /// The token `POST /admin/reload` accepts (`Authorization: Bearer <token>`), read from
+    /// this environment variable ...
+    pub admin_token_env: Option<String>,
+    /// ... or from this file (trimmed).
+    pub admin_token_file: Option<PathBuf>,
+    /// Callers authenticated by `[auth]` in one of these groups may `POST /admin/reload` too.
+    pub admin_groups: Vec<String>,
+    /// The Unix socket over which a graceful upgrade (`run --upgrade`, then SIGQUIT to the
+    /// old process) hands the listening sockets to the new process.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for ServerSection {
@@ -263,6 +280,33 @@ impl Default for ServerSection {
             extra_passthrough_prefixes: Vec::new(),
             tls: None,
             h2c: false,
+            watch: false,
+            watch_debounce_ms: 2_000,
+            admin_token_env: None,
+            admin_token_file: None,
+            admin_groups: Vec::new(),
+            upgrade_sock: PathBuf::from("/tmp/streammask-upgrade.sock"),
+        }
+    }
+}
+
+/// `[shutdown]`: the graceful drain after SIGTERM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// After SIGTERM, `/readyz` answers 503 at once but the listener keeps accepting this
+    /// long, while load balancers notice.
+    pub readiness_delay_secs: u64,
+    /// Counted from SIGTERM: requests still open then are ended (streams with an SSE
+    /// `overloaded_error` event, which clients retry) and the process exits 0.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            readiness_delay_secs: 5,
+            grace_secs: 600,
         }
     }
 }
@@ -486,6 +530,22 @@ pub struct Config {
     pub approvals: ApprovalSettings,
     /// `[[dictionaries]]`, `[[protected_code]]` and `[pii]`.
     pub org_data: OrgData,
+    /// `[server] watch` and `watch_debounce_ms`: reload when watched files change.
+    pub watch: Option<std::time::Duration>,
+    /// Who may `POST /admin/reload`.
+    pub admin_access: AdminAccess,
+    /// `[server] upgrade_sock`.
+    pub upgrade_sock: PathBuf,
+    pub shutdown: ShutdownSection,
+}
+
+/// Who may use the admin listener's write endpoints (`POST /admin/reload`).
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// Where the static admin token is read from (at start-up and at each reload).
+    pub token: Option<KeySource>,
+    /// `[auth]` groups whose members may call them.
+    pub groups: Vec<String>,
 }
 
 impl FileConfig {
@@ -630,7 +690,51 @@ impl FileConfig {
         let restore = self.restore.validate()?;
         let approvals = self.approvals.validate()?;
         let org_data = OrgData::validate(self.dictionaries, self.protected_code, self.pii)?;
+        let admin_access =
+            AdminAccess {
+                token: match (&self.server.admin_token_env, &self.server.admin_token_file) {
+                    (Some(_), Some(_)) => return Err(invalid(
+                        "server.admin_token_env",
+                        "set either server.admin_token_env or server.admin_token_file, not both",
+                    )),
+                    (Some(env), None) if env.is_empty() => {
+                        return Err(invalid("server.admin_token_env", "must not be empty"))
+                    }
+                    (Some(env), None) => Some(KeySource::Env(env.clone())),
+                    (None, Some(file)) => Some(KeySource::File(file.clone())),
+                    (None, None) => None,
+                },
+                groups: self.server.admin_groups.clone(),
+            };
+        if !admin_access.groups.is_empty() && !auth.enabled() {
+            return Err(invalid(
+                "server.admin_groups",
+                "names [auth] groups, but [auth] is off",
+            ));
+        }
+        if !(100..=600_000).contains(&self.server.watch_debounce_ms) {
+            return Err(invalid(
+                "server.watch_debounce_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        let watch = self
+            .server
+            .watch
+            .then(|| std::time::Duration::from_millis(self.server.watch_debounce_ms));
+        if self.shutdown.grace_secs < self.shutdown.readiness_delay_secs
+            || self.shutdown.grace_secs > 86_400
+        {
+            return Err(invalid(
+                "shutdown.grace_secs",
+                "must be at least shutdown.readiness_delay_secs and at most 86400",
+            ));
+        }
         Ok(Config {
+            upgrade_sock: self.server.upgrade_sock.clone(),
+            watch,
+            admin_access,
+            shutdown: self.shutdown,
             listen,
             admin,
             threads: self.server.threads,

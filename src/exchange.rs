@@ -167,6 +167,9 @@ pub struct Exchange {
     pub late_matches: u64,
     /// Whether handling the request panicked (the client got a 502, or its stream was cut).
     pub panicked: bool,
+    /// Whether the stream was still open at the shutdown deadline and ended with an
+    /// `overloaded_error` event.
+    pub shutdown_cut: bool,
     /// Whether masking the request body ran out of its time budget (answered 422).
     pub over_budget: bool,
     /// A large request body found no masking worker within its budget (answered 529).
@@ -215,6 +218,7 @@ impl Exchange {
             blocked_tools: Vec::new(),
             late_matches: 0,
             panicked: false,
+            shutdown_cut: false,
             over_budget: false,
             masking_pool_busy: false,
             upstream_error: None,

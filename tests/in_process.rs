@@ -172,7 +172,8 @@ path = "{audit}"
         .and_then(FileConfig::validate)
         .expect("the config is valid");
     let state = Arc::new(build_state(config).expect("start-up"));
-    let mut service = proxy_service(&Arc::new(ServerConf::default()), Arc::clone(&state), None);
+    let live = Arc::new(streammask::proxy::LiveState::new(Arc::clone(&state)));
+    let mut service = proxy_service(&Arc::new(ServerConf::default()), live, None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,6 +3,7 @@
 //!
 //! The CLI never prints a secret: `scan` reports findings by rule id and placeholder only.
 
+use super::reload::ConfigSource;
 use crate::config::{FileConfig, Overrides};
 use crate::engine::check::{check_rules, default_max_hold};
 use crate::engine::dictionary::MatchOptions;
@@ -66,6 +67,11 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
+        /// Take over the listening sockets of a running streammask (graceful upgrade): start
+        /// this, then send the old process SIGQUIT; it hands them over on `server.upgrade_sock`
+        /// and drains.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Configuration commands.
     Config {
@@ -226,21 +232,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             upstream,
             rules,
             log_json,
+            upgrade,
         } => {
-            let overrides = Overrides {
-                listen,
-                admin,
-                upstream,
-                rules,
+            let source = ConfigSource {
+                path: config,
+                overrides: Overrides {
+                    listen,
+                    admin,
+                    upstream,
+                    rules,
+                },
+                log_format: log_json.then_some(LogFormat::Json),
             };
-            let mut config = FileConfig::load(config.as_deref())?
-                .apply(&overrides)
-                .validate()?;
-            if log_json {
-                config.log.format = LogFormat::Json;
-            }
+            let config = source.load()?;
             crate::observe::log::init(config.log.format);
-            super::server::run(config)?;
+            super::server::run(config, source, upgrade)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

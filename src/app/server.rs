@@ -9,6 +9,7 @@
 //!   writer, thinking vault — and hands it down; nothing is kept in process-wide statics.
 
 use super::admin::Admin;
+use super::reload::{ConfigSource, Reloader, Trigger};
 use crate::anthropic::restore::RestoreScopes;
 use crate::anthropic::thinking_vault::{MemoryVault, Vault, VaultKey, VaultLimits};
 use crate::config::{Config, RestoreStore, ThinkingPolicy};
@@ -28,7 +29,7 @@ use crate::policy::restore_vault::{RestoreVault, VaultSettings, VAULT_LABEL};
 use crate::policy::store::{GroupLimits, GroupStore, MemoryStore, RedisStore, Sealer};
 use crate::policy::Security;
 use crate::proxy::restore::Restore;
-use crate::proxy::{Proxy, ProxyState};
+use crate::proxy::{LiveState, Proxy, ProxyState};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -222,15 +223,11 @@ pub fn approvals_state(
 /// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
 /// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
 pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError> {
-    crate::engine::databases::configure_cache(config.database_cache.clone());
-    let mut rules = RuleSet::load(config.rules_dir.as_deref())?;
-    for rule in config.org_data.rules()? {
-        rules.push(rule)?;
-    }
-    let rules = arm_profile_rules(
-        &config.profiles,
-        rules.with_validation(config.org_data.validation()),
-    )?;
+    build_policy_with_key(config, start_key(config)?)
+}
+
+/// The configured placeholder key (random when none is, with a warning).
+pub fn start_key(config: &Config) -> Result<PlaceholderKey, StartError> {
     let key = placeholder_key(
         config.placeholder_key_file.as_deref(),
         &config.placeholder_key_env,
@@ -241,6 +238,23 @@ pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError
             "no placeholder key configured: using a random key, so placeholders will differ across restarts and replicas"
         );
     }
+    Ok(key)
+}
+
+/// [`build_policy`] under `key` (a reload keeps the key the process started with).
+pub fn build_policy_with_key(
+    config: &Config,
+    key: PlaceholderKey,
+) -> Result<(Arc<Engine>, Policy), StartError> {
+    crate::engine::databases::configure_cache(config.database_cache.clone());
+    let mut rules = RuleSet::load(config.rules_dir.as_deref())?;
+    for rule in config.org_data.rules()? {
+        rules.push(rule)?;
+    }
+    let rules = arm_profile_rules(
+        &config.profiles,
+        rules.with_validation(config.org_data.validation()),
+    )?;
     let engine = Arc::new(Engine::compile(&rules, key.clone(), config.max_hold_bytes)?);
     let policy = Policy::build(
         &config.profiles,
@@ -287,7 +301,19 @@ pub fn build_security(config: &Config, policy: Policy) -> Result<Security, Start
 /// Everything the proxy runs on, built from a validated config: engines, policy, metrics and
 /// the audit writer (started).
 pub fn build_state(config: Config) -> Result<ProxyState, StartError> {
-    let (engine, policy) = build_policy(&config)?;
+    build_state_with_key(config, None)
+}
+
+/// [`build_state`] under `key` (`None`: the configured one).
+fn build_state_with_key(
+    config: Config,
+    key: Option<PlaceholderKey>,
+) -> Result<ProxyState, StartError> {
+    let key = match key {
+        Some(key) => key,
+        None => start_key(&config)?,
+    };
+    let (engine, policy) = build_policy_with_key(&config, key)?;
     let security = build_security(&config, policy)?;
     let metrics = config
         .metrics
@@ -307,14 +333,16 @@ pub fn build_state(config: Config) -> Result<ProxyState, StartError> {
 /// The proxy's listening service for `state` (TLS and h2c as configured), not yet started.
 pub fn proxy_service(
     server_conf: &Arc<ServerConf>,
-    state: Arc<ProxyState>,
+    live: Arc<LiveState>,
     tls: Option<pingora::listeners::tls::TlsSettings>,
 ) -> Service<HttpProxy<Proxy>> {
-    let listen = state.config.listen.to_string();
-    let h2c = state.config.h2c;
+    let (listen, h2c) = {
+        let state = live.load();
+        (state.config.listen.to_string(), state.config.h2c)
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         server_conf,
-        Proxy::new(state),
+        Proxy::new(live),
         "streammask proxy",
     );
     if h2c {
@@ -336,9 +364,10 @@ pub fn proxy_service(
     proxy
 }
 
-/// Re-read the upstream key on SIGHUP (a failed reload keeps the old key). Pingora uses
-/// SIGQUIT, SIGTERM and SIGINT, not SIGHUP.
-fn reload_on_sighup(key: Option<Arc<UpstreamKey>>) {
+/// Reload the configuration on SIGHUP (a failed reload keeps the running one). Installed
+/// whatever the config: SIGHUP's default action would end the process and cut every open
+/// stream. Pingora uses SIGQUIT, SIGTERM and SIGINT, not SIGHUP.
+fn reload_on_sighup(reloader: Arc<Reloader>) {
     let spawned = std::thread::Builder::new()
         .name("streammask-sighup".into())
         .spawn(move || {
@@ -349,45 +378,41 @@ fn reload_on_sighup(key: Option<Arc<UpstreamKey>>) {
                 tracing::warn!("SIGHUP reload unavailable: no runtime");
                 return;
             };
-            rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                    tracing::warn!("SIGHUP reload unavailable: cannot listen for the signal");
-                    return;
-                };
-                while hangups.recv().await.is_some() {
-                    // Installed whatever the config: SIGHUP's default action would end the
-                    // process and cut every open stream.
-                    let Some(key) = &key else {
-                        tracing::info!("SIGHUP: no upstream key to reload (rules and config are read at start-up)");
-                        continue;
-                    };
-                    match key.reload() {
-                        Ok(()) => tracing::info!(source = ?key.source(), "upstream key reloaded"),
-                        Err(error) => {
-                            tracing::warn!(%error, "upstream key reload failed; keeping the previous key")
-                        }
-                    }
-                }
-            });
+            let Ok(mut hangups) = rt.block_on(async {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            }) else {
+                tracing::warn!("SIGHUP reload unavailable: cannot listen for the signal");
+                return;
+            };
+            // Compiling happens on this thread, between signals: never on an event loop.
+            while rt.block_on(hangups.recv()).is_some() {
+                let _ = reloader.reload(Trigger::Signal);
+            }
         });
     if spawned.is_err() {
         tracing::warn!("SIGHUP reload unavailable: cannot start its thread");
     }
 }
 
-/// Build and run the server; does not return while the server runs.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Build and run the server; does not return while the server runs. `source` is where
+/// `config` was read from (reloads read it again).
+pub fn run(config: Config, source: ConfigSource, upgrade: bool) -> Result<(), StartError> {
     // Cheap checks of files first, so a bad certificate fails before rules compile.
     let tls = match &config.tls {
         Some(tls) => Some(crate::proxy::tls::listener_settings(tls).map_err(StartError::Tls)?),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let state = Arc::new(build_state(config)?);
+    let key = start_key(&config)?;
+    let state = Arc::new(build_state_with_key(config, Some(key.clone()))?);
+    let live = Arc::new(LiveState::new(Arc::clone(&state)));
+    let reloader = Arc::new(Reloader::new(source, Arc::clone(&live), key));
     let config = &state.config;
     super::limits::raise_open_file_limit(config.max_connections);
-    reload_on_sighup(state.security.upstream_key.clone());
+    reload_on_sighup(Arc::clone(&reloader));
+    if let Some(debounce) = config.watch {
+        super::reload::watch(Arc::clone(&reloader), debounce);
+    }
     let auth_on = state.security.auth.enabled();
     if !auth_on && state.security.upstream_key.is_some() {
         tracing::warn!(
@@ -410,22 +435,26 @@ pub fn run(config: Config) -> Result<(), StartError> {
     )?;
     let admin = Admin::bind(
         config.admin,
-        Arc::clone(&state),
-        rules_loaded,
+        Arc::clone(&live),
+        Arc::clone(&reloader),
         material.as_deref(),
     )
     .map_err(|e| StartError::Server(format!("server.admin {admin_addr}: {e}")))?;
+    let grace = Duration::from_secs(config.shutdown.grace_secs);
     let conf = ServerConf {
         threads: config.threads,
+        grace_period_seconds: Some(super::shutdown::pingora_grace(grace)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
-    server.add_service(proxy_service(
-        &server.configuration,
-        Arc::clone(&state),
-        tls,
-    ));
+    server.add_service(proxy_service(&server.configuration, Arc::clone(&live), tls));
     server.add_service(pingora::services::background::background_service(
         "streammask admin",
         admin,
@@ -435,5 +464,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if config.log.format != crate::observe::log::LogFormat::Json {
         eprintln!("streammask: listening on {scheme}://{listen} (admin {admin_addr}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}", if auth_on { "on" } else { "off" });
     }
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(super::shutdown::DrainOnSignal {
+            live,
+            readiness_delay: Duration::from_secs(config.shutdown.readiness_delay_secs),
+            grace,
+        }),
+    });
+    // Pingora returns after its own grace period; the drain normally exits before that.
+    std::process::exit(0)
 }

@@ -218,6 +218,20 @@ pub struct Matcher {
     /// Whether an active rule is a protected-code tree (asked once per request).
     protected_code: bool,
     validation: ValidationContext,
+    /// What [`Matcher::pack_checksum`] reports.
+    pack_checksum: String,
+}
+
+/// See [`Matcher::pack_checksum`]. Debug renderings are hashed: every field of a rule takes
+/// part without a second serialisation to keep in step with [`Rule`]'s fields.
+fn pack_checksum(set: &RuleSet) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for rule in set.all() {
+        hasher.update(format!("{rule:?}").as_bytes());
+        hasher.update([u8::from(set.is_compiled(rule))]);
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 impl std::fmt::Debug for Matcher {
@@ -488,7 +502,9 @@ impl Matcher {
             return Err(MatcherError::Rules(errors));
         }
         let in_databases: Vec<bool> = set.all().iter().map(|r| set.is_compiled(r)).collect();
-        Self::from_compiled(rules, &in_databases, set.validation().clone())
+        let mut matcher = Self::from_compiled(rules, &in_databases, set.validation().clone())?;
+        matcher.pack_checksum = pack_checksum(set);
+        Ok(matcher)
     }
 
     /// `in_databases[i]`: whether rule `i` is compiled into the databases (a disabled rule no
@@ -549,7 +565,15 @@ impl Matcher {
             word_gaps,
             protected_code,
             validation,
+            pack_checksum: String::new(),
         })
+    }
+
+    /// A short hex digest of the rule set this matcher was compiled from — every rule as
+    /// written (dictionary terms and protected-code trees included) and which disabled rules
+    /// profiles turn on — so replicas running different packs show apart in metrics.
+    pub fn pack_checksum(&self) -> &str {
+        &self.pack_checksum
     }
 
     /// How many rules the databases hold: the enabled ones and the armed ones.

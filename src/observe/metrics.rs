@@ -116,6 +116,7 @@ pub struct Metrics {
     audit: AuditCounters,
     restore: RestoreMetrics,
     approvals: ApprovalMetrics,
+    pack: PackMetrics,
 }
 
 impl Metrics {
@@ -132,8 +133,24 @@ impl Metrics {
             audit: AuditCounters::register(&r),
             restore: RestoreMetrics::register(&r, engine),
             approvals: ApprovalMetrics::register(&r),
+            pack: PackMetrics::register(&r, engine),
             registry,
         }
+    }
+
+    /// A reload swapped in `engine`: its rules get their series (at 0) and handles,
+    /// `streammask_rules_loaded` and `streammask_rules_info` describe it, and the reload is
+    /// counted. Series of rules the reload removed stay (counters never go back).
+    pub fn rules_reloaded(&self, engine: &Engine) {
+        self.rules.reload(engine);
+        self.restore.reload(engine);
+        self.pack.loaded(engine);
+        self.pack.reloads[0].inc();
+    }
+
+    /// A reload was refused (the running snapshot stays).
+    pub fn reload_failed(&self) {
+        self.pack.reloads[1].inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -180,6 +197,9 @@ impl Metrics {
         }
         if exchange.masking_pool_busy {
             self.streams.masking_pool_busy.inc();
+        }
+        if exchange.shutdown_cut {
+            self.streams.shutdown_cuts.inc();
         }
         self.callers.record(exchange);
     }
@@ -281,7 +301,10 @@ struct RuleHandles {
 
 /// Findings and what block rules stopped.
 struct RuleMetrics {
-    rules: Vec<RuleHandles>,
+    /// Replaced whole by a reload; a request that finishes on the old snapshot's engine
+    /// falls back to the labelled vectors (handles match by id and action).
+    rules: arc_swap::ArcSwap<Vec<RuleHandles>>,
+    rules_loaded: IntGaugeVec,
     findings_vec: IntCounterVec,
     blocked_requests_vec: IntCounterVec,
     blocked_tools_vec: IntCounterVec,
@@ -312,6 +335,24 @@ impl RuleMetrics {
             )
             .expect("valid metric"),
         );
+        let metrics = RuleMetrics {
+            rules: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            rules_loaded,
+            findings_vec,
+            blocked_tool_calls_unparseable: blocked_tools
+                .with_label_values(&[ToolBlock::Unparseable.rule_id()]),
+            blocked_requests_vec: blocked_requests,
+            blocked_tools_vec: blocked_tools,
+        };
+        metrics.reload(engine);
+        metrics
+    }
+
+    /// Handles and zeroed series for `engine`'s rules; `streammask_rules_loaded` counts them.
+    fn reload(&self, engine: &Engine) {
+        let (rules_loaded, findings_vec) = (&self.rules_loaded, &self.findings_vec);
+        let (blocked_requests, blocked_tools) =
+            (&self.blocked_requests_vec, &self.blocked_tools_vec);
         for action in Action::ALL {
             rules_loaded.with_label_values(&[action.as_str()]).set(0);
         }
@@ -358,29 +399,12 @@ impl RuleMetrics {
                     .then(|| blocked_tools.with_label_values(&[&rule.id])),
             });
         }
-        RuleMetrics {
-            rules,
-            findings_vec,
-            blocked_tool_calls_unparseable: blocked_tools
-                .with_label_values(&[ToolBlock::Unparseable.rule_id()]),
-            blocked_requests_vec: blocked_requests,
-            blocked_tools_vec: blocked_tools,
-        }
+        self.rules.store(std::sync::Arc::new(rules));
     }
 
-    /// The pre-resolved handles for this finding's rule, when they describe it.
-    fn handles(&self, finding: &Finding) -> Option<&RuleHandles> {
-        self.rules
-            .get(finding.rule as usize)
-            .filter(|r| r.id == finding.rule_id && r.action == finding.action)
-    }
-
-    fn finding(&self, located: &Located, direction: Direction) {
+    fn finding(&self, rules: &[RuleHandles], located: &Located, direction: Direction) {
         let finding = &located.finding;
-        match self
-            .handles(finding)
-            .and_then(|r| r.findings[direction as usize].as_ref())
-        {
+        match handles(rules, finding).and_then(|r| r.findings[direction as usize].as_ref()) {
             Some(counter) => counter.inc(),
             None => self
                 .findings_vec
@@ -390,9 +414,10 @@ impl RuleMetrics {
     }
 
     fn record(&self, exchange: &Exchange) {
+        let rules = self.rules.load();
         for direction in Direction::ALL {
             for located in exchange.findings(direction) {
-                self.finding(located, direction);
+                self.finding(&rules, located, direction);
             }
         }
         if let Some(blocked) = &exchange.blocked_rule {
@@ -400,7 +425,7 @@ impl RuleMetrics {
                 .request_findings
                 .iter()
                 .find(|f| &f.finding.rule_id == blocked)
-                .and_then(|f| self.handles(&f.finding))
+                .and_then(|f| handles(&rules, &f.finding))
                 .and_then(|r| r.blocked_requests.as_ref());
             match handle {
                 Some(counter) => counter.inc(),
@@ -412,20 +437,26 @@ impl RuleMetrics {
         }
         for refusal in &exchange.blocked_tools {
             match refusal {
-                ToolBlock::Rule(finding) => match self
-                    .handles(finding)
-                    .and_then(|r| r.blocked_tool_calls.as_ref())
-                {
-                    Some(counter) => counter.inc(),
-                    None => self
-                        .blocked_tools_vec
-                        .with_label_values(&[&finding.rule_id])
-                        .inc(),
-                },
+                ToolBlock::Rule(finding) => {
+                    match handles(&rules, finding).and_then(|r| r.blocked_tool_calls.as_ref()) {
+                        Some(counter) => counter.inc(),
+                        None => self
+                            .blocked_tools_vec
+                            .with_label_values(&[&finding.rule_id])
+                            .inc(),
+                    }
+                }
                 ToolBlock::Unparseable => self.blocked_tool_calls_unparseable.inc(),
             }
         }
     }
+}
+
+/// The pre-resolved handles for this finding's rule, when they describe it.
+fn handles<'r>(rules: &'r [RuleHandles], finding: &Finding) -> Option<&'r RuleHandles> {
+    rules
+        .get(finding.rule as usize)
+        .filter(|r| r.id == finding.rule_id && r.action == finding.action)
 }
 
 /// Placeholders given back to their owner, and those left masked.
@@ -442,13 +473,6 @@ impl RestoreMetrics {
             "Placeholders in responses given back their secret for the caller who sent it, by rule",
             &["rule"],
         );
-        // Every rule whose placeholders can come back has its series from start-up, so rates
-        // (and dashboards) see a zero rather than nothing.
-        for compiled in engine.matcher().rules() {
-            if compiled.rule.restore && compiled.rule.action == Action::Mask {
-                restored.with_label_values(&[&compiled.rule.id]);
-            }
-        }
         let unrestored = r.counter_vec(
             "streammask_placeholders_unrestored_total",
             "Placeholders in responses left masked where restore applies, by reason",
@@ -462,13 +486,25 @@ impl RestoreMetrics {
         ] {
             unrestored.with_label_values(&[reason.label()]);
         }
-        RestoreMetrics {
+        let metrics = RestoreMetrics {
             restored,
             unrestored,
             store_failures: r.counter(
                 "streammask_restore_store_failures_total",
                 "Requests for which the restore vault could not be read or written",
             ),
+        };
+        metrics.reload(engine);
+        metrics
+    }
+
+    /// Every rule whose placeholders can come back has its series from start-up (and from
+    /// the reload that added it), so rates and dashboards see a zero rather than nothing.
+    fn reload(&self, engine: &Engine) {
+        for compiled in engine.matcher().rules() {
+            if compiled.rule.restore && compiled.rule.action == Action::Mask {
+                self.restored.with_label_values(&[&compiled.rule.id]);
+            }
         }
     }
 
@@ -562,6 +598,60 @@ impl ApprovalMetrics {
     }
 }
 
+/// Which build and which rule pack this process runs, and how its reloads went.
+struct PackMetrics {
+    rules_info: IntGaugeVec,
+    /// `result="ok"`, `result="error"`.
+    reloads: [IntCounter; 2],
+}
+
+impl PackMetrics {
+    fn register(r: &Registrar, engine: &Engine) -> PackMetrics {
+        let build_info = r.register(
+            IntGaugeVec::new(
+                Opts::new(
+                    "streammask_build_info",
+                    "Always 1: the version of the running binary",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let rules_info = r.register(
+            IntGaugeVec::new(
+                Opts::new(
+                    "streammask_rules_info",
+                    "Always 1: the checksum of the loaded rule pack (rules, dictionaries, protected code and profiles), so replicas running different packs show apart",
+                ),
+                &["checksum"],
+            )
+            .expect("valid metric"),
+        );
+        let reloads_vec = r.counter_vec(
+            "streammask_config_reloads_total",
+            "Reloads of the config file and rules (SIGHUP, POST /admin/reload, file watch), by result",
+            &["result"],
+        );
+        let pack = PackMetrics {
+            rules_info,
+            reloads: ["ok", "error"].map(|result| reloads_vec.with_label_values(&[result])),
+        };
+        pack.loaded(engine);
+        pack
+    }
+
+    /// The one `streammask_rules_info` series names `engine`'s pack.
+    fn loaded(&self, engine: &Engine) {
+        self.rules_info.reset();
+        self.rules_info
+            .with_label_values(&[engine.matcher().pack_checksum()])
+            .set(1);
+    }
+}
+
 /// Streamed responses while they stream.
 struct StreamMetrics {
     active_streams: IntGauge,
@@ -572,6 +662,7 @@ struct StreamMetrics {
     panics: IntCounter,
     over_budget: IntCounter,
     masking_pool_busy: IntCounter,
+    shutdown_cuts: IntCounter,
 }
 
 impl StreamMetrics {
@@ -615,6 +706,10 @@ impl StreamMetrics {
             masking_pool_busy: r.counter(
                 "streammask_masking_pool_busy_total",
                 "Large request bodies answered 529 because no masking worker was free within [masking] max_scan_ms",
+            ),
+            shutdown_cuts: r.counter(
+                "streammask_shutdown_cut_streams_total",
+                "Streams still open at the shutdown deadline (shutdown.grace_secs), ended with an overloaded_error event",
             ),
         }
     }

@@ -6,15 +6,15 @@
 //! (only with `auth.mode = "none"`: with authentication on, the caller's credential is an
 //! identity token that must not leave the proxy).
 //!
-//! Invariants: the key is read at start-up and on SIGHUP (a failed reload keeps the old key);
-//! it is held as a sensitive header value, so `Debug` never prints it; no error or log line
-//! carries it, only the variable or file it came from.
+//! Invariants: the key is read at start-up and at every reload of the configuration (a failed
+//! reload keeps the snapshot with the old key); it is held as a sensitive header value, so
+//! `Debug` never prints it; no error or log line carries it, only the variable or file it came
+//! from.
 
 use crate::config_error::{invalid, ConfigError};
 use http::HeaderValue;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,10 +89,11 @@ pub fn validate(
     }
 }
 
-/// The upstream key and where it is (re)loaded from.
+/// The upstream key and where it was loaded from. A reload of the configuration loads it
+/// again into a new snapshot; this value never changes.
 pub struct UpstreamKey {
     source: KeySource,
-    current: RwLock<HeaderValue>,
+    value: HeaderValue,
 }
 
 impl std::fmt::Debug for UpstreamKey {
@@ -132,27 +133,11 @@ fn read(source: &KeySource) -> Result<HeaderValue, CredentialsError> {
 impl UpstreamKey {
     pub fn load(source: KeySource) -> Result<UpstreamKey, CredentialsError> {
         let value = read(&source)?;
-        Ok(UpstreamKey {
-            source,
-            current: RwLock::new(value),
-        })
+        Ok(UpstreamKey { source, value })
     }
 
-    /// Read the key again; on failure the previous key stays in use.
-    pub fn reload(&self) -> Result<(), CredentialsError> {
-        let value = read(&self.source)?;
-        if let Ok(mut current) = self.current.write() {
-            *current = value;
-        }
-        Ok(())
-    }
-
-    pub fn header(&self) -> Option<HeaderValue> {
-        self.current.read().ok().map(|v| v.clone())
-    }
-
-    pub fn source(&self) -> &KeySource {
-        &self.source
+    pub fn header(&self) -> HeaderValue {
+        self.value.clone()
     }
 }
 
@@ -161,22 +146,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_key_reload_and_debug_hides_it() {
+    fn file_key_loads_trimmed_refuses_an_empty_file_and_debug_hides_it() {
         let dir = std::env::temp_dir().join(format!("sm-cred-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key");
         std::fs::write(&path, "sk-ant-test-one\n").unwrap();
         let key = UpstreamKey::load(KeySource::File(path.clone())).unwrap();
-        assert_eq!(key.header().unwrap(), "sk-ant-test-one");
+        assert_eq!(key.header(), "sk-ant-test-one");
         assert!(!format!("{key:?}").contains("sk-ant"));
-        assert!(!format!("{:?}", key.header().unwrap()).contains("sk-ant"));
-        std::fs::write(&path, "sk-ant-test-two").unwrap();
-        key.reload().unwrap();
-        assert_eq!(key.header().unwrap(), "sk-ant-test-two");
+        assert!(!format!("{:?}", key.header()).contains("sk-ant"));
         std::fs::write(&path, "").unwrap();
-        let err = key.reload().unwrap_err().to_string();
+        let err = UpstreamKey::load(KeySource::File(path.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("upstream.api_key_file"), "{err}");
-        assert_eq!(key.header().unwrap(), "sk-ant-test-two");
         std::fs::remove_dir_all(&dir).unwrap();
         let err = UpstreamKey::load(KeySource::Env("SM_TEST_UNSET_VARIABLE_X".into()))
             .unwrap_err()

@@ -27,6 +27,7 @@
 
 mod admit;
 mod approve;
+pub mod drain;
 pub mod encoding;
 mod headers;
 mod masking_pool;
@@ -58,8 +59,10 @@ use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use upstream::Upstream;
 
-/// Everything requests share: built once at start-up from the validated config (the value a
-/// reload would replace as a whole).
+/// Everything requests share: one snapshot, built at start-up from the validated config and
+/// replaced as a whole by a reload ([`ProxyState::reloaded`]). A request takes the current
+/// snapshot when it starts and keeps it to its last phase, so a stream in flight finishes on
+/// the rules it started with.
 pub struct ProxyState {
     pub config: Config,
     /// The engine of the rule set as loaded (the `default` profile's unless it changes rules).
@@ -76,13 +79,19 @@ pub struct ProxyState {
     /// Human approval of `approve` findings (`None` only in tests that build a bare state:
     /// requests with approve findings are then refused).
     pub approvals: Option<Arc<crate::policy::approvals::Approvals>>,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     /// The workers that mask large request bodies off the event loop
     /// (`[masking] offload_threads`, see [`admit`] and [`masking_pool`]).
-    masking_pool: masking_pool::MaskingPool,
-    /// `[server] max_connections`.
-    open_requests: open_requests::OpenRequests,
+    masking_pool: Arc<masking_pool::MaskingPool>,
+    /// `[server] max_connections`; shared by every snapshot, so a reload neither resets the
+    /// count nor lets it exceed the limit.
+    open_requests: Arc<open_requests::OpenRequests>,
+    /// Where a graceful shutdown is ([`drain`]).
+    pub drain: drain::Drain,
 }
+
+/// The current snapshot, swapped whole by a reload.
+pub type LiveState = arc_swap::ArcSwap<ProxyState>;
 
 impl ProxyState {
     /// `config.upstream.ca_file` must have been checked ([`crate::policy::trust::check_ca_file`]):
@@ -95,10 +104,11 @@ impl ProxyState {
         auditor: Option<Auditor>,
         thinking_vault: Option<Arc<dyn Vault>>,
     ) -> ProxyState {
-        let upstream = Upstream::new(&config.upstream);
-        let masking_pool = masking_pool::MaskingPool::start(config.offload_threads);
-        let open_requests = open_requests::OpenRequests::new(config.max_connections);
+        let upstream = Arc::new(Upstream::new(&config.upstream));
+        let masking_pool = Arc::new(masking_pool::MaskingPool::start(config.offload_threads));
+        let open_requests = Arc::new(open_requests::OpenRequests::new(config.max_connections));
         ProxyState {
+            drain: drain::Drain::default(),
             masking_pool,
             open_requests,
             config,
@@ -128,13 +138,56 @@ impl ProxyState {
         self
     }
 
+    /// The snapshot a reload makes: `config`, `engine` and `security` replace this one's;
+    /// what lives across reloads (metrics, audit writer, vaults, approvals, the masking pool,
+    /// the open-request count, the drain) is shared, and so is the upstream connection pool
+    /// unless `[upstream]` changed. Settings that only a restart can change are the
+    /// reloader's to refuse, not this function's.
+    pub fn reloaded(&self, config: Config, engine: Arc<Engine>, security: Security) -> ProxyState {
+        let upstream = if format!("{:?}", config.upstream) == format!("{:?}", self.config.upstream)
+        {
+            Arc::clone(&self.upstream)
+        } else {
+            Arc::new(Upstream::new(&config.upstream))
+        };
+        let restore = self.restore.clone().map(|restore| restore::Restore {
+            // Whether owners are known follows `[auth]`, which a reload may change.
+            owners_known: config.auth.enabled(),
+            ..restore
+        });
+        ProxyState {
+            config,
+            engine,
+            security,
+            restore,
+            metrics: self.metrics.clone(),
+            auditor: self.auditor.clone(),
+            thinking_vault: self.thinking_vault.clone(),
+            approvals: self.approvals.clone(),
+            upstream,
+            masking_pool: Arc::clone(&self.masking_pool),
+            open_requests: Arc::clone(&self.open_requests),
+            drain: self.drain.clone(),
+        }
+    }
+
+    /// Requests being served now, all snapshots together.
+    pub fn open_requests(&self) -> usize {
+        self.open_requests.open()
+    }
+
     fn transcript_limit(&self) -> usize {
         self.auditor.as_ref().map_or(0, Auditor::transcript_limit)
     }
 }
 
-/// Per-request state, private to the proxy: the exchange record and the caller's profile.
+/// Per-request state, private to the proxy: the snapshot the request runs on, the exchange
+/// record and the caller's profile.
 pub struct RequestCtx {
+    state: Arc<ProxyState>,
+    /// Held from the first phase to the end of `logging`, so a drain waiting for open
+    /// requests also waits for their audit records.
+    slot: Option<open_requests::Slot>,
     exchange: Exchange,
     /// The caller's policy profile (its engine masks this request and its response).
     profile: Option<Arc<Profile>>,
@@ -157,40 +210,61 @@ impl RequestCtx {
 }
 
 pub struct Proxy {
-    state: Arc<ProxyState>,
+    live: Arc<LiveState>,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<ProxyState>) -> Proxy {
-        Proxy { state }
+    pub fn new(live: Arc<LiveState>) -> Proxy {
+        Proxy { live }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
-        let state = &*self.state;
-        // Held until the reply's last byte: a stream counts for as long as it is open.
-        let Some(_slot) = state.open_requests.try_acquire() else {
+        let state = Arc::clone(&ctx.state);
+        let state = &*state;
+        // Held until logging is done: a stream counts for as long as it is open.
+        ctx.slot = state.open_requests.try_acquire();
+        if ctx.slot.is_none() {
             return Err(ApiError::new(
                 ErrorKind::Overloaded,
                 "streammask: this proxy is serving as many requests as server.max_connections \
                  allows; retry shortly",
             )
             .with_status(503));
-        };
-        let admitted = admit::admit(state, session, ctx).await?;
-        let body = Bytes::from(admitted.body);
-        if ctx.exchange.keep_transcripts && !body.is_empty() {
-            ctx.exchange.request_transcript = Some(body.clone());
         }
-        let key = state.security.upstream_key.as_deref();
-        // Kept (a reference count, not a copy) so the relay can tell what the request asked
-        // for (`stream: true`) when the response's label does not say.
-        let request_body = body.clone();
-        let opened = state
-            .upstream
-            .send(session, &mut ctx.exchange, key, body)
-            .await?;
-        stream::relay(state, session, ctx, admitted.route, opened, &request_body).await
+        // Until the response starts, the shutdown deadline answers the request with a 503
+        // (an approval wait or a slow upstream header would otherwise outlive the process).
+        let opening = async {
+            let admitted = admit::admit(state, session, ctx).await?;
+            let body = Bytes::from(admitted.body);
+            if ctx.exchange.keep_transcripts && !body.is_empty() {
+                ctx.exchange.request_transcript = Some(body.clone());
+            }
+            let key = state.security.upstream_key.as_deref();
+            // Kept (a reference count, not a copy) so the relay can tell what the request
+            // asked for (`stream: true`) when the response's label does not say.
+            let request_body = body.clone();
+            let opened = state
+                .upstream
+                .send(session, &mut ctx.exchange, key, body)
+                .await?;
+            Ok::<_, ApiError>((admitted.route, opened, request_body))
+        };
+        let (route, opened, request_body) = tokio::select! {
+            opened = opening => opened?,
+            () = state.drain.reached(drain::DrainPhase::Deadline) => {
+                return Err(shutting_down().with_status(503));
+            }
+        };
+        stream::relay(state, session, ctx, route, opened, &request_body).await
     }
+}
+
+/// What a request still open at the shutdown deadline is told (clients retry it).
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        ErrorKind::Overloaded,
+        "streammask: this proxy instance is shutting down; retry the request",
+    )
 }
 
 #[async_trait]
@@ -203,12 +277,14 @@ impl ProxyHttp for Proxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        let keep_transcripts = self
-            .state
+        let state = self.live.load_full();
+        let keep_transcripts = state
             .auditor
             .as_ref()
             .is_some_and(Auditor::keeps_transcripts);
         RequestCtx {
+            state,
+            slot: None,
             exchange: Exchange::new(keep_transcripts),
             profile: None,
             restore: None,
@@ -281,18 +357,17 @@ impl ProxyHttp for Proxy {
     ) {
         let exchange = &mut ctx.exchange;
         crate::observe::log::request_finished(exchange);
-        if let Some(metrics) = &self.state.metrics {
+        let state = Arc::clone(&ctx.state);
+        if let Some(metrics) = &state.metrics {
             metrics.request_finished(exchange);
         }
-        if let Some(auditor) = &self.state.auditor {
+        if let Some(auditor) = &state.auditor {
             // Findings carry rule indices of the engine that produced them: the caller's
             // profile's.
-            let engine = ctx
-                .profile
-                .as_ref()
-                .map_or(&self.state.engine, |p| &p.engine);
+            let engine = ctx.profile.as_ref().map_or(&state.engine, |p| &p.engine);
             auditor.record(&mut ctx.exchange, engine);
         }
+        ctx.slot = None;
     }
 }
 

@@ -11,6 +11,7 @@
 //! - a limit of 0 means no limit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct OpenRequests {
@@ -18,10 +19,11 @@ pub struct OpenRequests {
     limit: usize,
 }
 
-/// One request being served; gives its slot back when dropped.
+/// One request being served; gives its slot back when dropped. It owns its counter, so a
+/// request keeps it until its last phase (logging) whatever snapshot of the state it runs on.
 #[derive(Debug)]
-pub struct Slot<'a> {
-    requests: &'a OpenRequests,
+pub struct Slot {
+    requests: Arc<OpenRequests>,
 }
 
 impl OpenRequests {
@@ -33,7 +35,7 @@ impl OpenRequests {
     }
 
     /// A slot, or `None` when `limit` requests are being served already.
-    pub fn try_acquire(&self) -> Option<Slot<'_>> {
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
         let limit = if self.limit == 0 {
             usize::MAX
         } else {
@@ -44,16 +46,18 @@ impl OpenRequests {
                 (open < limit).then_some(open + 1)
             })
             .ok()
-            .map(|_| Slot { requests: self })
+            .map(|_| Slot {
+                requests: Arc::clone(self),
+            })
     }
 
-    #[cfg(test)]
-    fn open(&self) -> usize {
+    /// Requests being served now (the drain waits for this to reach 0).
+    pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.requests.open.fetch_sub(1, Ordering::AcqRel);
     }
@@ -65,7 +69,7 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_and_given_back() {
-        let requests = OpenRequests::new(2);
+        let requests = Arc::new(OpenRequests::new(2));
         let first = requests.try_acquire().expect("first");
         let second = requests.try_acquire().expect("second");
         assert!(requests.try_acquire().is_none(), "over the limit");
@@ -78,7 +82,7 @@ mod tests {
 
     #[test]
     fn zero_means_no_limit() {
-        let requests = OpenRequests::new(0);
+        let requests = Arc::new(OpenRequests::new(0));
         let slots: Vec<_> = (0..10_000)
             .map(|_| requests.try_acquire().expect("no limit"))
             .collect();
@@ -89,7 +93,7 @@ mod tests {
 
     #[test]
     fn concurrent_takers_never_exceed_the_limit() {
-        let requests = OpenRequests::new(8);
+        let requests = Arc::new(OpenRequests::new(8));
         let peak = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..4 {

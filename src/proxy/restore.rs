@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The restore state of the proxy (`[restore]`): the vault and where restore applies.
+#[derive(Clone)]
 pub struct Restore {
     pub vault: Arc<RestoreVault>,
     pub scopes: RestoreScopes,

@@ -24,6 +24,7 @@
 //!   put that does not finish at its first poll (a networked vault) continues in a task of its
 //!   own, and a failed put is logged (the returning block is then masked, never leaked).
 
+use super::drain::DrainPhase;
 use super::encoding::Decoder;
 use super::headers::{end_to_end_headers, header_str};
 use super::response_headers;
@@ -467,6 +468,9 @@ impl Stream<'_> {
         let mut batch: Vec<Bytes> = Vec::new();
         let mut completed = false;
         let mut client_gone = false;
+        let mut cut_at_deadline = false;
+        let deadline = self.state.drain.reached(DrainPhase::Deadline);
+        let mut deadline = std::pin::pin!(deadline);
         loop {
             out.clear();
             let first = tokio::select! {
@@ -474,6 +478,10 @@ impl Stream<'_> {
                 read = upstream.read_response_body() => read,
                 _ = session.as_downstream_mut().read_body_or_idle(true) => {
                     client_gone = true;
+                    break;
+                }
+                () = &mut deadline => {
+                    cut_at_deadline = true;
                     break;
                 }
             };
@@ -518,13 +526,29 @@ impl Stream<'_> {
                 break;
             }
         }
+        if cut_at_deadline {
+            // Held bytes are dropped, not flushed: the client retries the whole request, and
+            // what the masker still holds was never judged in full.
+            let ending = match self.kind {
+                BodyKind::Sse => error_event(
+                    "overloaded_error",
+                    "streammask: this proxy instance is shutting down; retry the request",
+                ),
+                _ => Vec::new(),
+            };
+            exchange.bytes_out += ending.len();
+            exchange.shutdown_cut = true;
+            let _ = session
+                .write_response_body(Some(Bytes::from(ending)), true)
+                .await;
+        }
         masker.record(exchange);
         if let Some(transcript) = transcript {
             exchange.response_transcript = Some(ResponseTranscript::Stream(transcript));
         }
         if masker.faulted() {
             exchange.upstream_failed(UpstreamError::Malformed, None);
-        } else if !completed && !client_gone {
+        } else if !completed && !client_gone && !cut_at_deadline {
             exchange.upstream_failed(UpstreamError::Read, None);
         }
         guard.held(0);

@@ -152,7 +152,7 @@ impl Upstream {
                 .append_header(name.clone(), value.clone())
                 .map_err(internal)?;
         }
-        if let Some(value) = key.and_then(UpstreamKey::header) {
+        if let Some(value) = key.map(UpstreamKey::header) {
             request
                 .insert_header("x-api-key", value)
                 .map_err(internal)?;

@@ -1,25 +1,32 @@
-"""8. Operations: the admin endpoints through a graceful drain.
+"""8. Operations: the graceful drain, the graceful upgrade, SIGHUP and connection limits.
 
-After SIGTERM, Pingora stops accepting on the proxy port at once and lets requests in flight
-finish. The admin listener keeps answering meanwhile: /readyz turns 503 (so a load balancer
-stops sending work), /healthz stays 200, and /metrics shows the stream still open.
+After SIGTERM, /readyz turns 503 at once (a load balancer stops sending work) while the proxy
+port keeps accepting for `shutdown.readiness_delay_secs`; then the port closes and requests in
+flight finish; the process exits 0 once none is open, and at `shutdown.grace_secs` at the
+latest, ending streams still open with an `overloaded_error` event. The admin listener keeps
+answering throughout: /healthz stays 200 and /metrics shows the streams finishing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
 
+import conftest
 from smtest import (
-    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_port, mock_script, user_request, wait_until,
+    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_port, mock_script, parse_sse, sse_text,
+    user_request, wait_until,
 )
+from test_reload import BASE_CONFIG, OwnProxy, send, slow_streams
 
 
 def start_slow_stream(proxy, words: int, delay_ms: int, active: int = 1) -> tuple[threading.Thread, dict]:
@@ -49,32 +56,6 @@ def metrics_of(proxy) -> str:
     return httpx.get(proxy.admin_url + "/metrics", timeout=5).text
 
 
-def test_readyz_turns_503_while_the_proxy_drains_and_streams_finish(proxy_factory, mock_server):
-    proxy = proxy_factory(name="drain", fresh=True)
-    assert httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 200
-    # A stream that takes a few seconds: 20 events 150 ms apart.
-    client, outcome = start_slow_stream(proxy, 60, 150)
-    metrics = lambda: metrics_of(proxy)  # noqa: E731
-
-    proxy.proc.send_signal(signal.SIGTERM)
-    wait_until(
-        lambda: httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 503,
-        timeout=10,
-        what="/readyz to turn 503",
-    )
-    assert httpx.get(proxy.admin_url + "/readyz", timeout=5).text == "draining\n"
-    assert httpx.get(proxy.admin_url + "/healthz", timeout=5).status_code == 200
-    assert "streammask_active_streams 1" in metrics(), "the drain is visible while it lasts"
-    # New connections to the proxy port are refused; the stream in flight completes.
-    wait_until(lambda: _refused(proxy.port), timeout=10, what="the proxy port to close")
-    client.join(timeout=60)
-    assert outcome.get("status") == 200, outcome
-    assert "event: message_stop" in outcome["body"], outcome["body"][-500:]
-    wait_until(lambda: "streammask_active_streams 0" in metrics(), timeout=10, what="the stream to end")
-    assert proxy.alive(), "the grace period keeps the process up"
-    assert "panicked" not in proxy.log_text()
-
-
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -83,13 +64,86 @@ def _refused(port: int) -> bool:
         return True
 
 
-def test_sighup_without_an_upstream_key_keeps_streams_open(proxy_factory, mock_server):
-    """SIGHUP's default action ends a process: a proxy with no upstream key to reload must
-    still catch it, so an SRE's `kill -HUP` cuts no stream."""
+def _audit_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_sigterm_drains_20_streams_then_exits_0(tmp_path, mock):
+    """/readyz turns 503 at once; the listener keeps accepting for the readiness delay, then
+    refuses; the 20 streams in flight all complete; their audit records are written; the
+    process exits 0 as soon as nothing is open, well before the grace period."""
+    audit = tmp_path / "audit.jsonl"
+    conftest.AUDIT_OUTPUTS.append(audit)
+    config = BASE_CONFIG + f'[shutdown]\nreadiness_delay_secs = 3\ngrace_secs = 120\n[audit]\nsink = "file"\npath = "{audit}"\n'
+    proxy = OwnProxy(tmp_path, mock.url, config, "drain")
+    try:
+        # ~40 events 150 ms apart: each stream lasts about 6 s.
+        streams = slow_streams(proxy, 20, 120, 150)
+        wait_until(lambda: "streammask_active_streams 20\n" in proxy.metrics(), timeout=30, what="20 streams open")
+        signalled = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(proxy.admin_url + "/readyz", timeout=5).status_code == 503, timeout=1,
+                   what="/readyz to turn 503 at once")
+        assert httpx.get(proxy.admin_url + "/readyz", timeout=5).text == "draining\n"
+        assert httpx.get(proxy.admin_url + "/healthz", timeout=5).status_code == 200
+        # Within the readiness delay a request that arrives late is still served.
+        late = send(proxy, "arrived during the readiness delay")
+        assert late.status_code == 200, late.text
+        assert time.monotonic() - signalled < 3, "the late request was not inside the delay"
+        wait_until(lambda: _refused(proxy.port), timeout=10, what="the proxy port to close")
+        closed_after = time.monotonic() - signalled
+        assert closed_after >= 2.5, f"the listener closed {closed_after:.1f} s after SIGTERM, before the delay"
+        assert "streammask_active_streams 20\n" in proxy.metrics(), "the drain is visible while it lasts"
+        for thread, result in streams:
+            thread.join(timeout=60)
+            assert result.get("status") == 200, result.get("error") or result
+            events = parse_sse(result["body"])
+            assert events[-1][0] == "message_stop", events[-3:]
+            assert sse_text(events) == "word " * 120
+        assert proxy.proc.wait(timeout=30) == 0
+        exited_after = time.monotonic() - signalled
+        assert exited_after < 60, f"exited {exited_after:.0f} s after SIGTERM: it waited for the grace period"
+        log = proxy.log_text()
+        assert "drain complete" in log and "panicked" not in log, log[-3000:]
+        # Every request's record reached the audit log before the exit.
+        records = [r for r in _audit_records(audit) if r.get("kind", "request") == "request"]
+        assert len(records) == 21, len(records)
+    finally:
+        proxy.stop()
+
+
+def test_streams_open_at_the_grace_deadline_end_with_overloaded_error_and_the_process_exits_0(tmp_path, mock):
+    config = BASE_CONFIG + "[shutdown]\nreadiness_delay_secs = 0\ngrace_secs = 3\n"
+    proxy = OwnProxy(tmp_path, mock.url, config, "drain-deadline")
+    try:
+        # ~190 events 100 ms apart: far longer than the grace period.
+        streams = slow_streams(proxy, 3, 600, 100)
+        wait_until(lambda: "streammask_active_streams 3\n" in proxy.metrics(), timeout=30, what="3 streams open")
+        signalled = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        for thread, result in streams:
+            thread.join(timeout=30)
+            assert result.get("status") == 200, result.get("error") or result
+            name, data = parse_sse(result["body"])[-1]
+            assert name == "error", result["body"][-300:]
+            assert_anthropic_error(data, "overloaded_error")
+            assert "message_stop" not in result["body"].decode()
+        ended_after = time.monotonic() - signalled
+        assert 2.5 <= ended_after < 10, f"the streams ended {ended_after:.1f} s after SIGTERM (grace 3 s)"
+        assert proxy.proc.wait(timeout=15) == 0
+        log = proxy.log_text()
+        assert "shutdown.grace_secs reached" in log and "panicked" not in log, log[-3000:]
+    finally:
+        proxy.stop()
+
+
+def test_sighup_without_an_upstream_key_reloads_and_keeps_streams_open(proxy_factory, mock_server):
+    """SIGHUP's default action ends a process: the proxy catches it (and reloads), so an SRE's
+    `kill -HUP` cuts no stream."""
     proxy = proxy_factory(name="sighup-no-key", fresh=True)
     client, outcome = start_slow_stream(proxy, 30, 100)
     proxy.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "SIGHUP: no upstream key to reload" in proxy.log_text(), 10, what="the SIGHUP log line")
+    wait_until(lambda: "configuration reloaded" in proxy.log_text(), 30, what="the reload log line")
     client.join(30)
     assert outcome["status"] == 200 and "message_stop" in outcome["body"]
     assert proxy.alive()
@@ -97,6 +151,62 @@ def test_sighup_without_an_upstream_key_keeps_streams_open(proxy_factory, mock_s
         r = c.post("/v1/messages", json=user_request("after the hangup"), headers={"x-api-key": API_KEY})
     assert r.status_code == 200
     proxy.assert_healthy()
+
+
+def test_graceful_upgrade_hands_the_listener_to_a_new_process_without_refusing_a_connection(tmp_path, mock):
+    """`run --upgrade` then SIGQUIT to the old process: the new one takes over the listening
+    socket, the old one finishes its stream and exits 0, and no connection is refused."""
+    sock = tmp_path / "upgrade.sock"
+    config = (
+        BASE_CONFIG.replace("[upstream]", f'upgrade_sock = "{sock}"\n[upstream]')
+        + "[shutdown]\nreadiness_delay_secs = 0\ngrace_secs = 60\n"
+    )
+    old = OwnProxy(tmp_path, mock.url, config, "upgrade-old")
+    new = None
+    try:
+        [(stream, outcome)] = slow_streams(old, 1, 120, 100)
+        wait_until(lambda: "streammask_active_streams 1\n" in old.metrics(), timeout=30, what="the stream to start")
+        refused: list[str] = []
+        served = {"count": 0}
+        stop = threading.Event()
+
+        def keep_calling() -> None:
+            while not stop.is_set():
+                try:
+                    r = send(old, "during the upgrade")
+                    if r.status_code == 200:
+                        served["count"] += 1
+                    else:
+                        refused.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as error:
+                    refused.append(repr(error))
+                time.sleep(0.05)
+
+        caller = threading.Thread(target=keep_calling)
+        caller.start()
+        log = tmp_path / "logs" / "upgrade-new.log"
+        conftest.PROXY_LOGS.append(log)
+        with open(log, "ab") as out:
+            new = subprocess.Popen([str(PROXY_BIN), "run", "--config", str(old.config_path), "--upgrade"],
+                                   stdout=out, stderr=subprocess.STDOUT, env=old.env, start_new_session=True)
+        conftest._PROCESSES.append(new)
+        wait_until(sock.exists, timeout=60, what="the new process to wait for the sockets")
+        old.proc.send_signal(signal.SIGQUIT)
+        assert old.proc.wait(timeout=60) == 0, old.log_text()[-3000:]
+        stream.join(timeout=30)
+        assert outcome.get("status") == 200 and parse_sse(outcome["body"])[-1][0] == "message_stop", outcome
+        time.sleep(1)
+        stop.set()
+        caller.join(timeout=30)
+        assert new.poll() is None, log.read_text()[-3000:]
+        assert not refused, refused[:3]
+        assert served["count"] > 20
+        assert httpx.get(old.admin_url + "/readyz", timeout=5).status_code == 200, "the new process answers"
+        assert send(old, "after the upgrade").status_code == 200
+    finally:
+        old.stop()
+        if new is not None:
+            conftest._kill(new)
 
 
 def test_requests_beyond_max_connections_get_a_503_overloaded_error_and_slots_come_back(proxy_factory, mock_server):

@@ -27,7 +27,7 @@ use crate::policy::approvals::{
     is_approval_id, Approval, ApprovalError, Approvals, Requester, State,
 };
 use crate::policy::store::{now_ms, Sealer};
-use crate::proxy::{percent_decode, ProxyState};
+use crate::proxy::{percent_decode, LiveState};
 use base64::Engine as _;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -70,7 +70,7 @@ impl Reply {
         }
     }
 
-    fn json(status: u16, value: &Value) -> Reply {
+    pub fn json(status: u16, value: &Value) -> Reply {
         Reply {
             status,
             content_type: "application/json",
@@ -79,7 +79,7 @@ impl Reply {
         }
     }
 
-    fn error(status: u16, kind: &str, message: &str) -> Reply {
+    pub fn error(status: u16, kind: &str, message: &str) -> Reply {
         Reply::json(
             status,
             &json!({"type": "error", "error": {"type": kind, "message": message}}),
@@ -148,7 +148,8 @@ impl Credential {
 }
 
 pub struct Console {
-    state: Arc<ProxyState>,
+    /// The current snapshot is read per request: a reload may change authentication.
+    live: Arc<LiveState>,
     approvals: Arc<Approvals>,
     sessions: Sealer,
     secure_cookie: bool,
@@ -157,15 +158,15 @@ pub struct Console {
 impl Console {
     /// The console of `state`'s approvals (`None` without them). Sessions are sealed under a
     /// key derived from `key_material` (random without one: sign-ins then last one process).
-    pub fn new(state: Arc<ProxyState>, key_material: Option<&[u8]>) -> Option<Console> {
-        let approvals = Arc::clone(state.approvals.as_ref()?);
+    pub fn new(live: Arc<LiveState>, key_material: Option<&[u8]>) -> Option<Console> {
+        let approvals = Arc::clone(live.load().approvals.as_ref()?);
         let sessions = key_material.map_or_else(
             || Sealer::random(SESSION_LABEL),
             |m| Sealer::derive(m, SESSION_LABEL),
         );
         let secure_cookie = approvals.console_url().starts_with("https://");
         Some(Console {
-            state,
+            live,
             approvals,
             sessions,
             secure_cookie,
@@ -312,21 +313,16 @@ impl Console {
     /// A reason as kept: cut, and masked by the base rule pack in every scope.
     fn mask_reason(&self, reason: &str) -> String {
         let cut: String = reason.trim().chars().take(MAX_REASON_CHARS).collect();
-        self.state.engine.redact_all(&cut).into_owned()
+        self.live.load().engine.redact_all(&cut).into_owned()
     }
 
     /// The caller of an API request: a Bearer token (checked by `[auth]`), else the console's
     /// session cookie.
     async fn credential(&self, request: &AdminRequest) -> Result<Credential, Reply> {
         if request.headers.contains_key(http::header::AUTHORIZATION) {
-            return match self
-                .state
-                .security
-                .auth
-                .authenticate(&request.headers)
-                .await
-            {
-                Ok(caller) if self.state.security.auth.enabled() => Ok(Credential::Bearer(caller)),
+            let state = self.live.load_full();
+            return match state.security.auth.authenticate(&request.headers).await {
+                Ok(caller) if state.security.auth.enabled() => Ok(Credential::Bearer(caller)),
                 Ok(_) => Err(Reply::error(
                     403,
                     "permission_error",
@@ -397,7 +393,8 @@ impl Console {
         if token.trim().is_empty() {
             return refuse(401, "Enter your token.");
         }
-        if !self.state.security.auth.enabled() {
+        let state = self.live.load_full();
+        if !state.security.auth.enabled() {
             return refuse(
                 403,
                 "Authentication is off on this proxy ([auth]): no one can approve.",
@@ -408,7 +405,7 @@ impl Console {
             return refuse(401, "That token is not valid.");
         };
         headers.insert(http::header::AUTHORIZATION, value);
-        let caller = match self.state.security.auth.authenticate(&headers).await {
+        let caller = match state.security.auth.authenticate(&headers).await {
             Ok(caller) => caller,
             Err(_) => return refuse(401, "That token is not valid."),
         };

@@ -39,9 +39,10 @@ use crate::observe::metrics::AuditCounters;
 use crate::policy::approvals::ApprovalEvent;
 use serde::Deserialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::Duration;
 use writer::{FailureLog, Output};
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,8 @@ pub struct Auditor {
     healthy: Arc<AtomicBool>,
     counters: Option<AuditCounters>,
     failures: Arc<FailureLog>,
+    /// Records queued and not yet written or given up by the writer.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Auditor {
@@ -165,12 +168,14 @@ impl Auditor {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(section.queue);
         let healthy = Arc::new(AtomicBool::new(true));
         let failures = Arc::new(FailureLog::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         writer::spawn(
             receiver,
             output,
             Arc::clone(&healthy),
             counters.clone(),
             Arc::clone(&failures),
+            Arc::clone(&queued),
         )
         .map_err(|source| AuditError::Open {
             path: section.path.clone(),
@@ -184,7 +189,21 @@ impl Auditor {
             healthy,
             counters,
             failures,
+            queued,
         }))
+    }
+
+    /// Wait (at most `within`) until every record queued so far has reached the sink or been
+    /// given up; whether the queue emptied. The process calls this before it exits.
+    pub fn settle(&self, within: Duration) -> bool {
+        let until = std::time::Instant::now() + within;
+        while self.queued.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Whether requests should keep their transcripts for this log.
@@ -226,6 +245,8 @@ impl Auditor {
     }
 
     fn queue(&self, line: Vec<u8>) {
+        // Counted before the send, so the writer never takes away what was not added yet.
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let (write_failed, what, why) = match self.sender.try_send(line) {
             Ok(()) => return,
             Err(TrySendError::Full(_)) => {
@@ -235,6 +256,7 @@ impl Auditor {
                 (true, "writer stopped, record dropped", "no writer")
             }
         };
+        self.queued.fetch_sub(1, Ordering::AcqRel);
         self.healthy.store(false, Ordering::Relaxed);
         if let Some(counters) = &self.counters {
             counters.lost(write_failed, 1);

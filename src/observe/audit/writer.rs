@@ -9,7 +9,7 @@ use super::AuditSection;
 use crate::observe::metrics::AuditCounters;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,11 +153,13 @@ pub(super) fn spawn(
     healthy: Arc<AtomicBool>,
     counters: Option<AuditCounters>,
     failures: Arc<FailureLog>,
+    queued: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
     let sink = Sink {
         healthy,
         counters,
         failures,
+        queued,
     };
     std::thread::Builder::new()
         .name("streammask-audit".into())
@@ -170,12 +172,15 @@ struct Sink {
     healthy: Arc<AtomicBool>,
     counters: Option<AuditCounters>,
     failures: Arc<FailureLog>,
+    /// The auditor's count of records not yet handled; taken down once a batch is flushed.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Sink {
     fn run(&self, receiver: Receiver<Vec<u8>>, output: &mut Output) {
         loop {
             let mut written = 0u64;
+            let mut taken = 0usize;
             let mut open = true;
             loop {
                 let line = match receiver.try_recv() {
@@ -186,6 +191,7 @@ impl Sink {
                         break;
                     }
                 };
+                taken += 1;
                 match output.write_line(&line) {
                     Ok(()) => written += 1,
                     Err(err) => self.failed(1, &err),
@@ -202,6 +208,9 @@ impl Sink {
                     }
                     Err(err) => self.failed(written, &err),
                 }
+            }
+            if taken > 0 {
+                self.queued.fetch_sub(taken, Ordering::AcqRel);
             }
             if !open {
                 return;
