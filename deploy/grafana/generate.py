@@ -110,7 +110,14 @@ ts("Audit log: records written and lost", [
     ("sum(%s)" % rate("streammask_audit_records_total"), "written"),
     ("sum by (reason) (%s)" % rate("streammask_audit_failures_total"), "lost: {{reason}}")], "ops", x=12)
 y+=8
-ts("Rules loaded by action", [("max by (action) (%s)" % s("streammask_rules_loaded"), "{{action}}")], "short", w=24)
+ts("Rules loaded by action", [("max by (action) (%s)" % s("streammask_rules_loaded"), "{{action}}")], "short")
+ts("Rule pack per replica, and reloads", [
+    ("sum by (checksum) (%s)" % s("streammask_rules_info"), "replicas on pack {{checksum}}"),
+    ("sum by (result) (increase(%s%s))" % (s("streammask_config_reloads_total"), RI), "reloads {{result}}")], "short", x=12,
+    desc="Replicas running each rule-pack checksum (one line once a rollout or reload has reached every replica), and reloads by result.")
+y+=8
+ts("Streams ended at the shutdown deadline", [("sum(increase(%s%s))" % (s("streammask_shutdown_cut_streams_total"), RI), "streams")], "short", w=24,
+   desc="Streams still open when shutdown.grace_secs ran out, ended with an overloaded_error event (clients retry). Nonzero on every rollout means grace_secs is shorter than your streams.")
 dash={"title":"streammask","uid":"streammask","schemaVersion":39,"version":1,"editable":True,"tags":["streammask"],
  "time":{"from":"now-6h","to":"now"},"refresh":"30s","timezone":"utc",
  "templating":{"list":[

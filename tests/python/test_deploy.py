@@ -111,10 +111,18 @@ def test_probes_ports_and_paths_match_the_config_the_pod_mounts(rendered, tmp_pa
     assert service_port["targetPort"] == "http"
     monitor = one(rendered, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
     assert (monitor["port"], monitor["path"]) == ("admin", "/metrics")
-    # A terminating pod outlives its preStop delay and the longest silence of a stream.
+    # The preStop sleep matches the readiness delay; a terminating pod outlives the preStop
+    # sleep plus the drain's grace period (streams ended at its deadline, audit written), and
+    # the grace period covers the longest silence of a stream.
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    shutdown = config["shutdown"]
+    assert pre_stop == shutdown["readiness_delay_secs"]
     read_timeout_s = config.get("upstream", {}).get("read_timeout_ms", 600_000) / 1000
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + read_timeout_s
+    assert shutdown["grace_secs"] >= read_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + shutdown["grace_secs"] + 10
+    # Rules are mounted as a directory (not subPath), so an in-place ConfigMap update reaches
+    # the file watch (overlays/live-rules).
+    assert "subPath" not in mounts["rules"] and config["server"]["watch"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     # The mounted config and rules pass `config check` (rules_dir pointed at the files the
@@ -131,6 +139,24 @@ def test_probes_ports_and_paths_match_the_config_the_pod_mounts(rendered, tmp_pa
     rules_check = subprocess.run([str(PROXY_BIN), "rules", "check", "--rules", str(rules)],
                                  capture_output=True, text=True, timeout=600)
     assert rules_check.returncode == 0, rules_check.stdout[-2000:] + rules_check.stderr
+
+
+def test_the_live_rules_overlay_updates_the_rules_configmap_in_place():
+    """overlays/live-rules: the rules ConfigMap keeps its name (no content hash), so an
+    update changes the mounted files in place and the pods' file watch reloads them; the
+    config stays hashed (a config change still rolls the pods)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / "live-rules")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    assert "streammask-rules" in names, names
+    assert any(n.startswith("streammask-config-") for n in names), names
+    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["rules"]["configMap"]["name"] == "streammask-rules"
 
 
 def test_every_config_compose_mounts_passes_config_check():
