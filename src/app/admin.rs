@@ -334,15 +334,7 @@ async fn authorise_admin(state: &ProxyState, request: &AdminRequest) -> Result<(
                 "permission_error",
                 "streammask: the caller is in none of server.admin_groups",
             )),
-            Err(refused) => Err(Reply::error(
-                refused.status,
-                if refused.status == 401 {
-                    "authentication_error"
-                } else {
-                    "permission_error"
-                },
-                refused.message,
-            )),
+            Err(refused) => Err(Reply::auth_refused(&refused)),
         };
     }
     Err(Reply::error(

@@ -23,10 +23,10 @@ import httpx
 
 import conftest
 from smtest import (
-    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_port, mock_script, parse_sse, sse_text,
+    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_port, mock_script, parse_sse,
     user_request, wait_until,
 )
-from test_reload import BASE_CONFIG, OwnProxy, send, slow_streams
+from test_reload import BASE_CONFIG, OwnProxy, assert_streams_completed, send, slow_streams
 
 
 def start_slow_stream(proxy, words: int, delay_ms: int, active: int = 1) -> tuple[threading.Thread, dict]:
@@ -94,12 +94,7 @@ def test_sigterm_drains_20_streams_then_exits_0(tmp_path, mock):
         closed_after = time.monotonic() - signalled
         assert closed_after >= 2.5, f"the listener closed {closed_after:.1f} s after SIGTERM, before the delay"
         assert "streammask_active_streams 20\n" in proxy.metrics(), "the drain is visible while it lasts"
-        for thread, result in streams:
-            thread.join(timeout=60)
-            assert result.get("status") == 200, result.get("error") or result
-            events = parse_sse(result["body"])
-            assert events[-1][0] == "message_stop", events[-3:]
-            assert sse_text(events) == "word " * 120
+        assert_streams_completed(streams, 120)
         assert proxy.proc.wait(timeout=30) == 0
         exited_after = time.monotonic() - signalled
         assert exited_after < 60, f"exited {exited_after:.0f} s after SIGTERM: it waited for the grace period"

@@ -172,6 +172,16 @@ def slow_streams(proxy: OwnProxy, count: int, words: int, delay_ms: int) -> list
     return streams
 
 
+def assert_streams_completed(streams: list[tuple[threading.Thread, dict]], words: int) -> None:
+    """Every stream of `slow_streams` ended with 200, `message_stop` and all of its text."""
+    for thread, result in streams:
+        thread.join(timeout=90)
+        assert result.get("status") == 200, result.get("error") or result
+        events = parse_sse(result["body"])
+        assert events[-1][0] == "message_stop", events[-3:]
+        assert sse_text(events) == "word " * words, "a stream lost or changed text"
+
+
 def test_a_reload_while_50_streams_are_in_flight_swaps_the_rules_and_cuts_no_stream(tmp_path, mock):
     proxy = OwnProxy(tmp_path, mock.url, BASE_CONFIG, "reload-streams")
     try:
@@ -196,12 +206,7 @@ def test_a_reload_while_50_streams_are_in_flight_swaps_the_rules_and_cuts_no_str
         forwarded = forwarded_text(mock, "after the reload")
         assert RELOAD_TOKEN not in forwarded and f"[MASKED:{ADDED_RULE_ID}:" in forwarded, forwarded
 
-        for thread, result in streams:
-            thread.join(timeout=90)
-            assert result.get("status") == 200, result.get("error") or result
-            events = parse_sse(result["body"])
-            assert events[-1][0] == "message_stop", events[-3:]
-            assert sse_text(events) == "word " * 300, "a stream lost or changed text across the reload"
+        assert_streams_completed(streams, 300)
         assert proxy.metric('streammask_config_reloads_total{result="ok"}') == 1
         assert proxy.metric('streammask_config_reloads_total{result="error"}') == 0
         assert proxy.metric(f'streammask_rules_info{{checksum="{outcome["checksum"]}"}}') == 1

@@ -86,6 +86,17 @@ impl Reply {
         )
     }
 
+    /// An `[auth]` refusal in the Anthropic error shape (401 `authentication_error`, else
+    /// `permission_error`), with its message, which never names the token.
+    pub fn auth_refused(refused: &crate::policy::auth::AuthError) -> Reply {
+        let kind = if refused.status == 401 {
+            "authentication_error"
+        } else {
+            "permission_error"
+        };
+        Reply::error(refused.status, kind, refused.message)
+    }
+
     fn html(status: u16, page: String) -> Reply {
         Reply {
             status,
@@ -328,15 +339,7 @@ impl Console {
                     "permission_error",
                     "streammask: authentication is off ([auth]), so no one can be an approver",
                 )),
-                Err(refused) => Err(Reply::error(
-                    refused.status,
-                    if refused.status == 401 {
-                        "authentication_error"
-                    } else {
-                        "permission_error"
-                    },
-                    refused.message,
-                )),
+                Err(refused) => Err(Reply::auth_refused(&refused)),
             };
         }
         match self.session(request) {
