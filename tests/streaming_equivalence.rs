@@ -375,3 +375,110 @@ fn a_token_header_value_after_a_masked_token_streams_equal_to_block() {
         assert_eq!(streamed, block, "{scope:?}");
     }
 }
+
+/// The default pack plus the engine's fixture rules as an organisation's own: the pack scans
+/// with its embedded databases and the fixture rules with databases of their own.
+fn split_engine_cached() -> std::sync::Arc<streammask::Engine> {
+    static ENGINE: std::sync::OnceLock<std::sync::Arc<streammask::Engine>> =
+        std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| engine_for(&pack_and_fixture_rules(), DEFAULT_MAX_HOLD_BYTES))
+        .clone()
+}
+
+/// The same rules in one pair of databases (a set not built on the embedded pack).
+fn single_database_engine_cached() -> std::sync::Arc<streammask::Engine> {
+    static ENGINE: std::sync::OnceLock<std::sync::Arc<streammask::Engine>> =
+        std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            engine_for(
+                &pack_and_fixture_rules().enabled_set(),
+                DEFAULT_MAX_HOLD_BYTES,
+            )
+        })
+        .clone()
+}
+
+fn pack_and_fixture_rules() -> streammask::RuleSet {
+    let mut set = streammask::RuleSet::embedded().unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine-rules.toml"),
+    )
+    .unwrap();
+    let fixture = streammask::RuleSet::from_toml("engine-rules.toml", &text).unwrap();
+    for rule in fixture.all() {
+        set.push(rule.clone()).unwrap();
+    }
+    set
+}
+
+#[test]
+fn the_pack_keeps_its_embedded_databases_beside_an_organisations_rules() {
+    let engine = split_engine_cached();
+    let matcher = engine.matcher();
+    assert_eq!(
+        matcher.database_source(),
+        streammask::engine::databases::Source::Embedded
+    );
+    assert!(matcher.extra_database_source().is_some());
+    assert!(single_database_engine_cached()
+        .matcher()
+        .extra_database_source()
+        .is_none());
+    let text = "key AKIAQ7ZRLMNB2XKTW5VD and use tok_abcdefghijklmnopqrstuv now";
+    let masked = engine.mask(text, Scope::Request).unwrap();
+    let rules: Vec<&str> = masked.findings.iter().map(|f| f.rule_id.as_str()).collect();
+    assert!(rules.contains(&"test-token"), "{rules:?}");
+    assert!(rules.iter().any(|r| r.starts_with("aws")), "{rules:?}");
+}
+
+fn split_text_strategy() -> impl Strategy<Value = String> {
+    let fixture = vec![
+        "use tok_abcdefghijklmnopqrstuv now".to_string(),
+        "tok_ABCDEFGHIJ0123456789abcdefghij".to_string(),
+        "password = \"hunter2hunter2\"".to_string(),
+        "PASSWORD: s3cr3tvalue99".to_string(),
+        "-----BEGIN TEST PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\n-----END TEST PRIVATE KEY-----\n".to_string(),
+        "tok_short".to_string(),
+    ];
+    prop_oneof![
+        2 => text_strategy(),
+        1 => proptest::collection::vec(
+            prop_oneof![
+                2 => proptest::sample::select(fixture),
+                2 => text_strategy(),
+            ],
+            1..4
+        )
+        .prop_map(|pieces| pieces.concat()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Two pairs of databases mask exactly as one pair of the same rules, in block mode and
+    /// streamed at any cuts.
+    #[test]
+    fn split_databases_mask_as_one_database_streamed_or_not(
+        text in split_text_strategy(),
+        cut_seed in any::<u64>(),
+    ) {
+        let split = split_engine_cached();
+        let scope = if cut_seed % 2 == 0 { Scope::Request } else { Scope::Response };
+        let block = split.mask(&text, scope).unwrap();
+        let single = single_database_engine_cached().mask(&text, scope).unwrap();
+        prop_assert_eq!(&block.text, &single.text);
+        prop_assert_eq!(&split.scan(&text, scope).unwrap(), &block.findings);
+        let mut rng = corpus::Rng::new(cut_seed);
+        let mut cuts = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            at += 1 + rng.below(12);
+            cuts.push(at);
+        }
+        let streamed = stream_with_cuts(&split, &text, scope, &cuts, |_, _| {});
+        prop_assert_eq!(streamed, block.text.into_owned());
+    }
+}

@@ -23,10 +23,9 @@
 //! is re-confirmed as text arrives.
 
 use crate::engine::known::{self, KnownError, KnownSecrets};
-use crate::engine::matcher::{Candidate, Confirmed, Matcher, MatcherError};
+use crate::engine::matcher::{Candidate, Confirmed, MatchStream, Matcher, MatcherError};
 use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::engine::rules::{Action, RuleSet, Scope};
-use hyperscan::Stream;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -817,7 +816,7 @@ impl Emitter<'_> {
 pub struct StreamMasker {
     engine: Arc<Engine>,
     scope: Scope,
-    stream: Option<Stream>,
+    stream: Option<MatchStream>,
     /// Text from absolute offset `base` to the end of what was received.
     buf: Vec<u8>,
     base: usize,

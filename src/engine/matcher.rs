@@ -1,7 +1,11 @@
 //! The matcher: every rule of a set compiled into one Hyperscan block database and one
 //! streaming database (shared by every matcher of the same expressions), the set's enabled
 //! rules active, plus, per rule, a reverse DFA that finds where a match starts and a `regex`
-//! confirmer that extracts the secret.
+//! confirmer that extracts the secret. A set built on the embedded pack with rules of its own
+//! (a `rules_dir`, dictionaries) gets two pairs: the pack's, which the binary embeds, and one
+//! for the rest, so a changed organisation pack compiles in milliseconds instead of seconds.
+//! Both are scanned and their reports merged by end offset (core first at equal ends), so
+//! callers see one report order, the same in block and stream scans.
 //!
 //! Hyperscan reports *candidates* `(rule, end)`; the reverse DFA, run anchored at `end`, gives
 //! the leftmost start of a match ending there; the confirmer runs the rule's regex anchored at
@@ -22,6 +26,8 @@
 //! - only active rules are ever reported as candidates;
 //! - a rule's regexes are built before its first candidate is placed; if they cannot be built
 //!   the rule masks the whole window a match could span (fail closed, never fail open);
+//! - two pairs of databases mask exactly as one pair of the same rules
+//!   (`tests/streaming_equivalence.rs`);
 //! - scratch space is per thread and per database generation, so a swapped matcher never
 //!   shares scratch with the old one and no lock is taken on the scan path;
 //! - a Hyperscan stream is always closed (its state is freed only by `hs_close_stream`).
@@ -209,7 +215,12 @@ pub struct Matcher {
     rules_in_databases: usize,
     /// The rule of each dictionary term, whose Hyperscan id is `rules.len()` + its index here.
     term_rules: Vec<u32>,
+    /// The embedded pack's rules (or every rule, for a set not built on the pack).
     databases: Arc<Databases>,
+    /// The rest — the organisation's rules and dictionary terms — when there are any beside
+    /// the pack: a changed `rules_dir` or term list compiles only these, and the pack's
+    /// databases stay the ones embedded in the binary.
+    extra: Option<Arc<Databases>>,
     max_match_len: usize,
     min_match_len: usize,
     /// The most whitespace runs inside one match of an active rule that is not `multiline`
@@ -469,10 +480,48 @@ fn blame_rules(rules: &[CompiledRule]) -> Vec<RuleError> {
 thread_local! {
     /// (matcher generation, scratch valid for both of its databases). A handful of entries so
     /// a thread serving two matchers during a swap does not reallocate on every call.
-    static SCRATCH: RefCell<Vec<(u64, Scratch)>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<((u64, u64), Scratch)>> = const { RefCell::new(Vec::new()) };
 }
 
 const SCRATCH_SLOTS: usize = 4;
+
+/// One open stream of a matcher: a Hyperscan stream per database.
+pub struct MatchStream {
+    core: Stream,
+    extra: Option<Stream>,
+}
+
+/// The extra databases' candidates, handed out in end order among the core scan's.
+struct Merge {
+    late: Vec<Candidate>,
+    next: usize,
+}
+
+impl Merge {
+    fn new(mut late: Vec<Candidate>) -> Merge {
+        // Hyperscan reports by end offset; a stable sort keeps its order at equal ends.
+        late.sort_by_key(|candidate| candidate.end);
+        Merge { late, next: 0 }
+    }
+
+    /// Deliver the candidates ending before `end`; false once `deliver` asks to stop.
+    fn before(&mut self, end: usize, deliver: &mut impl FnMut(Candidate) -> bool) -> bool {
+        while let Some(&candidate) = self.late.get(self.next).filter(|c| c.end < end) {
+            self.next += 1;
+            if !deliver(candidate) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Deliver what is left; false once `deliver` asks to stop.
+    fn rest(&mut self, deliver: &mut impl FnMut(Candidate) -> bool) -> bool {
+        let rest = &self.late[self.next..];
+        self.next = self.late.len();
+        rest.iter().all(|&candidate| deliver(candidate))
+    }
+}
 
 impl Matcher {
     /// Compile every rule of `set` into one pair of databases (shared with every other matcher
@@ -502,36 +551,45 @@ impl Matcher {
             return Err(MatcherError::Rules(errors));
         }
         let in_databases: Vec<bool> = set.all().iter().map(|r| set.is_compiled(r)).collect();
-        let mut matcher = Self::from_compiled(rules, &in_databases, set.validation().clone())?;
+        let mut matcher = Self::from_compiled(
+            rules,
+            &in_databases,
+            set.embedded_rules(),
+            set.validation().clone(),
+        )?;
         matcher.pack_checksum = pack_checksum(set);
         Ok(matcher)
     }
 
     /// `in_databases[i]`: whether rule `i` is compiled into the databases (a disabled rule no
-    /// profile turns on is not).
+    /// profile turns on is not). Rules before `core_rules` (the embedded pack's) go into the
+    /// core databases, the others (and dictionary terms) into the extra ones.
     fn from_compiled(
         rules: Vec<CompiledRule>,
         in_databases: &[bool],
+        core_rules: usize,
         validation: ValidationContext,
     ) -> Result<Matcher, MatcherError> {
-        // An empty rule set is legal (everything passes); Hyperscan refuses an empty database,
-        // so compile a pattern that cannot match any text we scan.
         let mut next_term_id = rules.len();
         let mut term_rules = Vec::new();
         let compiled = |i: usize| in_databases.get(i).copied().unwrap_or(true);
         let rules_in_databases = (0..rules.len()).filter(|&i| compiled(i)).count();
-        let mut patterns = Patterns(
-            rules
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| compiled(*i))
-                .flat_map(|(i, r)| {
-                    hyperscan_patterns(&r.rule, i, &mut next_term_id, &mut term_rules)
-                })
-                .collect(),
-        );
-        if patterns.0.is_empty() {
-            patterns.0.push(Pattern {
+        let (mut core, mut extra) = (Patterns(Vec::new()), Patterns(Vec::new()));
+        for (i, rule) in rules.iter().enumerate().filter(|(i, _)| compiled(*i)) {
+            let patterns = hyperscan_patterns(&rule.rule, i, &mut next_term_id, &mut term_rules);
+            if i < core_rules {
+                core.0.extend(patterns);
+            } else {
+                extra.0.extend(patterns);
+            }
+        }
+        if core.0.is_empty() {
+            std::mem::swap(&mut core, &mut extra);
+        }
+        // An empty rule set is legal (everything passes); Hyperscan refuses an empty database,
+        // so compile a pattern that cannot match any text we scan.
+        if core.0.is_empty() {
+            core.0.push(Pattern {
                 expression: r"\x00streammask-no-rules\x00\x01".into(),
                 flags: CompileFlags::empty(),
                 id: Some(u32::MAX as usize),
@@ -539,16 +597,22 @@ impl Matcher {
                 som: None,
             });
         }
-        let databases = match databases::load(&patterns) {
-            Ok(databases) => databases,
-            Err(error) => {
+        let load = |patterns: &Patterns| {
+            databases::load(patterns).map_err(|error| {
                 // Compiling rule by rule is slow, so it is done only to name the culprit.
                 let errors = blame_rules(&rules);
-                if !errors.is_empty() {
-                    return Err(MatcherError::Rules(errors));
+                if errors.is_empty() {
+                    MatcherError::Hyperscan(error.to_string())
+                } else {
+                    MatcherError::Rules(errors)
                 }
-                return Err(MatcherError::Hyperscan(error.to_string()));
-            }
+            })
+        };
+        let databases = load(&core)?;
+        let extra = if extra.0.is_empty() {
+            None
+        } else {
+            Some(load(&extra)?)
         };
         let active = || rules.iter().filter(|r| r.active());
         let max_match_len = active().map(|r| r.max_len).max().unwrap_or(0);
@@ -560,6 +624,7 @@ impl Matcher {
             rules_in_databases,
             term_rules,
             databases,
+            extra,
             max_match_len,
             min_match_len,
             word_gaps,
@@ -581,14 +646,25 @@ impl Matcher {
         self.rules_in_databases
     }
 
-    /// Where this matcher's databases came from.
+    /// Where this matcher's (core) databases came from.
     pub fn database_source(&self) -> Source {
         self.databases.source
     }
 
+    /// Where the databases of the rules beside the embedded pack came from (`None`: there
+    /// are none).
+    pub fn extra_database_source(&self) -> Option<Source> {
+        self.extra.as_ref().map(|extra| extra.source)
+    }
+
     /// Whether `other` scans with the very same databases (profiles of one pack do).
     pub fn shares_databases_with(&self, other: &Matcher) -> bool {
-        Arc::ptr_eq(&self.databases, &other.databases)
+        let same_extra = match (&self.extra, &other.extra) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        Arc::ptr_eq(&self.databases, &other.databases) && same_extra
     }
 
     /// The active rules.
@@ -633,30 +709,42 @@ impl Matcher {
 
     /// Bytes of Hyperscan state one open stream costs.
     pub fn stream_state_size(&self) -> usize {
-        self.databases.stream.stream_size().unwrap_or(0)
+        self.all_databases()
+            .map(|d| d.stream.stream_size().unwrap_or(0))
+            .sum()
+    }
+
+    fn all_databases(&self) -> impl Iterator<Item = &Databases> {
+        std::iter::once(&*self.databases).chain(self.extra.as_deref())
     }
 
     fn with_scratch<R>(&self, f: impl FnOnce(&ScratchRef) -> R) -> Result<R, MatcherError> {
         SCRATCH.with(|slots| {
             let mut slots = slots.borrow_mut();
-            let generation = self.databases.generation;
-            let position = slots.iter().position(|(gen, _)| *gen == generation);
+            let generations = (
+                self.databases.generation,
+                self.extra.as_ref().map_or(0, |extra| extra.generation),
+            );
+            let position = slots.iter().position(|(gens, _)| *gens == generations);
             let index = match position {
                 Some(index) => index,
                 None => {
-                    let mut scratch = self
-                        .databases
-                        .block
-                        .alloc_scratch()
-                        .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
-                    self.databases
-                        .stream
-                        .realloc_scratch(&mut scratch)
-                        .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+                    let hyperscan = |e: hyperscan::Error| MatcherError::Hyperscan(e.to_string());
+                    let mut scratch = self.databases.block.alloc_scratch().map_err(hyperscan)?;
+                    for databases in self.all_databases() {
+                        databases
+                            .block
+                            .realloc_scratch(&mut scratch)
+                            .map_err(hyperscan)?;
+                        databases
+                            .stream
+                            .realloc_scratch(&mut scratch)
+                            .map_err(hyperscan)?;
+                    }
                     if slots.len() >= SCRATCH_SLOTS {
                         slots.remove(0);
                     }
-                    slots.push((generation, scratch));
+                    slots.push((generations, scratch));
                     slots.len() - 1
                 }
             };
@@ -690,15 +778,38 @@ impl Matcher {
     }
 
     /// [`Matcher::scan_block`] that stops as soon as `on_candidate` returns `false`; returns
-    /// whether the whole text was scanned.
+    /// whether the whole text was scanned. With extra databases, their candidates are
+    /// collected first (the organisation's few rules) and merged into the core scan's by end
+    /// offset, core first at equal ends, so callers see one report order.
     pub fn scan_block_while(
         &self,
         text: &[u8],
         mut on_candidate: impl FnMut(Candidate) -> bool,
     ) -> Result<bool, MatcherError> {
+        let Some(extra) = &self.extra else {
+            return self.scan_block_in(&self.databases, text, on_candidate);
+        };
+        let mut late = Vec::new();
+        self.scan_block_in(extra, text, |candidate| {
+            late.push(candidate);
+            true
+        })?;
+        let mut merged = Merge::new(late);
+        let completed = self.scan_block_in(&self.databases, text, |candidate| {
+            merged.before(candidate.end, &mut on_candidate) && on_candidate(candidate)
+        })?;
+        Ok(completed && merged.rest(&mut on_candidate))
+    }
+
+    fn scan_block_in(
+        &self,
+        databases: &Databases,
+        text: &[u8],
+        mut on_candidate: impl FnMut(Candidate) -> bool,
+    ) -> Result<bool, MatcherError> {
         let mut stopped = false;
         let scanned = self.with_scratch(|scratch| {
-            self.databases.block.scan(text, scratch, |id, _, to, _| {
+            databases.block.scan(text, scratch, |id, _, to, _| {
                 let Some(rule) = self.rule_of(id) else {
                     return Matching::Continue;
                 };
@@ -720,52 +831,115 @@ impl Matcher {
         }
     }
 
-    pub fn open_stream(&self) -> Result<Stream, MatcherError> {
-        self.databases
-            .stream
-            .open_stream()
-            .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+    pub fn open_stream(&self) -> Result<MatchStream, MatcherError> {
+        let open = |databases: &Databases| {
+            databases
+                .stream
+                .open_stream()
+                .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+        };
+        Ok(MatchStream {
+            core: open(&self.databases)?,
+            extra: self.extra.as_deref().map(open).transpose()?,
+        })
     }
 
-    /// Feed the next bytes of a stream; candidates carry absolute offsets.
+    /// Feed the next bytes of a stream; candidates carry absolute offsets, in one report
+    /// order as [`Matcher::scan_block_while`] gives them.
     pub fn scan_stream(
         &self,
-        stream: &Stream,
+        stream: &MatchStream,
         chunk: &[u8],
-        mut on_candidate: impl FnMut(Candidate),
+        on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
-        self.with_scratch(|scratch| {
-            stream.scan(chunk, scratch, |id, _, to, _| {
-                if let Some(rule) = self.rule_of(id) {
-                    on_candidate(Candidate {
-                        rule,
-                        end: to as usize,
-                    });
-                }
-                Matching::Continue
-            })
-        })?
-        .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+        self.stream_reports(stream.extra.as_ref(), &stream.core, on_candidate, |s, f| {
+            self.with_scratch(|scratch| s.scan(chunk, scratch, f))
+        })
     }
 
     /// End a stream, reporting matches that only complete at end of data.
     pub fn close_stream(
         &self,
-        stream: Stream,
-        mut on_candidate: impl FnMut(Candidate),
+        stream: MatchStream,
+        on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
-        self.with_scratch(|scratch| {
-            stream.close(scratch, |id, _, to, _| {
+        let MatchStream { core, extra } = stream;
+        let mut late = Vec::new();
+        if let Some(extra) = extra {
+            self.with_scratch(|scratch| {
+                extra.close(scratch, |id, _, to, _| {
+                    if let Some(rule) = self.rule_of(id) {
+                        late.push(Candidate {
+                            rule,
+                            end: to as usize,
+                        });
+                    }
+                    Matching::Continue
+                })
+            })?
+            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+        }
+        self.merge_reports(late, on_candidate, |f| {
+            self.with_scratch(|scratch| core.close(scratch, f))
+        })
+    }
+
+    /// Run `run` (a scan of one Hyperscan stream) over the extra stream, if any, collecting,
+    /// then over the core stream, merging.
+    fn stream_reports(
+        &self,
+        extra: Option<&Stream>,
+        core: &Stream,
+        on_candidate: impl FnMut(Candidate),
+        run: impl Fn(
+            &Stream,
+            &mut dyn FnMut(u32, u64, u64, u32) -> Matching,
+        ) -> Result<Result<(), hyperscan::Error>, MatcherError>,
+    ) -> Result<(), MatcherError> {
+        let mut late = Vec::new();
+        if let Some(extra) = extra {
+            run(extra, &mut |id, _, to, _| {
                 if let Some(rule) = self.rule_of(id) {
-                    on_candidate(Candidate {
+                    late.push(Candidate {
                         rule,
                         end: to as usize,
                     });
                 }
                 Matching::Continue
-            })
+            })?
+            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+        }
+        self.merge_reports(late, on_candidate, |f| run(core, f))
+    }
+
+    /// Deliver the core scan's reports (`run`) merged with `late` by end offset.
+    fn merge_reports(
+        &self,
+        late: Vec<Candidate>,
+        mut on_candidate: impl FnMut(Candidate),
+        run: impl FnOnce(
+            &mut dyn FnMut(u32, u64, u64, u32) -> Matching,
+        ) -> Result<Result<(), hyperscan::Error>, MatcherError>,
+    ) -> Result<(), MatcherError> {
+        let mut deliver = |candidate| {
+            on_candidate(candidate);
+            true
+        };
+        let mut merged = Merge::new(late);
+        run(&mut |id, _, to, _| {
+            if let Some(rule) = self.rule_of(id) {
+                let candidate = Candidate {
+                    rule,
+                    end: to as usize,
+                };
+                merged.before(candidate.end, &mut deliver);
+                deliver(candidate);
+            }
+            Matching::Continue
         })?
-        .map_err(|e| MatcherError::Hyperscan(e.to_string()))
+        .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+        merged.rest(&mut deliver);
+        Ok(())
     }
 
     /// The leftmost start of a match of `rule` ending exactly at absolute offset `end`, with

@@ -359,6 +359,10 @@ pub struct RuleSet {
     /// list costs nothing at scan time: it is not in the databases (personal-data rules have
     /// no literal and would otherwise slow every scan, enabled or not).
     armed: BTreeSet<String>,
+    /// How many rules at the start of `rules` are the embedded pack's (0 for a set not built
+    /// on it): the matcher keeps them in databases of their own, which the binary embeds, so
+    /// an organisation's rules and dictionaries compile alone.
+    embedded_rules: usize,
 }
 
 /// What a policy profile changes in a rule set.
@@ -389,7 +393,13 @@ impl RuleSet {
         for (name, text) in embedded::EMBEDDED_RULE_FILES {
             set.add_file(name, text, false)?;
         }
+        set.embedded_rules = set.rules.len();
         Ok(set)
+    }
+
+    /// How many rules at the start of [`RuleSet::all`] are the embedded pack's.
+    pub fn embedded_rules(&self) -> usize {
+        self.embedded_rules
     }
 
     /// The embedded pack, extended and overridden by every `*.toml` in `dir`.
@@ -482,6 +492,7 @@ impl RuleSet {
             rules: self.enabled().cloned().collect(),
             validation: self.validation.clone(),
             armed: BTreeSet::new(),
+            embedded_rules: 0,
         }
     }
 
@@ -491,6 +502,7 @@ impl RuleSet {
             rules: vec![rule.clone()],
             validation: ValidationContext::default(),
             armed: BTreeSet::from([rule.id.clone()]),
+            embedded_rules: 0,
         }
     }
 
@@ -499,6 +511,7 @@ impl RuleSet {
             rules: Vec::new(),
             validation: ValidationContext::default(),
             armed: BTreeSet::new(),
+            embedded_rules: 0,
         }
     }
 
