@@ -26,7 +26,7 @@ import pytest
 
 import conftest
 from smtest import (
-    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_port, mock_script, parse_sse, sse_text,
+    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, REPO, assert_anthropic_error, free_port, mock_script, parse_sse, sse_text,
     user_request, wait_until,
 )
 
@@ -310,5 +310,42 @@ def test_a_hundred_reloads_leak_no_memory(tmp_path, mock):
         assert proxy.metric('streammask_config_reloads_total{result="ok"}') == 120
         assert send(proxy, f"{RELOAD_TOKEN} still").status_code == 200
         assert f"[MASKED:{ADDED_RULE_ID}:" in forwarded_text(mock, "still")
+    finally:
+        proxy.stop()
+
+
+def test_dictionaries_and_protected_code_reload_with_the_rules(tmp_path, mock):
+    """A term added to a dictionary file and a file added to a protected tree count from the
+    reload on (issue 20: they reload with the rules)."""
+    from test_org_data import dense_start, excerpt, reindent
+
+    terms = tmp_path / "codenames.txt"
+    terms.write_text("# code names\nBluefinch Atlas\n")
+    tree = tmp_path / "protected"
+    tree.mkdir()
+    source = REPO / "loadtest" / "mock" / "src" / "sse.rs"
+    config = BASE_CONFIG + (
+        f'[[dictionaries]]\nid = "codenames"\npath = "{terms}"\n\n'
+        f'[[protected_code]]\nid = "tree"\npaths = ["{tree}"]\naction = "block"\n'
+    )
+    (tree / "placeholder.rs").write_text("fn main() {}\n")
+    proxy = OwnProxy(tmp_path, mock.url, config, "reload-org-data")
+    try:
+        start = dense_start(source, 15)
+        pasted = "Why does this fail?\n\n```rust\n" + reindent(excerpt(source, start, 15)) + "\n```\n"
+        assert send(proxy, pasted).status_code == 200, "not protected yet"
+        assert send(proxy, "ship Quartzline Harbor today").status_code == 200
+        assert "Quartzline Harbor" in forwarded_text(mock, "today"), "not a term yet"
+
+        terms.write_text("# code names\nBluefinch Atlas\nQuartzline Harbor\n")
+        (tree / "sse.rs").write_text(source.read_text())
+        assert proxy.reload().status_code == 200
+
+        assert send(proxy, "ship Quartzline Harbor tomorrow").status_code == 200
+        forwarded = forwarded_text(mock, "tomorrow")
+        assert "Quartzline Harbor" not in forwarded and "[MASKED:dict-codenames:" in forwarded, forwarded
+        refused = send(proxy, pasted)
+        assert refused.status_code == 403, refused.text
+        assert "protected-code-tree" in refused.json()["error"]["message"]
     finally:
         proxy.stop()
