@@ -1,22 +1,30 @@
 //! Routing of API requests (every path outside `/_mock/`): `/v1/messages`, `count_tokens`,
-//! the models endpoints, and message batches (answered by `batches`).
+//! the models endpoints, message batches (answered by `batches`), and the cloud endpoints:
+//! Bedrock runtime (`/model/…`, `/inference-profiles`, answered by `bedrock`), Vertex AI
+//! (`/v1/projects/…`, `vertex`), AWS STS (`POST /`, `sts`) and the Google OAuth token endpoint
+//! (`POST /token`, `oauth`). Bedrock and Vertex generate their replies with the same
+//! `messages` function as `/v1/messages`, so every script works on all three.
 //!
 //! Each API request has its own RNG (see `server`), and everything random about its answer is
 //! drawn from it in a fixed order: the reply's tool ids and signature, the message id, the SSE
-//! cuts, then the `request-id` header and the write splits. A seeded run replays byte for byte
-//! only while that order holds.
+//! cuts (for Bedrock then the event-stream padding and the `x-amzn-RequestId`), then the
+//! `request-id` header and the write splits. STS and the token endpoint draw the credentials
+//! they issue from it. A seeded run replays byte for byte only while that order holds.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::batches::{batch_results, create_batch, get_batch};
+use crate::cloud::AuthNote;
+use crate::eventstream::{self, EVENTSTREAM_CONTENT_TYPE};
 use crate::http::Request;
 use crate::messages::{build_reply, error_parts, message_out, DEFAULT_MODEL};
 use crate::response::{Response, Transport, SSE_CONTENT_TYPE};
 use crate::rng::{random_id, Rng};
-use crate::script::{take_script, Kind, Script};
+use crate::script::{take_script_for, Kind, Script};
 use crate::server::State;
 use crate::sse::{sse_events, Events};
+use crate::{bedrock, oauth, sts, vertex};
 
 /// (id, display_name, created_at). The default model comes first because clients and tests
 /// take `data[0]` as the default.
@@ -53,7 +61,7 @@ fn decode_script_header(raw: &str) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn api(state: &State, req: &Request, rng: &mut Rng) -> Response {
+pub(crate) fn api(state: &State, req: &Request, rng: &mut Rng, note: &mut AuthNote) -> Response {
     let header_script = match req.header("x-mock-script").map(decode_script_header) {
         None => None,
         Some(raw) => match serde_json::from_str::<Script>(&raw) {
@@ -66,15 +74,40 @@ pub(crate) fn api(state: &State, req: &Request, rng: &mut Rng) -> Response {
     };
     let (method, path) = (req.method.as_str(), req.path.as_str());
     if method == "POST" && path == "/v1/messages" {
-        return messages(state, req, header_script, rng);
+        return messages(state, req, header_script, rng, &MessagesRoute::ANTHROPIC);
     }
-    // A header script also works on the other endpoints, for errors and transport faults only.
-    // The script queue belongs to /v1/messages and batch results.
+    if bedrock::handles(path) {
+        return bedrock::bedrock(state, req, header_script, rng, note);
+    }
+    if vertex::handles(path) {
+        return vertex::vertex(state, req, header_script, rng, note);
+    }
+    match (method, path) {
+        ("POST", "/") => plain(state, header_script, Dialect::Anthropic, || {
+            sts::sts(state, req, rng)
+        }),
+        ("POST", "/token") => plain(state, header_script, Dialect::Anthropic, || {
+            oauth::token(state, req, rng)
+        }),
+        _ => plain(state, header_script, Dialect::Anthropic, || {
+            route_other(state, req, rng)
+        }),
+    }
+}
+
+/// An endpoint that is not a Messages endpoint. A header script works here for errors and
+/// transport faults only; the script queue belongs to the Messages endpoints and batch results.
+pub(crate) fn plain(
+    state: &State,
+    header_script: Option<Script>,
+    dialect: Dialect,
+    answer: impl FnOnce() -> Response,
+) -> Response {
     let script = header_script.unwrap_or_default();
     let mut resp = if script.kind == Some(Kind::Error) {
-        script_error(&script)
+        script_error(&script, dialect)
     } else {
-        route_other(state, req, rng)
+        answer()
     };
     resp.transport = Transport::from_script(&script, resp.sse, state.default_split);
     resp
@@ -124,35 +157,77 @@ pub(crate) fn not_found(what: &str) -> Response {
     Response::error(404, "not_found_error", &format!("Not found: {what}"))
 }
 
-fn script_error(s: &Script) -> Response {
+fn script_error(s: &Script, dialect: Dialect) -> Response {
     let (status, kind, message) = error_parts(s);
-    Response::error(status, kind, message)
+    match dialect {
+        Dialect::Bedrock => bedrock::error(status, bedrock::error_type(s, status), message),
+        Dialect::Anthropic | Dialect::Vertex => Response::error(status, kind, message),
+    }
 }
 
-fn messages(
+/// Which flavour of the Messages API a request speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `POST /v1/messages`.
+    Anthropic,
+    /// `invoke` / `invoke-with-response-stream`: AWS-shaped errors, event-stream framing.
+    Bedrock,
+    /// `rawPredict` / `streamRawPredict`: Anthropic errors and SSE.
+    Vertex,
+}
+
+pub(crate) struct MessagesRoute<'a> {
+    pub(crate) dialect: Dialect,
+    /// The model named by the path (Bedrock, Vertex). `None`: the body's `model`.
+    pub(crate) model: Option<&'a str>,
+    /// Streaming as decided by the path (Bedrock, Vertex). `None`: the body's `stream`.
+    pub(crate) stream: Option<bool>,
+}
+
+impl MessagesRoute<'_> {
+    const ANTHROPIC: MessagesRoute<'static> = MessagesRoute {
+        dialect: Dialect::Anthropic,
+        model: None,
+        stream: None,
+    };
+}
+
+pub(crate) fn messages(
     state: &State,
     req: &Request,
     header_script: Option<Script>,
     rng: &mut Rng,
+    route: &MessagesRoute<'_>,
 ) -> Response {
+    let bad = |msg: &str| match route.dialect {
+        Dialect::Bedrock => bedrock::error(400, "ValidationException", msg),
+        Dialect::Anthropic | Dialect::Vertex => bad_request(msg),
+    };
     // Validate before taking a queued script, so that a malformed request does not consume a
     // reply the test meant for the next one.
     let body: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return bad_request("request body must be a JSON object"),
-        Err(e) => return bad_request(&format!("malformed JSON in request body: {e}")),
+        Ok(_) => return bad("request body must be a JSON object"),
+        Err(e) => return bad(&format!("malformed JSON in request body: {e}")),
     };
+    let stream = route
+        .stream
+        .unwrap_or_else(|| body.get("stream").and_then(Value::as_bool) == Some(true));
     let script = header_script
-        .or_else(|| take_script(state, &body, &req.body))
+        .or_else(|| take_script_for(state, &body, &req.body, stream))
         .unwrap_or_default();
     let mut resp = match script.kind.unwrap_or_default() {
-        Kind::Error => script_error(&script),
+        Kind::Error => script_error(&script, route.dialect),
         Kind::Garbage => Response {
             status: script.status.unwrap_or(200),
-            content_type: script
-                .content_type
-                .clone()
-                .unwrap_or_else(|| SSE_CONTENT_TYPE.to_owned()),
+            content_type: script.content_type.clone().unwrap_or_else(|| {
+                if route.dialect == Dialect::Bedrock {
+                    EVENTSTREAM_CONTENT_TYPE
+                } else {
+                    SSE_CONTENT_TYPE
+                }
+                .to_owned()
+            }),
             headers: script.headers.clone().unwrap_or_default(),
             sse: true,
             body: Events::single(script.raw.clone().unwrap_or_default().into_bytes()),
@@ -160,14 +235,26 @@ fn messages(
         },
         Kind::ModelsPassthrough => models_list(),
         Kind::Echo | Kind::Text | Kind::ToolUse | Kind::ThinkingText => {
-            let model = body
-                .get("model")
-                .and_then(Value::as_str)
+            let model = route
+                .model
+                .or_else(|| body.get("model").and_then(Value::as_str))
                 .unwrap_or(DEFAULT_MODEL);
             let reply = build_reply(&script, &body, req.body.len(), rng);
             let msg_id = random_id("msg_01", 22, rng);
-            if body.get("stream").and_then(Value::as_bool) == Some(true) {
-                Response::sse(sse_events(&reply, model, &msg_id, &script, rng))
+            if stream {
+                let events = sse_events(&reply, model, &msg_id, &script, rng);
+                if route.dialect == Dialect::Bedrock {
+                    let frames = eventstream::from_sse(&events, script.corrupt_frame_after, rng);
+                    let mut resp = Response::sse(frames);
+                    resp.content_type = EVENTSTREAM_CONTENT_TYPE.to_owned();
+                    resp.headers.push((
+                        "x-amzn-bedrock-content-type".into(),
+                        "application/json".into(),
+                    ));
+                    resp
+                } else {
+                    Response::sse(events)
+                }
             } else {
                 Response::json(200, &message_out(&reply, model, &msg_id, true))
             }

@@ -4,12 +4,11 @@
 //! GET of `/results`: each item takes a reply from the script queue the way a `/v1/messages`
 //! request would, and the request counts are corrected to match.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::api::{bad_request, not_found};
+use crate::clock::{rfc3339, unix_now};
 use crate::http::Request;
 use crate::messages::{
     build_reply, error_parts, message_out, ErrorEnvelope, MessageOut, DEFAULT_MODEL,
@@ -191,44 +190,4 @@ pub(crate) fn batch_results(state: &State, id: &str, rng: &mut Rng) -> Response 
     }
     let body = batch.results.clone().unwrap_or_default();
     Response::with_body(200, JSONL_CONTENT_TYPE, body)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// RFC 3339 UTC timestamp. Hand-rolled so the mock needs no date crate; this uses Howard
-/// Hinnant's days-to-civil algorithm.
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_759_104_000), "2025-09-29T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400 + 3_661), "2000-02-29T01:01:01Z");
-    }
 }

@@ -1,9 +1,10 @@
 //! The `/_mock/` control plane: queue reply scripts, reset, read back the recorded requests
-//! and the counters.
+//! and the counters (`/_mock/stats`, and the cloud mocks' `/_mock/clouds`).
 //!
 //! Control requests never touch the counters or the record (`server` routes them here before
 //! counting). `reset` clears everything and sets the sequence number back to 0, so a seeded
-//! mock then answers exactly as it did after start-up.
+//! mock then answers exactly as it did after start-up. The one exception: STS keys and OAuth
+//! tokens already issued stay valid (see `cloud`); only the cloud counters are reset.
 
 use std::sync::atomic::Ordering;
 
@@ -44,6 +45,7 @@ pub(crate) fn control_plane(state: &State, req: &Request) -> Response {
             state.requests.store(0, Ordering::Relaxed);
             state.aborted_streams.store(0, Ordering::Relaxed);
             state.seq.store(0, Ordering::Relaxed);
+            state.cloud.reset_counters();
             Response::json(200, &serde_json::json!({"ok": true}))
         }
         ("GET", "/_mock/received") => Response::json(200, &*lock(&state.received)),
@@ -56,6 +58,7 @@ pub(crate) fn control_plane(state: &State, req: &Request) -> Response {
                 "aborted_streams": state.aborted_streams.load(Ordering::Relaxed),
             }),
         ),
+        ("GET", "/_mock/clouds") => Response::json(200, &state.cloud.counters()),
         _ => Response::error(404, "not_found_error", "unknown mock control endpoint"),
     }
 }

@@ -29,6 +29,18 @@
 //!   closed without finishing the HTTP message. The one exception is a body shorter than N
 //!   bytes: it is sent complete, and the connection is closed after it anyway.
 //!
+//! * **Cloud providers, on the same listener.** Amazon Bedrock runtime (`/model/{id}/invoke`,
+//!   `invoke-with-response-stream`, `count-tokens`, `/inference-profiles`), AWS STS
+//!   (`POST /`, `AssumeRoleWithWebIdentity`), Vertex AI (`/v1/projects/…:rawPredict`,
+//!   `:streamRawPredict`, `count-tokens:rawPredict`) and a Google OAuth token endpoint
+//!   (`POST /token`). Bedrock and Vertex answer with the same replies, scripts and faults as
+//!   `/v1/messages`; Bedrock's stream is the same events in AWS event-stream frames. The mock
+//!   is the judge of the proxy's upstream authentication: every Bedrock request must carry a
+//!   valid SigV4 signature (verified from the AWS specification, not with an AWS SDK) or a
+//!   configured Bedrock API key, and every Vertex request an unexpired token the mock issued.
+//!   Refusals are shaped like the real services' and counted (`GET /_mock/clouds`), and each
+//!   cloud request's record says how it authenticated.
+//!
 //! `loadtest/README.md` documents the control plane and the reply-script language.
 //!
 //! # Modules
@@ -36,21 +48,37 @@
 //! `server` accepts connections and counts and records requests. `http` reads requests.
 //! `api`, `control` and `batches` answer them. `script` is the reply-script language.
 //! `messages` and `sse` build the reply bodies. `response` writes them with the scripted
-//! framing and faults. `rng` is the seeded randomness behind every id and cut.
+//! framing and faults. `rng` is the seeded randomness behind every id and cut. `clock` is
+//! wall-clock time and date formats.
+//!
+//! The cloud mocks: `cloud` holds their configuration, issued credentials and counters.
+//! `bedrock` answers Bedrock runtime, authenticating with `sigv4` (the verifier) and framing
+//! streams with `eventstream`. `sts` issues web-identity credentials. `vertex` answers Vertex
+//! AI with tokens from `oauth`, the token endpoint. `form` is percent-encoding and form bodies.
 
 mod api;
 mod batches;
+mod bedrock;
+mod clock;
+mod cloud;
 mod control;
+mod eventstream;
+mod form;
 mod http;
 mod messages;
+mod oauth;
 mod response;
 mod rng;
 mod script;
 mod server;
+mod sigv4;
 mod sse;
+mod sts;
 #[cfg(test)]
 mod testing;
+mod vertex;
 
+use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +87,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::net::TcpListener;
 
+use crate::cloud::{Cloud, CloudConfig};
 use crate::server::State;
 
 #[derive(Parser, Debug)]
@@ -87,10 +116,62 @@ struct Cli {
     /// it on). Benchmarks need this when they cannot inject an `x-mock-script` header.
     #[arg(long)]
     no_split_writes: bool,
+    /// Static AWS credentials the Bedrock mock accepts for SigV4 (repeatable).
+    #[arg(long = "aws-credentials", value_name = "AKID:SECRET")]
+    aws_credentials: Vec<String>,
+    /// A Bedrock API key accepted as `Authorization: Bearer KEY` (repeatable).
+    #[arg(long = "bedrock-api-key", value_name = "KEY")]
+    bedrock_api_keys: Vec<String>,
+    /// The only web-identity token the mock STS accepts. Without it, any non-empty token.
+    #[arg(long, value_name = "TOKEN")]
+    sts_web_identity_token: Option<String>,
+    /// Lifetime of the credentials the mock STS issues.
+    #[arg(long, default_value_t = 3600, value_name = "N")]
+    sts_ttl_secs: u64,
+    /// PEM RSA public key: the OAuth token endpoint verifies the RS256 signature of JWT
+    /// assertions with it. Without it, only the claims are checked.
+    #[arg(long, value_name = "PATH")]
+    oauth_public_key: Option<PathBuf>,
+    /// `expires_in` of issued access tokens; Vertex refuses a token after it.
+    #[arg(long, default_value_t = 3600, value_name = "N")]
+    oauth_token_ttl_secs: u64,
+}
+
+impl Cli {
+    fn cloud_config(&self) -> anyhow::Result<CloudConfig> {
+        let mut aws_credentials = HashMap::new();
+        for pair in &self.aws_credentials {
+            let (akid, secret) = pair
+                .split_once(':')
+                .filter(|(a, s)| !a.is_empty() && !s.is_empty())
+                .with_context(|| format!("--aws-credentials {pair:?}: expected AKID:SECRET"))?;
+            aws_credentials.insert(akid.to_owned(), secret.to_owned());
+        }
+        let oauth_public_key = match &self.oauth_public_key {
+            None => None,
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(
+                    jsonwebtoken::DecodingKey::from_rsa_pem(&pem)
+                        .with_context(|| format!("{}: not a PEM RSA public key", path.display()))?,
+                )
+            }
+        };
+        Ok(CloudConfig {
+            aws_credentials,
+            bedrock_api_keys: self.bedrock_api_keys.clone(),
+            sts_web_identity_token: self.sts_web_identity_token.clone(),
+            sts_ttl_secs: self.sts_ttl_secs,
+            oauth_public_key,
+            oauth_token_ttl_secs: self.oauth_token_ttl_secs,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let cloud = Cloud::new(cli.cloud_config()?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
         .enable_all()
@@ -101,12 +182,15 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", cli.listen))?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::new(
-            addr,
-            cli.seed.unwrap_or_else(rand::random),
-            !cli.no_record,
-            !cli.no_split_writes,
-        ));
+        let state = Arc::new(
+            State::new(
+                addr,
+                cli.seed.unwrap_or_else(rand::random),
+                !cli.no_record,
+                !cli.no_split_writes,
+            )
+            .with_cloud(cloud),
+        );
         if let Some(path) = &cli.port_file {
             write_port_file(path, addr.port())?;
         }

@@ -35,6 +35,13 @@ pub(crate) fn random_id(prefix: &str, len: usize, rng: &mut Rng) -> String {
     s
 }
 
+/// `len` characters drawn from `alphabet` (ASCII).
+pub(crate) fn random_chars(alphabet: &[u8], len: usize, rng: &mut Rng) -> String {
+    (0..len)
+        .map(|_| alphabet[rng.between(0, alphabet.len() - 1)] as char)
+        .collect()
+}
+
 pub(crate) fn fake_signature(rng: &mut Rng) -> String {
     const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     // 96 random bytes give 128 base64 characters with no padding, which looks like a real

@@ -63,6 +63,9 @@ pub(crate) struct Script {
     pub(crate) informational: Option<Vec<u16>>,
     pub(crate) crlf: Option<bool>,
     pub(crate) usage: Option<UsageSpec>,
+    /// Bedrock streams only: after this many good event-stream frames, one frame with a wrong
+    /// message CRC, and then the end of the body.
+    pub(crate) corrupt_frame_after: Option<usize>,
 }
 
 /// Conditions on the request body. Every condition given must hold.
@@ -71,7 +74,8 @@ pub(crate) struct Script {
 pub(crate) struct ScriptMatch {
     /// `true`: the body has a non-empty `tools` array; `false`: it has none (or an empty one).
     has_tools: Option<bool>,
-    /// The request's `stream` flag (absent counts as `false`).
+    /// Whether the request streams: its `stream` flag (absent counts as `false`), or for
+    /// Bedrock and Vertex the endpoint (`invoke-with-response-stream`, `streamRawPredict`).
     stream: Option<bool>,
     /// The raw request body contains this string.
     body_contains: Option<String>,
@@ -80,12 +84,11 @@ pub(crate) struct ScriptMatch {
 }
 
 impl ScriptMatch {
-    fn matches(&self, body: &Value, raw: &[u8]) -> bool {
+    fn matches(&self, body: &Value, raw: &[u8], stream: bool) -> bool {
         let has_tools = body
             .get("tools")
             .and_then(Value::as_array)
             .is_some_and(|t| !t.is_empty());
-        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         let contains = |needle: &str| {
             needle.is_empty() || raw.windows(needle.len()).any(|w| w == needle.as_bytes())
         };
@@ -100,10 +103,21 @@ impl ScriptMatch {
 /// every request, so a queue without `match` is a plain FIFO. Scripts that do not match stay
 /// queued, in order. `None` when nothing matches (the caller then echoes).
 pub(crate) fn take_script(state: &State, body: &Value, raw: &[u8]) -> Option<Script> {
+    let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    take_script_for(state, body, raw, stream)
+}
+
+/// `take_script` for a request whose streaming is known from elsewhere (the path).
+pub(crate) fn take_script_for(
+    state: &State,
+    body: &Value,
+    raw: &[u8],
+    stream: bool,
+) -> Option<Script> {
     let mut queue = lock(&state.queue);
     let position = queue
         .iter()
-        .position(|s| s.when.as_ref().is_none_or(|m| m.matches(body, raw)))?;
+        .position(|s| s.when.as_ref().is_none_or(|m| m.matches(body, raw, stream)))?;
     queue.remove(position)
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Only API requests touch the counters, the request record and the sequence number. Control
 //! traffic never does, so a test can inspect the mock without changing what it measures. A
-//! connection is counted on its first API request.
+//! connection is counted on its first API request. A request is recorded once its answer is
+//! decided (before any byte of it is written), so that its record can say how it
+//! authenticated.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::api;
 use crate::batches::Batch;
+use crate::cloud::{AuthNote, Cloud};
 use crate::control::control_plane;
 use crate::http::{read_request, ReadError};
 use crate::messages::error_type_for_status;
@@ -39,6 +42,7 @@ pub(crate) struct State {
     pub(crate) queue: Mutex<VecDeque<Script>>,
     pub(crate) received: Mutex<Vec<Received>>,
     pub(crate) batches: Mutex<HashMap<String, Batch>>,
+    pub(crate) cloud: Cloud,
 }
 
 impl State {
@@ -60,7 +64,13 @@ impl State {
             queue: Mutex::new(VecDeque::new()),
             received: Mutex::new(Vec::new()),
             batches: Mutex::new(HashMap::new()),
+            cloud: Cloud::default(),
         }
+    }
+
+    /// The same state, with the cloud mocks configured.
+    pub(crate) fn with_cloud(self, cloud: Cloud) -> Self {
+        State { cloud, ..self }
     }
 
     fn next_rng(&self) -> Rng {
@@ -83,6 +93,9 @@ pub(crate) struct Received {
     pub(crate) query: Option<String>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: String,
+    /// Cloud endpoints only: `auth_kind`, `aws_region`, `aws_access_key_id`, `auth_error`.
+    #[serde(flatten)]
+    pub(crate) auth: AuthNote,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
@@ -129,6 +142,9 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<State>) {
             (control_plane(&state, &req), Rng::new(state.base_seed))
         } else {
             state.requests.fetch_add(1, Ordering::Relaxed);
+            let mut rng = state.next_rng();
+            let mut auth = AuthNote::default();
+            let resp = api(&state, &req, &mut rng, &mut auth);
             if state.record {
                 lock(&state.received).push(Received {
                     method: req.method.clone(),
@@ -136,10 +152,10 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<State>) {
                     query: req.query.clone(),
                     headers: req.headers.clone(),
                     body: String::from_utf8_lossy(&req.body).into_owned(),
+                    auth,
                 });
             }
-            let mut rng = state.next_rng();
-            (api(&state, &req, &mut rng), rng)
+            (resp, rng)
         };
         match write_response(&mut stream, resp, req.keep_alive, &mut rng).await {
             Ok(true) => {}

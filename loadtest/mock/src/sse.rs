@@ -92,6 +92,19 @@ impl Events {
         Events { buf: bytes, ends }
     }
 
+    pub(crate) fn with_capacity(bytes: usize, pieces: usize) -> Self {
+        Events {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(pieces),
+        }
+    }
+
+    /// Appends one piece, written by `write` at the end of the buffer.
+    pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.buf);
+        self.ends.push(self.buf.len());
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }

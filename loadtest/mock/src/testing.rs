@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::cloud::{Cloud, CloudConfig};
 use crate::http::find_crlf;
 use crate::script::Script;
 use crate::server::{serve, State};
@@ -47,9 +48,14 @@ pub(crate) fn concat(events: &[(String, Value)], index: u64, kind: &str, field: 
 }
 
 pub(crate) async fn start() -> (SocketAddr, Arc<State>) {
+    start_with(CloudConfig::default()).await
+}
+
+/// A mock whose cloud endpoints have this configuration.
+pub(crate) async fn start_with(config: CloudConfig) -> (SocketAddr, Arc<State>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = Arc::new(State::new(addr, 42, true, true));
+    let state = Arc::new(State::new(addr, 42, true, true).with_cloud(Cloud::new(config)));
     tokio::spawn(serve(listener, state.clone()));
     (addr, state)
 }
