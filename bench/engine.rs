@@ -17,7 +17,10 @@ mod corpus;
 use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streammask::anthropic::bedrock::BedrockStream;
+use streammask::anthropic::event_stream::{encode, Frame};
 use streammask::anthropic::messages::SseTransformer;
+use streammask::anthropic::sse::SseFramer;
 use streammask::engine::dictionary::{Dictionary, MatchOptions};
 use streammask::engine::json_walk::{mask_json, mask_json_learning, ThinkingMode, WalkOptions};
 use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
@@ -402,6 +405,23 @@ fn sse_response(text: &str, delta_chars: usize) -> String {
     out
 }
 
+/// `response` (SSE) as Bedrock's event-stream `chunk` frames.
+fn bedrock_frames(response: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut framer = SseFramer::new(usize::MAX);
+    let mut out = Vec::new();
+    for event in framer.push(response.as_bytes()).expect("SSE") {
+        let bytes = base64::engine::general_purpose::STANDARD.encode(event.data());
+        let payload = serde_json::json!({ "bytes": bytes }).to_string();
+        let frame = Frame::with_strings(
+            &[(":event-type", "chunk"), (":message-type", "event")],
+            payload,
+        );
+        encode(&frame, &mut out);
+    }
+    out
+}
+
 fn main() {
     let engine = engine();
     let text = mixed_corpus();
@@ -525,6 +545,21 @@ fn main() {
             transformer.push(black_box(response.as_bytes()), &mut out);
             transformer.finish(&mut out);
             assert!(transformer.saw_message_stop());
+        })
+    });
+    // The same stream as Bedrock frames it: event-stream decoding, base64, the same masker,
+    // and the frames encoded again (the cost Bedrock adds over SSE, in one run).
+    let frames = bedrock_frames(&response);
+    sse.bench_function("bedrock_response_frames", |b| {
+        let mut out = Vec::with_capacity(frames.len() + 1024);
+        b.iter(|| {
+            out.clear();
+            let transformer =
+                SseTransformer::new(Arc::clone(&engine), ThinkingMode::Report, 1 << 20);
+            let mut stream = BedrockStream::new(transformer, 1 << 20);
+            stream.push(black_box(&frames), &mut out);
+            stream.finish(&mut out);
+            assert!(stream.sse().saw_message_stop());
         })
     });
     sse.finish();

@@ -65,6 +65,11 @@ fn sse_stream() {
 }
 
 #[test]
+fn event_stream() {
+    replay("event_stream", streammask_fuzz::event_stream::run);
+}
+
+#[test]
 fn json_walk() {
     replay("json_walk", streammask_fuzz::json_walk::run);
 }

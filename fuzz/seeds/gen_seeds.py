@@ -4,6 +4,7 @@ SDKs send them, batch results, every coding, and the shipped configs and rule fi
 
 `@@` in a seed is where the targets plant a secret. Run: python3 fuzz/seeds/gen_seeds.py
 """
+import base64
 import gzip
 import json
 import pathlib
@@ -76,6 +77,31 @@ for name, body in streams.items():
     out("sse_stream", f"raw-{name}", b"\x00\x03\x07\x40\x01" + body.encode())
 for n in range(6):
     out("sse_stream", f"gen-{n}", bytes([1, 2, 9, 200]) + bytes((n * 37 + k * 11) % 256 for k in range(64)))
+
+
+def frame(headers, payload):
+    """One AWS event-stream frame with string headers (Bedrock's framing)."""
+    head = b"".join(bytes([len(k)]) + k.encode() + b"\x07" + len(v).to_bytes(2, "big") + v.encode()
+                    for k, v in headers)
+    total = 12 + len(head) + len(payload) + 4
+    prelude = total.to_bytes(4, "big") + len(head).to_bytes(4, "big")
+    msg = prelude + zlib.crc32(prelude).to_bytes(4, "big") + head + payload
+    return msg + zlib.crc32(msg).to_bytes(4, "big")
+
+
+for name, body in list(streams.items())[:4]:
+    # mode 0: an SSE stream (with `@@`) framed as chunks; mode 4|0 corrupts one frame
+    out("event_stream", f"sse-{name}", b"\x00\x03\x07\x40\x01" + body.encode())
+    out("event_stream", f"corrupt-{name}", b"\x04\x02\x05\x40" + body.encode())
+for n in range(3):
+    out("event_stream", f"gen-{n}", bytes([1, 2, 9, 200]) + bytes((n * 41 + k * 13) % 256 for k in range(64)))
+chunk = json.dumps({"bytes": base64.b64encode(json.dumps({"type": "ping"}).encode()).decode()})
+raw = frame([(":event-type", "chunk"), (":content-type", "application/json"),
+             (":message-type", "event")], chunk.encode())
+exc = frame([(":exception-type", "throttlingException"), (":message-type", "exception")],
+            b'{"message":"slow down"}')
+out("event_stream", "raw-frames", b"\x02\x01\x05" + raw * 3 + exc)
+out("event_stream", "raw-truncated", b"\x02\x00" + (raw * 2)[:-3])
 
 requests = {
     "simple": {"model": "claude-sonnet-4-5", "max_tokens": 64,

@@ -213,7 +213,7 @@ pub mod sse_stream {
         out
     }
 
-    fn assert_no_secret(out: &[u8], view: &ClientView) {
+    pub fn assert_no_secret(out: &[u8], view: &ClientView) {
         let secret = planted();
         let raw = String::from_utf8_lossy(out);
         if let Some(at) = raw.find(&secret) {
@@ -259,6 +259,33 @@ pub mod sse_stream {
     /// A stream of text, thinking and tool blocks whose texts come from `payload`; the secret may
     /// be planted split across two deltas or two adjacent text blocks.
     fn generated(spec: &[u8], payload: &[u8]) {
+        let (input, plants) = generate(payload);
+        let out = transform(input.as_bytes(), spec);
+        let view = read_sse(&out);
+        if plants > 0 {
+            assert_no_secret(&out, &view);
+            return;
+        }
+        // Clean: what a client reads is what the upstream sent. (Not byte for byte: the masker
+        // may hold a block's tail past a later delta of that block, e.g. its signature.)
+        let before = read_sse(input.as_bytes());
+        assert_eq!(
+            view.text, before.text,
+            "a clean stream's joined text changed"
+        );
+        assert_eq!(
+            view.thinking, before.thinking,
+            "a clean stream's joined thinking changed"
+        );
+        assert_eq!(
+            view.blocks, before.blocks,
+            "a clean stream's blocks changed"
+        );
+    }
+
+    /// A Messages stream generated from `payload` (see [`generated`]) and how many secrets
+    /// were planted in it.
+    pub fn generate(payload: &[u8]) -> (String, usize) {
         let mut bytes = payload.iter().copied();
         let mut next = move || bytes.next().unwrap_or(0);
         const ALPHABET: &[&str] = &["a", "b", "c", "x", "y", "z", " ", " ", "\n", "é", "✓", "q"];
@@ -294,28 +321,7 @@ pub mod sse_stream {
                 blocks[b].1.insert(p + 1, format!("{tail} "));
             }
         }
-        let input = render(&blocks);
-        let out = transform(input.as_bytes(), spec);
-        let view = read_sse(&out);
-        if plants > 0 {
-            assert_no_secret(&out, &view);
-            return;
-        }
-        // Clean: what a client reads is what the upstream sent. (Not byte for byte: the masker
-        // may hold a block's tail past a later delta of that block, e.g. its signature.)
-        let before = read_sse(input.as_bytes());
-        assert_eq!(
-            view.text, before.text,
-            "a clean stream's joined text changed"
-        );
-        assert_eq!(
-            view.thinking, before.thinking,
-            "a clean stream's joined thinking changed"
-        );
-        assert_eq!(
-            view.blocks, before.blocks,
-            "a clean stream's blocks changed"
-        );
+        (render(&blocks), plants)
     }
 
     fn event(name: &str, data: serde_json::Value) -> String {
@@ -383,6 +389,144 @@ pub mod sse_stream {
         );
         out += &event("message_stop", json!({"type":"message_stop"}));
         out
+    }
+}
+
+/// Bedrock's event-stream framing: the frame decoder on any bytes, and the Bedrock stream masker
+/// on frames built from SSE streams (raw with `@@` planted, or generated with secrets split
+/// across deltas), cut anywhere, optionally with one frame corrupted.
+///
+/// Oracles: no panic; bytes that decode as frames encode back to themselves; what the masker
+/// writes always decodes as whole, valid frames, with an `exception` frame only last; the events
+/// in its `chunk` frames read as an SDK reads SSE (JSON data); a planted secret is in none of
+/// them; a clean, uncorrupted stream reads the same after masking.
+pub mod event_stream {
+    use super::{cuts, plant, read_sse, sse_stream};
+    use base64::Engine as _;
+    use streammask::anthropic::bedrock::BedrockStream;
+    use streammask::anthropic::event_stream::{encode, Frame, FrameDecoder};
+    use streammask::anthropic::messages::SseTransformer;
+    use streammask::anthropic::sse::{write_event, SseFramer};
+    use streammask::engine::ThinkingMode;
+
+    pub fn run(data: &[u8]) {
+        let Some((&mode, rest)) = data.split_first() else {
+            return;
+        };
+        let Some((&spec_len, rest)) = rest.split_first() else {
+            return;
+        };
+        let spec_len = (spec_len as usize % 16).min(rest.len());
+        let (spec, payload) = rest.split_at(spec_len);
+        let corrupt = (mode >> 2) as usize;
+        match mode & 3 {
+            0 => {
+                let (input, planted) = plant(payload);
+                let frames = frames_of_sse(&input);
+                check(&frames, spec, corrupt % 8 == 1, planted > 0);
+            }
+            1 => {
+                let (input, planted) = sse_stream::generate(payload);
+                let frames = frames_of_sse(input.as_bytes());
+                check(&frames, spec, corrupt % 8 == 1, planted > 0);
+            }
+            _ => decode_raw(payload, spec),
+        }
+    }
+
+    /// Any bytes as an upstream body: no panic, whole frames out, and identity where it decodes.
+    fn decode_raw(payload: &[u8], spec: &[u8]) {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut frames = Vec::new();
+        if decoder.push(payload, &mut frames).is_ok() && decoder.finish().is_ok() {
+            let mut again = Vec::new();
+            for frame in &frames {
+                encode(frame, &mut again);
+            }
+            assert_eq!(
+                again, payload,
+                "decoded frames do not encode back to their bytes"
+            );
+        }
+        client_view(&mask(payload, spec));
+    }
+
+    /// One `chunk` frame per event of an SSE stream.
+    fn frames_of_sse(input: &[u8]) -> Vec<u8> {
+        let mut framer = SseFramer::new(usize::MAX);
+        let mut events = framer.push(input).unwrap_or_default();
+        events.extend(framer.finish().ok().flatten());
+        let mut out = Vec::new();
+        for event in events.iter().filter(|e| !e.is_empty()) {
+            let bytes = base64::engine::general_purpose::STANDARD.encode(event.data());
+            let payload = serde_json::json!({ "bytes": bytes }).to_string();
+            let frame = Frame::with_strings(
+                &[(":event-type", "chunk"), (":message-type", "event")],
+                payload,
+            );
+            encode(&frame, &mut out);
+        }
+        out
+    }
+
+    fn mask(input: &[u8], spec: &[u8]) -> Vec<u8> {
+        let sse = SseTransformer::new(super::engine(), ThinkingMode::Mask, 1 << 20);
+        let mut stream = BedrockStream::new(sse, 1 << 20);
+        let mut out = Vec::new();
+        let mut from = 0;
+        for cut in cuts(spec, input.len()).into_iter().chain([input.len()]) {
+            stream.push(&input[from..cut], &mut out);
+            from = cut;
+        }
+        stream.finish(&mut out);
+        out
+    }
+
+    /// The client's reading of the masker's output: frames (all whole and valid, an exception
+    /// only last) and the SSE stream their chunks carry.
+    fn client_view(out: &[u8]) -> (super::ClientView, Vec<u8>) {
+        let mut decoder = FrameDecoder::new(usize::MAX);
+        let mut frames = Vec::new();
+        decoder
+            .push(out, &mut frames)
+            .expect("the masker writes valid frames");
+        decoder.finish().expect("the masker writes whole frames");
+        let mut sse = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            match frame.header_str(":message-type") {
+                Some("event") => {
+                    let payload: serde_json::Value =
+                        serde_json::from_slice(&frame.payload).expect("chunk payload is JSON");
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(payload["bytes"].as_str().expect("chunk has bytes"))
+                        .expect("chunk bytes are base64");
+                    let data = String::from_utf8(bytes).expect("chunk event is UTF-8");
+                    write_event(&mut sse, None, &data);
+                }
+                Some("exception") => {
+                    assert_eq!(i, frames.len() - 1, "an exception frame is not the last");
+                    sse.extend_from_slice(b"data: ");
+                    sse.extend_from_slice(&frame.payload);
+                    sse.extend_from_slice(b"\n\n");
+                }
+                other => panic!("the masker wrote a frame of kind {other:?}"),
+            }
+        }
+        (read_sse(&sse), sse)
+    }
+
+    fn check(input: &[u8], spec: &[u8], corrupt: bool, planted: bool) {
+        let mut input = input.to_vec();
+        if corrupt && !input.is_empty() {
+            let at = spec.first().map_or(0, |&b| b as usize * 97) % input.len();
+            input[at] ^= 0x20;
+        }
+        let out = mask(&input, spec);
+        let (view, sse) = client_view(&out);
+        if planted {
+            sse_stream::assert_no_secret(&sse, &view);
+            sse_stream::assert_no_secret(&out, &view);
+        }
     }
 }
 

@@ -388,6 +388,19 @@ impl SseTransformer {
         true
     }
 
+    /// Flush and close every open block now (held text masked as at the end of the stream),
+    /// before an upstream error that ends the stream is passed on: a framing whose error
+    /// frame must come last (Bedrock's `exception`) calls this, then pushes the error event.
+    pub fn close_before_upstream_error(&mut self, out: &mut Vec<u8>) {
+        self.close_open_blocks(out);
+    }
+
+    /// End the stream because what carried it (a frame of a binary framing around the events)
+    /// is malformed: open blocks are closed as for any fault and an `error` event follows.
+    pub fn end_malformed(&mut self, why: &str, out: &mut Vec<u8>) {
+        self.fail(StreamFault::Malformed(why.to_string()), out);
+    }
+
     pub fn fault(&self) -> Option<&StreamFault> {
         self.fault.as_ref()
     }
