@@ -10,7 +10,7 @@
 //! `observe`, which reads it. Invariant: an exchange holds no secret text — findings carry rule
 //! ids and placeholders, transcripts are the masked bytes as forwarded and sent.
 
-use crate::anthropic::api::Route;
+use crate::anthropic::api::{Provider, Route};
 use crate::anthropic::restore::RestoreEvent;
 use crate::anthropic::tools::ToolBlock;
 use crate::anthropic::transcript::ResponseTranscript;
@@ -144,6 +144,8 @@ pub struct Exchange {
     pub method: String,
     /// `None` for a request no route took (answered 404).
     pub route: Option<Route>,
+    /// Which API surface the request came through (the first-party API until routed).
+    pub provider: Provider,
     /// The `x-claude-code-session-id` header, when it is a plausible id.
     pub session_id: Option<String>,
     /// Set once the caller is authenticated (anonymous when authentication is off).
@@ -205,6 +207,7 @@ impl Exchange {
             started: Instant::now(),
             method: String::new(),
             route: None,
+            provider: Provider::Anthropic,
             session_id: None,
             caller: None,
             auth_failure: None,

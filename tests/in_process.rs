@@ -229,8 +229,7 @@ path = "{audit}"
 
     // Metrics and audit are written once the request has been logged.
     let metrics = state.metrics.as_ref().expect("metrics are on");
-    let counted =
-        r#"streammask_requests_total{endpoint="messages",outcome="masked",status_class="2xx"} 1"#;
+    let counted = r#"streammask_requests_total{endpoint="messages",outcome="masked",provider="anthropic",status_class="2xx"} 1"#;
     wait_for(Duration::from_secs(10), || {
         let text = String::from_utf8(metrics.render()).unwrap();
         text.contains(counted).then_some(())

@@ -36,7 +36,8 @@ stat("Late matches (should be 0)", "sum(increase(%s[$__range]))" % s("streammask
 y+=4
 row("Traffic and outcomes")
 ts("Requests by outcome", [("sum by (outcome) (%s)" % rate(REQ), "{{outcome}}")], "reqps", stack=True)
-ts("Requests by endpoint and status class", [("sum by (endpoint, status_class) (%s)" % rate(REQ), "{{endpoint}} {{status_class}}")], "reqps", x=12)
+ts("Requests by provider, endpoint and status class", [("sum by (provider, endpoint, status_class) (%s)" % rate(REQ), "{{provider}} {{endpoint}} {{status_class}}")], "reqps", x=12,
+   desc="provider: anthropic (first-party API), bedrock or vertex.")
 y+=8
 ts("Requests by caller group", [("sum by (group) (%s)" % rate("streammask_group_requests_total"), "{{group}}")], "reqps", stack=True)
 ts("Errors: 5xx and the proxy's own errors", [

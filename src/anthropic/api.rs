@@ -82,6 +82,30 @@ impl ApiError {
     }
 }
 
+/// Where a client reaches Claude through the proxy: the first-party API, Amazon Bedrock or
+/// Google Vertex AI. Each has its own routes, upstream authentication and response framing
+/// (`crate::proxy::provider`); masking, policy, audit and metrics are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provider {
+    #[default]
+    Anthropic,
+    Bedrock,
+    Vertex,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 3] = [Provider::Anthropic, Provider::Bedrock, Provider::Vertex];
+
+    /// Bounded label value for metrics and audit.
+    pub fn label(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::Bedrock => "bedrock",
+            Provider::Vertex => "vertex",
+        }
+    }
+}
+
 /// The endpoints streammask knows. Anything else is a 404, never an unscanned pass-through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {

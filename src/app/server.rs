@@ -330,6 +330,24 @@ fn build_state_with_key(
     )
 }
 
+/// What clients set to go through the proxy, one variable per provider served.
+fn base_urls(config: &Config, origin: &str) -> String {
+    let mut urls = vec![format!("ANTHROPIC_BASE_URL={origin}")];
+    if let Some(bedrock) = &config.bedrock {
+        urls.push(format!(
+            "ANTHROPIC_BEDROCK_BASE_URL={origin}{}",
+            bedrock.prefix
+        ));
+    }
+    if let Some(vertex) = &config.vertex {
+        urls.push(format!(
+            "ANTHROPIC_VERTEX_BASE_URL={origin}{}/v1",
+            vertex.prefix
+        ));
+    }
+    urls.join(" ")
+}
+
 /// The proxy's listening service for `state` (TLS and h2c as configured), not yet started.
 pub fn proxy_service(
     server_conf: &Arc<ServerConf>,
@@ -459,10 +477,11 @@ pub fn run(config: Config, source: ConfigSource, upgrade: bool) -> Result<(), St
         "streammask admin",
         admin,
     ));
-    tracing::info!(%listen, admin = %admin_addr, %upstream, rules = rules_loaded, profiles, auth = auth_on, "streammask starting");
+    let base_urls = base_urls(config, &format!("{scheme}://{listen}"));
+    tracing::info!(%listen, admin = %admin_addr, %upstream, rules = rules_loaded, profiles, auth = auth_on, base_urls = %base_urls, "streammask starting");
     // For a person at a terminal; a log collector reading JSON lines has the event above.
     if config.log.format != crate::observe::log::LogFormat::Json {
-        eprintln!("streammask: listening on {scheme}://{listen} (admin {admin_addr}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}", if auth_on { "on" } else { "off" });
+        eprintln!("streammask: listening on {scheme}://{listen} (admin {admin_addr}), upstream {upstream}, {rules_loaded} rules, {profiles} profile(s), authentication {}; clients: {base_urls}", if auth_on { "on" } else { "off" });
     }
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(super::shutdown::DrainOnSignal {

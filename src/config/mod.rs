@@ -19,6 +19,8 @@
 //! in `_bytes`, durations in `_ms` or `_secs`.
 
 use crate::config_error::invalid;
+
+pub mod clouds;
 pub use crate::config_error::ConfigError;
 use crate::engine::databases::CacheSetting;
 use crate::observe::audit::AuditSection;
@@ -35,7 +37,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The configuration used when no file is given: a local proxy in front of the Claude API.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../deploy/default.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../deploy/default.toml");
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +73,12 @@ pub struct FileConfig {
     pub pii: PiiSection,
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// `[bedrock]`: Claude through Amazon Bedrock.
+    #[serde(default)]
+    pub bedrock: clouds::BedrockSection,
+    /// `[vertex]`: Claude through Google Vertex AI.
+    #[serde(default)]
+    pub vertex: clouds::VertexSection,
 }
 
 /// `[restore]`: placeholders given back to the caller who sent the secret, in its own tool
@@ -484,6 +492,28 @@ impl Upstream {
     }
 }
 
+/// An upstream base URL: scheme, host, port and base path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix (no trailing `/`; usually empty).
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -537,6 +567,10 @@ pub struct Config {
     /// `[server] upgrade_sock`.
     pub upgrade_sock: PathBuf,
     pub shutdown: ShutdownSection,
+    /// `[bedrock]` (`None` when disabled).
+    pub bedrock: Option<clouds::Bedrock>,
+    /// `[vertex]` (`None` when disabled).
+    pub vertex: Option<clouds::Vertex>,
 }
 
 /// Who may use the admin listener's write endpoints (`POST /admin/reload`).
@@ -730,7 +764,18 @@ impl FileConfig {
                 "must be at least shutdown.readiness_delay_secs and at most 86400",
             ));
         }
+        let bedrock = self.bedrock.validate()?;
+        let vertex = self.vertex.validate()?;
+        if let (Some(bedrock), Some(vertex)) = (&bedrock, &vertex) {
+            if bedrock.prefix.starts_with(&vertex.prefix)
+                || vertex.prefix.starts_with(&bedrock.prefix)
+            {
+                return Err(invalid("vertex.prefix", "must not overlap bedrock.prefix"));
+            }
+        }
         Ok(Config {
+            bedrock,
+            vertex,
             upgrade_sock: self.server.upgrade_sock.clone(),
             watch,
             admin_access,
@@ -856,30 +901,27 @@ fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
         .map_err(|_| invalid(key, "is not an IP:port address"))
 }
 
-fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
-    let url = section.url.as_str();
+/// An `http://` or `https://` URL as scheme, host, port and base path (no trailing `/`).
+pub(crate) fn parse_endpoint(key: &'static str, url: &str) -> Result<Endpoint, ConfigError> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("http://") {
         (false, rest)
     } else {
-        return Err(invalid(
-            "upstream.url",
-            "must start with http:// or https://",
-        ));
+        return Err(invalid(key, "must start with http:// or https://"));
     };
     let (authority, path) = match rest.find('/') {
         Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
         None => (rest, ""),
     };
     if authority.is_empty() || authority.contains('@') {
-        return Err(invalid("upstream.url", "has no usable host"));
+        return Err(invalid(key, "has no usable host"));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
             let port: u16 = port
                 .parse()
-                .map_err(|_| invalid("upstream.url", "has an invalid port"))?;
+                .map_err(|_| invalid(key, "has an invalid port"))?;
             (
                 host.trim_start_matches('[')
                     .trim_end_matches(']')
@@ -889,6 +931,21 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         }
         _ => (authority.to_string(), if tls { 443 } else { 80 }),
     };
+    Ok(Endpoint {
+        tls,
+        host,
+        port,
+        base_path: path.to_string(),
+    })
+}
+
+fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
+    let Endpoint {
+        tls,
+        host,
+        port,
+        base_path: path,
+    } = parse_endpoint("upstream.url", &section.url)?;
     if section.connect_timeout_ms == 0 || section.read_timeout_ms == 0 {
         return Err(invalid(
             "upstream.read_timeout_ms",
@@ -899,7 +956,7 @@ fn parse_upstream(section: &UpstreamSection) -> Result<Upstream, ConfigError> {
         tls,
         host,
         port,
-        base_path: path.to_string(),
+        base_path: path,
         connect_timeout_ms: section.connect_timeout_ms,
         read_timeout_ms: section.read_timeout_ms,
         max_response_bytes: section.max_response_bytes,

@@ -21,10 +21,18 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default `info`).
+/// The cloud credential libraries' own logs are off unless `RUST_LOG` asks for them: their
+/// debug forms print raw responses of token and metadata endpoints (credentials included) and
+/// access key ids. streammask logs their failures itself, as error messages only
+/// (`crate::policy::aws`, `crate::policy::google`).
+const DEFAULT_FILTER: &str = "info,aws_config=off,aws_runtime=off,aws_smithy_runtime=off,\
+    aws_smithy_http_client=off,aws_sdk_sts=off,aws_sdk_sso=off,aws_sdk_ssooidc=off,\
+    aws_credential_types=off,aws_sigv4=off,gcp_auth=off";
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` filters (default [`DEFAULT_FILTER`]).
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

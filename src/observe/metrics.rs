@@ -15,7 +15,7 @@
 //! - a [`Metrics`] is a value owned by whoever built it (start-up), not a process-wide static,
 //!   so tests build their own and a reload can keep or replace it.
 
-use crate::anthropic::api::Route;
+use crate::anthropic::api::{Provider, Route};
 use crate::anthropic::restore::Unrestored;
 use crate::anthropic::tools::ToolBlock;
 use crate::anthropic::usage::TokenKind;
@@ -207,7 +207,7 @@ impl Metrics {
 
 /// Requests: counts by endpoint, status class and outcome; latencies; upstream errors.
 struct RequestMetrics {
-    /// Indexed by (endpoint, status class, outcome).
+    /// Indexed by (provider, endpoint, status class, outcome).
     requests: Vec<IntCounter>,
     duration: Vec<Histogram>,
     upstream_ttfb: Vec<Histogram>,
@@ -219,18 +219,21 @@ impl RequestMetrics {
     fn register(r: &Registrar) -> RequestMetrics {
         let requests_vec = r.counter_vec(
             "streammask_requests_total",
-            "Requests by endpoint, status class and outcome",
-            &["endpoint", "status_class", "outcome"],
+            "Requests by provider, endpoint, status class and outcome",
+            &["provider", "endpoint", "status_class", "outcome"],
         );
         let mut requests = Vec::new();
-        for endpoint in endpoint_labels() {
-            for class in STATUS_CLASSES {
-                for outcome in Outcome::ALL {
-                    requests.push(requests_vec.with_label_values(&[
-                        endpoint,
-                        class,
-                        outcome.label(),
-                    ]));
+        for provider in Provider::ALL {
+            for endpoint in endpoint_labels() {
+                for class in STATUS_CLASSES {
+                    for outcome in Outcome::ALL {
+                        requests.push(requests_vec.with_label_values(&[
+                            provider.label(),
+                            endpoint,
+                            class,
+                            outcome.label(),
+                        ]));
+                    }
                 }
             }
         }
@@ -268,7 +271,9 @@ impl RequestMetrics {
 
     fn record(&self, exchange: &Exchange) {
         let endpoint = endpoint_index(exchange.route);
-        let index = (endpoint * STATUS_CLASSES.len() + status_class_index(exchange.status))
+        let endpoints = Route::ALL.len() + 1;
+        let index = (((exchange.provider as usize) * endpoints + endpoint) * STATUS_CLASSES.len()
+            + status_class_index(exchange.status))
             * Outcome::ALL.len()
             + exchange.outcome as usize;
         self.requests[index].inc();
@@ -1225,13 +1230,13 @@ applies_to = ["tool_input"]
         let count = |series: &str| value(&text, series).unwrap_or(-1.0);
         assert_eq!(
             count(
-                r#"streammask_requests_total{endpoint="messages",outcome="masked",status_class="2xx"}"#
+                r#"streammask_requests_total{endpoint="messages",outcome="masked",provider="anthropic",status_class="2xx"}"#
             ),
             1.0
         );
         assert_eq!(
             count(
-                r#"streammask_requests_total{endpoint="unknown",outcome="error",status_class="none"}"#
+                r#"streammask_requests_total{endpoint="unknown",outcome="error",provider="anthropic",status_class="none"}"#
             ),
             0.0,
             "every series of the fixed label set exists from the start"
@@ -1279,7 +1284,7 @@ applies_to = ["tool_input"]
         assert_eq!(
             value(
                 &exposition(&other),
-                r#"streammask_requests_total{endpoint="messages",outcome="masked",status_class="2xx"}"#
+                r#"streammask_requests_total{endpoint="messages",outcome="masked",provider="anthropic",status_class="2xx"}"#
             ),
             Some(0.0)
         );

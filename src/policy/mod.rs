@@ -1,6 +1,7 @@
 //! Policy: who is calling and what applies to them — authentication ([`auth`]: JWT/OIDC and
 //! static service keys), the caller's [`identity`], per-group [`profiles`] (which rules, which
-//! models, which size limit), the upstream [`credentials`] the proxy holds, the CA bundles
+//! models, which size limit), the upstream [`credentials`] the proxy holds
+//! (the Claude API key, and the cloud identities for Bedrock, [`aws`], and Vertex, [`google`]), the CA bundles
 //! it [`trust`]s, the shared, sealed [`store`] of per-caller state (memory or Redis), human
 //! [`approvals`] of requests that match `approve` rules, and the organisation's own data
 //! ([`org_data`]: dictionaries of its terms, protected source trees, personal-data settings).
@@ -14,7 +15,9 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod aws;
 pub mod credentials;
+pub mod google;
 pub mod identity;
 pub mod org_data;
 pub mod profiles;

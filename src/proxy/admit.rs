@@ -29,8 +29,9 @@ use super::encoding::{decode_body, EncodingError};
 use super::headers::{header_str, is_json_content_type};
 use super::masking_pool::{MaskingPool, PoolRefusal};
 use super::metadata::scan_metadata;
+use super::provider::Routed;
 use super::{ProxyState, RequestCtx};
-use crate::anthropic::api::{request_model, route, ApiError, ErrorKind, Route};
+use crate::anthropic::api::{request_model, ApiError, ErrorKind, Route};
 use crate::anthropic::thinking_vault::{thinking_signatures, VaultRestore};
 use crate::engine::json_strings::for_each_string;
 use crate::engine::json_walk::{mask_json_learning, ThinkingMode, WalkError, WalkOptions, Walked};
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 
 /// A request the proxy will forward: where, and the body to send (decoded and masked).
 pub(super) struct Admitted {
-    pub route: Route,
+    pub routed: Routed,
     pub body: Vec<u8>,
 }
 
@@ -68,17 +69,16 @@ pub(super) async fn admit(
     });
     exchange.set_session_id(session_id);
     let path = session.req_header().uri.path();
-    let Some(route) = route(
-        &exchange.method,
-        path,
-        &state.config.extra_passthrough_prefixes,
-    ) else {
+    let Some(routed) = state.providers.route(&exchange.method, path, &state.config) else {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             "streammask: this endpoint is not served by the proxy",
         ));
     };
+    let route = routed.route;
     exchange.route = Some(route);
+    exchange.provider = routed.provider;
+    exchange.model = routed.path_model.clone();
     // Identify the caller before reading a byte of the body.
     let profile = authenticate(state, session, ctx).await?;
     let request = session.req_header();
@@ -99,6 +99,7 @@ pub(super) async fn admit(
     }
     let encoding = header_str(session, "content-encoding");
     let body = decode_body(raw, encoding, profile.max_body_bytes).map_err(encoding_error)?;
+    let body = state.providers.unwrap_body(&routed, body)?;
     // The model list is checked on the body as the client sent it, once the walker has
     // refused what readers could disagree on (invalid JSON, duplicate keys).
     let originals = thinking_originals(state, &body).await;
@@ -118,7 +119,9 @@ pub(super) async fn admit(
                 })?;
         ctx.exchange.masking += took;
         ctx.exchange_engine = exchange_engine;
-        ctx.exchange.model = request_model(&body);
+        if let Some(model) = request_model(&body) {
+            ctx.exchange.model = Some(model);
+        }
         let mut walked = walked;
         let learned = walked
             .as_mut()
@@ -132,7 +135,11 @@ pub(super) async fn admit(
     } else {
         (body, None, Default::default())
     };
-    if !profile.allows_request_models(route, &body) {
+    let path_model_allowed = routed
+        .path_model
+        .as_deref()
+        .is_none_or(|model| profile.allows_model(model));
+    if !path_model_allowed || !profile.allows_request_models(route, &body) {
         ctx.exchange.auth_failure = Some(AuthFailure::ModelNotAllowed);
         return Err(ApiError::new(
             ErrorKind::Permission,
@@ -153,7 +160,8 @@ pub(super) async fn admit(
     .await?;
     let body = forwarded.unwrap_or(body);
     let body = super::restore::prepare(state, &profile, ctx, learned, body).await?;
-    Ok(Admitted { route, body })
+    let body = state.providers.wrap_body(&routed, body);
+    Ok(Admitted { routed, body })
 }
 
 /// Authenticate the caller, record its identity and choose its profile.

@@ -19,12 +19,18 @@ use crate::engine::{Action, Engine, Findings, Scope};
 use http::header::{self, HeaderName};
 
 /// Headers the proxy sets itself on the upstream request: whatever the client sent is dropped.
-pub(super) const REWRITTEN: [HeaderName; 5] = [
+/// The AWS signing headers are among them: a client's SigV4 signature (the SDKs' Bedrock
+/// clients sign their requests to the proxy) covers what the client sent, not the masked
+/// body, and means nothing to any other upstream; Bedrock gets the proxy's own.
+pub(super) static REWRITTEN: [HeaderName; 8] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::CONTENT_ENCODING,
     header::ACCEPT_ENCODING,
     header::EXPECT,
+    HeaderName::from_static("x-amz-date"),
+    HeaderName::from_static("x-amz-security-token"),
+    HeaderName::from_static("x-amz-content-sha256"),
 ];
 
 /// The caller's credential headers: forwarded only as the credential itself.

@@ -33,6 +33,7 @@ mod headers;
 mod masking_pool;
 mod metadata;
 mod open_requests;
+mod provider;
 pub use metadata::percent_decode;
 mod response_headers;
 pub mod restore;
@@ -80,6 +81,9 @@ pub struct ProxyState {
     /// requests with approve findings are then refused).
     pub approvals: Option<Arc<crate::policy::approvals::Approvals>>,
     upstream: Arc<Upstream>,
+    /// The first-party API and the clouds ([`provider`]): routes, upstream credentials,
+    /// framing.
+    providers: Arc<provider::Providers>,
     /// The workers that mask large request bodies off the event loop
     /// (`[masking] offload_threads`, see [`admit`] and [`masking_pool`]).
     masking_pool: Arc<masking_pool::MaskingPool>,
@@ -105,6 +109,7 @@ impl ProxyState {
         thinking_vault: Option<Arc<dyn Vault>>,
     ) -> ProxyState {
         let upstream = Arc::new(Upstream::new(&config.upstream));
+        let providers = Arc::new(provider::Providers::new(&config));
         let masking_pool = Arc::new(masking_pool::MaskingPool::start(config.offload_threads));
         let open_requests = Arc::new(open_requests::OpenRequests::new(config.max_connections));
         ProxyState {
@@ -120,6 +125,7 @@ impl ProxyState {
             restore: None,
             approvals: None,
             upstream,
+            providers,
         }
     }
 
@@ -150,6 +156,7 @@ impl ProxyState {
         } else {
             Arc::new(Upstream::new(&config.upstream))
         };
+        let providers = Arc::new(self.providers.reloaded(&config));
         let restore = self.restore.clone().map(|restore| restore::Restore {
             // Whether owners are known follows `[auth]`, which a reload may change.
             owners_known: config.auth.enabled(),
@@ -165,6 +172,7 @@ impl ProxyState {
             thinking_vault: self.thinking_vault.clone(),
             approvals: self.approvals.clone(),
             upstream,
+            providers,
             masking_pool: Arc::clone(&self.masking_pool),
             open_requests: Arc::clone(&self.open_requests),
             drain: self.drain.clone(),
@@ -243,19 +251,29 @@ impl Proxy {
             // Kept (a reference count, not a copy) so the relay can tell what the request
             // asked for (`stream: true`) when the response's label does not say.
             let request_body = body.clone();
+            let outbound = state
+                .providers
+                .outbound(
+                    &admitted.routed,
+                    &state.config,
+                    key,
+                    session.req_header(),
+                    &body,
+                )
+                .await?;
             let opened = state
                 .upstream
-                .send(session, &mut ctx.exchange, key, body)
+                .send(&mut ctx.exchange, outbound, body)
                 .await?;
-            Ok::<_, ApiError>((admitted.route, opened, request_body))
+            Ok::<_, ApiError>((admitted.routed, opened, request_body))
         };
-        let (route, opened, request_body) = tokio::select! {
+        let (routed, opened, request_body) = tokio::select! {
             opened = opening => opened?,
             () = state.drain.reached(drain::DrainPhase::Deadline) => {
                 return Err(shutting_down().with_status(503));
             }
         };
-        stream::relay(state, session, ctx, route, opened, &request_body).await
+        stream::relay(state, session, ctx, &routed, opened, &request_body).await
     }
 }
 

@@ -27,11 +27,13 @@
 use super::drain::DrainPhase;
 use super::encoding::Decoder;
 use super::headers::{end_to_end_headers, header_str};
+use super::provider::Routed;
 use super::response_headers;
 use super::upstream::{unavailable, Opened};
 use super::{ProxyState, RequestCtx};
-use crate::anthropic::api::{ApiError, ErrorKind, Route};
+use crate::anthropic::api::{ApiError, ErrorKind, Provider, Route};
 use crate::anthropic::batches::point_results_url_at_proxy;
+use crate::anthropic::bedrock::{exception_bytes, BedrockStream};
 use crate::anthropic::jsonl::JsonlMasker;
 use crate::anthropic::messages::{
     error_event, mask_json_response_restoring, SseTransformer, ThinkingOriginal,
@@ -58,16 +60,29 @@ enum BodyKind {
     Sse,
     /// Batch results: streamed line by line.
     Jsonl,
+    /// AWS event-stream frames (Bedrock's streamed invoke): streamed through the Bedrock
+    /// stream masker.
+    EventStream,
     /// Anything else (JSON, text, no label): read whole and scanned every way a reader may
     /// read it ([`mask_buffered`]).
     Buffered,
 }
 
 impl BodyKind {
-    fn of(route: Route, content_type: &str) -> BodyKind {
+    fn of(routed: &Routed, content_type: &str) -> BodyKind {
+        let route = routed.route;
         let content_type = content_type.to_ascii_lowercase();
-        if content_type.trim_start().starts_with("text/event-stream") {
+        let content_type = content_type.trim_start();
+        if content_type.starts_with("text/event-stream") {
             BodyKind::Sse
+        } else if content_type.starts_with("application/vnd.amazon.eventstream")
+            // A Bedrock stream is read as frames whatever its label, unless it is JSON (an
+            // error): anything else fails the frame checks and ends the stream.
+            || (routed.provider == Provider::Bedrock
+                && routed.stream == Some(true)
+                && !content_type.contains("json"))
+        {
+            BodyKind::EventStream
         } else if route == Route::BatchResults
             || content_type.contains("jsonl")
             || content_type.contains("ndjson")
@@ -103,10 +118,11 @@ pub(super) async fn relay(
     state: &ProxyState,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    route: Route,
+    routed: &Routed,
     opened: Opened,
     request_body: &[u8],
 ) -> Result<(), ApiError> {
+    let route = routed.route;
     let Opened {
         session: mut upstream,
         header: upstream_header,
@@ -119,7 +135,7 @@ pub(super) async fn relay(
             .get(name)
             .and_then(|v| v.to_str().ok())
     };
-    let kind = BodyKind::of(route, header_text(header::CONTENT_TYPE).unwrap_or(""));
+    let kind = BodyKind::of(routed, header_text(header::CONTENT_TYPE).unwrap_or(""));
     exchange.upstream_status(upstream_header.status.as_u16());
     if let Err(error) = response_headers::refuse_upgrade(&upstream_header) {
         exchange.upstream_failed(UpstreamError::Malformed, None);
@@ -139,7 +155,7 @@ pub(super) async fn relay(
         return Err(error);
     }
     match kind {
-        BodyKind::Sse | BodyKind::Jsonl => {
+        BodyKind::Sse | BodyKind::Jsonl | BodyKind::EventStream => {
             ctx.exchange.streamed = true;
             if !session.as_downstream().is_http2() {
                 let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
@@ -175,7 +191,9 @@ pub(super) async fn relay(
             let masking = Instant::now();
             let restore = ctx.restore.as_ref();
             let body = mask_buffered(state, &engine, restore, exchange, body, || {
-                route == Route::Messages && stream_requested(request_body)
+                routed
+                    .stream
+                    .unwrap_or_else(|| route == Route::Messages && stream_requested(request_body))
             });
             exchange.masking += masking.elapsed();
             let mut body = body?;
@@ -358,6 +376,7 @@ struct Stream<'s> {
 /// The masker of a streamed body.
 enum StreamMasker {
     Sse(Box<SseTransformer>),
+    Bedrock(Box<BedrockStream>),
     Jsonl(JsonlMasker),
 }
 
@@ -365,6 +384,7 @@ impl StreamMasker {
     fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         match self {
             StreamMasker::Sse(sse) => sse.push(chunk, out),
+            StreamMasker::Bedrock(bedrock) => bedrock.push(chunk, out),
             StreamMasker::Jsonl(jsonl) => jsonl.push(chunk, out),
         }
     }
@@ -372,18 +392,24 @@ impl StreamMasker {
     fn finish(&mut self, out: &mut Vec<u8>) {
         match self {
             StreamMasker::Sse(sse) => sse.finish(out),
+            StreamMasker::Bedrock(bedrock) => bedrock.finish(out),
             StreamMasker::Jsonl(jsonl) => jsonl.finish(out),
         }
     }
 
-    /// Whether the stream was ended for a malformed or oversized upstream event.
+    /// Whether the stream was ended for a malformed or oversized upstream event (or frame).
     fn faulted(&self) -> bool {
-        matches!(self, StreamMasker::Sse(sse) if sse.fault().is_some())
+        match self {
+            StreamMasker::Sse(sse) => sse.fault().is_some(),
+            StreamMasker::Bedrock(bedrock) => bedrock.fault().is_some(),
+            StreamMasker::Jsonl(_) => false,
+        }
     }
 
     fn events(&self) -> u64 {
         match self {
             StreamMasker::Sse(sse) => sse.events(),
+            StreamMasker::Bedrock(bedrock) => bedrock.events(),
             StreamMasker::Jsonl(_) => 0,
         }
     }
@@ -391,7 +417,17 @@ impl StreamMasker {
     fn held(&self) -> usize {
         match self {
             StreamMasker::Sse(sse) => sse.held(),
+            StreamMasker::Bedrock(bedrock) => bedrock.held(),
             StreamMasker::Jsonl(_) => 0,
+        }
+    }
+
+    /// The bytes that tell the client the proxy ended the stream (`error_type` is an
+    /// Anthropic error type): an SSE `error` event, or a Bedrock `exception` frame.
+    fn ending(&self, error_type: &str, message: &str) -> Vec<u8> {
+        match self {
+            StreamMasker::Bedrock(_) => exception_bytes(error_type, message),
+            _ => error_event(error_type, message),
         }
     }
 
@@ -399,6 +435,7 @@ impl StreamMasker {
     fn take_thinking_originals(&mut self) -> Vec<ThinkingOriginal> {
         match self {
             StreamMasker::Sse(sse) => sse.take_thinking_originals(),
+            StreamMasker::Bedrock(bedrock) => bedrock.sse().take_thinking_originals(),
             StreamMasker::Jsonl(_) => Vec::new(),
         }
     }
@@ -406,18 +443,21 @@ impl StreamMasker {
     /// Move what the masker found into the exchange.
     fn record(&mut self, exchange: &mut Exchange) {
         match self {
-            StreamMasker::Sse(sse) => {
-                exchange.restore_events.extend(sse.take_restore_events());
-                exchange.blocked_tools.extend(sse.take_blocked_tools());
-                exchange.late_matches += sse.late_matches();
-                exchange.response_findings.append(sse.take_findings());
-                exchange.usage = sse.usage();
-            }
+            StreamMasker::Bedrock(bedrock) => StreamMasker::record_sse(bedrock.sse(), exchange),
+            StreamMasker::Sse(sse) => StreamMasker::record_sse(sse, exchange),
             StreamMasker::Jsonl(jsonl) => {
                 exchange.blocked_tools.extend(jsonl.take_blocked_tools());
                 exchange.response_findings.append(jsonl.take_findings());
             }
         }
+    }
+
+    fn record_sse(sse: &mut SseTransformer, exchange: &mut Exchange) {
+        exchange.restore_events.extend(sse.take_restore_events());
+        exchange.blocked_tools.extend(sse.take_blocked_tools());
+        exchange.late_matches += sse.late_matches();
+        exchange.response_findings.append(sse.take_findings());
+        exchange.usage = sse.usage();
     }
 }
 
@@ -454,6 +494,21 @@ impl Stream<'_> {
                     sse = sse.with_restore(std::sync::Arc::clone(map));
                 }
                 StreamMasker::Sse(Box::new(sse))
+            }
+            BodyKind::EventStream => {
+                let mut sse = SseTransformer::new(
+                    std::sync::Arc::clone(self.engine),
+                    ThinkingMode::Mask,
+                    config.max_sse_event_bytes,
+                )
+                .with_max_tool_input(config.max_tool_input_bytes);
+                if let Some(map) = &self.restore {
+                    sse = sse.with_restore(std::sync::Arc::clone(map));
+                }
+                StreamMasker::Bedrock(Box::new(BedrockStream::new(
+                    sse,
+                    config.max_sse_event_bytes,
+                )))
             }
             _ => StreamMasker::Jsonl(
                 JsonlMasker::new(std::sync::Arc::clone(self.engine), ThinkingMode::Mask)
@@ -530,7 +585,7 @@ impl Stream<'_> {
             // Held bytes are dropped, not flushed: the client retries the whole request, and
             // what the masker still holds was never judged in full.
             let ending = match self.kind {
-                BodyKind::Sse => error_event(
+                BodyKind::Sse | BodyKind::EventStream => masker.ending(
                     "overloaded_error",
                     "streammask: this proxy instance is shutting down; retry the request",
                 ),
@@ -597,7 +652,7 @@ fn mask_batch(
         match decoder.decode(&chunk) {
             Ok(decoded) => masker.push(&decoded, out),
             Err(_) => {
-                out.extend(error_event(
+                out.extend(masker.ending(
                     "api_error",
                     "streammask: the upstream response could not be decompressed",
                 ));

@@ -1,30 +1,25 @@
-//! The upstream side of an exchange: resolving the API host, building the upstream request
-//! (end-to-end headers, the org's key instead of the caller's, `Accept-Encoding: identity`),
-//! sending the already-masked body and reading the response header.
+//! The upstream side of an exchange: resolving the host, sending the request a provider built
+//! ([`super::provider`]) with the already-masked body, and reading the response header.
 //!
 //! Invariants:
 //! - the host is resolved asynchronously and cached briefly; Pingora's `HttpPeer::new` would
 //!   resolve with a blocking call and panic on failure, so a peer is always built from an
 //!   address resolved here;
-//! - with an upstream key configured, the caller's `Authorization` and `x-api-key` never go
-//!   upstream;
 //! - every upstream failure is recorded in the exchange as an [`UpstreamError`] (timeouts told
 //!   apart) with Pingora's own name for it as the cause, and answered with a 502 that carries no
 //!   request content.
 
-use super::metadata::{forwarded_headers, is_credential};
+use super::provider::Outbound;
 use crate::anthropic::api::{ApiError, ErrorKind};
-use crate::config;
+use crate::config::{self, Endpoint};
 use crate::exchange::{Exchange, UpstreamError};
-use crate::policy::credentials::UpstreamKey;
 use bytes::Bytes;
-use http::header;
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::ALPN;
-use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,39 +29,34 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// Resolves the upstream host without blocking a worker thread, caching the answer briefly.
+/// Resolves upstream hosts without blocking a worker thread, caching each answer briefly.
+#[derive(Default)]
 struct Resolver {
-    host: String,
-    port: u16,
-    cached: Mutex<Option<(SocketAddr, Instant)>>,
+    cached: Mutex<HashMap<(String, u16), (SocketAddr, Instant)>>,
 }
 
 impl Resolver {
-    fn new(host: &str, port: u16) -> Resolver {
-        Resolver {
-            host: host.to_string(),
-            port,
-            cached: Mutex::new(None),
+    async fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Some(SocketAddr::new(ip, port));
         }
-    }
-
-    async fn resolve(&self) -> Option<SocketAddr> {
-        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
-            return Some(SocketAddr::new(ip, self.port));
-        }
+        let key = (host.to_string(), port);
         if let Ok(cached) = self.cached.lock() {
-            if let Some((addr, at)) = *cached {
+            if let Some((addr, at)) = cached.get(&key) {
                 if at.elapsed() < DNS_TTL {
-                    return Some(addr);
+                    return Some(*addr);
                 }
             }
         }
-        let fresh = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let fresh = tokio::net::lookup_host((host, port))
             .await
             .ok()
             .and_then(|mut addrs| addrs.next());
         if let (Some(addr), Ok(mut cached)) = (fresh, self.cached.lock()) {
-            *cached = Some((addr, Instant::now()));
+            // A handful of hosts at most (the API, a region or two per cloud): expired
+            // entries are dropped rather than kept forever.
+            cached.retain(|_, (_, at)| at.elapsed() < DNS_TTL);
+            cached.insert(key, (addr, Instant::now()));
         }
         fresh
     }
@@ -79,7 +69,8 @@ pub(super) struct Opened {
     pub peer: HttpPeer,
 }
 
-/// The Claude API as the proxy reaches it: pooled connections (TLS, HTTP/1.1) to one host.
+/// The upstreams as the proxy reaches them: pooled connections (TLS, HTTP/1.1) to the Claude
+/// API and to the cloud providers' hosts, with `[upstream]`'s timeouts and limits.
 pub(super) struct Upstream {
     settings: config::Upstream,
     connector: Connector,
@@ -98,12 +89,12 @@ impl Upstream {
         Upstream {
             settings: settings.clone(),
             connector: Connector::new(options),
-            resolver: Resolver::new(&settings.host, settings.port),
+            resolver: Resolver::default(),
         }
     }
 
-    fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, self.settings.tls, self.settings.host.clone());
+    fn peer(&self, addr: SocketAddr, endpoint: &Endpoint) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
         peer.options.connection_timeout =
             Some(Duration::from_millis(self.settings.connect_timeout_ms));
         peer.options.read_timeout = Some(Duration::from_millis(self.settings.read_timeout_ms));
@@ -117,70 +108,14 @@ impl Upstream {
         self.settings.max_response_bytes
     }
 
-    /// The upstream request for the client's: same method, path and query under the upstream
-    /// base path, end-to-end headers, the proxy's key when it holds one.
-    fn request_header(
-        &self,
-        session: &Session,
-        method: &str,
-        body_len: usize,
-        key: Option<&UpstreamKey>,
-    ) -> Result<RequestHeader, ApiError> {
-        let original = session.req_header();
-        let path_and_query = original
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let target = format!("{}{}", self.settings.base_path, path_and_query);
-        let internal = |_| {
-            ApiError::new(
-                ErrorKind::Api,
-                "streammask: could not build the upstream request",
-            )
-        };
-        let mut request =
-            RequestHeader::build(method, target.as_bytes(), Some(original.headers.len() + 4))
-                .map_err(internal)?;
-        // The headers admission scanned (metadata.rs), the same function picks them here.
-        for (name, value) in forwarded_headers(&original.headers) {
-            if key.is_some() && is_credential(name) {
-                // The caller's credential never goes upstream when the proxy holds the key.
-                continue;
-            }
-            request
-                .append_header(name.clone(), value.clone())
-                .map_err(internal)?;
-        }
-        if let Some(value) = key.map(UpstreamKey::header) {
-            request
-                .insert_header("x-api-key", value)
-                .map_err(internal)?;
-        }
-        request
-            .insert_header(header::HOST, self.settings.authority())
-            .map_err(internal)?;
-        // Ask for identity so every byte can be scanned; a compressed reply is decoded anyway.
-        request
-            .insert_header(header::ACCEPT_ENCODING, "identity")
-            .map_err(internal)?;
-        if body_len > 0 || method == "POST" {
-            request
-                .insert_header(header::CONTENT_LENGTH, body_len.to_string())
-                .map_err(internal)?;
-        }
-        Ok(request)
-    }
-
-    /// Send the request with `body` (already masked) and read the response header.
+    /// Send `outbound`'s request with `body` (already masked) and read the response header.
     pub async fn send(
         &self,
-        session: &Session,
         exchange: &mut Exchange,
-        key: Option<&UpstreamKey>,
+        outbound: Outbound,
         body: Bytes,
     ) -> Result<Opened, ApiError> {
-        let request = self.request_header(session, &exchange.method, body.len(), key)?;
+        let Outbound { endpoint, request } = outbound;
         let opened = Instant::now();
         let failed = |exchange: &mut Exchange, stage: UpstreamError, e: pingora::BError| {
             let cause = e.etype().as_str();
@@ -191,11 +126,11 @@ impl Upstream {
             exchange.upstream_failed(classify(stage, &e), Some(cause));
             unavailable(cause)
         };
-        let Some(addr) = self.resolver.resolve().await else {
+        let Some(addr) = self.resolver.resolve(&endpoint.host, endpoint.port).await else {
             exchange.upstream_failed(UpstreamError::Resolve, None);
             return Err(unavailable("the upstream host does not resolve"));
         };
-        let peer = self.peer(addr);
+        let peer = self.peer(addr, &endpoint);
         let (mut upstream, _reused) = self
             .connector
             .get_http_session(&peer)

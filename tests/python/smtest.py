@@ -283,10 +283,12 @@ def run_claude(
     api_key: str | None = API_KEY,
     settings: dict | None = None,
     timeout_s: float = CLAUDE_TIMEOUT_S,
+    extra_env: dict | None = None,
 ):
     """Run `claude -p` against `base_url` with a fresh HOME under `tmp`, no telemetry and no
     nonessential traffic. `api_key=None` leaves ANTHROPIC_API_KEY unset; `settings` is written
-    to ~/.claude/settings.json (e.g. an apiKeyHelper). Claude Code and everything it started
+    to ~/.claude/settings.json (e.g. an apiKeyHelper); `extra_env` adds variables (Bedrock and
+    Vertex modes). Claude Code and everything it started
     are killed after `timeout_s`."""
     home = tmp / "home"
     project = tmp / "project"
@@ -307,6 +309,7 @@ def run_claude(
     }
     if api_key is not None:
         env["ANTHROPIC_API_KEY"] = api_key
+    env.update(extra_env or {})
     # `session_id=""` passes no --session-id (for --resume/--continue, which name their own).
     session = [] if session_id == "" else ["--session-id", session_id or str(uuid.uuid4())]
     cmd = [CLAUDE_BIN, "-p", prompt, *session, *args]

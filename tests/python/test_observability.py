@@ -173,7 +173,10 @@ def test_metrics_page_has_exact_counts_after_scripted_traffic(obs, tool_block_ru
     gauges = {"streammask_active_streams", "streammask_held_bytes", "streammask_rules_loaded"}
     m = {k: v if k[0] in gauges else v - before.get(k, 0.0) for k, v in after.items()}
     requests = series(m, "streammask_requests_total")
-    assert len(requests) == 7 * 6 * 5, "every endpoint × status class × outcome series is pre-built"
+    assert len(requests) == 3 * 7 * 6 * 5, \
+        "every provider × endpoint × status class × outcome series is pre-built"
+    # All of this traffic came through the first-party API.
+    assert not [ls for ls, v in requests.items() if v and dict(ls)["provider"] != "anthropic"]
     got = {
         (dict(ls)["endpoint"], dict(ls)["status_class"], dict(ls)["outcome"]): v
         for ls, v in requests.items() if v

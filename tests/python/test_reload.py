@@ -60,8 +60,10 @@ class OwnProxy:
         self.stdout_log = conftest_logs(tmp) / f"{label}.stdout.log"
         self.stderr_log = conftest_logs(tmp) / f"{label}.stderr.log"
         conftest.PROXY_LOGS.extend([self.stdout_log, self.stderr_log])
-        self.env = {**os.environ, "STREAMMASK_PLACEHOLDER_KEY": PLACEHOLDER_KEY, "NO_COLOR": "1",
-                    "E2E_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+        # A value of None in `env` removes the variable.
+        env = {**os.environ, "STREAMMASK_PLACEHOLDER_KEY": PLACEHOLDER_KEY, "NO_COLOR": "1",
+               "E2E_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+        self.env = {name: value for name, value in env.items() if value is not None}
         with open(self.stdout_log, "ab") as out, open(self.stderr_log, "ab") as err:
             self.proc = subprocess.Popen(
                 [str(PROXY_BIN), "run", "--config", str(self.config_path)],

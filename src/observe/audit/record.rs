@@ -67,6 +67,10 @@ struct Pending {
 
 /// One audit line. Fields borrow from the request when written (no copies on the request
 /// path); read back, they are owned.
+fn first_party() -> Cow<'static, str> {
+    Cow::Borrowed("anthropic")
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AuditRecord<'a> {
     pub time: String,
@@ -76,6 +80,10 @@ pub struct AuditRecord<'a> {
     #[serde(default)]
     pub identity: Option<AuditIdentity>,
     pub endpoint: Cow<'a, str>,
+    /// `anthropic`, `bedrock` or `vertex` (records written before providers existed:
+    /// `anthropic`).
+    #[serde(default = "first_party")]
+    pub provider: Cow<'a, str>,
     pub method: Cow<'a, str>,
     #[serde(default)]
     pub model: Option<Cow<'a, str>>,
@@ -292,6 +300,7 @@ fn record<'x>(exchange: &'x Exchange, engine: &Engine) -> AuditRecord<'x> {
             profile: id.profile.clone(),
         }),
         endpoint: Cow::Borrowed(exchange.route.map_or("unknown", |r| r.label())),
+        provider: Cow::Borrowed(exchange.provider.label()),
         method: Cow::Borrowed(&exchange.method),
         model: exchange.model.as_deref().map(|m| {
             let cut = m.char_indices().nth(128).map_or(m, |(at, _)| &m[..at]);
