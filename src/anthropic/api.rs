@@ -175,9 +175,9 @@ pub fn request_model(body: &[u8]) -> Option<String> {
 }
 
 /// The string value of top-level `key` in a JSON object, without parsing the rest: strings are
-/// skipped with `memchr`, so a multi-megabyte request costs microseconds. `body` must already
-/// be valid JSON (the walker checked it).
-fn top_level_string(body: &[u8], key: &str) -> Option<String> {
+/// skipped with `memchr`, so a multi-megabyte request costs microseconds. Meant for valid JSON
+/// (the walker checked it); on anything else it returns some string or `None`, never panics.
+pub fn top_level_string(body: &[u8], key: &str) -> Option<String> {
     fn string_end(body: &[u8], mut at: usize) -> Option<usize> {
         loop {
             let found = at + memchr::memchr2(b'"', b'\\', body.get(at..)?)?;

@@ -20,6 +20,7 @@
 //!   nothing after it is read (fail closed);
 //! - memory is bounded by `max_event_bytes` per frame, as SSE events are.
 
+use super::api::top_level_string;
 use super::event_stream::{encode, Frame, FrameDecoder};
 use super::messages::SseTransformer;
 use super::sse::{write_event, SseFramer};
@@ -48,10 +49,11 @@ pub struct BedrockStream {
     fault: Option<String>,
 }
 
-/// The payload of a `chunk` event.
+/// The payload of a `chunk` event (base64 needs no JSON escapes, so `bytes` is borrowed).
 #[derive(Deserialize)]
-struct ChunkPayload {
-    bytes: String,
+struct ChunkPayload<'a> {
+    #[serde(borrow)]
+    bytes: std::borrow::Cow<'a, str>,
 }
 
 /// The payload of an `exception` frame.
@@ -59,13 +61,6 @@ struct ChunkPayload {
 struct ExceptionPayload {
     #[serde(default)]
     message: String,
-}
-
-/// Just the event type of an Anthropic stream event.
-#[derive(Deserialize)]
-struct EventType<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl BedrockStream {
@@ -156,11 +151,9 @@ impl BedrockStream {
         let Some(event) = decode_chunk(&frame.payload) else {
             return self.end("the upstream sent a chunk that is not base64-encoded JSON");
         };
-        // The event name is the event's `type`, as the first-party API names it.
-        let name = serde_json::from_str::<EventType>(&event)
-            .ok()
-            .and_then(|t| t.kind)
-            .map(|kind| kind.into_owned());
+        // The event name is the event's `type`, as the first-party API names it. (Read without
+        // parsing the event: the transformer parses it, and judges it whatever its name.)
+        let name = top_level_string(event.as_bytes(), "type");
         let mut sse_event = Vec::with_capacity(event.len() + 32);
         write_event(&mut sse_event, name.as_deref(), &event);
         self.sse.push(&sse_event, &mut self.scratch);
@@ -241,8 +234,11 @@ fn decode_chunk(payload: &[u8]) -> Option<String> {
 }
 
 fn chunk_frame(event: &str) -> Frame {
-    let bytes = base64::engine::general_purpose::STANDARD.encode(event.as_bytes());
-    let payload = serde_json::json!({ "bytes": bytes }).to_string();
+    // Base64 is JSON-safe as it is: the payload is written, not serialised.
+    let mut payload = String::with_capacity(event.len() * 4 / 3 + 16);
+    payload.push_str("{\"bytes\":\"");
+    base64::engine::general_purpose::STANDARD.encode_string(event.as_bytes(), &mut payload);
+    payload.push_str("\"}");
     Frame::with_strings(
         &[
             (":event-type", "chunk"),

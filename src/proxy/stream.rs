@@ -323,15 +323,7 @@ fn mask_buffered(
         Err(_) => {}
     }
     if has_sse_fields(&body) || stream_requested() {
-        let mut sse = SseTransformer::new(
-            std::sync::Arc::clone(engine),
-            ThinkingMode::Mask,
-            state.config.max_sse_event_bytes,
-        )
-        .with_max_tool_input(state.config.max_tool_input_bytes);
-        if let Some(map) = restore {
-            sse = sse.with_restore(std::sync::Arc::clone(map));
-        }
+        let mut sse = sse_transformer(state, engine, restore);
         let mut out = Vec::with_capacity(body.len() + 256);
         sse.push(&body, &mut out);
         sse.finish(&mut out);
@@ -355,6 +347,25 @@ fn mask_buffered(
     }
     exchange.response_findings.append(findings);
     Ok(masked.text.into_owned().into_bytes())
+}
+
+/// The Messages stream masker of a response, as configured (event and tool input caps) and
+/// giving back the caller's placeholders when restore is on.
+fn sse_transformer(
+    state: &ProxyState,
+    engine: &std::sync::Arc<Engine>,
+    restore: Option<&std::sync::Arc<RestoreMap>>,
+) -> SseTransformer {
+    let sse = SseTransformer::new(
+        std::sync::Arc::clone(engine),
+        ThinkingMode::Mask,
+        state.config.max_sse_event_bytes,
+    )
+    .with_max_tool_input(state.config.max_tool_input_bytes);
+    match restore {
+        Some(map) => sse.with_restore(std::sync::Arc::clone(map)),
+        None => sse,
+    }
 }
 
 /// How the upstream body ended.
@@ -483,28 +494,13 @@ impl Stream<'_> {
     ) -> bool {
         let config = &self.state.config;
         let mut masker = match self.kind {
-            BodyKind::Sse => {
-                let mut sse = SseTransformer::new(
-                    std::sync::Arc::clone(self.engine),
-                    ThinkingMode::Mask,
-                    config.max_sse_event_bytes,
-                )
-                .with_max_tool_input(config.max_tool_input_bytes);
-                if let Some(map) = &self.restore {
-                    sse = sse.with_restore(std::sync::Arc::clone(map));
-                }
-                StreamMasker::Sse(Box::new(sse))
-            }
+            BodyKind::Sse => StreamMasker::Sse(Box::new(sse_transformer(
+                self.state,
+                self.engine,
+                self.restore.as_ref(),
+            ))),
             BodyKind::EventStream => {
-                let mut sse = SseTransformer::new(
-                    std::sync::Arc::clone(self.engine),
-                    ThinkingMode::Mask,
-                    config.max_sse_event_bytes,
-                )
-                .with_max_tool_input(config.max_tool_input_bytes);
-                if let Some(map) = &self.restore {
-                    sse = sse.with_restore(std::sync::Arc::clone(map));
-                }
+                let sse = sse_transformer(self.state, self.engine, self.restore.as_ref());
                 StreamMasker::Bedrock(Box::new(BedrockStream::new(
                     sse,
                     config.max_sse_event_bytes,

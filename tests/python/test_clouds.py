@@ -537,3 +537,21 @@ def test_credentials_from_a_profile_the_container_or_the_instance(cloud, tmp_pat
     finally:
         proxy.stop()
         stub.close()
+
+
+def test_vertex_token_from_the_metadata_server():
+    """GKE workload identity / GCE: no key file, the token comes from the metadata server (run
+    in a private namespace where metadata.google.internal is a local stub, see
+    gce_metadata_run.py)."""
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parent / "gce_metadata_run.py"
+    run = subprocess.run(["unshare", "--mount", "--net", sys.executable, str(script)],
+                         capture_output=True, timeout=240)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-3000:]
+    result = json.loads(run.stdout.decode().strip().splitlines()[-1])
+    assert result["status"] == 200, result
+    assert "from the metadata server" in result["text"]
+    assert result["auth_kinds"] == ["google_oauth"]
+    assert any(hit.endswith("/service-accounts/default/token") for hit in result["metadata_hits"]), result
+    assert result["clouds"]["vertex_auth_failures"] == 0

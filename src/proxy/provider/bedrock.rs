@@ -18,7 +18,8 @@
 //!   `x-amz-*` signing header they sent never go upstream.
 
 use super::{
-    base_request, credentials_unavailable, decoded_segment, Outbound, Routed, Target as AnyTarget,
+    base_request, credentials_unavailable, decoded_segment, upstream_target, Outbound, Routed,
+    Target as AnyTarget,
 };
 use crate::anthropic::api::{ApiError, ErrorKind, Provider, Route};
 use crate::config::clouds::{is_region_name, Bedrock as Settings};
@@ -126,16 +127,9 @@ impl Bedrock {
         };
         let endpoint = match (configured, region.as_deref()) {
             (Some(endpoint), _) => endpoint.clone(),
-            (None, Some(region)) if is_region_name(region) => Endpoint {
-                tls: true,
-                host: if target.control {
-                    format!("bedrock.{region}.amazonaws.com")
-                } else {
-                    format!("bedrock-runtime.{region}.amazonaws.com")
-                },
-                port: 443,
-                base_path: String::new(),
-            },
+            (None, Some(region)) if is_region_name(region) => {
+                public_endpoint(region, target.control)
+            }
             _ => {
                 return Err(credentials_unavailable(
                     Provider::Bedrock,
@@ -143,12 +137,7 @@ impl Bedrock {
                 ))
             }
         };
-        let query = client
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let path_and_query = format!("{}{}{query}", endpoint.base_path, target.path_and_query);
+        let path_and_query = upstream_target(&endpoint, &target.path_and_query, client);
         let authority = endpoint.authority();
         let mut request = base_request(client, &path_and_query, &authority, body.len(), false)?;
         match auth {
@@ -189,6 +178,21 @@ impl Bedrock {
             }
         }
         Ok(Outbound { endpoint, request })
+    }
+}
+
+/// AWS's own endpoint in `region` (a checked region name): the runtime, or the control plane.
+fn public_endpoint(region: &str, control: bool) -> Endpoint {
+    let service = if control {
+        "bedrock"
+    } else {
+        "bedrock-runtime"
+    };
+    Endpoint {
+        tls: true,
+        host: format!("{service}.{region}.amazonaws.com"),
+        port: 443,
+        base_path: String::new(),
     }
 }
 
@@ -291,6 +295,19 @@ mod tests {
         assert_eq!(
             b.route("POST", "/model/m/count-tokens").map(|r| r.route),
             Some(Route::CountTokens)
+        );
+    }
+
+    #[test]
+    fn public_endpoints_are_per_region() {
+        let runtime = public_endpoint("eu-west-3", false);
+        assert_eq!(
+            (runtime.host.as_str(), runtime.port, runtime.tls),
+            ("bedrock-runtime.eu-west-3.amazonaws.com", 443, true)
+        );
+        assert_eq!(
+            public_endpoint("us-east-1", true).authority(),
+            "bedrock.us-east-1.amazonaws.com"
         );
     }
 

@@ -214,6 +214,15 @@ fn credentials_unavailable(provider: Provider, why: &str) -> ApiError {
     .with_status(502)
 }
 
+/// `endpoint`'s base path, then `path` (below a provider's prefix, as the client wrote it),
+/// then the client's query string.
+fn upstream_target(endpoint: &Endpoint, path: &str, client: &RequestHeader) -> String {
+    match client.uri.query() {
+        Some(query) => format!("{}{path}?{query}", endpoint.base_path),
+        None => format!("{}{path}", endpoint.base_path),
+    }
+}
+
 /// A path segment the client wrote, decoded for policy and records (the raw one is forwarded).
 fn decoded_segment(segment: &str) -> String {
     super::metadata::percent_decode(segment.as_bytes(), false)

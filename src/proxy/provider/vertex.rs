@@ -15,7 +15,8 @@
 //!   upstream.
 
 use super::{
-    base_request, credentials_unavailable, decoded_segment, Outbound, Routed, Target as AnyTarget,
+    base_request, credentials_unavailable, decoded_segment, upstream_target, Outbound, Routed,
+    Target as AnyTarget,
 };
 use crate::anthropic::api::{ApiError, Provider, Route};
 use crate::config::clouds::{is_region_name, Vertex as Settings};
@@ -109,23 +110,9 @@ impl Vertex {
             .map_err(|error| credentials_unavailable(Provider::Vertex, &error.to_string()))?;
         let endpoint = match &self.settings.endpoint {
             Some(endpoint) => endpoint.clone(),
-            None => Endpoint {
-                tls: true,
-                host: if target.location == "global" {
-                    "aiplatform.googleapis.com".to_string()
-                } else {
-                    format!("{}-aiplatform.googleapis.com", target.location)
-                },
-                port: 443,
-                base_path: String::new(),
-            },
+            None => public_endpoint(&target.location),
         };
-        let query = client
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let path_and_query = format!("{}{}{query}", endpoint.base_path, target.path);
+        let path_and_query = upstream_target(&endpoint, &target.path, client);
         let mut request = base_request(
             client,
             &path_and_query,
@@ -140,9 +127,36 @@ impl Vertex {
     }
 }
 
+/// Google's own endpoint for `location` (a checked region name, or `global`).
+fn public_endpoint(location: &str) -> Endpoint {
+    Endpoint {
+        tls: true,
+        host: if location == "global" {
+            "aiplatform.googleapis.com".to_string()
+        } else {
+            format!("{location}-aiplatform.googleapis.com")
+        },
+        port: 443,
+        base_path: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_endpoints_are_per_location() {
+        assert_eq!(
+            public_endpoint("us-east5").authority(),
+            "us-east5-aiplatform.googleapis.com"
+        );
+        assert_eq!(
+            public_endpoint("global").authority(),
+            "aiplatform.googleapis.com"
+        );
+        assert!(public_endpoint("europe-west1").tls);
+    }
 
     #[test]
     fn routes_name_the_model_and_the_location() {
