@@ -555,3 +555,33 @@ def test_vertex_token_from_the_metadata_server():
     assert result["auth_kinds"] == ["google_oauth"]
     assert any(hit.endswith("/service-accounts/default/token") for hit in result["metadata_hits"]), result
     assert result["clouds"]["vertex_auth_failures"] == 0
+
+
+def test_jwt_callers_in_both_modes(cloud, idp, tmp_path):
+    """OIDC callers present their JWT the same way as a static key: as the Bedrock API key or
+    as the Vertex access token; an expired or foreign token is refused before anything goes
+    upstream, and the token itself never goes upstream."""
+    import authkit
+    cloud.http.post("/_mock/reset")
+    key = authkit.SigningKey("RS256")
+    stranger = authkit.SigningKey("RS256")
+    idp.publish(key)
+    auth = (f'[auth]\nmode = "jwt"\nissuer = "{idp.issuer}"\naudience = "{authkit.AUDIENCE}"\n'
+            f'jwks_url = "{idp.jwks_url}"\n')
+    proxy = OwnProxy(tmp_path, cloud.url, cloud_config(cloud, tmp_path, auth), "clouds-jwt",
+                     env={**CLEAN_ENV, "AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET})
+    try:
+        good = authkit.token(key, idp.issuer)
+        for bad in (authkit.token(key, idp.issuer, exp=int(time.time()) - 600),
+                    authkit.token(stranger, idp.issuer)):
+            with pytest.raises(anthropic.AuthenticationError):
+                ask(bedrock_client(proxy, api_key=bad), "x", MODEL, False)
+            with pytest.raises(anthropic.AuthenticationError):
+                ask(vertex_client(proxy, bad), "x", VERTEX_MODEL, False)
+        assert not [r for r in cloud.received() if r["path"].startswith(("/model/", "/v1/"))]
+        assert ask(bedrock_client(proxy, api_key=good), "jwt bedrock", MODEL, True) == "jwt bedrock"
+        assert ask(vertex_client(proxy, good), "jwt vertex", VERTEX_MODEL, False) == "jwt vertex"
+        assert good not in json.dumps([r["headers"] for r in cloud.received()])
+        assert 'subject="alice@example.com"' in proxy.log_text()
+    finally:
+        proxy.stop()
