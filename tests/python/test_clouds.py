@@ -86,8 +86,10 @@ def cloud_config(mock: CloudMock, d: Path, extra: str = "") -> str:
 def cloud_proxy(cloud, tmp_path_factory) -> OwnProxy:
     """Static AWS keys in the environment; the service account for Vertex."""
     d = tmp_path_factory.mktemp("clouds-proxy")
-    proxy = OwnProxy(d, cloud.url, cloud_config(cloud, d), "clouds",
+    audit = f'[audit]\nsink = "file"\npath = "{d / "audit.jsonl"}"\n'
+    proxy = OwnProxy(d, cloud.url, cloud_config(cloud, d, audit), "clouds",
                      env={**CLEAN_ENV, "AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET})
+    proxy.audit_path = d / "audit.jsonl"
     yield proxy
     proxy.stop()
 
@@ -116,6 +118,17 @@ def ask(client, text: str, model: str, stream: bool) -> str:
     return "".join(b.text for b in client.messages.create(**request).content if b.type == "text")
 
 
+def audited(proxy: OwnProxy, provider: str) -> list[dict]:
+    """The proxy's audit records of `provider`, once at least one is written."""
+    def records():
+        if not proxy.audit_path.exists():
+            return None
+        lines = proxy.audit_path.read_text().splitlines()
+        found = [json.loads(line) for line in lines if line.strip()]
+        return [r for r in found if r.get("provider") == provider] or None
+    return wait_until(records, timeout=10, what=f"an audit record of {provider}")
+
+
 def one_api_request(mock: CloudMock) -> dict:
     records = [r for r in mock.received() if r["path"].startswith(("/model/", "/v1/projects/"))]
     assert len(records) == 1, [r["path"] for r in records]
@@ -139,6 +152,9 @@ def test_bedrock_sdk_request_and_reply_are_masked_and_signed_by_the_proxy(cloud_
     assert "model" not in body and body["anthropic_version"]
     metrics = cloud_proxy.metrics()
     assert 'provider="bedrock"' in metrics
+    records = audited(cloud_proxy, "bedrock")
+    assert GITHUB_TOKEN not in json.dumps(records) and GITHUB_TOKEN_2 not in json.dumps(records)
+    assert records[-1]["endpoint"] == "messages" and records[-1]["model"] == MODEL
 
 
 def test_bedrock_clean_request_is_forwarded_byte_for_byte(cloud_proxy, mock):
@@ -201,6 +217,8 @@ def test_vertex_sdk_request_and_reply_are_masked_with_the_proxys_token(cloud_pro
     assert PG_PASSWORD not in rec["body"]
     # The caller's own bearer token stays at the proxy.
     assert "caller-token" not in json.dumps(rec["headers"])
+    records = audited(cloud_proxy, "vertex")
+    assert PG_PASSWORD not in json.dumps(records) and records[-1]["model"] == VERTEX_MODEL
 
 
 def test_vertex_token_is_cached_then_renewed_before_it_expires(cloud_proxy, mock):
