@@ -21,7 +21,7 @@
 //! - memory is bounded by `max_event_bytes` per frame, as SSE events are.
 
 use super::api::top_level_string;
-use super::event_stream::{encode, Frame, FrameDecoder};
+use super::event_stream::{encode_strings, Frame, FrameDecoder};
 use super::messages::SseTransformer;
 use super::sse::{write_event, SseFramer};
 use base64::Engine as _;
@@ -41,12 +41,14 @@ pub struct BedrockStream {
     reframer: SseFramer,
     /// The transformer's output for the frames of one push.
     scratch: Vec<u8>,
+    /// The payload of the chunk being written (reused).
+    payload: String,
     frames: Vec<Frame>,
     /// Set once the stream was ended (a corrupt frame, an upstream exception): input after it
     /// is ignored.
     ended: bool,
-    /// Why the framing ended the stream, when it did.
-    fault: Option<String>,
+    /// Whether the framing ended the stream (the reason went to the client in the exception).
+    framing_fault: bool,
 }
 
 /// The payload of a `chunk` event (base64 needs no JSON escapes, so `bytes` is borrowed).
@@ -72,9 +74,10 @@ impl BedrockStream {
             sse,
             reframer: SseFramer::new(usize::MAX),
             scratch: Vec::new(),
+            payload: String::new(),
             frames: Vec::new(),
             ended: false,
-            fault: None,
+            framing_fault: false,
         }
     }
 
@@ -83,11 +86,9 @@ impl BedrockStream {
         &mut self.sse
     }
 
-    /// Why the stream was ended early, by the framing or by the masker.
-    pub fn fault(&self) -> Option<String> {
-        self.fault
-            .clone()
-            .or_else(|| self.sse.fault().map(|fault| format!("{fault:?}")))
+    /// Whether the stream was ended early, by the framing or by the masker.
+    pub fn faulted(&self) -> bool {
+        self.framing_fault || self.sse.fault().is_some()
     }
 
     pub fn events(&self) -> u64 {
@@ -184,7 +185,7 @@ impl BedrockStream {
     /// End the stream for a framing fault (the transformer closes open blocks and writes the
     /// `error` event that becomes an `exception` frame).
     fn end(&mut self, why: &str) {
-        self.fault = Some(why.to_string());
+        self.framing_fault = true;
         self.sse.end_malformed(why, &mut self.scratch);
         self.ended = true;
     }
@@ -198,12 +199,11 @@ impl BedrockStream {
         let events = self.reframer.push(&self.scratch).unwrap_or_default();
         self.scratch.clear();
         for event in events {
-            let frame = if event.name() == Some("error") {
-                exception_frame(event.data())
+            if event.name() == Some("error") {
+                write_exception(event.data(), out);
             } else {
-                chunk_frame(event.data())
-            };
-            encode(&frame, out);
+                write_chunk(event.data(), &mut self.payload, out);
+            }
         }
     }
 }
@@ -214,7 +214,7 @@ pub fn exception_bytes(error_type: &str, message: &str) -> Vec<u8> {
     let data =
         serde_json::json!({"type": "error", "error": {"type": error_type, "message": message}});
     let mut out = Vec::new();
-    encode(&exception_frame(&data.to_string()), &mut out);
+    write_exception(&data.to_string(), &mut out);
     out
 }
 
@@ -233,26 +233,28 @@ fn decode_chunk(payload: &[u8]) -> Option<String> {
     Some(value.to_string())
 }
 
-fn chunk_frame(event: &str) -> Frame {
+/// A `chunk` frame carrying `event`; `payload` is a buffer reused from event to event.
+fn write_chunk(event: &str, payload: &mut String, out: &mut Vec<u8>) {
     // Base64 is JSON-safe as it is: the payload is written, not serialised.
-    let mut payload = String::with_capacity(event.len() * 4 / 3 + 16);
+    payload.clear();
     payload.push_str("{\"bytes\":\"");
-    base64::engine::general_purpose::STANDARD.encode_string(event.as_bytes(), &mut payload);
+    base64::engine::general_purpose::STANDARD.encode_string(event.as_bytes(), payload);
     payload.push_str("\"}");
-    Frame::with_strings(
+    encode_strings(
         &[
             (":event-type", "chunk"),
             (":content-type", "application/json"),
             (":message-type", "event"),
         ],
-        payload,
-    )
+        payload.as_bytes(),
+        out,
+    );
 }
 
 /// An SSE `error` event (`{"type":"error","error":{"type":…,"message":…}}`) as a Bedrock
 /// exception: the upstream's exception types are kept, the proxy's own errors get the
 /// Bedrock type a client retries or reports as a server error.
-fn exception_frame(data: &str) -> Frame {
+fn write_exception(data: &str, out: &mut Vec<u8>) {
     let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
     let error = &value["error"];
     let kind = match error["type"].as_str().unwrap_or("") {
@@ -262,12 +264,13 @@ fn exception_frame(data: &str) -> Frame {
     };
     let message = error["message"].as_str().unwrap_or("");
     let payload = serde_json::json!({ "message": message }).to_string();
-    Frame::with_strings(
+    encode_strings(
         &[
             (":exception-type", kind),
             (":content-type", "application/json"),
             (":message-type", "exception"),
         ],
-        payload,
-    )
+        payload.as_bytes(),
+        out,
+    );
 }

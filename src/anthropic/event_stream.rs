@@ -218,58 +218,31 @@ fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, HeaderValue)>, FrameEr
 /// byte values longer than 65,535 bytes cannot be encoded: they are the caller's bug, and are
 /// truncated rather than producing a frame a reader would misparse.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    encode_with(out, &frame.payload, |out| {
+        for (name, value) in &frame.headers {
+            write_header(out, name, value);
+        }
+    });
+}
+
+/// [`encode`] of a frame with string headers only, without building a [`Frame`] (the proxy
+/// writes one per streamed event).
+pub fn encode_strings(headers: &[(&str, &str)], payload: &[u8], out: &mut Vec<u8>) {
+    encode_with(out, payload, |out| {
+        for (name, value) in headers {
+            write_name(out, name);
+            write_string(out, value);
+        }
+    });
+}
+
+/// Prelude, the headers `write_headers` appends, `payload`, and both checksums.
+fn encode_with(out: &mut Vec<u8>, payload: &[u8], write_headers: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0u8; PRELUDE]);
-    for (name, value) in &frame.headers {
-        let name = &name.as_bytes()[..name.len().min(255)];
-        out.push(name.len() as u8);
-        out.extend_from_slice(name);
-        match value {
-            HeaderValue::Bool(true) => out.push(0),
-            HeaderValue::Bool(false) => out.push(1),
-            HeaderValue::Byte(v) => {
-                out.push(2);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            HeaderValue::Short(v) => {
-                out.push(3);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            HeaderValue::Int(v) => {
-                out.push(4);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            HeaderValue::Long(v) => {
-                out.push(5);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            HeaderValue::Bytes(v) => {
-                out.push(6);
-                let v = &v[..v.len().min(u16::MAX as usize)];
-                out.extend_from_slice(&(v.len() as u16).to_be_bytes());
-                out.extend_from_slice(v);
-            }
-            HeaderValue::String(v) => {
-                out.push(7);
-                let mut end = v.len().min(u16::MAX as usize);
-                while !v.is_char_boundary(end) {
-                    end -= 1;
-                }
-                out.extend_from_slice(&(end as u16).to_be_bytes());
-                out.extend_from_slice(&v.as_bytes()[..end]);
-            }
-            HeaderValue::Timestamp(v) => {
-                out.push(8);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            HeaderValue::Uuid(v) => {
-                out.push(9);
-                out.extend_from_slice(v);
-            }
-        }
-    }
+    write_headers(out);
     let headers_len = out.len() - start - PRELUDE;
-    out.extend_from_slice(&frame.payload);
+    out.extend_from_slice(payload);
     let total = out.len() - start + 4;
     out[start..start + 4].copy_from_slice(&(total as u32).to_be_bytes());
     out[start + 4..start + 8].copy_from_slice(&(headers_len as u32).to_be_bytes());
@@ -277,6 +250,61 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     out[start + 8..start + 12].copy_from_slice(&prelude_crc.to_be_bytes());
     let message_crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&message_crc.to_be_bytes());
+}
+
+fn write_name(out: &mut Vec<u8>, name: &str) {
+    let name = &name.as_bytes()[..name.len().min(255)];
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+}
+
+fn write_string(out: &mut Vec<u8>, value: &str) {
+    out.push(7);
+    let mut end = value.len().min(u16::MAX as usize);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&value.as_bytes()[..end]);
+}
+
+fn write_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    write_name(out, name);
+    match value {
+        HeaderValue::Bool(true) => out.push(0),
+        HeaderValue::Bool(false) => out.push(1),
+        HeaderValue::Byte(v) => {
+            out.push(2);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        HeaderValue::Short(v) => {
+            out.push(3);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        HeaderValue::Int(v) => {
+            out.push(4);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        HeaderValue::Long(v) => {
+            out.push(5);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        HeaderValue::Bytes(v) => {
+            out.push(6);
+            let v = &v[..v.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        HeaderValue::String(v) => write_string(out, v),
+        HeaderValue::Timestamp(v) => {
+            out.push(8);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        HeaderValue::Uuid(v) => {
+            out.push(9);
+            out.extend_from_slice(v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +343,15 @@ mod tests {
             decoder.finish().expect("whole frames");
             assert_eq!(frames, vec![sample(), Frame::default()], "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn string_headers_encode_as_a_frame_of_them_does() {
+        let headers = [(":event-type", "chunk"), (":message-type", "event")];
+        let (mut direct, mut framed) = (Vec::new(), Vec::new());
+        encode_strings(&headers, b"{}", &mut direct);
+        encode(&Frame::with_strings(&headers, "{}"), &mut framed);
+        assert_eq!(direct, framed);
     }
 
     #[test]

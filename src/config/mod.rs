@@ -481,14 +481,19 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Where the first-party API is.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            tls: self.tls,
+            host: self.host.clone(),
+            port: self.port,
+            base_path: self.base_path.clone(),
+        }
+    }
+
     /// The `Host` header value.
     pub fn authority(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        if self.port == default_port {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        self.endpoint().authority()
     }
 }
 

@@ -412,7 +412,7 @@ impl StreamMasker {
     fn faulted(&self) -> bool {
         match self {
             StreamMasker::Sse(sse) => sse.fault().is_some(),
-            StreamMasker::Bedrock(bedrock) => bedrock.fault().is_some(),
+            StreamMasker::Bedrock(bedrock) => bedrock.faulted(),
             StreamMasker::Jsonl(_) => false,
         }
     }

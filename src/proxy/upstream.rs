@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// How long a resolved upstream address is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
+/// The most upstream hosts whose address is remembered at once.
+const MAX_CACHED_HOSTS: usize = 64;
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
@@ -53,10 +55,13 @@ impl Resolver {
             .ok()
             .and_then(|mut addrs| addrs.next());
         if let (Some(addr), Ok(mut cached)) = (fresh, self.cached.lock()) {
-            // A handful of hosts at most (the API, a region or two per cloud): expired
-            // entries are dropped rather than kept forever.
+            // Usually a handful of hosts (the API, a region or two per cloud), but a Vertex
+            // caller chooses the location and so the host: expired entries are dropped and the
+            // cache is capped (past the cap a host is resolved each time, not remembered).
             cached.retain(|_, (_, at)| at.elapsed() < DNS_TTL);
-            cached.insert(key, (addr, Instant::now()));
+            if cached.len() < MAX_CACHED_HOSTS {
+                cached.insert(key, (addr, Instant::now()));
+            }
         }
         fresh
     }

@@ -4,7 +4,7 @@
 
 use super::{base_request, Outbound, Routed, Target};
 use crate::anthropic::api::{ApiError, Provider};
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
 use crate::policy::credentials::UpstreamKey;
 use pingora::http::RequestHeader;
 
@@ -27,13 +27,7 @@ pub(super) fn outbound(
     client: &RequestHeader,
     body_len: usize,
 ) -> Result<Outbound, ApiError> {
-    let upstream = &config.upstream;
-    let endpoint = Endpoint {
-        tls: upstream.tls,
-        host: upstream.host.clone(),
-        port: upstream.port,
-        base_path: upstream.base_path.clone(),
-    };
+    let endpoint = config.upstream.endpoint();
     let path_and_query = client
         .uri
         .path_and_query()
