@@ -425,6 +425,14 @@ fn bedrock_frames(response: &str) -> Vec<u8> {
 fn main() {
     let engine = engine();
     let text = mixed_corpus();
+    // `STREAMMASK_BENCH_DUMP=DIR` writes both corpora there, for `streammask rules bench
+    // --per-rule` (which rules cost the most on exactly this text).
+    if let Some(dir) = std::env::var_os("STREAMMASK_BENCH_DUMP") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("mixed.txt"), &text).expect("write mixed corpus");
+        std::fs::write(dir.join("keyword_dense.txt"), keyword_dense_corpus())
+            .expect("write keyword-dense corpus");
+    }
     let mut criterion = Criterion::default()
         .configure_from_args()
         .sample_size(10)

@@ -147,6 +147,49 @@ fn rules_check_and_list_work_and_fail_on_a_broken_rule() {
     assert!(stdout.contains("broken-unbounded"), "{stdout}");
 }
 
+/// `rules bench --rules DIR --only` measures DIR's rules alone and counts what one pass reports,
+/// so two packs can be compared on the same text.
+#[test]
+fn rules_bench_measures_a_pack_alone_and_counts_its_candidates() {
+    let dir = std::env::temp_dir().join(format!("streammask-bench-pack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("one.toml"),
+        "[[rules]]\nid = \"demo-key\"\ndescription = \"x\"\npattern = '(?P<secret>demo_[0-9]{8})'\naction = \"mask\"\nexamples = [\"demo_12345678\"]\n",
+    )
+    .unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "demo_12345678 and demo_87654321, not demo_1\n".repeat(3),
+    )
+    .unwrap();
+    let bench = |only: bool| {
+        let mut cmd = streammask();
+        cmd.args(["rules", "bench", "--rules"]).arg(&dir);
+        if only {
+            cmd.arg("--only");
+        }
+        let out = cmd.arg(&text).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let alone = bench(true);
+    let with_pack = bench(false);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(alone.starts_with("pack: 1 rules compiled"), "{alone}");
+    assert!(alone.trim_end().ends_with(", 6 candidates"), "{alone}");
+    let pack_rules = RuleSet::embedded().unwrap().enabled().count() + 1;
+    assert!(
+        with_pack.starts_with(&format!("pack: {pack_rules} rules compiled")),
+        "{with_pack}"
+    );
+}
+
 #[test]
 fn scan_without_key_warns_about_random_placeholders() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streammask"))
