@@ -13,6 +13,7 @@ use super::reload::{ConfigSource, Reloader, Trigger};
 use crate::anthropic::restore::RestoreScopes;
 use crate::anthropic::thinking_vault::{MemoryVault, Vault, VaultKey, VaultLimits};
 use crate::config::{Config, RestoreStore, ThinkingPolicy};
+use crate::engine::matcher::InterimOptions;
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::validators::Validator;
 use crate::engine::{Engine, MaskError, RuleSet};
@@ -255,7 +256,14 @@ pub fn build_policy_with_key(
         &config.profiles,
         rules.with_validation(config.org_data.validation()),
     )?;
-    let engine = Arc::new(Engine::compile(&rules, key.clone(), config.max_hold_bytes)?);
+    // A large dictionary compiles in the background while the proxy already serves (its
+    // terms matched by automata meanwhile), so a start-up or reload does not wait seconds.
+    let engine = Arc::new(Engine::compile_with(
+        &rules,
+        key.clone(),
+        config.max_hold_bytes,
+        Some(InterimOptions::PROXY),
+    )?);
     let policy = Policy::build(
         &config.profiles,
         &rules,
@@ -275,6 +283,11 @@ pub fn build_policy_with_key(
     });
     if validates_phones {
         crate::engine::validators::load_phone_metadata();
+    }
+    if engine.matcher().is_interim() {
+        tracing::info!(
+            "dictionary terms are matched by interim automata while their databases compile in the background"
+        );
     }
     Ok((engine, policy))
 }

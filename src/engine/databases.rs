@@ -6,7 +6,9 @@
 //! 2. embedded in the binary: `build.rs` compiles the default pack for generic x86-64 (no AVX2
 //!    needed), so a fresh container starts on the default pack without compiling anything;
 //! 3. the cache directory: databases compiled here before, for this CPU;
-//! 4. compiled now, then stored in the cache directory for the next start.
+//! 4. compiled now, then stored in the cache directory for the next start; or, for a matcher
+//!    that can scan without them meanwhile, compiled on a thread of its own
+//!    ([`compile_in_background`]) and then stored and shared like the others.
 //!
 //! Invariants:
 //! - a database is used only for the [`database_key`] it was compiled from (Hyperscan version,
@@ -27,7 +29,7 @@ use hyperscan::Serialized;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 /// Environment variable naming the cache directory (when the configuration does not). An
 /// empty value turns the cache off.
@@ -127,51 +129,100 @@ static SHARED: Mutex<Option<HashMap<[u8; 32], Weak<Databases>>>> = Mutex::new(No
 
 /// The databases for `patterns`, from wherever they are cheapest to get (see the module doc).
 pub fn load(patterns: &Patterns) -> Result<Arc<Databases>, hyperscan::Error> {
-    let version = hyperscan::version_str().to_bytes();
-    let keyed = || {
-        patterns.iter().map(|p| KeyedPattern {
-            id: p.id.unwrap_or(0),
-            flags: p.flags.bits(),
-            expression: &p.expression,
-        })
-    };
-    let block_key = database_key(version, "block", keyed());
-    let stream_key = database_key(version, "stream", keyed());
+    let keys = Keys::of(patterns);
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     let shared = shared.get_or_insert_with(HashMap::new);
-    if let Some(databases) = shared.get(&block_key).and_then(Weak::upgrade) {
-        return Ok(databases);
-    }
     // Compiling under the lock is deliberate: two profiles asking for the same pack at once
     // must not compile it twice.
-    let (block, stream, source) = match (embedded_db(&block_key), embedded_db(&stream_key)) {
-        (Some(block), Some(stream)) => (block, stream, Source::Embedded),
-        _ => {
-            let cache = if patterns.len() > 1 {
-                usable_cache_dir()
-            } else {
-                None
-            };
-            let cached = cache.as_deref().and_then(|dir| {
-                Some((
-                    read_entry(dir, &block_key, "block")?,
-                    read_entry(dir, &stream_key, "stream")?,
-                ))
-            });
-            match cached {
-                Some((block, stream)) => (block, stream, Source::Cache),
-                None => {
-                    let (block, stream) = compile_both(patterns)?;
-                    if let Some(dir) = cache.as_deref() {
-                        write_entry(dir, &block_key, "block", &block);
-                        write_entry(dir, &stream_key, "stream", &stream);
-                        prune(dir);
-                    }
-                    (block, stream, Source::Compiled)
-                }
+    let found = match find(shared, patterns, &keys) {
+        Some(found) => return Ok(found),
+        None => {
+            let cache = cache_for(patterns);
+            let (block, stream) = compile_both(patterns)?;
+            if let Some(dir) = cache.as_deref() {
+                keys.store(dir, &block, &stream);
             }
+            (block, stream, Source::Compiled)
         }
     };
+    Ok(share(shared, &keys, found))
+}
+
+/// The databases for `patterns` if they can be had without compiling: alive in this process,
+/// embedded in the binary, or in the cache directory.
+pub fn lookup(patterns: &Patterns) -> Option<Arc<Databases>> {
+    let keys = Keys::of(patterns);
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = shared.get_or_insert_with(HashMap::new);
+    find(shared, patterns, &keys)
+}
+
+/// The block and stream keys of one list of expressions.
+struct Keys {
+    block: [u8; 32],
+    stream: [u8; 32],
+}
+
+impl Keys {
+    fn of(patterns: &Patterns) -> Keys {
+        let version = hyperscan::version_str().to_bytes();
+        let keyed = || {
+            patterns.iter().map(|p| KeyedPattern {
+                id: p.id.unwrap_or(0),
+                flags: p.flags.bits(),
+                expression: &p.expression,
+            })
+        };
+        Keys {
+            block: database_key(version, "block", keyed()),
+            stream: database_key(version, "stream", keyed()),
+        }
+    }
+
+    fn store(&self, dir: &Path, block: &BlockDatabase, stream: &StreamingDatabase) {
+        write_entry(dir, &self.block, "block", block);
+        write_entry(dir, &self.stream, "stream", stream);
+        prune(dir);
+    }
+}
+
+type Found = (BlockDatabase, StreamingDatabase, Source);
+
+/// What is alive in this process (returned as it is), else embedded or cached (to be shared).
+fn find(
+    shared: &mut HashMap<[u8; 32], Weak<Databases>>,
+    patterns: &Patterns,
+    keys: &Keys,
+) -> Option<Arc<Databases>> {
+    if let Some(databases) = shared.get(&keys.block).and_then(Weak::upgrade) {
+        return Some(databases);
+    }
+    let found = match (embedded_db(&keys.block), embedded_db(&keys.stream)) {
+        (Some(block), Some(stream)) => (block, stream, Source::Embedded),
+        _ => {
+            let dir = cache_for(patterns)?;
+            let block = read_entry(&dir, &keys.block, "block")?;
+            let stream = read_entry(&dir, &keys.stream, "stream")?;
+            (block, stream, Source::Cache)
+        }
+    };
+    Some(share(shared, keys, found))
+}
+
+/// The cache directory for a database of `patterns` (none for a single expression).
+fn cache_for(patterns: &Patterns) -> Option<PathBuf> {
+    if patterns.len() > 1 {
+        usable_cache_dir()
+    } else {
+        None
+    }
+}
+
+fn share(
+    shared: &mut HashMap<[u8; 32], Weak<Databases>>,
+    keys: &Keys,
+    (block, stream, source): Found,
+) -> Arc<Databases> {
     let databases = Arc::new(Databases {
         block,
         stream,
@@ -179,8 +230,96 @@ pub fn load(patterns: &Patterns) -> Result<Arc<Databases>, hyperscan::Error> {
         source,
     });
     shared.retain(|_, weak| weak.strong_count() > 0);
-    shared.insert(block_key, Arc::downgrade(&databases));
-    Ok(databases)
+    shared.insert(keys.block, Arc::downgrade(&databases));
+    databases
+}
+
+/// Databases compiled on a thread of their own, for the matchers that scan without them in the
+/// meantime (see [`crate::engine::terms`]); every matcher of the same expressions shares one.
+#[derive(Default)]
+pub struct Pending {
+    ready: OnceLock<Arc<Databases>>,
+}
+
+impl Pending {
+    /// The databases, once compiled.
+    pub fn ready(&self) -> Option<&Arc<Databases>> {
+        self.ready.get()
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("ready", &self.ready.get().is_some())
+            .finish()
+    }
+}
+
+/// Background compiles in flight or done and still used, by block key.
+static PENDING: Mutex<Option<HashMap<[u8; 32], Weak<Pending>>>> = Mutex::new(None);
+
+/// Compile `patterns` on a thread of their own (unless a compile of the same expressions is
+/// already under way: then that one is shared); the result is stored in the cache directory
+/// and shared in this process like a [`load`]ed one. `start: false` registers the compile
+/// without running it (tests of what scans in the meantime).
+pub fn compile_in_background(patterns: Patterns, start: bool) -> Arc<Pending> {
+    let keys = Keys::of(&patterns);
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    let pending = pending.get_or_insert_with(HashMap::new);
+    if let Some(running) = pending.get(&keys.block).and_then(Weak::upgrade) {
+        return running;
+    }
+    let compile = Arc::new(Pending::default());
+    pending.retain(|_, weak| weak.strong_count() > 0);
+    pending.insert(keys.block, Arc::downgrade(&compile));
+    if start {
+        let weak = Arc::downgrade(&compile);
+        let spawned = std::thread::Builder::new()
+            .name("streammask-compile".into())
+            .spawn(move || compile_now(patterns, keys, weak));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the background compile; scanning goes on without it");
+        }
+    }
+    compile
+}
+
+fn compile_now(patterns: Patterns, keys: Keys, pending: Weak<Pending>) {
+    let started = std::time::Instant::now();
+    // Outside the lock of shared databases: start-ups and reloads go on while this runs.
+    let compiled = compile_both(&patterns);
+    let (block, stream) = match compiled {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::error!(
+                error = %error,
+                "background compile failed; scanning goes on without its databases"
+            );
+            return;
+        }
+    };
+    if let Some(dir) = cache_for(&patterns) {
+        keys.store(&dir, &block, &stream);
+    }
+    let databases = {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = shared.get_or_insert_with(HashMap::new);
+        match shared.get(&keys.block).and_then(Weak::upgrade) {
+            Some(already) => already,
+            None => share(shared, &keys, (block, stream, Source::Compiled)),
+        }
+    };
+    let Some(pending) = pending.upgrade() else {
+        return;
+    };
+    if pending.ready.set(databases).is_ok() {
+        tracing::info!(
+            expressions = patterns.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "databases compiled in the background are in use"
+        );
+    }
 }
 
 /// Both modes compiled at once, on two threads: each takes seconds for a pack of hundreds of

@@ -194,6 +194,11 @@ impl Dictionary {
     }
 
     /// One Hyperscan expression per term: the term's bytes, escaped.
+    /// The terms as written (deduplicated), in the order of [`Dictionary::expressions`].
+    pub fn terms(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.terms.iter().map(|term| &term[..])
+    }
+
     pub fn expressions(&self) -> impl Iterator<Item = String> + '_ {
         self.terms.iter().map(|term| escape_literal(term))
     }

@@ -23,7 +23,9 @@
 //! is re-confirmed as text arrives.
 
 use crate::engine::known::{self, KnownError, KnownSecrets};
-use crate::engine::matcher::{Candidate, Confirmed, MatchStream, Matcher, MatcherError};
+use crate::engine::matcher::{
+    Candidate, Confirmed, InterimOptions, MatchStream, Matcher, MatcherError,
+};
 use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::engine::rules::{Action, RuleSet, Scope};
 use std::cell::Cell;
@@ -182,7 +184,18 @@ impl Engine {
         key: PlaceholderKey,
         max_hold: usize,
     ) -> Result<Engine, MaskError> {
-        let matcher = Matcher::compile(set, max_match_len(max_hold))?;
+        Self::compile_with(set, key, max_hold, None)
+    }
+
+    /// [`Engine::compile`] whose matcher may scan a large dictionary with automata while its
+    /// databases compile in the background ([`Matcher::compile_with`]).
+    pub fn compile_with(
+        set: &RuleSet,
+        key: PlaceholderKey,
+        max_hold: usize,
+        interim: Option<InterimOptions>,
+    ) -> Result<Engine, MaskError> {
+        let matcher = Matcher::compile_with(set, max_match_len(max_hold), interim)?;
         Engine::new(matcher, key, max_hold)
     }
 

@@ -5,7 +5,11 @@
 //! (a `rules_dir`, dictionaries) gets two pairs: the pack's, which the binary embeds, and one
 //! for the rest, so a changed organisation pack compiles in milliseconds instead of seconds.
 //! Both are scanned and their reports merged by end offset (core first at equal ends), so
-//! callers see one report order, the same in block and stream scans.
+//! callers see one report order, the same in block and stream scans. When the second pair
+//! holds a large dictionary and is nowhere to be loaded, [`Matcher::compile_with`] may compile
+//! it in the background: until it is ready, scans use the organisation's rules without the
+//! terms and the terms in Aho-Corasick automata ([`crate::engine::terms`]), whose candidates
+//! are the same, in the same place of the report order (after the extra rules' at equal ends).
 //!
 //! Hyperscan reports *candidates* `(rule, end)`; the reverse DFA, run anchored at `end`, gives
 //! the leftmost start of a match ending there; the confirmer runs the rule's regex anchored at
@@ -30,10 +34,14 @@
 //!   (`tests/streaming_equivalence.rs`);
 //! - scratch space is per thread and per database generation, so a swapped matcher never
 //!   shares scratch with the old one and no lock is taken on the scan path;
-//! - a Hyperscan stream is always closed (its state is freed only by `hs_close_stream`).
+//! - a Hyperscan stream is always closed (its state is freed only by `hs_close_stream`);
+//! - a stream scans with what its matcher used when it was opened (interim automata or the
+//!   compiled databases) to its end; a block scan uses the compiled databases as soon as they
+//!   are ready (`tests/interim_dictionary.rs`: both mask as the compiled databases do).
 
-use crate::engine::databases::{self, Databases, Source};
+use crate::engine::databases::{self, Databases, Pending, Source};
 use crate::engine::rules::{Action, Rule, RuleSet};
+use crate::engine::terms::{TermAutomata, TermStream};
 use crate::engine::validators::ValidationContext;
 use hyperscan::prelude::*;
 use hyperscan::{CompileFlags, ScratchRef};
@@ -49,7 +57,7 @@ use std::{
     cell::RefCell,
     collections::HashSet,
     ops::Range,
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, RwLock},
 };
 
 /// Longest match any rule may have unless the caller configures more. Private-key bodies are
@@ -84,6 +92,61 @@ fn render_rule_errors(errors: &[RuleError]) -> String {
 pub struct Candidate {
     pub rule: u32,
     pub end: usize,
+}
+
+/// When a matcher may scan a large dictionary with automata while Hyperscan compiles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterimOptions {
+    /// Only extra databases holding at least this many dictionary terms are compiled in the
+    /// background (smaller lists compile in well under a second).
+    pub min_terms: usize,
+    /// Start the background compile (`false`: the matcher stays interim; for tests).
+    pub compile: bool,
+}
+
+impl InterimOptions {
+    /// What the proxy uses: lists of 2,000 terms and more.
+    pub const PROXY: InterimOptions = InterimOptions {
+        min_terms: 2_000,
+        compile: true,
+    };
+}
+
+/// The extra databases of a matcher while they compile in the background.
+struct Interim {
+    /// The organisation's rules without the dictionary terms (`None`: there are only terms).
+    rules: Option<Arc<Databases>>,
+    /// Released (tens of megabytes for 100,000 terms) by the first scan after `full` is ready;
+    /// streams opened before keep their own reference to the end.
+    terms: RwLock<Option<Arc<TermAutomata>>>,
+    full: Arc<Pending>,
+}
+
+impl Interim {
+    fn terms(&self) -> Option<Arc<TermAutomata>> {
+        self.terms.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn release_terms(&self) {
+        if self
+            .terms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            *self.terms.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+/// What a scan uses besides the core databases.
+#[derive(Clone)]
+enum Extra<'a> {
+    Databases(Option<&'a Arc<Databases>>),
+    Interim {
+        rules: Option<&'a Arc<Databases>>,
+        terms: Arc<TermAutomata>,
+    },
 }
 
 /// What the confirmer extracted from a candidate.
@@ -221,6 +284,11 @@ pub struct Matcher {
     /// the pack: a changed `rules_dir` or term list compiles only these, and the pack's
     /// databases stay the ones embedded in the binary.
     extra: Option<Arc<Databases>>,
+    /// Instead of `extra` while its databases, which hold a large dictionary, compile in the
+    /// background: the extra rules' databases without the terms, and the terms in automata.
+    interim: Option<Interim>,
+    /// What the matcher was compiled with, for matchers derived from it (policy profiles).
+    interim_options: Option<InterimOptions>,
     max_match_len: usize,
     min_match_len: usize,
     /// The most whitespace runs inside one match of an active rule that is not `multiline`
@@ -480,15 +548,21 @@ fn blame_rules(rules: &[CompiledRule]) -> Vec<RuleError> {
 thread_local! {
     /// (matcher generation, scratch valid for both of its databases). A handful of entries so
     /// a thread serving two matchers during a swap does not reallocate on every call.
-    static SCRATCH: RefCell<Vec<((u64, u64), Scratch)>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<(Generations, Scratch)>> = const { RefCell::new(Vec::new()) };
 }
 
 const SCRATCH_SLOTS: usize = 4;
 
-/// One open stream of a matcher: a Hyperscan stream per database.
+/// The generations of the databases a scratch space serves: the core ones, the extra ones (or
+/// those compiled in the background, once ready) and an interim matcher's rules-only ones.
+type Generations = (u64, u64, u64);
+
+/// One open stream of a matcher: a Hyperscan stream per database, and the term automata's
+/// state when the stream was opened while they stood in for the extra databases.
 pub struct MatchStream {
     core: Stream,
     extra: Option<Stream>,
+    terms: Option<(Arc<TermAutomata>, TermStream)>,
 }
 
 /// The extra databases' candidates, handed out in end order among the core scan's.
@@ -531,6 +605,18 @@ impl Matcher {
     /// together, by id; a disabled rule's pattern and regexes are checked too, since a profile
     /// may turn it on.
     pub fn compile(set: &RuleSet, max_match_len: usize) -> Result<Matcher, MatcherError> {
+        Self::compile_with(set, max_match_len, None)
+    }
+
+    /// [`Matcher::compile`], and with `interim` extra databases that hold at least
+    /// `interim.min_terms` dictionary terms and are nowhere to be loaded are compiled in the
+    /// background: until they are ready the matcher scans the terms with automata that find
+    /// the same candidates (a stream keeps what it was opened with).
+    pub fn compile_with(
+        set: &RuleSet,
+        max_match_len: usize,
+        interim: Option<InterimOptions>,
+    ) -> Result<Matcher, MatcherError> {
         let mut rules = Vec::new();
         let mut errors = Vec::new();
         for rule in set.all() {
@@ -556,6 +642,7 @@ impl Matcher {
             &in_databases,
             set.embedded_rules(),
             set.validation().clone(),
+            interim,
         )?;
         matcher.pack_checksum = pack_checksum(set);
         Ok(matcher)
@@ -569,20 +656,31 @@ impl Matcher {
         in_databases: &[bool],
         core_rules: usize,
         validation: ValidationContext,
+        interim: Option<InterimOptions>,
     ) -> Result<Matcher, MatcherError> {
         let mut next_term_id = rules.len();
         let mut term_rules = Vec::new();
         let compiled = |i: usize| in_databases.get(i).copied().unwrap_or(true);
         let rules_in_databases = (0..rules.len()).filter(|&i| compiled(i)).count();
         let (mut core, mut extra) = (Patterns(Vec::new()), Patterns(Vec::new()));
+        // The extra patterns without the dictionary terms, and the terms, for an interim scan.
+        let mut extra_rules = Patterns(Vec::new());
+        let mut extra_terms: Vec<(u32, bool, &[u8])> = Vec::new();
         for (i, rule) in rules.iter().enumerate().filter(|(i, _)| compiled(*i)) {
             let patterns = hyperscan_patterns(&rule.rule, i, &mut next_term_id, &mut term_rules);
             if i < core_rules {
                 core.0.extend(patterns);
+            } else if let Some(dictionary) = &rule.rule.dictionary {
+                let case_sensitive = dictionary.options().case_sensitive;
+                extra_terms.extend(dictionary.terms().map(|t| (i as u32, case_sensitive, t)));
+                extra.0.extend(patterns);
             } else {
+                extra_rules.0.extend(patterns.iter().cloned());
                 extra.0.extend(patterns);
             }
         }
+        // A set not built on the pack keeps everything in the core databases.
+        let interim = interim.filter(|_| !core.0.is_empty() || extra_terms.is_empty());
         if core.0.is_empty() {
             std::mem::swap(&mut core, &mut extra);
         }
@@ -609,10 +707,30 @@ impl Matcher {
             })
         };
         let databases = load(&core)?;
-        let extra = if extra.0.is_empty() {
-            None
-        } else {
-            Some(load(&extra)?)
+        let mut interim_scan = None;
+        let extra = match interim {
+            _ if extra.0.is_empty() => None,
+            Some(options) if extra_terms.len() >= options.min_terms => {
+                match databases::lookup(&extra) {
+                    Some(found) => Some(found),
+                    None => {
+                        let terms = TermAutomata::build(extra_terms)
+                            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
+                        let rules_only = if extra_rules.0.is_empty() {
+                            None
+                        } else {
+                            Some(load(&extra_rules)?)
+                        };
+                        interim_scan = Some(Interim {
+                            rules: rules_only,
+                            terms: RwLock::new(Some(Arc::new(terms))),
+                            full: databases::compile_in_background(extra, options.compile),
+                        });
+                        None
+                    }
+                }
+            }
+            _ => Some(load(&extra)?),
         };
         let active = || rules.iter().filter(|r| r.active());
         let max_match_len = active().map(|r| r.max_len).max().unwrap_or(0);
@@ -625,6 +743,8 @@ impl Matcher {
             term_rules,
             databases,
             extra,
+            interim: interim_scan,
+            interim_options: interim,
             max_match_len,
             min_match_len,
             word_gaps,
@@ -652,16 +772,63 @@ impl Matcher {
     }
 
     /// Where the databases of the rules beside the embedded pack came from (`None`: there
-    /// are none).
+    /// are none, or they are still being compiled in the background).
     pub fn extra_database_source(&self) -> Option<Source> {
-        self.extra.as_ref().map(|extra| extra.source)
+        match self.extra_scan() {
+            Extra::Databases(extra) => extra.map(|extra| extra.source),
+            Extra::Interim { .. } => None,
+        }
+    }
+
+    /// The options this matcher was compiled with (see [`Matcher::compile_with`]).
+    pub fn interim_options(&self) -> Option<InterimOptions> {
+        self.interim_options
+    }
+
+    /// Whether dictionary terms are scanned with automata while their databases compile in
+    /// the background (see [`Matcher::compile_with`]).
+    pub fn is_interim(&self) -> bool {
+        matches!(self.extra_scan(), Extra::Interim { .. })
+    }
+
+    /// What a scan starting now uses besides the core databases.
+    fn extra_scan(&self) -> Extra<'_> {
+        let Some(interim) = &self.interim else {
+            return Extra::Databases(self.extra.as_ref());
+        };
+        if let Some(full) = interim.full.ready() {
+            interim.release_terms();
+            return Extra::Databases(Some(full));
+        }
+        match interim.terms() {
+            Some(terms) => Extra::Interim {
+                rules: interim.rules.as_ref(),
+                terms,
+            },
+            // Released only once `full` was ready, and a ready one stays ready.
+            None => Extra::Databases(interim.full.ready()),
+        }
+    }
+
+    /// A term automaton's report as a candidate, if its rule is active.
+    fn push_term(&self, late: &mut Vec<Candidate>, rule: u32, end: usize) {
+        if self.rules[rule as usize].active() {
+            late.push(Candidate { rule, end });
+        }
     }
 
     /// Whether `other` scans with the very same databases (profiles of one pack do).
     pub fn shares_databases_with(&self, other: &Matcher) -> bool {
-        let same_extra = match (&self.extra, &other.extra) {
+        let same = |a: Option<&Arc<Databases>>, b: Option<&Arc<Databases>>| match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
+            _ => false,
+        };
+        let same_extra = match (self.extra_scan(), other.extra_scan()) {
+            (Extra::Databases(a), Extra::Databases(b)) => same(a, b),
+            (Extra::Interim { rules: a, terms: x }, Extra::Interim { rules: b, terms: y }) => {
+                same(a, b) && Arc::ptr_eq(&x, &y)
+            }
             _ => false,
         };
         Arc::ptr_eq(&self.databases, &other.databases) && same_extra
@@ -707,24 +874,46 @@ impl Matcher {
         self.protected_code
     }
 
-    /// Bytes of Hyperscan state one open stream costs.
+    /// Bytes of Hyperscan (or term automata) state one stream opened now costs.
     pub fn stream_state_size(&self) -> usize {
-        self.all_databases()
-            .map(|d| d.stream.stream_size().unwrap_or(0))
-            .sum()
+        let size = |d: &Databases| d.stream.stream_size().unwrap_or(0);
+        let extra = match self.extra_scan() {
+            Extra::Databases(extra) => extra.map_or(0, |d| size(d)),
+            Extra::Interim { rules, terms } => {
+                rules.map_or(0, |d| size(d)) + std::mem::size_of_val(&terms.open())
+            }
+        };
+        size(&self.databases) + extra
     }
 
+    /// Every database a scan of this matcher may use (a scratch space must serve them all).
     fn all_databases(&self) -> impl Iterator<Item = &Databases> {
-        std::iter::once(&*self.databases).chain(self.extra.as_deref())
+        let interim = self.interim.as_ref();
+        std::iter::once(&*self.databases)
+            .chain(self.extra.as_deref())
+            .chain(interim.and_then(|i| i.rules.as_deref()))
+            .chain(interim.and_then(|i| i.full.ready()).map(|d| &**d))
+    }
+
+    fn generations(&self) -> Generations {
+        let interim = self.interim.as_ref();
+        let extra = self
+            .extra
+            .as_deref()
+            .or(interim.and_then(|i| i.full.ready()).map(|d| &**d));
+        (
+            self.databases.generation,
+            extra.map_or(0, |d| d.generation),
+            interim
+                .and_then(|i| i.rules.as_ref())
+                .map_or(0, |d| d.generation),
+        )
     }
 
     fn with_scratch<R>(&self, f: impl FnOnce(&ScratchRef) -> R) -> Result<R, MatcherError> {
         SCRATCH.with(|slots| {
             let mut slots = slots.borrow_mut();
-            let generations = (
-                self.databases.generation,
-                self.extra.as_ref().map_or(0, |extra| extra.generation),
-            );
+            let generations = self.generations();
             let position = slots.iter().position(|(gens, _)| *gens == generations);
             let index = match position {
                 Some(index) => index,
@@ -786,14 +975,23 @@ impl Matcher {
         text: &[u8],
         mut on_candidate: impl FnMut(Candidate) -> bool,
     ) -> Result<bool, MatcherError> {
-        let Some(extra) = &self.extra else {
-            return self.scan_block_in(&self.databases, text, on_candidate);
+        let (extra, terms) = match self.extra_scan() {
+            Extra::Databases(None) => {
+                return self.scan_block_in(&self.databases, text, on_candidate)
+            }
+            Extra::Databases(Some(extra)) => (Some(extra), None),
+            Extra::Interim { rules, terms } => (rules, Some(terms)),
         };
         let mut late = Vec::new();
-        self.scan_block_in(extra, text, |candidate| {
-            late.push(candidate);
-            true
-        })?;
+        if let Some(extra) = extra {
+            self.scan_block_in(extra, text, |candidate| {
+                late.push(candidate);
+                true
+            })?;
+        }
+        if let Some(terms) = terms {
+            terms.scan_block(text, |rule, end| self.push_term(&mut late, rule, end));
+        }
         let mut merged = Merge::new(late);
         let completed = self.scan_block_in(&self.databases, text, |candidate| {
             merged.before(candidate.end, &mut on_candidate) && on_candidate(candidate)
@@ -838,9 +1036,17 @@ impl Matcher {
                 .open_stream()
                 .map_err(|e| MatcherError::Hyperscan(e.to_string()))
         };
+        let (extra, terms) = match self.extra_scan() {
+            Extra::Databases(extra) => (extra, None),
+            Extra::Interim { rules, terms } => (rules, Some(terms)),
+        };
         Ok(MatchStream {
             core: open(&self.databases)?,
-            extra: self.extra.as_deref().map(open).transpose()?,
+            extra: extra.map(|d| open(d)).transpose()?,
+            terms: terms.map(|terms| {
+                let state = terms.open();
+                (terms, state)
+            }),
         })
     }
 
@@ -852,9 +1058,19 @@ impl Matcher {
         chunk: &[u8],
         on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
-        self.stream_reports(stream.extra.as_ref(), &stream.core, on_candidate, |s, f| {
-            self.with_scratch(|scratch| s.scan(chunk, scratch, f))
-        })
+        let mut terms_late = Vec::new();
+        if let Some((terms, state)) = &stream.terms {
+            terms.scan_stream(state, chunk, |rule, end| {
+                self.push_term(&mut terms_late, rule, end)
+            });
+        }
+        self.stream_reports(
+            stream.extra.as_ref(),
+            terms_late,
+            &stream.core,
+            on_candidate,
+            |s, f| self.with_scratch(|scratch| s.scan(chunk, scratch, f)),
+        )
     }
 
     /// End a stream, reporting matches that only complete at end of data.
@@ -863,7 +1079,8 @@ impl Matcher {
         stream: MatchStream,
         on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
-        let MatchStream { core, extra } = stream;
+        // Literals complete at their last byte: the term automata have nothing left to report.
+        let MatchStream { core, extra, .. } = stream;
         let mut late = Vec::new();
         if let Some(extra) = extra {
             self.with_scratch(|scratch| {
@@ -884,11 +1101,13 @@ impl Matcher {
         })
     }
 
-    /// Run `run` (a scan of one Hyperscan stream) over the extra stream, if any, collecting,
-    /// then over the core stream, merging.
+    /// Run `run` (a scan of one Hyperscan stream) over the extra stream, if any, collecting
+    /// (before `terms`, the term automata's candidates of the same bytes, as a block scan
+    /// orders them), then over the core stream, merging.
     fn stream_reports(
         &self,
         extra: Option<&Stream>,
+        terms: Vec<Candidate>,
         core: &Stream,
         on_candidate: impl FnMut(Candidate),
         run: impl Fn(
@@ -909,6 +1128,7 @@ impl Matcher {
             })?
             .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
         }
+        late.extend(terms);
         self.merge_reports(late, on_candidate, |f| run(core, f))
     }
 

@@ -16,6 +16,8 @@
 //! - [`validators`]: checks a personal-data candidate must pass besides its shape (Luhn,
 //!   mod-97, reserved e-mail domains, phone numbering plans);
 //! - [`dictionary`]: an organisation's own terms, matched as literals in the rules' databases;
+//! - [`terms`]: the same terms in Aho-Corasick automata, scanned while a large dictionary's
+//!   databases compile in the background;
 //! - [`protected_code`]: winnowed fingerprints of protected source trees, and the search for
 //!   runs of them in a request's text;
 //! - [`findings`]: findings with where they were, the one way findings leave a producer;
@@ -34,6 +36,7 @@ pub mod matcher;
 pub mod placeholder;
 pub mod protected_code;
 pub mod rules;
+pub mod terms;
 pub mod unescape;
 pub mod validators;
 

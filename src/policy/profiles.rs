@@ -294,18 +294,20 @@ impl Policy {
     ) -> Result<Policy, PolicyError> {
         let mut profiles = Vec::new();
         for section in sections {
-            let engine =
-                if section.changes_rules() {
-                    let set = profile_rules(section, rules)?;
-                    Arc::new(Engine::compile(&set, key.clone(), max_hold_bytes).map_err(
+            let engine = if section.changes_rules() {
+                let set = profile_rules(section, rules)?;
+                let interim = base.matcher().interim_options();
+                Arc::new(
+                    Engine::compile_with(&set, key.clone(), max_hold_bytes, interim).map_err(
                         |source| PolicyError::Engine {
                             profile: section.name.clone(),
                             source,
                         },
-                    )?)
-                } else {
-                    Arc::clone(base)
-                };
+                    )?,
+                )
+            } else {
+                Arc::clone(base)
+            };
             profiles.push(Arc::new(Profile {
                 name: section.name.clone(),
                 groups: section.groups.clone(),

@@ -237,6 +237,52 @@ def test_a_list_of_100000_terms_masks_its_terms_and_nothing_else(dictionary_prox
     assert lower in json.loads(mock.messages()[-1]["body"])["messages"][0]["content"]
 
 
+def test_a_new_list_is_masked_from_the_first_request_while_its_databases_compile(
+        mock, tmp_path):
+    """A proxy whose 100,000-term list was never compiled (an empty Hyperscan cache) answers at
+    once, masking the terms with automata, and masks the same way once the databases it
+    compiles in the background are in use."""
+    from test_reload import OwnProxy
+    from smtest import wait_until
+
+    terms = generated_terms(100_000, seed=31)
+    customers = tmp_path / "customers.txt"
+    customers.write_text("\n".join(terms) + "\n")
+    proxy = OwnProxy(
+        tmp_path, mock.url,
+        f'[upstream]\nurl = "{{UPSTREAM}}"\n\n'
+        f'[[dictionaries]]\nid = "accounts"\npath = "{customers}"\ncase_sensitive = true\n',
+        "interim", env={"STREAMMASK_HS_CACHE_DIR": str(tmp_path / "hs-cache")})
+    try:
+        rng = random.Random(11)
+        chosen = rng.sample(terms, 12)
+        plant(*chosen)
+        text = "Accounts: " + ", ".join(chosen) + ". Not one: Wexbury."
+        body = json.dumps(user_request(text)).encode()
+
+        def sent_for_text() -> str:
+            r = _post(proxy, body)
+            assert r.status_code == 200, r.text
+            return json.loads(mock.messages()[-1]["body"])["messages"][0]["content"]
+
+        before = sent_for_text()
+        assert "interim automata" in proxy.log_text(), proxy.log_text()[-2000:]
+        assert "compiled in the background are in use" not in proxy.log_text(), \
+            "the list compiled before the first request: nothing interim was tested"
+        for term in chosen:
+            assert term not in before, term
+        assert before.count("[MASKED:dict-accounts:") == 12, before
+        assert "Not one: Wexbury." in before
+
+        wait_until(lambda: "compiled in the background are in use" in proxy.log_text(),
+                   timeout=300, interval=0.2, what="the background compile")
+        assert sent_for_text() == before
+        assert list((tmp_path / "hs-cache").iterdir()), "the compiled databases are cached"
+    finally:
+        proxy.proc.kill()
+        proxy.proc.wait(timeout=30)
+
+
 # --- protected code --------------------------------------------------------------------------------
 
 PROTECTED_ROOT = REPO / "loadtest" / "mock" / "src"
