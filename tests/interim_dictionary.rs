@@ -12,11 +12,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streammask::engine::databases::{self, CacheSetting, Source};
-use streammask::engine::dictionary::{Dictionary, MatchOptions};
+use streammask::engine::dictionary::MatchOptions;
 use streammask::engine::masker::Engine;
 use streammask::engine::matcher::InterimOptions;
-use streammask::engine::rules::Rule;
-use streammask::engine::{Action, RuleSet, Scope};
+use streammask::engine::{RuleSet, Scope};
 use support::*;
 
 const ORG_RULES: &str = r#"
@@ -28,19 +27,6 @@ action = "mask"
 applies_to = ["request", "response"]
 examples = ["tkt_a1b2c3d4e5f6"]
 "#;
-
-fn dictionary_rule(id: &str, terms: &[String], options: MatchOptions) -> Rule {
-    let mut rule = Rule::synthetic(
-        format!("dict-{id}"),
-        format!("a term of {id}"),
-        Action::Mask,
-        vec![Scope::Request, Scope::Response],
-    );
-    rule.dictionary = Some(Arc::new(
-        Dictionary::parse(id, &terms.join("\n"), options).expect("dictionary parses"),
-    ));
-    rule
-}
 
 /// The pack, the organisation's rule, a case-insensitive list of `count` names (plus a few
 /// multi-word and punctuated terms) and a short case-sensitive list.
@@ -56,11 +42,15 @@ fn org_set(seed: u64, count: usize) -> (RuleSet, Vec<String>) {
     for rule in org.all() {
         set.push(rule.clone()).expect("new id");
     }
-    set.push(dictionary_rule("names", &names, MatchOptions::default()))
-        .expect("new id");
+    set.push(dictionary_rule(
+        "names",
+        &names.join("\n"),
+        MatchOptions::default(),
+    ))
+    .expect("new id");
     set.push(dictionary_rule(
         "hosts",
-        &["db-7.corp.internal".to_string(), "Osprey".to_string()],
+        "db-7.corp.internal\nOsprey",
         MatchOptions {
             case_sensitive: true,
             whole_word: true,

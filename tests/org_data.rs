@@ -6,25 +6,12 @@
 mod support;
 
 use std::sync::Arc;
-use streammask::engine::dictionary::{Dictionary, MatchOptions};
+use streammask::engine::dictionary::MatchOptions;
 use streammask::engine::masker::Engine;
 use streammask::engine::protected_code::FingerprintIndex;
 use streammask::engine::rules::{Overrides, ProtectedTree, Rule};
 use streammask::engine::{Action, RuleSet, Scope};
 use support::*;
-
-fn dictionary_rule(id: &str, text: &str, options: MatchOptions) -> Rule {
-    let mut rule = Rule::synthetic(
-        format!("dict-{id}"),
-        format!("a term of {id}"),
-        Action::Mask,
-        vec![Scope::Request, Scope::Response],
-    );
-    rule.dictionary = Some(Arc::new(
-        Dictionary::parse(id, text, options).expect("dictionary parses"),
-    ));
-    rule
-}
 
 fn pack_with(rules: Vec<Rule>) -> RuleSet {
     let mut set = RuleSet::embedded().expect("embedded pack");

@@ -6,8 +6,11 @@ pub mod corpus;
 
 use std::path::Path;
 use std::sync::Arc;
+use streammask::engine::dictionary::{Dictionary, MatchOptions};
 use streammask::engine::masker::{Engine, DEFAULT_MAX_HOLD_BYTES};
 use streammask::engine::placeholder::PlaceholderKey;
+use streammask::engine::rules::Rule;
+use streammask::engine::Action;
 use streammask::{RuleSet, Scope};
 
 pub fn key() -> PlaceholderKey {
@@ -77,4 +80,18 @@ pub fn pack_pieces() -> (Vec<String>, Vec<String>) {
         .flat_map(|r| r.negative_examples.clone())
         .collect();
     (examples, negatives)
+}
+
+/// A `[[dictionaries]]` rule (`dict-<id>`) of `text`'s terms, masking in requests and responses.
+pub fn dictionary_rule(id: &str, text: &str, options: MatchOptions) -> Rule {
+    let mut rule = Rule::synthetic(
+        format!("dict-{id}"),
+        format!("a term of {id}"),
+        Action::Mask,
+        vec![Scope::Request, Scope::Response],
+    );
+    rule.dictionary = Some(Arc::new(
+        Dictionary::parse(id, text, options).expect("dictionary parses"),
+    ));
+    rule
 }
