@@ -190,6 +190,65 @@ fn rules_bench_measures_a_pack_alone_and_counts_its_candidates() {
     );
 }
 
+/// `config check` compiles everything before it answers, a large dictionary included, so the
+/// proxy that loads the same files later finds its databases in the cache; `scan --config`
+/// masks the dictionary's terms without waiting for that compile.
+#[test]
+fn config_check_caches_a_large_dictionary_and_scan_masks_its_terms() {
+    let dir = std::env::temp_dir().join(format!("streammask-check-dict-{}", std::process::id()));
+    let cache = dir.join("hs-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let names = support::corpus::made_up_names(3_000, 77);
+    std::fs::write(dir.join("customers.txt"), names.join("\n")).unwrap();
+    let config = dir.join("streammask.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[dictionaries]]\nid = \"customers\"\npath = \"{}\"\n",
+            dir.join("customers.txt").display()
+        ),
+    )
+    .unwrap();
+    let check = streammask()
+        .env("STREAMMASK_HS_CACHE_DIR", &cache)
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let cached = std::fs::read_dir(&cache).unwrap().count();
+
+    let mut child = streammask()
+        .env("STREAMMASK_HS_CACHE_DIR", dir.join("no-cache-yet"))
+        .args(["scan", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = format!("call {} today\n", names[1234]);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(
+        cached, 2,
+        "a block and a streaming database of the dictionary"
+    );
+    let masked = String::from_utf8(out.stdout).unwrap();
+    assert!(!masked.contains(&names[1234]), "{masked}");
+    assert!(masked.contains("[MASKED:dict-customers:"), "{masked}");
+}
+
 #[test]
 fn scan_without_key_warns_about_random_placeholders() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streammask"))

@@ -8,7 +8,7 @@ use crate::config::{FileConfig, Overrides};
 use crate::engine::check::{check_rules, default_max_hold};
 use crate::engine::dictionary::MatchOptions;
 use crate::engine::masker::max_match_len;
-use crate::engine::matcher::Matcher;
+use crate::engine::matcher::{InterimOptions, Matcher};
 use crate::engine::placeholder::PlaceholderKey;
 use crate::engine::{Engine, RuleSet, Scope};
 use crate::observe::audit::AuditRecord;
@@ -256,7 +256,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommand::Check { file },
         } => {
             let config = FileConfig::load(Some(&file))?.validate()?;
-            super::server::build_policy(&config)?;
+            // Everything compiled now, and so cached for the proxy that loads these files.
+            super::server::build_policy(&config, None)?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -420,7 +421,8 @@ fn scan(
             let config = FileConfig::load(Some(&path))?
                 .apply(&overrides)
                 .validate()?;
-            let (_, policy) = super::server::build_policy(&config)?;
+            // One text: a large dictionary's automata cost a fraction of its compile.
+            let (_, policy) = super::server::build_policy(&config, Some(InterimOptions::ONE_SHOT))?;
             Arc::clone(&policy.profile_for(&[]).engine)
         }
         None => {

@@ -21,6 +21,7 @@
 use super::server::{build_policy_with_key, build_security, StartError};
 use crate::config::{Config, FileConfig, Overrides};
 use crate::config_error::ConfigError;
+use crate::engine::matcher::InterimOptions;
 use crate::engine::placeholder::PlaceholderKey;
 use crate::observe::log::LogFormat;
 use crate::proxy::{LiveState, ProxyState};
@@ -163,7 +164,8 @@ impl Reloader {
                  groups new since start-up as `other` until a restart"
             );
         }
-        let (engine, policy) = build_policy_with_key(&config, self.key.clone())?;
+        let (engine, policy) =
+            build_policy_with_key(&config, self.key.clone(), Some(InterimOptions::PROXY))?;
         let security = build_security(&config, policy)?;
         Ok(current.reloaded(config, engine, security))
     }

@@ -222,9 +222,13 @@ pub fn approvals_state(
 }
 
 /// The base engine and every profile's engine (see [`crate::policy::profiles`]), sharing one
-/// placeholder key. `config check` runs this too, so unknown rule ids in profiles are caught.
-pub fn build_policy(config: &Config) -> Result<(Arc<Engine>, Policy), StartError> {
-    build_policy_with_key(config, start_key(config)?)
+/// placeholder key. `config check` runs this too (with `interim` `None`: every database is
+/// compiled before it returns, and so cached), so unknown rule ids in profiles are caught.
+pub fn build_policy(
+    config: &Config,
+    interim: Option<InterimOptions>,
+) -> Result<(Arc<Engine>, Policy), StartError> {
+    build_policy_with_key(config, start_key(config)?, interim)
 }
 
 /// The configured placeholder key (random when none is, with a warning).
@@ -242,10 +246,14 @@ pub fn start_key(config: &Config) -> Result<PlaceholderKey, StartError> {
     Ok(key)
 }
 
-/// [`build_policy`] under `key` (a reload keeps the key the process started with).
+/// [`build_policy`] under `key` (a reload keeps the key the process started with). The proxy
+/// passes [`InterimOptions::PROXY`]: a large dictionary compiles in the background while it
+/// already serves (its terms matched by automata meanwhile), so a start-up or reload does not
+/// wait seconds for it.
 pub fn build_policy_with_key(
     config: &Config,
     key: PlaceholderKey,
+    interim: Option<InterimOptions>,
 ) -> Result<(Arc<Engine>, Policy), StartError> {
     crate::engine::databases::configure_cache(config.database_cache.clone());
     let mut rules = RuleSet::load(config.rules_dir.as_deref())?;
@@ -256,13 +264,11 @@ pub fn build_policy_with_key(
         &config.profiles,
         rules.with_validation(config.org_data.validation()),
     )?;
-    // A large dictionary compiles in the background while the proxy already serves (its
-    // terms matched by automata meanwhile), so a start-up or reload does not wait seconds.
     let engine = Arc::new(Engine::compile_with(
         &rules,
         key.clone(),
         config.max_hold_bytes,
-        Some(InterimOptions::PROXY),
+        interim,
     )?);
     let policy = Policy::build(
         &config.profiles,
@@ -326,7 +332,7 @@ fn build_state_with_key(
         Some(key) => key,
         None => start_key(&config)?,
     };
-    let (engine, policy) = build_policy_with_key(&config, key)?;
+    let (engine, policy) = build_policy_with_key(&config, key, Some(InterimOptions::PROXY))?;
     let security = build_security(&config, policy)?;
     let metrics = config
         .metrics

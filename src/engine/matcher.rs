@@ -110,6 +110,12 @@ impl InterimOptions {
         min_terms: 2_000,
         compile: true,
     };
+
+    /// A process that scans once and exits (`streammask scan`): the automata, and no compile.
+    pub const ONE_SHOT: InterimOptions = InterimOptions {
+        min_terms: 2_000,
+        compile: false,
+    };
 }
 
 /// The extra databases of a matcher while they compile in the background.
