@@ -209,3 +209,69 @@ fn the_background_compile_takes_over_and_an_open_stream_finishes_as_it_began() {
     );
     assert!(!again.matcher().is_interim());
 }
+
+/// The automata and the compiled databases agree on random texts built from awkward terms:
+/// non-ASCII letters (folded by neither: ASCII only), punctuation-only terms, terms inside and
+/// around other terms, and one term in two dictionaries of different case modes. Matchers of
+/// the same expressions also share one background compile and one set of automata.
+#[test]
+fn awkward_terms_mask_alike_with_automata_and_databases_on_random_texts() {
+    databases::configure_cache(CacheSetting::Off);
+    let caseless = "Äpfel\n--\nC++\nbird\nbluebird\nProject X\nzz-awkward-terms\nx";
+    let sensitive = "bird\nird\ndb-7\nÜber Go";
+    let mut set = RuleSet::embedded().expect("embedded pack");
+    set.push(dictionary_rule(
+        "caseless",
+        caseless,
+        MatchOptions::default(),
+    ))
+    .expect("new id");
+    set.push(dictionary_rule(
+        "sensitive",
+        sensitive,
+        MatchOptions {
+            case_sensitive: true,
+            whole_word: false,
+        },
+    ))
+    .expect("new id");
+    let waiting = InterimOptions {
+        min_terms: 1,
+        compile: false,
+    };
+    let interim = interim_engine(&set, waiting);
+    let profile = interim_engine(&set, waiting);
+    assert!(interim.matcher().is_interim() && profile.matcher().is_interim());
+    assert!(interim.matcher().shares_databases_with(profile.matcher()));
+    let compiled = engine_for(&set, 8192);
+
+    let pieces: Vec<&str> = "Äpfel|äpfel|ÄPFEL|--|---|C++|c++|bird|BIRD|bluebird|Bluebirds|ird|\
+         db-7|DB-7|Über Go|über go|project x|Project  X|x|X| | |\n|,|-|+|é|tkt|zz-awkward-terms"
+        .split('|')
+        .collect();
+    let mut rng = corpus::Rng::new(404);
+    for round in 0..400 {
+        let mut text = String::new();
+        for _ in 0..(1 + rng.below(24)) {
+            text.push_str(pieces[rng.below(pieces.len())]);
+            if rng.below(3) == 0 {
+                text.push(' ');
+            }
+        }
+        let expected = compiled.mask(&text, Scope::Request).expect("masks");
+        let masked = interim.mask(&text, Scope::Request).expect("masks");
+        assert_eq!(masked.text, expected.text, "round {round}: {text:?}");
+        assert_eq!(
+            masked.findings, expected.findings,
+            "round {round}: {text:?}"
+        );
+        let cut = rng.below(text.len() + 1);
+        if text.is_char_boundary(cut) {
+            assert_eq!(
+                stream_with_cuts(&interim, &text, Scope::Request, &[cut], |_, _| {}),
+                expected.text,
+                "round {round}, cut at {cut}: {text:?}"
+            );
+        }
+    }
+}

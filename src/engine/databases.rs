@@ -24,6 +24,7 @@
 //!   hundreds) is never cached: it compiles in milliseconds and would only crowd out packs.
 
 pub use super::database_key::{database_key, KeyedPattern};
+use super::terms::TermAutomata;
 use hyperscan::prelude::*;
 use hyperscan::Serialized;
 use std::collections::HashMap;
@@ -234,11 +235,16 @@ fn share(
     databases
 }
 
-/// Databases compiled on a thread of their own, for the matchers that scan without them in the
-/// meantime (see [`crate::engine::terms`]); every matcher of the same expressions shares one.
-#[derive(Default)]
+/// Databases compiled on a thread of their own, and what matchers scan the dictionary terms
+/// with in the meantime (see [`crate::engine::terms`]); every matcher of the same expressions
+/// (the base engine, each policy profile, a reload) shares one.
+///
+/// Invariant: `terms` is released only after `ready` is set, and `ready` is never unset, so a
+/// reader that finds no automata finds the databases.
 pub struct Pending {
     ready: OnceLock<Arc<Databases>>,
+    terms: RwLock<Option<Arc<TermAutomata>>>,
+    failed: AtomicBool,
 }
 
 impl Pending {
@@ -246,12 +252,26 @@ impl Pending {
     pub fn ready(&self) -> Option<&Arc<Databases>> {
         self.ready.get()
     }
+
+    /// The automata, until the databases are ready.
+    pub fn terms(&self) -> Option<Arc<TermAutomata>> {
+        self.terms.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn finish(&self, databases: Arc<Databases>) -> bool {
+        let set = self.ready.set(databases).is_ok();
+        // After `ready`: see the invariant. Streams opened on the automata keep their own
+        // reference; the rest (tens of megabytes for 100,000 terms) is freed now.
+        *self.terms.write().unwrap_or_else(|e| e.into_inner()) = None;
+        set
+    }
 }
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
             .field("ready", &self.ready.get().is_some())
+            .field("failed", &self.failed.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -259,18 +279,33 @@ impl std::fmt::Debug for Pending {
 /// Background compiles in flight or done and still used, by block key.
 static PENDING: Mutex<Option<HashMap<[u8; 32], Weak<Pending>>>> = Mutex::new(None);
 
-/// Compile `patterns` on a thread of their own (unless a compile of the same expressions is
-/// already under way: then that one is shared); the result is stored in the cache directory
-/// and shared in this process like a [`load`]ed one. `start: false` registers the compile
-/// without running it (tests of what scans in the meantime).
-pub fn compile_in_background(patterns: Patterns, start: bool) -> Arc<Pending> {
+/// One background compile at a time: each takes hundreds of megabytes and both cores for
+/// seconds, and reloads of a list that keeps changing must not pile them up.
+static COMPILING: Mutex<()> = Mutex::new(());
+
+/// The shared compile of `patterns` on a thread of its own, with `terms` (built only when no
+/// compile of the same expressions is in flight or done and still used, or the last one
+/// failed) to scan with meanwhile. The result is stored in the cache directory and shared in
+/// this process like a [`load`]ed one. `start: false` registers the compile without running it
+/// (tests of what scans in the meantime, and a process that scans once and exits).
+pub fn compile_in_background<E>(
+    patterns: Patterns,
+    start: bool,
+    terms: impl FnOnce() -> Result<TermAutomata, E>,
+) -> Result<Arc<Pending>, E> {
     let keys = Keys::of(&patterns);
     let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
     let pending = pending.get_or_insert_with(HashMap::new);
     if let Some(running) = pending.get(&keys.block).and_then(Weak::upgrade) {
-        return running;
+        if !running.failed.load(Ordering::Relaxed) {
+            return Ok(running);
+        }
     }
-    let compile = Arc::new(Pending::default());
+    let compile = Arc::new(Pending {
+        ready: OnceLock::new(),
+        terms: RwLock::new(Some(Arc::new(terms()?))),
+        failed: AtomicBool::new(false),
+    });
     pending.retain(|_, weak| weak.strong_count() > 0);
     pending.insert(keys.block, Arc::downgrade(&compile));
     if start {
@@ -279,22 +314,44 @@ pub fn compile_in_background(patterns: Patterns, start: bool) -> Arc<Pending> {
             .name("streammask-compile".into())
             .spawn(move || compile_now(patterns, keys, weak));
         if let Err(error) = spawned {
+            compile.failed.store(true, Ordering::Relaxed);
             tracing::error!(%error, "cannot start the background compile; scanning goes on without it");
         }
     }
-    compile
+    Ok(compile)
 }
 
 fn compile_now(patterns: Patterns, keys: Keys, pending: Weak<Pending>) {
+    let _one_at_a_time = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
+    // Nobody scans with it any more (a reload replaced the list while this waited).
+    let Some(wanted) = pending.upgrade() else {
+        return;
+    };
+    drop(wanted);
+    // An earlier compile of the same expressions, or a `config check`, may have made it.
+    if let Some(found) = lookup(&patterns) {
+        if let Some(pending) = pending.upgrade() {
+            pending.finish(found);
+        }
+        return;
+    }
     let started = std::time::Instant::now();
     // Outside the lock of shared databases: start-ups and reloads go on while this runs.
-    let compiled = compile_both(&patterns);
+    let compiled =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile_both(&patterns)));
     let (block, stream) = match compiled {
-        Ok(both) => both,
-        Err(error) => {
+        Ok(Ok(both)) => both,
+        failure => {
+            let error = match failure {
+                Ok(Err(error)) => error.to_string(),
+                _ => "the compiler panicked".to_string(),
+            };
+            if let Some(pending) = pending.upgrade() {
+                pending.failed.store(true, Ordering::Relaxed);
+            }
             tracing::error!(
                 error = %error,
-                "background compile failed; scanning goes on without its databases"
+                "background compile failed; scanning goes on with the interim automata (the next reload tries again)"
             );
             return;
         }
@@ -313,7 +370,7 @@ fn compile_now(patterns: Patterns, keys: Keys, pending: Weak<Pending>) {
     let Some(pending) = pending.upgrade() else {
         return;
     };
-    if pending.ready.set(databases).is_ok() {
+    if pending.finish(databases) {
         tracing::info!(
             expressions = patterns.len(),
             seconds = started.elapsed().as_secs_f64(),

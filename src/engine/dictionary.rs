@@ -193,12 +193,12 @@ impl Dictionary {
         self.word_gaps
     }
 
-    /// One Hyperscan expression per term: the term's bytes, escaped.
     /// The terms as written (deduplicated), in the order of [`Dictionary::expressions`].
     pub fn terms(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.terms.iter().map(|term| &term[..])
     }
 
+    /// One Hyperscan expression per term: the term's bytes, escaped.
     pub fn expressions(&self) -> impl Iterator<Item = String> + '_ {
         self.terms.iter().map(|term| escape_literal(term))
     }

@@ -57,7 +57,7 @@ use std::{
     cell::RefCell,
     collections::HashSet,
     ops::Range,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{Arc, OnceLock},
 };
 
 /// Longest match any rule may have unless the caller configures more. Private-key bodies are
@@ -100,7 +100,8 @@ pub struct InterimOptions {
     /// Only extra databases holding at least this many dictionary terms are compiled in the
     /// background (smaller lists compile in well under a second).
     pub min_terms: usize,
-    /// Start the background compile (`false`: the matcher stays interim; for tests).
+    /// Start the background compile (`false`: the matcher stays interim, as tests of it and a
+    /// process that scans once and exits want).
     pub compile: bool,
 }
 
@@ -122,27 +123,9 @@ impl InterimOptions {
 struct Interim {
     /// The organisation's rules without the dictionary terms (`None`: there are only terms).
     rules: Option<Arc<Databases>>,
-    /// Released (tens of megabytes for 100,000 terms) by the first scan after `full` is ready;
-    /// streams opened before keep their own reference to the end.
-    terms: RwLock<Option<Arc<TermAutomata>>>,
+    /// The compile, and the term automata until it is done (shared by every matcher of the
+    /// same expressions).
     full: Arc<Pending>,
-}
-
-impl Interim {
-    fn terms(&self) -> Option<Arc<TermAutomata>> {
-        self.terms.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn release_terms(&self) {
-        if self
-            .terms
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
-            *self.terms.write().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-    }
 }
 
 /// What a scan uses besides the core databases.
@@ -720,17 +703,18 @@ impl Matcher {
                 match databases::lookup(&extra) {
                     Some(found) => Some(found),
                     None => {
-                        let terms = TermAutomata::build(extra_terms)
-                            .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
                         let rules_only = if extra_rules.0.is_empty() {
                             None
                         } else {
                             Some(load(&extra_rules)?)
                         };
+                        let full = databases::compile_in_background(extra, options.compile, || {
+                            TermAutomata::build(extra_terms)
+                        })
+                        .map_err(|e| MatcherError::Hyperscan(e.to_string()))?;
                         interim_scan = Some(Interim {
                             rules: rules_only,
-                            terms: RwLock::new(Some(Arc::new(terms))),
-                            full: databases::compile_in_background(extra, options.compile),
+                            full,
                         });
                         None
                     }
@@ -803,15 +787,15 @@ impl Matcher {
             return Extra::Databases(self.extra.as_ref());
         };
         if let Some(full) = interim.full.ready() {
-            interim.release_terms();
             return Extra::Databases(Some(full));
         }
-        match interim.terms() {
+        match interim.full.terms() {
             Some(terms) => Extra::Interim {
                 rules: interim.rules.as_ref(),
                 terms,
             },
-            // Released only once `full` was ready, and a ready one stays ready.
+            // The automata are released only after the databases are ready (`Pending`'s
+            // invariant), so they are ready now.
             None => Extra::Databases(interim.full.ready()),
         }
     }
@@ -885,9 +869,7 @@ impl Matcher {
         let size = |d: &Databases| d.stream.stream_size().unwrap_or(0);
         let extra = match self.extra_scan() {
             Extra::Databases(extra) => extra.map_or(0, |d| size(d)),
-            Extra::Interim { rules, terms } => {
-                rules.map_or(0, |d| size(d)) + std::mem::size_of_val(&terms.open())
-            }
+            Extra::Interim { rules, terms } => rules.map_or(0, |d| size(d)) + terms.stream_size(),
         };
         size(&self.databases) + extra
     }

@@ -84,6 +84,12 @@ impl TermAutomata {
         self.terms
     }
 
+    /// Bytes one open stream's state costs.
+    pub fn stream_size(&self) -> usize {
+        std::mem::size_of::<TermStream>()
+            + self.automata.len() * std::mem::size_of::<Cell<StateID>>()
+    }
+
     /// A stream at offset 0.
     pub fn open(&self) -> TermStream {
         TermStream {
