@@ -102,6 +102,8 @@ def time_run(binary: str, home: str, extra_args: list[str],
     it was stopped (at ready, or with `until_compiled` once the log says a background compile
     is in use), and the seconds until that log line (None when no compile was started)."""
     port, admin = free_port(), free_port()
+    while admin == port:  # the kernel may hand out a just-freed port again
+        admin = free_port()
     cpu_before = child_cpu()
     start = time.monotonic()
     log = tempfile.TemporaryFile()
