@@ -716,6 +716,11 @@ fn text_value(rng: &mut Rng, planted: &mut Planted) -> String {
     let mut text = filler(rng);
     if rng.below(3) == 0 {
         let secret = random_token(rng);
+        // Filler backslashes stay out of the secret's own escapes: `\\` before `\n` is an
+        // escaped backslash and a letter `n` glued to the token, not a line break before it.
+        if text.ends_with('\\') {
+            text.push(' ');
+        }
         text.push_str(&second_level(rng, &secret));
         planted.secrets.push(secret);
         text.push_str(&filler(rng));
