@@ -17,8 +17,7 @@ mod corpus;
 use criterion::{black_box, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streammask::anthropic::bedrock::BedrockStream;
-use streammask::anthropic::event_stream::{encode, Frame};
+use streammask::anthropic::bedrock::{chunk_frame_bytes, BedrockStream};
 use streammask::anthropic::messages::SseTransformer;
 use streammask::anthropic::sse::SseFramer;
 use streammask::engine::dictionary::{Dictionary, MatchOptions};
@@ -426,17 +425,10 @@ fn sse_response(text: &str, delta_chars: usize) -> String {
 
 /// `response` (SSE) as Bedrock's event-stream `chunk` frames.
 fn bedrock_frames(response: &str) -> Vec<u8> {
-    use base64::Engine as _;
     let mut framer = SseFramer::new(usize::MAX);
     let mut out = Vec::new();
     for event in framer.push(response.as_bytes()).expect("SSE") {
-        let bytes = base64::engine::general_purpose::STANDARD.encode(event.data());
-        let payload = serde_json::json!({ "bytes": bytes }).to_string();
-        let frame = Frame::with_strings(
-            &[(":event-type", "chunk"), (":message-type", "event")],
-            payload,
-        );
-        encode(&frame, &mut out);
+        chunk_frame_bytes(event.data(), &mut out);
     }
     out
 }

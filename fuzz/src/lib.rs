@@ -403,8 +403,8 @@ pub mod sse_stream {
 pub mod event_stream {
     use super::{cuts, plant, read_sse, sse_stream};
     use base64::Engine as _;
-    use streammask::anthropic::bedrock::BedrockStream;
-    use streammask::anthropic::event_stream::{encode, Frame, FrameDecoder};
+    use streammask::anthropic::bedrock::{chunk_frame_bytes, BedrockStream};
+    use streammask::anthropic::event_stream::{encode, FrameDecoder};
     use streammask::anthropic::messages::SseTransformer;
     use streammask::anthropic::sse::{write_event, SseFramer};
     use streammask::engine::ThinkingMode;
@@ -458,13 +458,7 @@ pub mod event_stream {
         events.extend(framer.finish().ok().flatten());
         let mut out = Vec::new();
         for event in events.iter().filter(|e| !e.is_empty()) {
-            let bytes = base64::engine::general_purpose::STANDARD.encode(event.data());
-            let payload = serde_json::json!({ "bytes": bytes }).to_string();
-            let frame = Frame::with_strings(
-                &[(":event-type", "chunk"), (":message-type", "event")],
-                payload,
-            );
-            encode(&frame, &mut out);
+            chunk_frame_bytes(event.data(), &mut out);
         }
         out
     }

@@ -233,6 +233,12 @@ fn decode_chunk(payload: &[u8]) -> Option<String> {
     Some(value.to_string())
 }
 
+/// A `chunk` frame carrying the Anthropic stream event `event`, as Bedrock writes one (and the
+/// proxy writes it back): for the tests, benches and fuzzers that play the upstream.
+pub fn chunk_frame_bytes(event: &str, out: &mut Vec<u8>) {
+    write_chunk(event, &mut String::new(), out);
+}
+
 /// A `chunk` frame carrying `event`; `payload` is a buffer reused from event to event.
 fn write_chunk(event: &str, payload: &mut String, out: &mut Vec<u8>) {
     // Base64 is JSON-safe as it is: the payload is written, not serialised.
