@@ -100,8 +100,10 @@ fn widths(expression: &str) -> Option<(usize, usize)> {
 /// One rule of the pack as the databases see it.
 struct PackRule {
     pattern: String,
-    /// What Hyperscan runs instead of `pattern`, if set.
+    /// What Hyperscan runs instead of `pattern`, if set: the key word, else the prefilter.
     prefilter: Option<String>,
+    /// Whether `prefilter` is a key word (rules sharing one are reported under the first's id).
+    keyword: bool,
     enabled: bool,
 }
 
@@ -126,13 +128,16 @@ fn pack_patterns(files: &[PathBuf]) -> Result<Vec<PackRule>, String> {
                 .get("enabled")
                 .and_then(|e| e.as_bool())
                 .unwrap_or(true);
+            let keyword = rule.get("keyword").is_some();
             let prefilter = rule
-                .get("prefilter")
+                .get("keyword")
+                .or_else(|| rule.get("prefilter"))
                 .and_then(|p| p.as_str())
                 .map(str::to_string);
             patterns.push(PackRule {
                 pattern: pattern.to_string(),
                 prefilter,
+                keyword,
                 enabled,
             });
         }
@@ -149,11 +154,14 @@ fn compile_pack(rules: &[PackRule], out_dir: &Path) -> Result<Vec<([u8; 32], Str
     if !rules.iter().any(|rule| rule.enabled) {
         return Ok(Vec::new());
     }
+    // As the matcher does: a key word goes in once, under the first rule that has it.
+    let mut keywords = std::collections::HashSet::new();
     let patterns = Patterns(
         rules
             .iter()
             .enumerate()
             .filter(|(_, rule)| rule.enabled)
+            .filter(|(_, rule)| !rule.keyword || keywords.insert(rule.prefilter.clone()))
             .map(|(id, rule)| Pattern {
                 expression: rule.prefilter.as_ref().unwrap_or(&rule.pattern).clone(),
                 flags: CompileFlags::empty(),

@@ -133,7 +133,7 @@ fn check_rule(rule: &Rule, max_hold: usize, report: &mut CheckReport) {
             return;
         }
     };
-    if rule.prefilter.is_some() {
+    if rule.prefilter.is_some() || rule.keyword.is_some() {
         check_prefilter(rule, engine.matcher(), report);
     }
     // (example, secret length, checksum valid) of every finding of a checksum rule.
@@ -346,8 +346,9 @@ fn check_truncation(
     }
 }
 
-/// A prefilter must report every end at which the pattern matches, in every example and
-/// negative example: an end it misses is a secret never looked at.
+/// A prefilter (or a key word with what follows it) must report every end at which the
+/// pattern matches, in every example and negative example: an end it misses is a secret never
+/// looked at.
 fn check_prefilter(rule: &Rule, matcher: &Matcher, report: &mut CheckReport) {
     for (kind, text) in rule.examples.iter().map(|e| ("example", e)).chain(
         rule.negative_examples
@@ -365,11 +366,14 @@ fn check_prefilter(rule: &Rule, matcher: &Matcher, report: &mut CheckReport) {
         let missed = (0..=hay.len())
             .find(|&end| !reported.contains(&end) && matcher.start_of(0, hay, 0, end).is_some());
         if let Some(end) = missed {
+            let what = if rule.keyword.is_some() {
+                "keyword and after_keyword miss"
+            } else {
+                "prefilter misses"
+            };
             report.problem(
                 &rule.id,
-                format!(
-                    "prefilter misses the pattern's match ending at byte {end} of {kind} {text:?}"
-                ),
+                format!("{what} the pattern's match ending at byte {end} of {kind} {text:?}"),
             );
         }
     }

@@ -40,6 +40,7 @@
 //!   are ready (`tests/interim_dictionary.rs`: both mask as the compiled databases do).
 
 use crate::engine::databases::{self, Databases, Pending, Source};
+use crate::engine::keyword::{AfterKeyword, Ends, KeywordGroup, KeywordStream};
 use crate::engine::rules::{Action, Rule, RuleSet};
 use crate::engine::terms::{TermAutomata, TermStream};
 use crate::engine::validators::ValidationContext;
@@ -54,7 +55,7 @@ use regex_automata::{
     Anchored, Input, MatchKind, PatternID,
 };
 use std::{
-    cell::RefCell,
+    cell::{RefCell, RefMut},
     collections::HashSet,
     ops::Range,
     sync::{Arc, OnceLock},
@@ -215,6 +216,9 @@ pub struct CompiledRule {
     pub gaps: usize,
     pub scope_bits: u8,
     preview_prefix: OnceLock<String>,
+    /// For the first rule of each key word (the one whose id Hyperscan reports it under): its
+    /// group in the matcher's `keyword_groups` ([`crate::engine::keyword`]).
+    keyword_group: Option<usize>,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -285,6 +289,11 @@ pub struct Matcher {
     word_gaps: usize,
     /// Whether an active rule is a protected-code tree (asked once per request).
     protected_code: bool,
+    /// The rules compiled into the databases that have a key word, grouped by it; Hyperscan
+    /// reports each key word under its group's first rule.
+    keyword_groups: Vec<KeywordGroup>,
+    /// Whether a group has an active rule (its key words are walked, not handed out).
+    keywords: bool,
     validation: ValidationContext,
     /// What [`Matcher::pack_checksum`] reports.
     pack_checksum: String,
@@ -338,9 +347,15 @@ fn reverse_dfa(pattern: &str) -> Result<ReverseDfa, String> {
         .map_err(|e| format!("reverse DFA: {e}"))
 }
 
-/// What Hyperscan runs for a rule: its prefilter, if it has one, else its pattern.
+/// What Hyperscan runs for a rule: its key word or its prefilter, if it has one, else its
+/// pattern.
 fn hyperscan_pattern(rule: &Rule, id: usize) -> Pattern {
-    plain_pattern(rule.prefilter.as_ref().unwrap_or(&rule.pattern), id)
+    let expression = rule
+        .keyword
+        .as_ref()
+        .or(rule.prefilter.as_ref())
+        .unwrap_or(&rule.pattern);
+    plain_pattern(expression, id)
 }
 
 fn plain_pattern(expression: &str, id: usize) -> Pattern {
@@ -391,14 +406,15 @@ fn hyperscan_patterns(
         .collect()
 }
 
-/// What a rule's regexes are built from: its pattern and its guards.
-type RuleCodeIdentity = (String, Vec<String>, Vec<String>);
+/// What a rule's regexes are built from: its pattern, its guards and what follows its key word.
+type RuleCodeIdentity = (String, Vec<String>, Vec<String>, Option<String>);
 
 fn rule_code_identity(rule: &Rule) -> RuleCodeIdentity {
     (
         rule.pattern.clone(),
         rule.ignore.clone(),
         rule.ignore_key.clone(),
+        rule.after_keyword.clone(),
     )
 }
 
@@ -425,6 +441,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
             gaps: 0,
             scope_bits: rule.scope_bits(),
             preview_prefix: OnceLock::from(String::new()),
+            keyword_group: None,
         });
     }
     if let Some(dictionary) = &rule.dictionary {
@@ -437,6 +454,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
             gaps: dictionary.word_gaps(),
             scope_bits: rule.scope_bits(),
             preview_prefix: OnceLock::from(String::new()),
+            keyword_group: None,
         });
     }
     let (min_len, max_len) = match databases::embedded_widths(&rule.pattern) {
@@ -457,9 +475,17 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
             "maximum match length {max_len} exceeds the limit {max_match_len}"
         ));
     }
+    let after_keyword = rule
+        .after_keyword
+        .as_deref()
+        .map(|after| AfterKeyword::new(&[after]))
+        .transpose()?;
     let code = OnceLock::new();
     if !embedded_rule_code().contains(&rule_code_identity(rule)) {
         let _ = code.set(Some(RuleCode::build(rule)?));
+        if let Some(after) = &after_keyword {
+            after.build_now()?;
+        }
     }
     Ok(CompiledRule {
         rule: rule.clone(),
@@ -469,6 +495,7 @@ fn compile_rule(rule: &Rule, max_match_len: usize) -> Result<CompiledRule, Strin
         gaps: rule.spaces,
         scope_bits: rule.scope_bits(),
         preview_prefix: OnceLock::new(),
+        keyword_group: None,
     })
 }
 
@@ -552,6 +579,8 @@ pub struct MatchStream {
     core: Stream,
     extra: Option<Stream>,
     terms: Option<(Arc<TermAutomata>, TermStream)>,
+    /// The keyword rules' walks, when the matcher has such rules.
+    keywords: Option<RefCell<KeywordStream>>,
 }
 
 /// The extra databases' candidates, handed out in end order among the core scan's.
@@ -641,7 +670,7 @@ impl Matcher {
     /// profile turns on is not). Rules before `core_rules` (the embedded pack's) go into the
     /// core databases, the others (and dictionary terms) into the extra ones.
     fn from_compiled(
-        rules: Vec<CompiledRule>,
+        mut rules: Vec<CompiledRule>,
         in_databases: &[bool],
         core_rules: usize,
         validation: ValidationContext,
@@ -651,11 +680,51 @@ impl Matcher {
         let mut term_rules = Vec::new();
         let compiled = |i: usize| in_databases.get(i).copied().unwrap_or(true);
         let rules_in_databases = (0..rules.len()).filter(|&i| compiled(i)).count();
+        // Rules that share a key word: the first one's id reports it for all of them.
+        let mut by_keyword: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, rule) in rules.iter().enumerate().filter(|(i, _)| compiled(*i)) {
+            if let (Some(keyword), Some(_)) = (&rule.rule.keyword, &rule.rule.after_keyword) {
+                match by_keyword.iter_mut().find(|(k, _)| k == keyword) {
+                    Some((_, members)) => members.push(i),
+                    None => by_keyword.push((keyword, vec![i])),
+                }
+            }
+        }
+        let follower: HashSet<usize> = by_keyword
+            .iter()
+            .flat_map(|(_, members)| members.iter().skip(1).copied())
+            .collect();
+        let mut keyword_groups = Vec::new();
+        let mut leaders = Vec::new();
+        for (_, members) in &by_keyword {
+            let described: Vec<(u32, bool, &str)> = members
+                .iter()
+                .map(|&m| {
+                    let rule = &rules[m];
+                    let after = rule.rule.after_keyword.as_deref().unwrap_or_default();
+                    (m as u32, rule.active(), after)
+                })
+                .collect();
+            let group = KeywordGroup::new(&described).map_err(|message| {
+                MatcherError::Rules(vec![RuleError {
+                    id: rules[members[0]].rule.id.clone(),
+                    message,
+                }])
+            })?;
+            leaders.push((members[0], keyword_groups.len()));
+            keyword_groups.push(group);
+        }
+        for (leader, group) in leaders {
+            rules[leader].keyword_group = Some(group);
+        }
         let (mut core, mut extra) = (Patterns(Vec::new()), Patterns(Vec::new()));
         // The extra patterns without the dictionary terms, and the terms, for an interim scan.
         let mut extra_rules = Patterns(Vec::new());
         let mut extra_terms: Vec<(u32, bool, &[u8])> = Vec::new();
         for (i, rule) in rules.iter().enumerate().filter(|(i, _)| compiled(*i)) {
+            if follower.contains(&i) {
+                continue;
+            }
             let patterns = hyperscan_patterns(&rule.rule, i, &mut next_term_id, &mut term_rules);
             if i < core_rules {
                 core.0.extend(patterns);
@@ -727,6 +796,7 @@ impl Matcher {
         let min_match_len = active().map(|r| r.min_len).min().unwrap_or(usize::MAX);
         let word_gaps = active().map(|r| r.gaps).max().unwrap_or(0);
         let protected_code = active().any(|r| r.rule.protected_code.is_some());
+        let keywords = keyword_groups.iter().any(KeywordGroup::active);
         Ok(Matcher {
             rules,
             rules_in_databases,
@@ -739,6 +809,8 @@ impl Matcher {
             min_match_len,
             word_gaps,
             protected_code,
+            keyword_groups,
+            keywords,
             validation,
             pack_checksum: String::new(),
         })
@@ -938,7 +1010,12 @@ impl Matcher {
         } else {
             *self.term_rules.get(index - self.rules.len())?
         };
-        self.rules[rule as usize].active().then_some(rule)
+        let compiled = &self.rules[rule as usize];
+        match compiled.keyword_group {
+            // Reported when any rule of the key word is active, whether or not this one is.
+            Some(group) => self.keyword_groups[group].active().then_some(rule),
+            None => compiled.active().then_some(rule),
+        }
     }
 
     /// Every candidate in `text`, in Hyperscan's report order (by end offset).
@@ -959,6 +1036,53 @@ impl Matcher {
     /// collected first (the organisation's few rules) and merged into the core scan's by end
     /// offset, core first at equal ends, so callers see one report order.
     pub fn scan_block_while(
+        &self,
+        text: &[u8],
+        mut on_candidate: impl FnMut(Candidate) -> bool,
+    ) -> Result<bool, MatcherError> {
+        if !self.keywords {
+            return self.scan_block_merged(text, on_candidate);
+        }
+        let mut ends = Ends::default();
+        let completed =
+            self.scan_block_merged(text, |candidate| match self.keyword_group(candidate.rule) {
+                Some(group) => {
+                    let at = candidate.end;
+                    self.keyword_groups[group].walk(text, at, true, at, 0, &mut ends);
+                    true
+                }
+                None => {
+                    ends.before(Some(candidate.end), &mut on_candidate) && on_candidate(candidate)
+                }
+            })?;
+        Ok(completed && ends.before(None, &mut on_candidate))
+    }
+
+    /// The key word group whose reports come under rule `rule`'s id, if any.
+    fn keyword_group(&self, rule: u32) -> Option<usize> {
+        self.rules.get(rule as usize)?.keyword_group
+    }
+
+    /// A report of the merged scans, in a stream: a key word starts a walk, anything else is
+    /// handed out after the walks' ends before it.
+    fn offer_streamed(
+        &self,
+        keywords: &mut KeywordStream,
+        candidate: Candidate,
+        complete: bool,
+        deliver: &mut impl FnMut(Candidate) -> bool,
+    ) {
+        match self.keyword_group(candidate.rule) {
+            Some(group) => keywords.start(&self.keyword_groups, group, candidate.end, complete),
+            None => {
+                keywords.ends.before(Some(candidate.end), deliver);
+                deliver(candidate);
+            }
+        }
+    }
+
+    /// [`Matcher::scan_block_while`] of every database, key words handed out as candidates.
+    fn scan_block_merged(
         &self,
         text: &[u8],
         mut on_candidate: impl FnMut(Candidate) -> bool,
@@ -1035,12 +1159,40 @@ impl Matcher {
                 let state = terms.open();
                 (terms, state)
             }),
+            keywords: self
+                .keywords
+                .then(|| RefCell::new(KeywordStream::default())),
         })
     }
 
     /// Feed the next bytes of a stream; candidates carry absolute offsets, in one report
     /// order as [`Matcher::scan_block_while`] gives them.
     pub fn scan_stream(
+        &self,
+        stream: &MatchStream,
+        chunk: &[u8],
+        mut on_candidate: impl FnMut(Candidate),
+    ) -> Result<(), MatcherError> {
+        let Some(keywords) = &stream.keywords else {
+            return self.scan_stream_merged(stream, chunk, on_candidate);
+        };
+        let mut keywords: RefMut<'_, KeywordStream> = keywords.borrow_mut();
+        let keywords = &mut *keywords;
+        let mut deliver = |candidate| {
+            on_candidate(candidate);
+            true
+        };
+        keywords.append(chunk, &self.keyword_groups);
+        self.scan_stream_merged(stream, chunk, |candidate| {
+            self.offer_streamed(keywords, candidate, false, &mut deliver)
+        })?;
+        keywords.ends.before(None, &mut deliver);
+        keywords.trim();
+        Ok(())
+    }
+
+    /// [`Matcher::scan_stream`] of every database, key words handed out as candidates.
+    fn scan_stream_merged(
         &self,
         stream: &MatchStream,
         chunk: &[u8],
@@ -1065,10 +1217,38 @@ impl Matcher {
     pub fn close_stream(
         &self,
         stream: MatchStream,
+        mut on_candidate: impl FnMut(Candidate),
+    ) -> Result<(), MatcherError> {
+        let MatchStream {
+            core,
+            extra,
+            keywords,
+            ..
+        } = stream;
+        let Some(keywords) = keywords else {
+            return self.close_stream_merged(core, extra, on_candidate);
+        };
+        let mut keywords = keywords.into_inner();
+        let mut deliver = |candidate| {
+            on_candidate(candidate);
+            true
+        };
+        keywords.close(&self.keyword_groups);
+        self.close_stream_merged(core, extra, |candidate| {
+            self.offer_streamed(&mut keywords, candidate, true, &mut deliver)
+        })?;
+        keywords.ends.before(None, &mut deliver);
+        Ok(())
+    }
+
+    /// [`Matcher::close_stream`] of every database, key words handed out as candidates.
+    fn close_stream_merged(
+        &self,
+        core: Stream,
+        extra: Option<Stream>,
         on_candidate: impl FnMut(Candidate),
     ) -> Result<(), MatcherError> {
         // Literals complete at their last byte: the term automata have nothing left to report.
-        let MatchStream { core, extra, .. } = stream;
         let mut late = Vec::new();
         if let Some(extra) = extra {
             self.with_scratch(|scratch| {

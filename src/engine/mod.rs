@@ -12,6 +12,8 @@
 //! - [`json_walk`]: every string of a JSON document scanned (with [`unescape`] views and a
 //!   joined view of the text the model reads), only masked spans rewritten, findings in opaque
 //!   values refused;
+//! - [`keyword`]: rules whose Hyperscan expression is a key word, and the forward automaton
+//!   that finds where their matches end;
 //! - [`known`]: secrets found earlier in an exchange, masked wherever else they occur;
 //! - [`validators`]: checks a personal-data candidate must pass besides its shape (Luhn,
 //!   mod-97, reserved e-mail domains, phone numbering plans);
@@ -30,6 +32,7 @@ pub mod dictionary;
 pub mod findings;
 pub mod json_strings;
 pub mod json_walk;
+pub mod keyword;
 pub mod known;
 pub mod masker;
 pub mod matcher;

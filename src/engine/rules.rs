@@ -253,6 +253,17 @@ pub struct Rule {
     /// a match starts and what it is. `rules check` verifies the ends on every example.
     #[serde(default)]
     pub prefilter: Option<String>,
+    /// What Hyperscan runs instead of `pattern` for a rule whose matches all hold a key word
+    /// (`token`, `secret`): the key word alone. From each place it ends, a forward automaton
+    /// of [`Rule::after_keyword`] finds where a match may end; those ends are the rule's
+    /// candidates, as a prefilter's are (see [`crate::engine::keyword`]). Both or neither.
+    #[serde(default)]
+    pub keyword: Option<String>,
+    /// What may follow [`Rule::keyword`] up to the end of a match: every match of `pattern`
+    /// must hold a key word whose end is followed by a match of this, ending where the
+    /// pattern's match ends. `rules check` verifies it on every example.
+    #[serde(default)]
+    pub after_keyword: Option<String>,
     /// Labels a profile turns rules on or off by (`enable_tags = ["pii"]`).
     #[serde(default)]
     pub tags: Vec<String>,
@@ -298,6 +309,8 @@ impl Rule {
             multiline: false,
             spaces: 0,
             prefilter: None,
+            keyword: None,
+            after_keyword: None,
             enabled: true,
             checksum: None,
             truncated: Vec::new(),
@@ -654,6 +667,18 @@ fn validate_shape(rule: &Rule) -> Result<(), RulesError> {
     }
     if rule.prefilter.as_ref().is_some_and(|p| p.is_empty()) {
         return Err(invalid("prefilter is empty"));
+    }
+    match (&rule.keyword, &rule.after_keyword) {
+        (Some(keyword), Some(after)) => {
+            if keyword.is_empty() || after.is_empty() {
+                return Err(invalid("keyword and after_keyword must not be empty"));
+            }
+            if rule.prefilter.is_some() {
+                return Err(invalid("a rule has a prefilter or a keyword, not both"));
+            }
+        }
+        (None, None) => {}
+        _ => return Err(invalid("keyword and after_keyword go together")),
     }
     if rule.spaces > MAX_SPACES {
         return Err(invalid(&format!(
