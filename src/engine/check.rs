@@ -475,6 +475,54 @@ reason = "test"
     }
 
     #[test]
+    fn a_keyword_rule_whose_walk_misses_a_match_of_the_pattern_is_reported_with_where() {
+        let rule = |after: &str| {
+            RuleSet::from_toml(
+                "k.toml",
+                &format!(
+                    r#"
+[[rules]]
+id = "demo-token"
+description = "demo"
+pattern = '(?P<key>[a-z_]{{0,10}}token)(?: is |[ ]?=[ ]?)(?P<secret>[a-z0-9]{{8,20}})\b'
+keyword = 'token'
+after_keyword = '{after}'
+action = "mask"
+examples = ["auth_token = abcd1234efgh", "the token is zyxw9876vuts now"]
+negative_examples = ["tokens are counted"]
+"#
+                ),
+            )
+            .expect("parses")
+        };
+        let found = problems(&rule(r"(?: is |[ ]?=[ ]?)[a-z0-9]{8,20}\b"));
+        assert!(found.is_empty(), "{found:?}");
+        // A walk that forgot the ` is ` separator never reports the second example.
+        let found = problems(&rule(r"[ ]?=[ ]?[a-z0-9]{8,20}\b"));
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "demo-token: keyword and after_keyword miss the pattern's match \
+                 ending at byte 25 of example \"the token is zyxw9876vuts now\""
+            )),
+            "{found:?}"
+        );
+        // Only together, and never unbounded.
+        let error = RuleSet::from_toml(
+            "k.toml",
+            "[[rules]]\nid = \"demo\"\ndescription = \"d\"\npattern = \"token=[a-z]{8}\"\n\
+             action = \"mask\"\nkeyword = \"token\"\n",
+        )
+        .map(|_| ())
+        .expect_err("keyword without after_keyword");
+        assert!(error.to_string().contains("go together"), "{error}");
+        let found = problems(&rule(r"[ ]?=[ ]?[a-z0-9]+"));
+        assert!(
+            found.iter().any(|p| p.contains("no finite maximum length")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn a_prefilter_that_misses_a_match_of_the_pattern_is_reported_with_where() {
         let rule = |prefilter: &str| {
             RuleSet::from_toml(

@@ -357,6 +357,9 @@ struct PendingWalk {
     reported_to: usize,
 }
 
+/// Bytes of capacity a stream's tail may keep beyond what it holds.
+const TAIL_KEEP: usize = 4096;
+
 /// The keyword walks of one stream: the bytes they still need and the ends not yet handed out.
 #[derive(Debug, Default)]
 pub struct KeywordStream {
@@ -431,6 +434,10 @@ impl KeywordStream {
             .max(self.base);
         self.tail.drain(..keep_from - self.base);
         self.base = keep_from;
+        // A stream that was once fed a large chunk does not keep its size for life.
+        if self.tail.capacity() > TAIL_KEEP && self.tail.len() < self.tail.capacity() / 4 {
+            self.tail.shrink_to(self.tail.len().max(TAIL_KEEP / 4));
+        }
     }
 }
 
@@ -541,6 +548,30 @@ mod tests {
                 assert_eq!(found, expected, "cuts at {cut} and {second}");
             }
         }
+    }
+
+    #[test]
+    fn a_stream_keeps_only_the_bytes_a_live_walk_needs() {
+        let groups = [KeywordGroup::new(&[(0, true, r"=[a-z]{1,100}(?:;|$)")]).unwrap()];
+        let mut stream = KeywordStream::default();
+        stream.append(&[b'.'; 64 * 1024], &groups);
+        stream.trim();
+        assert_eq!(stream.tail.len(), 1);
+        assert!(
+            stream.tail.capacity() <= TAIL_KEEP,
+            "{}",
+            stream.tail.capacity()
+        );
+        // A key word at the end of the next chunk: its walk lives on, and its bytes stay.
+        stream.append(b"..token", &groups);
+        stream.start(&groups, 0, 64 * 1024 + 7, false);
+        stream.append(b"=abc", &groups);
+        stream.trim();
+        assert_eq!(stream.tail, b"n=abc");
+        stream.append(&[b'x'; 200], &groups);
+        stream.trim();
+        // Longer than any match: the walk is over.
+        assert_eq!(stream.tail, b"x");
     }
 
     #[test]
