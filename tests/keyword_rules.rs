@@ -255,3 +255,18 @@ fn a_profile_without_the_rule_a_key_word_is_reported_under_still_finds_the_other
         "{found:?}"
     );
 }
+
+#[test]
+fn a_text_of_key_words_is_bounded_by_the_masking_budget() {
+    use streammask::engine::masker::{Budget, MaskError};
+    // Every `token` starts a walk through the rest of the text as one long value: the walks,
+    // not the candidates (there are none), are the work.
+    let text = "token:x".repeat(600_000);
+    let engine = default_engine();
+    let unbounded = engine.scan_within(&text, Scope::Request, None).unwrap();
+    assert!(unbounded.is_empty());
+    match engine.scan_within(&text, Scope::Request, Some(&Budget::new(5))) {
+        Err(MaskError::OverBudget { budget_ms: 5 }) => {}
+        other => panic!("a 5 ms budget let the walks run: {other:?}"),
+    }
+}

@@ -488,7 +488,7 @@ pattern = '(?P<key>[a-z_]{{0,10}}token)(?: is |[ ]?=[ ]?)(?P<secret>[a-z0-9]{{8,
 keyword = 'token'
 after_keyword = '{after}'
 action = "mask"
-examples = ["auth_token = abcd1234efgh", "the token is zyxw9876vuts now"]
+examples = ["auth_token = abababab1212", "the token is zzzzyyyy9999 now"]
 negative_examples = ["tokens are counted"]
 "#
                 ),
@@ -502,7 +502,7 @@ negative_examples = ["tokens are counted"]
         assert!(
             found.iter().any(|p| p.starts_with(
                 "demo-token: keyword and after_keyword miss the pattern's match \
-                 ending at byte 25 of example \"the token is zyxw9876vuts now\""
+                 ending at byte 25 of example \"the token is zzzzyyyy9999 now\""
             )),
             "{found:?}"
         );

@@ -279,6 +279,11 @@ impl KeywordGroup {
         })
     }
 
+    /// The most bytes one walk reads.
+    pub fn max_len(&self) -> usize {
+        self.after.max_len.saturating_add(1)
+    }
+
     /// Whether a member is active (else the key word's reports are dropped).
     pub fn active(&self) -> bool {
         self.members.iter().any(|&(_, active)| active)

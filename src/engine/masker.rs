@@ -442,48 +442,54 @@ impl Engine {
         let mut resolver = Resolver::default();
         let mut spans: Vec<SecretSpan> = Vec::new();
         let mut seen_spans: HashSet<(u32, usize, usize)> = HashSet::new();
-        let mut over_budget = None;
-        let completed = self.matcher.scan_block_while(bytes, |c: Candidate| {
-            if !self.in_scope(c.rule, scope) {
-                return true;
+        let over_budget = Cell::new(None);
+        let charge = |work: usize| match budget.map(|budget| budget.charge(work)) {
+            Some(Err(error)) => {
+                over_budget.set(Some(error));
+                false
             }
-            if let Some(budget) = budget {
-                if let Err(error) = budget.charge(CANDIDATE_COST) {
-                    over_budget = Some(error);
+            _ => true,
+        };
+        let completed = self
+            .matcher
+            .scan_block_charged(bytes, charge, |c: Candidate| {
+                if !self.in_scope(c.rule, scope) {
+                    return true;
+                }
+                if !charge(CANDIDATE_COST) {
                     return false;
                 }
-            }
-            if resolver.covered(c) {
-                return true;
-            }
-            let Some(start) = self.matcher.start_of(c.rule, bytes, 0, c.end) else {
-                return true;
-            };
-            if !resolver.first_start(c.rule, start) {
-                return true;
-            }
-            let confirmed = self.matcher.confirm(c.rule, bytes, 0, start);
-            let match_end = confirmed.as_ref().map_or(c.end, |found| found.match_end);
-            resolver.add(Known {
-                rule: c.rule,
-                start,
-                match_end,
-            });
-            if let Some(Confirmed {
-                secret: Some(span), ..
-            }) = confirmed
-            {
-                if seen_spans.insert((c.rule, span.start, span.end)) {
-                    spans.push(SecretSpan {
-                        rule: c.rule,
-                        span,
-                        known: false,
-                    });
+                if resolver.covered(c) {
+                    return true;
                 }
-            }
-            true
-        })?;
-        if let Some(error) = over_budget {
+                let Some(start) = self.matcher.start_of(c.rule, bytes, 0, c.end) else {
+                    return true;
+                };
+                if !resolver.first_start(c.rule, start) {
+                    return true;
+                }
+                let confirmed = self.matcher.confirm(c.rule, bytes, 0, start);
+                let match_end = confirmed.as_ref().map_or(c.end, |found| found.match_end);
+                resolver.add(Known {
+                    rule: c.rule,
+                    start,
+                    match_end,
+                });
+                if let Some(Confirmed {
+                    secret: Some(span), ..
+                }) = confirmed
+                {
+                    if seen_spans.insert((c.rule, span.start, span.end)) {
+                        spans.push(SecretSpan {
+                            rule: c.rule,
+                            span,
+                            known: false,
+                        });
+                    }
+                }
+                true
+            })?;
+        if let Some(error) = over_budget.take() {
             return Err(error);
         }
         debug_assert!(completed);

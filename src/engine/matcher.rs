@@ -1038,6 +1038,19 @@ impl Matcher {
     pub fn scan_block_while(
         &self,
         text: &[u8],
+        on_candidate: impl FnMut(Candidate) -> bool,
+    ) -> Result<bool, MatcherError> {
+        self.scan_block_charged(text, |_| true, on_candidate)
+    }
+
+    /// [`Matcher::scan_block_while`] that also reports the work of each key word's walk to
+    /// `charge` (the bytes it may read; a text byte counts one) and stops when it returns
+    /// `false`: a walk is bounded per key word, not per text, so a text made of key words (a
+    /// hostile body) is bounded by the caller's budget, not only by the candidates it yields.
+    pub fn scan_block_charged(
+        &self,
+        text: &[u8],
+        mut charge: impl FnMut(usize) -> bool,
         mut on_candidate: impl FnMut(Candidate) -> bool,
     ) -> Result<bool, MatcherError> {
         if !self.keywords {
@@ -1048,8 +1061,9 @@ impl Matcher {
             self.scan_block_merged(text, |candidate| match self.keyword_group(candidate.rule) {
                 Some(group) => {
                     let at = candidate.end;
-                    self.keyword_groups[group].walk(text, at, true, at, 0, &mut ends);
-                    true
+                    let group = &self.keyword_groups[group];
+                    group.walk(text, at, true, at, 0, &mut ends);
+                    charge(group.max_len())
                 }
                 None => {
                     ends.before(Some(candidate.end), &mut on_candidate) && on_candidate(candidate)
