@@ -17,6 +17,10 @@
 //! in one block or streamed in any chunking (Hyperscan guarantees it), which is what the
 //! streaming masker builds its "streaming equals block" invariant on.
 //!
+//! A rule with a key word ([`crate::engine::keyword`]) has Hyperscan report only the key word,
+//! once for every rule of that key word; the matcher walks from it and hands out the rules'
+//! candidates in the same end order among the others, in block and stream scans alike.
+//!
 //! Why not Hyperscan's own start of match (`SOM_LEFTMOST`): it refuses many ordinary secret
 //! patterns ("Pattern is too large" for bounded repeats such as `[A-Za-z0-9]{20,255}`), makes
 //! stream state several times larger and scanning slower. Candidates are rare, so finding the
