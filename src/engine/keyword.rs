@@ -146,7 +146,7 @@ impl AfterKeyword {
             // Matches are delayed by one byte: the state after byte `i` says which
             // expressions end at `i`.
             if state.is_match() && i > after {
-                matches(dfa, &cache, state, i, report);
+                patterns(dfa, &cache, state).for_each(|pattern| report(pattern, i));
             }
             if state.is_dead() {
                 return Walk::Done;
@@ -164,7 +164,7 @@ impl AfterKeyword {
         };
         if complete {
             if at_end.is_match() {
-                matches(dfa, &cache, at_end, end, report);
+                patterns(dfa, &cache, at_end).for_each(|pattern| report(pattern, end));
             }
             return Walk::Done;
         }
@@ -172,12 +172,12 @@ impl AfterKeyword {
         // confirms it (a `$` needs the end of the data, a `\b` the next byte: both wait, as
         // Hyperscan waits). Without look-around, the end of the data stands for any byte.
         if at_end.is_match() {
-            let mut sure = patterns(dfa, &cache, at_end);
+            let mut sure: Vec<usize> = patterns(dfa, &cache, at_end).collect();
             if self.looks {
                 for byte in 0..=u8::MAX {
                     match dfa.next_state(&mut cache, state, byte) {
                         Ok(next) if next.is_match() => {
-                            let here = patterns(dfa, &cache, next);
+                            let here: Vec<usize> = patterns(dfa, &cache, next).collect();
                             sure.retain(|p| here.contains(p));
                         }
                         Ok(_) => sure.clear(),
@@ -223,23 +223,12 @@ impl AfterKeyword {
 }
 
 /// The expressions that match in match state `state`.
-fn patterns(dfa: &DFA, cache: &Cache, state: LazyStateID) -> Vec<usize> {
-    (0..dfa.match_len(cache, state))
-        .map(|i| dfa.match_pattern(cache, state, i).as_usize())
-        .collect()
-}
-
-/// Report every expression that matches in match state `state` (a match ending at `end`).
-fn matches(
-    dfa: &DFA,
-    cache: &Cache,
+fn patterns<'a>(
+    dfa: &'a DFA,
+    cache: &'a Cache,
     state: LazyStateID,
-    end: usize,
-    report: &mut impl FnMut(usize, usize),
-) {
-    for i in 0..dfa.match_len(cache, state) {
-        report(dfa.match_pattern(cache, state, i).as_usize(), end);
-    }
+) -> impl Iterator<Item = usize> + 'a {
+    (0..dfa.match_len(cache, state)).map(move |i| dfa.match_pattern(cache, state, i).as_usize())
 }
 
 fn build(expressions: &[String]) -> Result<Automaton, String> {

@@ -59,7 +59,7 @@ use regex_automata::{
     Anchored, Input, MatchKind, PatternID,
 };
 use std::{
-    cell::{RefCell, RefMut},
+    cell::RefCell,
     collections::HashSet,
     ops::Range,
     sync::{Arc, OnceLock},
@@ -1194,7 +1194,7 @@ impl Matcher {
         let Some(keywords) = &stream.keywords else {
             return self.scan_stream_merged(stream, chunk, on_candidate);
         };
-        let mut keywords: RefMut<'_, KeywordStream> = keywords.borrow_mut();
+        let mut keywords = keywords.borrow_mut();
         let keywords = &mut *keywords;
         let mut deliver = |candidate| {
             on_candidate(candidate);
