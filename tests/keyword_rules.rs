@@ -289,3 +289,42 @@ fn a_text_of_key_words_is_bounded_by_the_masking_budget() {
         other => panic!("a 5 ms budget let the walks run: {other:?}"),
     }
 }
+
+#[test]
+fn a_block_scan_hands_out_reports_in_a_streams_order_across_its_report_batches() {
+    // A block scan walks key words and hands out reports a batch at a time; a stream does it
+    // report by report. Thousands of reports of every kind of rule (several batches) must come
+    // out the same.
+    let pack = RuleSet::embedded().unwrap();
+    let matcher = Matcher::compile(&pack, 8192).unwrap();
+    let examples: Vec<&str> = pack
+        .all()
+        .iter()
+        .flat_map(|r| r.examples.iter().map(String::as_str))
+        .collect();
+    let text = examples.join("\n");
+    let mut block = Vec::new();
+    matcher
+        .scan_block(text.as_bytes(), |c| block.push((c.rule, c.end)))
+        .unwrap();
+    assert!(block.len() > 8 * 1024, "only {} reports", block.len());
+    let mut streamed = Vec::new();
+    let stream = matcher.open_stream().unwrap();
+    for chunk in text.as_bytes().chunks(4093) {
+        matcher
+            .scan_stream(&stream, chunk, |c| streamed.push((c.rule, c.end)))
+            .unwrap();
+    }
+    matcher
+        .close_stream(stream, |c| streamed.push((c.rule, c.end)))
+        .unwrap();
+    // Hyperscan may order reports of equal end differently in block and stream mode: compare
+    // the order of ends, and what is reported at each.
+    let ends = |reports: &[(u32, usize)]| reports.iter().map(|r| r.1).collect::<Vec<_>>();
+    assert!(
+        ends(&block) == ends(&streamed),
+        "block and stream report orders differ"
+    );
+    let sorted = |reports: &[(u32, usize)]| reports.iter().copied().collect::<BTreeSet<_>>();
+    assert_eq!(sorted(&block), sorted(&streamed));
+}

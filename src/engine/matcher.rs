@@ -69,6 +69,10 @@ use std::{
 /// the longest secrets in practice (an RSA-4096 PEM is ~3.3 KB).
 pub const DEFAULT_MAX_MATCH_LEN: usize = 8192;
 
+/// How many Hyperscan reports a block scan gathers before it walks their key words and hands
+/// them out (a bound on the memory a text of reports can take).
+const REPORT_BATCH: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MatcherError {
     #[error("{} rule(s) failed to compile:\n{}", .0.len(), render_rule_errors(.0))]
@@ -1060,20 +1064,57 @@ impl Matcher {
         if !self.keywords {
             return self.scan_block_merged(text, on_candidate);
         }
+        // Reports are handled in batches: first every key word's walk, then the other reports
+        // in their order, each after the walks' ends before it. Walking one key word after
+        // another keeps the walks' transition tables in cache (between two key words,
+        // Hyperscan's own tables evict them), and so does confirming candidates one after
+        // another. The order handed out is unchanged: a walk's ends lie after its key word,
+        // which Hyperscan reported before any later report ends.
         let mut ends = Ends::default();
-        let completed =
-            self.scan_block_merged(text, |candidate| match self.keyword_group(candidate.rule) {
-                Some(group) => {
-                    let at = candidate.end;
-                    let group = &self.keyword_groups[group];
-                    group.walk(text, at, true, at, 0, &mut ends);
-                    charge(group.max_len())
+        let mut batch = Vec::with_capacity(REPORT_BATCH);
+        let mut handed_out = true;
+        let completed = self.scan_block_merged(text, |candidate| {
+            batch.push(candidate);
+            if batch.len() == REPORT_BATCH {
+                handed_out =
+                    self.hand_out(text, &mut batch, &mut ends, &mut charge, &mut on_candidate);
+            }
+            handed_out
+        })?;
+        Ok(completed
+            && handed_out
+            && self.hand_out(text, &mut batch, &mut ends, &mut charge, &mut on_candidate)
+            && ends.before(None, &mut on_candidate))
+    }
+
+    /// Walk every key word of `batch`, then hand out its other reports in order, each after
+    /// the walks' ends before it; empties `batch`. False once `charge` or `on_candidate` asks
+    /// to stop.
+    fn hand_out(
+        &self,
+        text: &[u8],
+        batch: &mut Vec<Candidate>,
+        ends: &mut Ends,
+        charge: &mut impl FnMut(usize) -> bool,
+        on_candidate: &mut impl FnMut(Candidate) -> bool,
+    ) -> bool {
+        for report in batch.iter() {
+            if let Some(group) = self.keyword_group(report.rule) {
+                let group = &self.keyword_groups[group];
+                group.walk(text, report.end, true, report.end, 0, ends);
+                if !charge(group.max_len()) {
+                    return false;
                 }
-                None => {
-                    ends.before(Some(candidate.end), &mut on_candidate) && on_candidate(candidate)
-                }
-            })?;
-        Ok(completed && ends.before(None, &mut on_candidate))
+            }
+        }
+        for report in batch.drain(..) {
+            if self.keyword_group(report.rule).is_none()
+                && !(ends.before(Some(report.end), &mut *on_candidate) && on_candidate(report))
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// The key word group whose reports come under rule `rule`'s id, if any.
