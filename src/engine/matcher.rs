@@ -1088,8 +1088,8 @@ impl Matcher {
     }
 
     /// Walk every key word of `batch`, then hand out its other reports in order, each after
-    /// the walks' ends before it; empties `batch`. False once `charge` or `on_candidate` asks
-    /// to stop.
+    /// the walks' ends before it, emptying `batch`. False (the scan stops) once `charge` or
+    /// `on_candidate` asks to stop.
     fn hand_out(
         &self,
         text: &[u8],
