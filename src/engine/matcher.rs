@@ -1081,8 +1081,8 @@ impl Matcher {
             }
             handed_out
         })?;
+        // A batch that stopped the scan also ended it early: `completed` is false then.
         Ok(completed
-            && handed_out
             && self.hand_out(text, &mut batch, &mut ends, &mut charge, &mut on_candidate)
             && ends.before(None, &mut on_candidate))
     }
