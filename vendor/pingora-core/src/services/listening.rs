@@ -231,7 +231,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        // streammask patch (vendor/README.md): boxed, so the TLS handshake's
+                        // state is freed once it is done instead of staying in this task for the
+                        // life of the connection.
+                        match Box::pin(timeout(Duration::from_secs(60), io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

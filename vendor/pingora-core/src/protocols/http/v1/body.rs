@@ -34,6 +34,10 @@ use crate::utils::BufRef;
 const BODY_BUFFER_SIZE: usize = 1024 * 16;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
+// streammask patch (vendor/README.md): an upstream body read that starts on an empty buffer
+// reads into this much until a read fills it. A paced SSE stream spends its life waiting in such
+// a read, and the buffer it waits with is resident for as long as the stream is open.
+const IDLE_READ_SIZE: usize = 1024;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
 // TODO: proper trailer handling and parsing
 // generally trailers are an uncommonly used HTTP/1.1 feature, this is a somewhat
@@ -154,6 +158,9 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // streammask patch: whether the last read from IO on an empty buffer filled its size, so the
+    // next one should read the full BODY_BUFFER_SIZE (see IDLE_READ_SIZE).
+    last_read_filled: bool,
 }
 
 impl BodyReader {
@@ -165,6 +172,7 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            last_read_filled: false,
         }
     }
 
@@ -177,7 +185,7 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        let mut body_buf = BytesMut::with_capacity(self.fresh_read_size().max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -204,10 +212,31 @@ impl BodyReader {
     /// need the buffered bytes (a pending rewind, a partial chunk head, or the trailer tail left
     /// behind by [`Self::do_read_chunked_body`]) must reuse the existing buffer instead.
     fn prepare_buf_for_io(&mut self, read_size: usize) -> &mut BytesMut {
+        // streammask patch: a buffer grown for earlier large reads is given back rather than
+        // kept for a small one (an upstream stream waiting for its next event).
+        if self.upstream
+            && self
+                .body_buf
+                .as_ref()
+                .is_some_and(|buf| buf.capacity() > 2 * read_size)
+        {
+            self.body_buf = None;
+        }
         let body_buf = self.body_buf.get_or_insert_default();
         body_buf.clear();
         body_buf.reserve(read_size);
         body_buf
+    }
+
+    /// streammask patch: how much a read from IO into an empty buffer asks for. Upstream, small
+    /// (IDLE_READ_SIZE) until a read fills it, then the whole BODY_BUFFER_SIZE until one does
+    /// not; downstream always the whole size.
+    fn fresh_read_size(&self) -> usize {
+        if self.upstream && !self.last_read_filled {
+            IDLE_READ_SIZE.min(self.body_buf_size)
+        } else {
+            self.body_buf_size
+        }
     }
 
     /// Grow the body buffer so it has room for `body_buf_size` bytes in total without discarding
@@ -360,6 +389,15 @@ impl BodyReader {
         }
     }
 
+    /// streammask patch: give back the body buffer once the body is read to its end. The
+    /// buffer then holds only bytes already handed out; a session that waits for its response
+    /// (a long stream) would otherwise keep it for its whole life. Overread bytes live apart.
+    pub fn release_buf_when_done(&mut self) {
+        if self.body_done() {
+            self.body_buf = None;
+        }
+    }
+
     pub fn body_done(&self) -> bool {
         matches!(self.body_state, PS::Complete(_) | PS::Done(_))
     }
@@ -408,7 +446,7 @@ impl BodyReader {
         // is left of this body and leave anything past it on the stream
         let read_size = match self.body_state {
             PS::Partial(_, remaining) if !self.upstream => remaining.min(self.body_buf_size),
-            _ => self.body_buf_size,
+            _ => self.fresh_read_size(),
         };
         if n == 0 {
             /* Need to actually read */
@@ -418,6 +456,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.last_read_filled = n == read_size;
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -465,13 +504,14 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.body_buf_size;
+            let read_size = self.fresh_read_size();
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.last_read_filled = n == read_size;
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -503,13 +543,14 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.body_buf_size;
+                            let read_size = self.fresh_read_size();
                             let body_buf = self.prepare_buf_for_io(read_size);
                             existing_buf_end = stream
                                 .take(read_size as u64)
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.last_read_filled = existing_buf_end == read_size;
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */

@@ -305,7 +305,15 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        // streammask patch (vendor/README.md): the header values point into
+                        // this buffer for the whole session; a read buffer mostly empty is
+                        // copied to one of the size read so the rest is given back.
+                        let read_buf = std::mem::take(&mut self.response_header_read_buf);
+                        let buf = if read_buf.capacity() >= 2 * read_buf.len() {
+                            Bytes::copy_from_slice(&read_buf)
+                        } else {
+                            read_buf.freeze()
+                        };
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

@@ -380,7 +380,11 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // streammask patch (vendor/README.md): the header values point into
+                        // this buffer for the whole session, so they get an allocation of their
+                        // own, as large as the header: the read buffer is much larger, and with a
+                        // body in the same read it is shared with the body's bytes.
+                        let buf = Bytes::copy_from_slice(&buf);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
@@ -1216,6 +1220,8 @@ impl HttpSession {
     /// **disabled**, then it will pend forever.
     pub async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
         if no_body_expected || self.is_body_done() {
+            // streammask patch (vendor/README.md): nothing waits here with a body buffer.
+            self.body_reader.release_buf_when_done();
             if self.half_closed {
                 if self.abort_on_close {
                     return Error::e_explain(
