@@ -1350,7 +1350,14 @@ impl OpenBlocks {
         };
         match self.get_mut(index) {
             Some(open) => *open = block,
-            None => self.0.push((index, block)),
+            None => {
+                // Most replies hold one block open at a time; the first push would otherwise
+                // reserve four for the life of the stream.
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.push((index, block));
+            }
         }
     }
 

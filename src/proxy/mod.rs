@@ -196,7 +196,9 @@ pub struct RequestCtx {
     /// Held from the first phase to the end of `logging`, so a drain waiting for open
     /// requests also waits for their audit records.
     slot: Option<open_requests::Slot>,
-    exchange: Exchange,
+    /// Boxed: Pingora keeps this context in its request future (in more than one copy), for
+    /// as long as a stream is open.
+    exchange: Box<Exchange>,
     /// The caller's policy profile (its engine masks this request and its response).
     profile: Option<Arc<Profile>>,
     /// The caller's placeholders to give back in the response ([`restore`]).
@@ -241,7 +243,9 @@ impl Proxy {
         }
         // Until the response starts, the shutdown deadline answers the request with a 503
         // (an approval wait or a slow upstream header would otherwise outlive the process).
-        let opening = async {
+        // Boxed: its state (the request's scan, the upstream connect) is freed when the
+        // response starts instead of staying in this future for the life of a stream.
+        let opening = Box::pin(async {
             let admitted = admit::admit(state, session, ctx).await?;
             let body = Bytes::from(admitted.body);
             if ctx.exchange.keep_transcripts && !body.is_empty() {
@@ -266,7 +270,7 @@ impl Proxy {
                 .send(&mut ctx.exchange, outbound, body)
                 .await?;
             Ok::<_, ApiError>((admitted.routed, opened, request_body))
-        };
+        });
         let (routed, opened, request_body) = tokio::select! {
             opened = opening => opened?,
             () = state.drain.reached(drain::DrainPhase::Deadline) => {
@@ -303,7 +307,7 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             state,
             slot: None,
-            exchange: Exchange::new(keep_transcripts),
+            exchange: Box::new(Exchange::new(keep_transcripts)),
             profile: None,
             restore: None,
             exchange_engine: None,
@@ -350,7 +354,9 @@ impl ProxyHttp for Proxy {
             } else {
                 Outcome::Error
             };
-            respond_error(session, &mut ctx.exchange, &error).await;
+            // Boxed: inline, its state would be part of this phase's future, which Pingora
+            // keeps for as long as a stream is open.
+            Box::pin(respond_error(session, &mut ctx.exchange, &error)).await;
         }
         Ok(true)
     }

@@ -113,22 +113,60 @@ fn has_sse_fields(body: &[u8]) -> bool {
         .any(|line| line.starts_with(b"data") || line.starts_with(b"event"))
 }
 
+/// What the upstream's response header decided: how its body is relayed, and the client's
+/// header. Boxed where it is passed on: the future that relays a stream holds it for the
+/// stream's life.
+struct Prepared {
+    kind: BodyKind,
+    decoder: Decoder,
+    engine: std::sync::Arc<Engine>,
+    downstream: ResponseHeader,
+}
+
 /// Relay the upstream's response to the client, masking its body.
 pub(super) async fn relay(
     state: &ProxyState,
     session: &mut Session,
     ctx: &mut RequestCtx,
     routed: &Routed,
-    opened: Opened,
+    opened: Box<Opened>,
     request_body: &[u8],
 ) -> Result<(), ApiError> {
-    let route = routed.route;
-    let Opened {
-        session: mut upstream,
-        header: upstream_header,
-        peer,
-    } = opened;
+    let prepared = prepare(state, ctx, routed, &opened)?;
+    match prepared.kind {
+        BodyKind::Sse | BodyKind::Jsonl | BodyKind::EventStream => {
+            relay_stream(state, session, ctx, opened, prepared).await;
+            Ok(())
+        }
+        // Boxed: its state is not part of a streamed response's.
+        BodyKind::Buffered => {
+            Box::pin(relay_whole(
+                state,
+                session,
+                ctx,
+                routed,
+                opened,
+                prepared,
+                request_body,
+            ))
+            .await
+        }
+    }
+}
+
+/// Read the upstream's response header (the session's own copy: nothing of it is kept for
+/// the body) and build the client's.
+fn prepare(
+    state: &ProxyState,
+    ctx: &mut RequestCtx,
+    routed: &Routed,
+    opened: &Opened,
+) -> Result<Box<Prepared>, ApiError> {
     let exchange = &mut ctx.exchange;
+    let Some(upstream_header) = opened.session.response_header() else {
+        exchange.upstream_failed(UpstreamError::Read, None);
+        return Err(unavailable("no response header"));
+    };
     let header_text = |name| {
         upstream_header
             .headers
@@ -137,15 +175,15 @@ pub(super) async fn relay(
     };
     let kind = BodyKind::of(routed, header_text(header::CONTENT_TYPE).unwrap_or(""));
     exchange.upstream_status(upstream_header.status.as_u16());
-    if let Err(error) = response_headers::refuse_upgrade(&upstream_header) {
+    if let Err(error) = response_headers::refuse_upgrade(upstream_header) {
         exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(error);
     }
-    let Some(mut decoder) = Decoder::for_encoding(header_text(header::CONTENT_ENCODING)) else {
+    let Some(decoder) = Decoder::for_encoding(header_text(header::CONTENT_ENCODING)) else {
         exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(unavailable("unsupported response Content-Encoding"));
     };
-    let mut downstream = client_header(&upstream_header, &exchange.request_id)?;
+    let downstream = client_header(upstream_header, &exchange.request_id)?;
     let engine = ctx.engine(state);
     let mut header_findings = Findings::new();
     let scanned = response_headers::scan(&engine, &downstream, &mut header_findings);
@@ -154,68 +192,116 @@ pub(super) async fn relay(
         ctx.exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(error);
     }
-    match kind {
-        BodyKind::Sse | BodyKind::Jsonl | BodyKind::EventStream => {
-            ctx.exchange.streamed = true;
-            if !session.as_downstream().is_http2() {
-                let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
+    Ok(Box::new(Prepared {
+        kind,
+        decoder,
+        engine,
+        downstream,
+    }))
+}
+
+/// Stream a labelled body (SSE, JSON lines, event-stream) to the client, masking as it goes.
+async fn relay_stream(
+    state: &ProxyState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut opened: Box<Opened>,
+    mut prepared: Box<Prepared>,
+) {
+    ctx.exchange.streamed = true;
+    let mut downstream = Box::new(prepared.downstream);
+    if !session.as_downstream().is_http2() {
+        let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
+    }
+    if Box::pin(session.write_response_header(downstream, false))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let stream = Stream {
+        state,
+        engine: &prepared.engine,
+        kind: prepared.kind,
+        restore: ctx.restore.clone(),
+    };
+    // Borrowed, not moved out of the box: a moved-out copy would sit in this future.
+    if stream
+        .run(
+            session,
+            &mut ctx.exchange,
+            &mut opened.session,
+            &mut prepared.decoder,
+        )
+        .await
+    {
+        let Opened {
+            session: upstream,
+            peer,
+        } = *opened;
+        Box::pin(state.upstream.release(upstream, &peer)).await;
+    }
+}
+
+/// Read a body whole (JSON, text, no label), mask it every way a reader may read it and send
+/// it with its length.
+async fn relay_whole(
+    state: &ProxyState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    routed: &Routed,
+    mut opened: Box<Opened>,
+    prepared: Box<Prepared>,
+    request_body: &[u8],
+) -> Result<(), ApiError> {
+    let Prepared {
+        mut decoder,
+        engine,
+        downstream,
+        ..
+    } = *prepared;
+    let exchange = &mut ctx.exchange;
+    let body = read_whole(state, &mut opened.session, &mut decoder)
+        .await
+        .inspect_err(|_| exchange.upstream_failed(UpstreamError::Read, None))?;
+    // The connection is done with once the body is read, whatever the client does.
+    let Opened {
+        session: upstream,
+        peer,
+    } = *opened;
+    state.upstream.release(upstream, &peer).await;
+    let masking = Instant::now();
+    let restore = ctx.restore.as_ref();
+    let route = routed.route;
+    let body = mask_buffered(state, &engine, restore, exchange, body, || {
+        routed
+            .stream
+            .unwrap_or_else(|| route == Route::Messages && stream_requested(request_body))
+    });
+    exchange.masking += masking.elapsed();
+    let mut body = body?;
+    if route == Route::Batches {
+        if let Some(host) = header_str(session, "host") {
+            let tls = state.config.tls.is_some();
+            if let Some(rewritten) = point_results_url_at_proxy(&body, host, tls) {
+                body = rewritten;
             }
-            if session
-                .write_response_header(Box::new(downstream), false)
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-            let stream = Stream {
-                state,
-                engine: &engine,
-                kind,
-                restore: ctx.restore.clone(),
-            };
-            if stream
-                .run(session, &mut ctx.exchange, &mut upstream, &mut decoder)
-                .await
-            {
-                state.upstream.release(upstream, &peer).await;
-            }
-            Ok(())
-        }
-        BodyKind::Buffered => {
-            let exchange = &mut ctx.exchange;
-            let body = read_whole(state, &mut upstream, &mut decoder)
-                .await
-                .inspect_err(|_| exchange.upstream_failed(UpstreamError::Read, None))?;
-            // The connection is done with once the body is read, whatever the client does.
-            state.upstream.release(upstream, &peer).await;
-            let masking = Instant::now();
-            let restore = ctx.restore.as_ref();
-            let body = mask_buffered(state, &engine, restore, exchange, body, || {
-                routed
-                    .stream
-                    .unwrap_or_else(|| route == Route::Messages && stream_requested(request_body))
-            });
-            exchange.masking += masking.elapsed();
-            let mut body = body?;
-            if route == Route::Batches {
-                if let Some(host) = header_str(session, "host") {
-                    let tls = state.config.tls.is_some();
-                    if let Some(rewritten) = point_results_url_at_proxy(&body, host, tls) {
-                        body = rewritten;
-                    }
-                }
-            }
-            send_whole(session, exchange, downstream, body, restore.map(|m| &**m)).await;
-            Ok(())
         }
     }
+    send_whole(session, exchange, downstream, body, restore.map(|m| &**m)).await;
+    Ok(())
 }
 
 /// The client's response header: the upstream's status and end-to-end headers, framing and
 /// encoding left to the proxy, and the request id.
 fn client_header(upstream: &ResponseHeader, request_id: &str) -> Result<ResponseHeader, ApiError> {
-    let mut header = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))
-        .map_err(|_| unavailable("bad response header"))?;
+    // Room for the request id, the framing and the two headers Pingora adds when it writes the
+    // header (`Date`, `Connection`): a map grown once past its hint doubles, and the client's
+    // session keeps this header for the life of the stream. No case-preserving name map: the
+    // names come from a `HeaderMap`, lowercase already.
+    let mut header =
+        ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
+            .map_err(|_| unavailable("bad response header"))?;
     let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING];
     for (name, value) in end_to_end_headers(&upstream.headers, &rewritten) {
         let _ = header.append_header(name.clone(), value.clone());
@@ -515,7 +601,9 @@ impl Stream<'_> {
         let mut transcript = exchange
             .keep_transcripts
             .then(|| StreamTranscript::new(self.state.transcript_limit()));
-        let mut out = Vec::with_capacity(8192);
+        // Sized per round from what was read (see mask_batch), not ahead: a buffer reserved
+        // once for the first round stayed resident for the life of a stream.
+        let mut out = Vec::new();
         let mut batch: Vec<Bytes> = Vec::new();
         let mut completed = false;
         let mut client_gone = false;
@@ -644,6 +732,8 @@ fn mask_batch(
     out: &mut Vec<u8>,
 ) -> bool {
     let mut decoded_all = true;
+    // Masked output is about as long as its input (placeholders are near a secret's length).
+    out.reserve(batch.iter().map(Bytes::len).sum());
     for chunk in batch.drain(..) {
         match decoder.decode(&chunk) {
             Ok(decoded) => masker.push(&decoded, out),

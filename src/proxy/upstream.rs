@@ -15,7 +15,6 @@ use crate::config::{self, Endpoint};
 use crate::exchange::{Exchange, UpstreamError};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
@@ -67,10 +66,10 @@ impl Resolver {
     }
 }
 
-/// An upstream response whose header has arrived; its body is still to be read.
+/// An upstream response whose header has arrived (the session holds it); its body is still
+/// to be read.
 pub(super) struct Opened {
     pub session: ClientSession,
-    pub header: ResponseHeader,
     pub peer: HttpPeer,
 }
 
@@ -119,7 +118,7 @@ impl Upstream {
         exchange: &mut Exchange,
         outbound: Outbound,
         body: Bytes,
-    ) -> Result<Opened, ApiError> {
+    ) -> Result<Box<Opened>, ApiError> {
         let Outbound { endpoint, request } = outbound;
         let opened = Instant::now();
         let failed = |exchange: &mut Exchange, stage: UpstreamError, e: pingora::BError| {
@@ -181,15 +180,14 @@ impl Upstream {
             }
         }
         exchange.upstream_ttfb = Some(opened.elapsed());
-        let Some(header) = upstream.response_header().cloned() else {
+        if upstream.response_header().is_none() {
             exchange.upstream_failed(UpstreamError::Read, None);
             return Err(unavailable("no response header"));
-        };
-        Ok(Opened {
+        }
+        Ok(Box::new(Opened {
             session: upstream,
-            header,
             peer,
-        })
+        }))
     }
 
     /// Return a connection whose response was read to its end to the pool.

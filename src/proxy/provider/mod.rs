@@ -126,14 +126,17 @@ impl Providers {
         client: &RequestHeader,
         body: &[u8],
     ) -> Result<Outbound, ApiError> {
+        // The cloud providers' futures (credential chains, token fetches) are boxed: inline
+        // they made every request's future 12 KiB, first-party ones included, and a burst of
+        // new streams holds that many at once.
         match &routed.target {
             Target::Anthropic => anthropic::outbound(config, key, client, body.len()),
             Target::Bedrock(target) => match &self.bedrock {
-                Some(bedrock) => bedrock.outbound(target, client, body).await,
+                Some(bedrock) => Box::pin(bedrock.outbound(target, client, body)).await,
                 None => Err(not_served()),
             },
             Target::Vertex(target) => match &self.vertex {
-                Some(vertex) => vertex.outbound(target, client, body).await,
+                Some(vertex) => Box::pin(vertex.outbound(target, client, body)).await,
                 None => Err(not_served()),
             },
         }
@@ -165,8 +168,10 @@ fn base_request(
     keep_credentials: bool,
 ) -> Result<RequestHeader, ApiError> {
     let method = client.method.as_str();
+    // No case-preserving name map: the names come from a `HeaderMap`, lowercase already, and
+    // the upstream session keeps this header for the life of a stream.
     let mut request =
-        RequestHeader::build(method, target.as_bytes(), Some(client.headers.len() + 6))
+        RequestHeader::build_no_case(method, target.as_bytes(), Some(client.headers.len() + 6))
             .map_err(internal)?;
     for (name, value) in forwarded_headers(&client.headers) {
         if !keep_credentials && is_credential(name) {
