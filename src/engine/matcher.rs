@@ -170,9 +170,13 @@ struct RuleCode {
     reverse_caches: Pool<ReverseCache, CacheFactory>,
     confirm: meta::Regex,
     secret_group: Option<usize>,
-    ignore: Vec<meta::Regex>,
+    /// The rule's `ignore` guards as one regex of many patterns (one search tells whether any
+    /// of them matches: a generic rule has a dozen, and searching them one by one cost more
+    /// than its confirmation).
+    ignore: Option<meta::Regex>,
     key_group: Option<usize>,
-    ignore_key: Vec<meta::Regex>,
+    /// The rule's `ignore_key` guards, likewise.
+    ignore_key: Option<meta::Regex>,
 }
 
 impl RuleCode {
@@ -183,18 +187,10 @@ impl RuleCode {
             Pool::new(Box::new(move || factory_dfa.create_cache()));
         let confirm = confirm_regex(&rule.pattern)?;
         let secret_group = confirm.group_info().to_index(PatternID::ZERO, "secret");
-        let guards = |patterns: &[String], field: &str| {
-            patterns
-                .iter()
-                .map(|pattern| {
-                    confirm_regex(pattern).map_err(|e| format!("{field} {pattern:?}: {e}"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let ignore = guards(&rule.ignore, "ignore")?;
-        let ignore_key = guards(&rule.ignore_key, "ignore_key")?;
+        let ignore = guard_regex(&rule.ignore, "ignore")?;
+        let ignore_key = guard_regex(&rule.ignore_key, "ignore_key")?;
         let key_group = confirm.group_info().to_index(PatternID::ZERO, "key");
-        if !ignore_key.is_empty() && key_group.is_none() {
+        if ignore_key.is_some() && key_group.is_none() {
             return Err("ignore_key needs a group named `key` in the pattern".into());
         }
         Ok(RuleCode {
@@ -336,6 +332,29 @@ fn confirm_regex(pattern: &str) -> Result<meta::Regex, String> {
         .configure(meta::Config::new().utf8_empty(false))
         .build(pattern)
         .map_err(|e| format!("regex: {e}"))
+}
+
+/// One regex of every guard in `patterns` (`None` for none); an error names the guard that
+/// does not build.
+fn guard_regex(patterns: &[String], field: &str) -> Result<Option<meta::Regex>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    meta::Regex::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(meta::Config::new().utf8_empty(false))
+        .build_many(patterns)
+        .map(Some)
+        .map_err(|many| {
+            patterns
+                .iter()
+                .find_map(|pattern| {
+                    confirm_regex(pattern)
+                        .err()
+                        .map(|e| format!("{field} {pattern:?}: {e}"))
+                })
+                .unwrap_or_else(|| format!("{field}: regex: {many}"))
+        })
 }
 
 type CacheFactory = Box<
@@ -1470,12 +1489,12 @@ impl Matcher {
             .map_or(&[][..], |key| &hay[key.start..key.end]);
         let ignored = code
             .ignore
-            .iter()
-            .any(|guard| guard.is_match(Input::new(secret)))
+            .as_ref()
+            .is_some_and(|guards| guards.is_match(Input::new(secret)))
             || code
                 .ignore_key
-                .iter()
-                .any(|guard| guard.is_match(Input::new(key)))
+                .as_ref()
+                .is_some_and(|guards| guards.is_match(Input::new(key)))
             || compiled
                 .rule
                 .min_entropy
@@ -1628,17 +1647,32 @@ action = "mask"
 
     #[test]
     fn ignore_guard_drops_candidate() {
-        let guarded = DEMO.replace("action = \"mask\"", "action = \"mask\"\nignore = ['^abc']");
-        let matcher = Matcher::compile(&set(&guarded), 1024).unwrap();
-        assert_eq!(
-            matcher.confirm(0, b"key=abcdef ", 0, 0).unwrap().secret,
-            None
+        // Three guards, searched as one regex: any one of them drops the candidate.
+        let guarded = DEMO.replace(
+            "action = \"mask\"",
+            "action = \"mask\"\nignore = ['^abc', 'xyz$', '^q']",
         );
-        assert!(matcher
-            .confirm(0, b"key=zbcdef ", 0, 0)
-            .unwrap()
-            .secret
-            .is_some());
+        let matcher = Matcher::compile(&set(&guarded), 1024).unwrap();
+        let secret = |text: &[u8]| matcher.confirm(0, text, 0, 0).unwrap().secret;
+        assert_eq!(secret(b"key=abcdef "), None);
+        assert_eq!(secret(b"key=defxyz "), None);
+        assert_eq!(secret(b"key=qbcdef "), None);
+        assert!(secret(b"key=zbcdef ").is_some());
+    }
+
+    #[test]
+    fn a_guard_that_does_not_build_is_named() {
+        let broken = DEMO.replace(
+            "action = \"mask\"",
+            "action = \"mask\"\nignore = ['^abc', '(unclosed']",
+        );
+        let err = Matcher::compile(&set(&broken), 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("demo-key") && err.contains(r#"ignore "(unclosed""#),
+            "{err}"
+        );
     }
 
     const TWO: &str = r#"
