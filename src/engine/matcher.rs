@@ -326,10 +326,17 @@ impl std::fmt::Debug for Matcher {
     }
 }
 
-fn confirm_regex(pattern: &str) -> Result<meta::Regex, String> {
-    meta::Regex::builder()
+/// How a rule's regexes (confirmer, guards) read text: bytes, not necessarily UTF-8.
+fn regex_builder() -> meta::Builder {
+    let mut builder = meta::Regex::builder();
+    builder
         .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .configure(meta::Config::new().utf8_empty(false))
+        .configure(meta::Config::new().utf8_empty(false));
+    builder
+}
+
+fn confirm_regex(pattern: &str) -> Result<meta::Regex, String> {
+    regex_builder()
         .build(pattern)
         .map_err(|e| format!("regex: {e}"))
 }
@@ -340,9 +347,7 @@ fn guard_regex(patterns: &[String], field: &str) -> Result<Option<meta::Regex>, 
     if patterns.is_empty() {
         return Ok(None);
     }
-    meta::Regex::builder()
-        .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .configure(meta::Config::new().utf8_empty(false))
+    regex_builder()
         .build_many(patterns)
         .map(Some)
         .map_err(|many| {
