@@ -3,9 +3,17 @@
 //! and an upgrade that drops a `[patch.crates-io]` entry or a change would otherwise go
 //! unnoticed until the next load test. The patched upstream body reader (a small read while a
 //! stream waits, the whole buffer once a read fills it) must parse a chunked body the same
-//! whatever sizes the upstream's writes have.
+//! whatever sizes the upstream's writes have. The write patches put a message's head, its body
+//! and the body's end in one write where Pingora as released makes up to three: counted here as
+//! the packets of a `SOCK_SEQPACKET` socket, which keeps every write's boundary.
 
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::HttpSession;
+use pingora::protocols::http::v1::server::HttpSession as ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
 
@@ -130,4 +138,157 @@ async fn the_patched_upstream_body_reader_parses_chunked_bodies_at_every_split()
             "body differs when the upstream writes {split}-byte pieces"
         );
     }
+}
+
+/// A connected `SOCK_SEQPACKET` pair: Pingora's stream on one end, and the end that counts the
+/// writes (one packet per write, read back whole).
+fn packet_pair() -> (L4Stream, StdUnixStream) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    let made = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(made, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let (ours, theirs) = unsafe {
+        (
+            StdUnixStream::from_raw_fd(fds[0]),
+            StdUnixStream::from_raw_fd(fds[1]),
+        )
+    };
+    ours.set_nonblocking(true).expect("non-blocking");
+    theirs.set_nonblocking(true).expect("non-blocking");
+    let ours = tokio::net::UnixStream::from_std(ours).expect("a tokio stream");
+    (L4Stream::from(ours), theirs)
+}
+
+/// Every packet (write) waiting at `peer`, in order.
+fn packets(peer: &mut StdUnixStream) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(n) => found.push(buf[..n].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return found,
+            Err(e) => panic!("reading the peer: {e}"),
+        }
+    }
+}
+
+fn text(packet: &[u8]) -> String {
+    String::from_utf8_lossy(packet).into_owned()
+}
+
+/// A server session that has read a request for a streamed response.
+async fn server_session() -> (ServerSession, StdUnixStream) {
+    let (stream, mut peer) = packet_pair();
+    std::io::Write::write_all(
+        &mut peer,
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .expect("request written");
+    let mut session = ServerSession::new(Box::new(stream));
+    session.read_request().await.expect("request read");
+    (session, peer)
+}
+
+fn chunked_response() -> Box<ResponseHeader> {
+    let mut header = ResponseHeader::build(200, None).expect("header");
+    header
+        .insert_header("content-type", "text/event-stream")
+        .expect("header");
+    header
+        .insert_header("transfer-encoding", "chunked")
+        .expect("header");
+    Box::new(header)
+}
+
+#[tokio::test]
+async fn a_whole_streamed_response_is_one_write() {
+    let (mut session, mut peer) = server_session().await;
+    session
+        .write_response_header_with_body(chunked_response(), b"data: 1\n\n", true)
+        .await
+        .expect("written");
+    let sent = packets(&mut peer);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let wire = text(&sent[0]);
+    assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+    assert!(
+        wire.ends_with("\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n"),
+        "{wire}"
+    );
+    assert!(session.response_written().is_some());
+}
+
+#[tokio::test]
+async fn the_head_goes_with_the_first_chunk_and_the_end_with_the_last() {
+    let (mut session, mut peer) = server_session().await;
+    session
+        .write_response_header_with_body(chunked_response(), b"first", false)
+        .await
+        .expect("written");
+    session.write_body(b"middle").await.expect("written");
+    session.write_last_body(b"last").await.expect("written");
+    let sent: Vec<String> = packets(&mut peer).iter().map(|p| text(p)).collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent[0].ends_with("\r\n\r\n5\r\nfirst\r\n"), "{sent:?}");
+    assert_eq!(sent[1], "6\r\nmiddle\r\n");
+    assert_eq!(sent[2], "4\r\nlast\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
+async fn pingora_as_released_writes_head_chunk_and_end_apart() {
+    // What the patches save, and proof that the packet count sees separate writes.
+    let (mut session, mut peer) = server_session().await;
+    session
+        .write_response_header(chunked_response())
+        .await
+        .expect("written");
+    session.write_body(b"only").await.expect("written");
+    session.finish_body().await.expect("finished");
+    assert_eq!(packets(&mut peer).len(), 3);
+}
+
+#[tokio::test]
+async fn a_response_with_a_length_is_one_write_too() {
+    let (mut session, mut peer) = server_session().await;
+    let mut header = ResponseHeader::build(200, None).expect("header");
+    header
+        .insert_header("content-length", "17")
+        .expect("header");
+    let body = vec![b'x'; 17];
+    session
+        .write_response_header_with_body(Box::new(header), &body, true)
+        .await
+        .expect("written");
+    let sent = packets(&mut peer);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(text(&sent[0]).ends_with("\r\n\r\nxxxxxxxxxxxxxxxxx"));
+}
+
+#[tokio::test]
+async fn a_request_head_and_body_are_one_write() {
+    let (stream, mut peer) = packet_pair();
+    let mut session = HttpSession::new(Box::new(stream));
+    let mut request = RequestHeader::build("POST", b"/v1/messages", None).expect("request");
+    request.insert_header("host", "x").expect("header");
+    request
+        .insert_header("content-length", "11")
+        .expect("header");
+    session
+        .write_request_header_with_body(Box::new(request), b"{\"a\":\"bcd\"}")
+        .await
+        .expect("written");
+    session.finish_body().await.expect("finished");
+    let sent = packets(&mut peer);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let wire = text(&sent[0]);
+    assert!(wire.starts_with("POST /v1/messages HTTP/1.1\r\n"), "{wire}");
+    assert!(wire.ends_with("\r\n\r\n{\"a\":\"bcd\"}"), "{wire}");
 }

@@ -431,15 +431,9 @@ async fn respond_error(session: &mut Session, exchange: &mut Exchange, error: &A
         // The rest of the request body may still be on the wire: do not reuse the connection.
         session.set_keepalive(None);
     }
-    if session
-        .write_response_header(Box::new(header), false)
-        .await
-        .is_ok()
-    {
-        let _ = session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await;
-    }
+    let _ = session
+        .write_response_header_with_body(Box::new(header), Some(Bytes::from(body)), true)
+        .await;
 }
 
 #[cfg(test)]

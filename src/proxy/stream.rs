@@ -213,12 +213,6 @@ async fn relay_stream(
     if !session.as_downstream().is_http2() {
         let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
-    if Box::pin(session.write_response_header(downstream, false))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let stream = Stream {
         state,
         engine: &prepared.engine,
@@ -229,6 +223,7 @@ async fn relay_stream(
     if stream
         .run(
             session,
+            downstream,
             &mut ctx.exchange,
             &mut opened.session,
             &mut prepared.decoder,
@@ -330,14 +325,9 @@ async fn send_whole(
         };
         exchange.response_transcript = Some(ResponseTranscript::Body(kept));
     }
-    if session
-        .write_response_header(Box::new(header), body.is_empty())
-        .await
-        .is_ok()
-        && !body.is_empty()
-    {
-        let _ = session.write_response_body(Some(body), true).await;
-    }
+    let _ = session
+        .write_response_header_with_body(Box::new(header), Some(body), true)
+        .await;
 }
 
 /// Read a whole (decoded) response body, refusing more than `max_response_bytes`.
@@ -571,9 +561,16 @@ impl Stream<'_> {
     /// proxy's main cost. Reading in this task rather than a spawned reader costs no task
     /// wake-up or channel hop per chunk; Pingora's body reader keeps its parse state across a
     /// dropped read, so the reads raced against the client and polled once are cancel-safe.
+    ///
+    /// The response header waits for the first round if that round's bytes are already
+    /// readable, and goes out with them in one write (with the end of the body too, when the
+    /// whole reply is there): a reply read in one go costs the client one wake-up, not three.
+    /// When nothing is readable yet the header goes out at once, so a client sees the response
+    /// start however long the upstream takes over its first event.
     async fn run(
         &self,
         session: &mut Session,
+        header: Box<ResponseHeader>,
         exchange: &mut Exchange,
         upstream: &mut ClientSession,
         decoder: &mut Decoder,
@@ -610,18 +607,37 @@ impl Stream<'_> {
         let mut cut_at_deadline = false;
         let deadline = self.state.drain.reached(DrainPhase::Deadline);
         let mut deadline = std::pin::pin!(deadline);
+        let mut header = Some(header);
         loop {
             out.clear();
-            let first = tokio::select! {
-                biased;
-                read = upstream.read_response_body() => read,
-                _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                    client_gone = true;
-                    break;
-                }
-                () = &mut deadline => {
-                    cut_at_deadline = true;
-                    break;
+            let ready = match header {
+                Some(_) => ready_now(upstream.read_response_body()),
+                None => None,
+            };
+            let first = match ready {
+                Some(read) => read,
+                None => {
+                    if let Some(header) = header.take() {
+                        if Box::pin(session.write_response_header(header, false))
+                            .await
+                            .is_err()
+                        {
+                            client_gone = true;
+                            break;
+                        }
+                    }
+                    tokio::select! {
+                        biased;
+                        read = upstream.read_response_body() => read,
+                        _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                            client_gone = true;
+                            break;
+                        }
+                        () = &mut deadline => {
+                            cut_at_deadline = true;
+                            break;
+                        }
+                    }
                 }
             };
             let ended = read_ready(upstream, first, &mut batch);
@@ -652,14 +668,11 @@ impl Stream<'_> {
             }
             let body = Bytes::from(std::mem::take(&mut out));
             if done {
-                let _ = session.write_response_body(Some(body), true).await;
+                let _ = write_out(session, &mut header, body, true).await;
                 break;
             }
-            if !body.is_empty()
-                && session
-                    .write_response_body(Some(body), false)
-                    .await
-                    .is_err()
+            if (header.is_some() || !body.is_empty())
+                && write_out(session, &mut header, body, false).await.is_err()
             {
                 client_gone = true;
                 break;
@@ -677,9 +690,7 @@ impl Stream<'_> {
             };
             exchange.bytes_out += ending.len();
             exchange.shutdown_cut = true;
-            let _ = session
-                .write_response_body(Some(Bytes::from(ending)), true)
-                .await;
+            let _ = write_out(session, &mut header, Bytes::from(ending), true).await;
         }
         masker.record(exchange);
         if let Some(transcript) = transcript {
@@ -694,6 +705,23 @@ impl Stream<'_> {
         // Dropping the upstream session closes its connection: a request the client left is
         // cancelled, and a connection in an unknown state is never pooled.
         completed && !client_gone && !masker.faulted()
+    }
+}
+
+/// Write `body` to the client, after the response header if that is still `pending` (in the
+/// same write).
+async fn write_out(
+    session: &mut Session,
+    pending: &mut Option<Box<ResponseHeader>>,
+    body: Bytes,
+    end: bool,
+) -> pingora::Result<()> {
+    match pending.take() {
+        // Boxed: a stream's future is resident for its whole life, this write happens once.
+        Some(header) => {
+            Box::pin(session.write_response_header_with_body(header, Some(body), end)).await
+        }
+        None => session.write_response_body(Some(body), end).await,
     }
 }
 

@@ -145,16 +145,16 @@ impl Upstream {
         let timeout = Duration::from_millis(self.settings.read_timeout_ms);
         upstream.set_read_timeout(Some(timeout));
         upstream.set_write_timeout(Some(timeout));
-        upstream
-            .write_request_header(Box::new(request))
-            .await
-            .map_err(|e| failed(exchange, UpstreamError::Send, e))?;
-        if !body.is_empty() {
+        // One write for the header and the body: one `send` and one wake-up of the upstream,
+        // not two (a patch in `vendor/pingora-core`).
+        if body.is_empty() {
+            upstream.write_request_header(Box::new(request)).await
+        } else {
             upstream
-                .write_request_body(body, true)
+                .write_request_header_with_body(Box::new(request), body)
                 .await
-                .map_err(|e| failed(exchange, UpstreamError::Send, e))?;
         }
+        .map_err(|e| failed(exchange, UpstreamError::Send, e))?;
         upstream
             .finish_request_body()
             .await

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
+import time
 import zlib
 
 import httpx
@@ -463,3 +465,54 @@ def test_informational_answers_before_the_final_one_are_skipped(proxy, mock, cli
     text = message_text(message)
     assert GITHUB_TOKEN not in text and has_placeholder_for(text, GITHUB_TOKEN), text
     proxy.assert_healthy()
+
+
+def test_the_response_head_is_not_held_for_a_slow_first_event(proxy, mock):
+    """The proxy writes the response head together with the first events when they are already
+    there (one write, one wake-up of the client), but never waits for them: when the upstream
+    sends its head and then thinks before its first event, the client has the status and
+    headers while the stream is still silent."""
+    head_delay = 3.0
+    script = {"kind": "text", "text": "hello there", "head_delay_ms": int(head_delay * 1000),
+              "split_writes": False}
+    body = json.dumps(user_request("hi", stream=True)).encode()
+    request = http_request("POST", "/v1/messages", proxy.port, body,
+                           [("content-type", "application/json"), ("anthropic-version", "2023-06-01"),
+                            ("x-mock-script", mock_script(script))])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as s:
+        started = time.monotonic()
+        s.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            data = s.recv(65536)
+            assert data, f"the proxy closed the connection inside the head: {received[:200]!r}"
+            received += data
+        head_after = time.monotonic() - started
+        head, _, early_body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert head_after < head_delay - 0.5, (
+            f"the head came {head_after:.2f} s after the request: the proxy held it for the "
+            f"first event (the upstream sent its head at once and its first event {head_delay} s later)")
+        assert b"message_start" not in early_body, early_body
+        rest = read_rest_chunked(s, early_body)
+    assert sse_text(parse_sse(rest)) == "hello there"
+
+
+def read_rest_chunked(sock: socket.socket, buf: bytes) -> bytes:
+    """The rest of a chunked body whose first bytes are `buf`, de-chunked."""
+    body = b""
+    while True:
+        while b"\r\n" not in buf:
+            data = sock.recv(65536)
+            assert data, "the body ended before its last chunk"
+            buf += data
+        size_line, _, buf = buf.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        while len(buf) < size + 2:
+            data = sock.recv(65536)
+            assert data, "the body ended inside a chunk"
+            buf += data
+        body += buf[:size]
+        buf = buf[size + 2:]
+        if size == 0:
+            return body

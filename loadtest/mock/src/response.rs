@@ -30,6 +30,7 @@ pub(crate) struct Transport {
     split: Option<usize>,
     delay: Duration,
     first_byte_delay: Duration,
+    head_delay: Duration,
     disconnect_after_events: Option<usize>,
     disconnect_after_bytes: Option<usize>,
     rst: bool,
@@ -46,6 +47,7 @@ impl Transport {
             split: split.then(|| s.max_write.unwrap_or(DEFAULT_MAX_WRITE).max(1)),
             delay: Duration::from_millis(s.delay_ms.unwrap_or(0)),
             first_byte_delay: Duration::from_millis(s.first_byte_delay_ms.unwrap_or(0)),
+            head_delay: Duration::from_millis(s.head_delay_ms.unwrap_or(0)),
             disconnect_after_events: s.disconnect_after_events,
             disconnect_after_bytes: s.disconnect_after_bytes,
             rst: s.rst.unwrap_or(false),
@@ -177,6 +179,10 @@ pub(crate) async fn write_response(
     // chunk boundaries.
     let mut out = Vec::with_capacity(head.len() + body.buf.len() + n * 8 + 8);
     out.extend_from_slice(head.as_bytes());
+    if !t.head_delay.is_zero() {
+        send(stream, &mut out, t.split, rng).await?;
+        tokio::time::sleep(t.head_delay).await;
+    }
     let mut sent = 0usize;
     for i in 0..n {
         if t.disconnect_after_events == Some(i) {

@@ -44,6 +44,9 @@ pub(crate) struct Script {
     pub(crate) rst: Option<bool>,
     pub(crate) delay_ms: Option<u64>,
     pub(crate) first_byte_delay_ms: Option<u64>,
+    /// The response head is written on its own, then this long passes before the first event
+    /// (a model that answers the request at once and thinks before its first token).
+    pub(crate) head_delay_ms: Option<u64>,
     pub(crate) gzip: Option<bool>,
     pub(crate) chunked: Option<bool>,
     pub(crate) max_delta: Option<usize>,

@@ -746,6 +746,25 @@ impl Session {
             .await
     }
 
+    /// streammask patch: write the response header with the first body chunk (and, when
+    /// `end_of_stream`, the end of the body), in one write on HTTP/1. Runs the filter modules
+    /// as [`Self::write_response_header`] and [`Self::write_response_body`] do.
+    pub async fn write_response_header_with_body(
+        &mut self,
+        mut resp: Box<ResponseHeader>,
+        mut body: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        self.downstream_modules_ctx
+            .response_header_filter(&mut resp, false)
+            .await?;
+        self.downstream_modules_ctx
+            .response_body_filter(&mut body, end_of_stream)?;
+        self.downstream_session
+            .write_response_header_with_body(resp, body.unwrap_or_default(), end_of_stream)
+            .await
+    }
+
     /// Write the given HTTP response body chunk to the downstream
     ///
     /// Different from directly calling [HttpSession::write_response_body], this function also

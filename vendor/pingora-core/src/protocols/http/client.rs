@@ -75,6 +75,25 @@ impl<S: Session> HttpSession<S> {
         }
     }
 
+    /// streammask patch: write the request header with the first body chunk, in one write on
+    /// HTTP/1. The caller still ends the body with [`Self::finish_request_body`].
+    pub async fn write_request_header_with_body(
+        &mut self,
+        req: Box<RequestHeader>,
+        data: Bytes,
+    ) -> Result<()> {
+        match self {
+            HttpSession::H1(h1) => {
+                h1.write_request_header_with_body(req, &data).await?;
+                Ok(())
+            }
+            _ => {
+                self.write_request_header(req).await?;
+                self.write_request_body(data, false).await
+            }
+        }
+    }
+
     /// Write a chunk of the request body.
     pub async fn write_request_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         match self {

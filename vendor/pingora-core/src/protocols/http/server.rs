@@ -206,6 +206,23 @@ impl Session {
         }
     }
 
+    /// streammask patch: write the response header with the first body bytes (and, when `end`,
+    /// the end of the body): one write on HTTP/1, the two calls one after another otherwise.
+    pub async fn write_response_header_with_body(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        data: Bytes,
+        end: bool,
+    ) -> Result<()> {
+        match self {
+            Self::H1(s) => s.write_response_header_with_body(resp, &data, end).await,
+            _ => {
+                self.write_response_header(resp).await?;
+                self.write_response_body(data, end).await
+            }
+        }
+    }
+
     /// Similar to `write_response_header()`, this fn will clone the `resp` internally
     pub async fn write_response_header_ref(&mut self, resp: &ResponseHeader) -> Result<()> {
         match self {
@@ -231,6 +248,8 @@ impl Session {
             return Ok(());
         }
         match self {
+            // streammask patch: the last bytes and the end of the body in one write
+            Self::H1(s) if end && !data.is_empty() => s.write_last_body(&data).await,
             Self::H1(s) => {
                 if !data.is_empty() {
                     s.write_body(&data).await?;

@@ -185,6 +185,12 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
+        // streammask patch: a body whose first IDLE_READ_SIZE bytes or more came with the header
+        // is arriving in bulk; its first read from IO asks for the whole size, not for 1 KiB and
+        // then the rest (one `recv` fewer for a reply read at once).
+        if self.upstream && buf_to_rewind.len() >= IDLE_READ_SIZE {
+            self.last_read_filled = true;
+        }
         let mut body_buf = BytesMut::with_capacity(self.fresh_read_size().max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
@@ -1373,6 +1379,78 @@ impl BodyWriter {
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
+        }
+    }
+
+    /// streammask patch: write `head` (a serialized message header, possibly empty), then
+    /// `buf` as body bytes and, when `end`, the end of the body, in one vectored write for a
+    /// chunked or content-length body; other modes write them one after another as before.
+    /// Pingora writes a header, each chunk and the last chunk on their own (a `send` and a
+    /// wake-up of the peer each); a proxy that has them together saves those.
+    pub async fn write_body_after_head<S>(
+        &mut self,
+        stream: &mut S,
+        head: Bytes,
+        buf: &[u8],
+        end: bool,
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        match self.body_mode {
+            BM::ChunkedEncoding(written) => {
+                let (size, crlf): (Bytes, &'static [u8]) = if buf.is_empty() {
+                    // an empty chunk would end the body
+                    (Bytes::new(), b"")
+                } else {
+                    (Bytes::from(format!("{:X}\r\n", buf.len())), b"\r\n")
+                };
+                let last: &'static [u8] = if end { &LAST_CHUNK[..] } else { b"" };
+                let mut output = head.chain(size).chain(buf).chain(crlf).chain(last);
+                stream
+                    .write_all_buf(&mut output)
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                let written = written + buf.len();
+                self.body_mode = if end {
+                    BM::Complete(written)
+                } else {
+                    BM::ChunkedEncoding(written)
+                };
+                Ok(Some(buf.len()))
+            }
+            BM::ContentLength(total, written) if written + buf.len() <= total => {
+                let mut output = head.chain(buf);
+                stream
+                    .write_all_buf(&mut output)
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                self.body_mode = BM::ContentLength(total, written + buf.len());
+                if end {
+                    self.do_finish_body(&mut *stream)?;
+                }
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                Ok(Some(buf.len()))
+            }
+            _ => {
+                if !head.is_empty() {
+                    stream
+                        .write_all(&head)
+                        .await
+                        .or_err(WriteError, "while writing header")?;
+                }
+                let sent = if buf.is_empty() {
+                    None
+                } else {
+                    self.write_body(stream, buf).await?
+                };
+                if end {
+                    self.finish(stream).await?;
+                }
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                Ok(sent)
+            }
         }
     }
 

@@ -155,6 +155,45 @@ impl HttpSession {
         Ok(to_wire.len())
     }
 
+    /// streammask patch: write the request header and the first body bytes in one write (one
+    /// `send`, one wake-up of the server, where [`Self::write_request_header`] and
+    /// [`Self::write_body`] make two). The caller ends the body with [`Self::finish_body`].
+    pub async fn write_request_header_with_body(
+        &mut self,
+        req: Box<RequestHeader>,
+        body: &[u8],
+    ) -> Result<usize> {
+        self.init_req_body_writer(&req);
+        let to_wire = http_req_header_to_wire(&req).ok_or_else(|| {
+            Error::explain(
+                InvalidHTTPHeader,
+                "request-line contains forbidden delimiter bytes or unsupported HTTP version",
+            )
+        })?;
+        let head_len = to_wire.len();
+        let write = self.body_writer.write_body_after_head(
+            &mut self.underlying_stream,
+            to_wire.freeze(),
+            body,
+            false,
+        );
+        let written = match self.write_timeout {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(
+                    WriteTimedout,
+                    format!("writing request header and body, timeout: {t:?}"),
+                ),
+            },
+            None => write.await,
+        }?;
+        if let Some(num_bytes) = written {
+            self.bytes_sent += num_bytes;
+        }
+        self.request_written = Some(req);
+        Ok(head_len)
+    }
+
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
         let written = self
             .body_writer

@@ -1101,6 +1101,58 @@ impl HttpSession {
         Ok(res)
     }
 
+    /// streammask patch: write the response header, the first body bytes and, when `end`, the
+    /// end of the body in one write (see [`BodyWriter::write_body_after_head`]). A header that
+    /// [`Self::write_response_header`] would skip (already sent) is skipped here too and only
+    /// the body is written.
+    pub async fn write_response_header_with_body(
+        &mut self,
+        mut header: Box<ResponseHeader>,
+        body: &[u8],
+        end: bool,
+    ) -> Result<()> {
+        if header.status.is_informational() {
+            // an informational header is not followed by body bytes
+            self.write_response_header(header).await?;
+            return self.write_body_and_end(Bytes::new(), body, end).await;
+        }
+        let Some((head, _flush)) = self.prepare_response_header(&mut header)? else {
+            return self.write_body_and_end(Bytes::new(), body, end).await;
+        };
+        self.write_body_and_end(head, body, end).await?;
+        self.response_written = Some(header);
+        Ok(())
+    }
+
+    /// streammask patch: write the last body bytes and the end of the body in one write.
+    pub async fn write_last_body(&mut self, body: &[u8]) -> Result<()> {
+        self.write_body_and_end(Bytes::new(), body, true).await
+    }
+
+    async fn write_body_and_end(&mut self, head: Bytes, body: &[u8], end: bool) -> Result<()> {
+        let write_timeout = self.write_timeout(body.len());
+        let write = self.body_writer.write_body_after_head(
+            &mut self.underlying_stream,
+            head,
+            body,
+            end,
+        );
+        let written = match write_timeout {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => write.await,
+        }?;
+        if let Some(num_bytes) = written {
+            self.body_bytes_sent += num_bytes;
+        }
+        if end {
+            self.maybe_force_close_body_reader();
+        }
+        Ok(())
+    }
+
     /// Return how many response body bytes (application, not wire) already sent downstream
     pub fn body_bytes_sent(&self) -> usize {
         self.body_bytes_sent
