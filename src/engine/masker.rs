@@ -30,6 +30,7 @@ use crate::engine::placeholder::{PlaceholderKey, PLACEHOLDER_OVERHEAD};
 use crate::engine::rules::{Action, RuleSet, Scope};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use std::{borrow::Cow, ops::Range, sync::Arc};
 
@@ -145,6 +146,149 @@ pub fn rewrites(scope: Scope, action: Action) -> bool {
     }
 }
 
+/// The Claude API's own words, which every exchange repeats: its JSON's field names and event,
+/// block and delta types, roles and stop reasons (a streamed reply's `message_start`,
+/// `content_block_start` and `message_delta` are mostly these), and its response headers'
+/// names and common values. Sorted, for a binary search. A word is only taken as clean once this engine has scanned it clean in every
+/// scope ([`Engine::protocol_word_is_clean`]), so an organisation's rule or term that matches
+/// one still finds it.
+pub const PROTOCOL_WORDS: [&str; 134] = [
+    "accept-encoding",
+    "anthropic-organization-id",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic_beta",
+    "anthropic_version",
+    "any",
+    "api_error",
+    "application/json",
+    "array",
+    "assistant",
+    "authentication_error",
+    "auto",
+    "base64",
+    "boolean",
+    "budget_tokens",
+    "cache-control",
+    "cache_control",
+    "cache_creation",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cf-cache-status",
+    "cf-ray",
+    "chunked",
+    "citations",
+    "citations_delta",
+    "cloudflare",
+    "container",
+    "content",
+    "content-encoding",
+    "content-type",
+    "content_block",
+    "content_block_delta",
+    "content_block_start",
+    "content_block_stop",
+    "context_management",
+    "data",
+    "delta",
+    "description",
+    "enabled",
+    "end_turn",
+    "ephemeral",
+    "ephemeral_1h_input_tokens",
+    "ephemeral_5m_input_tokens",
+    "error",
+    "id",
+    "image",
+    "index",
+    "input",
+    "input_json_delta",
+    "input_schema",
+    "input_tokens",
+    "integer",
+    "invalid_request_error",
+    "is_error",
+    "keep-alive",
+    "max_tokens",
+    "media_type",
+    "message",
+    "message_delta",
+    "message_start",
+    "message_stop",
+    "messages",
+    "metadata",
+    "model",
+    "name",
+    "no-cache",
+    "none",
+    "not_found_error",
+    "number",
+    "object",
+    "output_tokens",
+    "overloaded_error",
+    "partial_json",
+    "pause_turn",
+    "permission_error",
+    "ping",
+    "priority",
+    "properties",
+    "rate_limit_error",
+    "redacted_thinking",
+    "refusal",
+    "request-id",
+    "required",
+    "retry-after",
+    "role",
+    "server_tool_use",
+    "service_tier",
+    "signature",
+    "signature_delta",
+    "source",
+    "standard",
+    "stop_reason",
+    "stop_sequence",
+    "stop_sequences",
+    "stream",
+    "strict-transport-security",
+    "string",
+    "system",
+    "temperature",
+    "text",
+    "text/event-stream",
+    "text/event-stream; charset=utf-8",
+    "text_delta",
+    "thinking",
+    "thinking_delta",
+    "tool_choice",
+    "tool_result",
+    "tool_use",
+    "tool_use_id",
+    "tools",
+    "top_k",
+    "top_p",
+    "transfer-encoding",
+    "type",
+    "usage",
+    "user",
+    "user_id",
+    "web_search_requests",
+    "web_search_tool_result",
+    "x-envoy-upstream-service-time",
+    "x-robots-tag",
+    "x-should-retry",
+    "x-streammask-request-id",
+];
+
 /// The compiled rules plus the placeholder key: everything needed to mask.
 #[derive(Debug)]
 pub struct Engine {
@@ -153,6 +297,9 @@ pub struct Engine {
     max_hold: usize,
     /// Secrets of this exchange found earlier, masked wherever they occur ([`known`]).
     known: Option<Arc<KnownSecrets>>,
+    /// `[i]`: [`PROTOCOL_WORDS`]`[i]` holds no finding for these rules in any scope. Computed
+    /// on first use; shared by the engines [`Engine::with_known`] makes (same rules).
+    clean_protocol_words: Arc<OnceLock<Vec<bool>>>,
 }
 
 /// The result of masking a whole text.
@@ -215,6 +362,7 @@ impl Engine {
             key,
             max_hold,
             known: None,
+            clean_protocol_words: Arc::new(OnceLock::new()),
         })
     }
 
@@ -227,7 +375,34 @@ impl Engine {
             key: self.key.clone(),
             max_hold: self.max_hold,
             known,
+            clean_protocol_words: Arc::clone(&self.clean_protocol_words),
         }
+    }
+
+    /// Whether `text` is one of [`PROTOCOL_WORDS`] that these rules find nothing in, in any
+    /// scope. The first call scans every word once (about 140 short block scans); a text the
+    /// answer lets through is exactly one that [`Engine::mask`] would return unchanged with no
+    /// finding, so skipping its scan changes no result. With known secrets (one exchange's
+    /// engine) every text is scanned, as those are not part of this answer.
+    fn protocol_word_is_clean(&self, text: &str) -> bool {
+        if self.known.is_some() {
+            return false;
+        }
+        let Ok(at) = PROTOCOL_WORDS.binary_search(&text) else {
+            return false;
+        };
+        let clean = self.clean_protocol_words.get_or_init(|| {
+            PROTOCOL_WORDS
+                .iter()
+                .map(|word| {
+                    Scope::ALL.iter().all(|scope| {
+                        self.block_scanned(word, *scope, false, None)
+                            .is_ok_and(|masked| masked.findings.is_empty())
+                    })
+                })
+                .collect()
+        });
+        clean[at]
     }
 
     /// The secrets this engine masks wherever they occur, if any.
@@ -425,15 +600,27 @@ impl Engine {
         write: bool,
         budget: Option<&Budget>,
     ) -> Result<Masked<'a>, MaskError> {
-        let bytes = text.as_bytes();
-        // Most JSON strings (keys, ids, short values) are shorter than any secret: skip the
-        // scan call for them.
-        if bytes.len() < self.min_scan_len() {
+        // Most JSON strings (keys, ids, short values) are shorter than any secret, and most of
+        // the rest of a stream's small documents are the API's own words: skip the scan call
+        // for them.
+        if text.len() < self.min_scan_len() || self.protocol_word_is_clean(text) {
             return Ok(Masked {
                 text: Cow::Borrowed(text),
                 findings: Vec::new(),
             });
         }
+        self.block_scanned(text, scope, write, budget)
+    }
+
+    /// [`Engine::block`] without its shortcuts: every text is scanned.
+    fn block_scanned<'a>(
+        &self,
+        text: &'a str,
+        scope: Scope,
+        write: bool,
+        budget: Option<&Budget>,
+    ) -> Result<Masked<'a>, MaskError> {
+        let bytes = text.as_bytes();
         if let Some(budget) = budget {
             budget.charge(bytes.len())?;
         }
@@ -1288,6 +1475,57 @@ action = "mask"
         let set = RuleSet::from_toml("demo.toml", DEMO).expect("rules parse");
         let key = PlaceholderKey::new(b"0123456789abcdef0123").expect("key");
         Engine::compile(&set, key, 1024).expect("engine")
+    }
+
+    #[test]
+    fn protocol_words_are_sorted_and_unique() {
+        // `protocol_word_is_clean` finds a word by binary search.
+        assert!(PROTOCOL_WORDS.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn a_rule_that_matches_a_protocol_word_still_finds_it() {
+        // One rule for every scope, one only for tool input: a word is skipped only when no
+        // scope finds anything in it.
+        let rules = r#"
+[[rules]]
+id = "org-role"
+description = "an organisation's term that happens to be an API word"
+pattern = '''assistant'''
+action = "mask"
+
+[[rules]]
+id = "org-tool-term"
+description = "a term only tool input is scanned for"
+pattern = '''content_block_delta'''
+action = "block"
+applies_to = ["tool_input"]
+"#;
+        let set = RuleSet::from_toml("org.toml", rules).expect("rules parse");
+        let key = PlaceholderKey::new(b"0123456789abcdef0123").expect("key");
+        let engine = Engine::compile(&set, key, 1024).expect("engine");
+        for _ in 0..2 {
+            // the first call works out which words are clean, the second uses the answer
+            let masked = engine.mask("assistant", Scope::Response).unwrap();
+            assert_eq!(masked.findings.len(), 1, "{:?}", masked.findings);
+            assert_ne!(masked.text, "assistant");
+            let tool = engine
+                .scan("content_block_delta", Scope::ToolInput)
+                .unwrap();
+            assert_eq!(tool.len(), 1, "{tool:?}");
+            assert!(engine
+                .scan("content_block_delta", Scope::Response)
+                .unwrap()
+                .is_empty());
+            assert!(engine
+                .scan("message_start", Scope::Response)
+                .unwrap()
+                .is_empty());
+        }
+        assert!(engine.protocol_word_is_clean("message_start"));
+        assert!(!engine.protocol_word_is_clean("assistant"));
+        assert!(!engine.protocol_word_is_clean("content_block_delta"));
+        assert!(!engine.protocol_word_is_clean("not an API word"));
     }
 
     fn text() -> String {

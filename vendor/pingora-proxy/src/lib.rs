@@ -755,8 +755,9 @@ impl Session {
         mut body: Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<()> {
+        let header_ends_stream = end_of_stream && body.as_ref().is_none_or(Bytes::is_empty);
         self.downstream_modules_ctx
-            .response_header_filter(&mut resp, false)
+            .response_header_filter(&mut resp, header_ends_stream)
             .await?;
         self.downstream_modules_ctx
             .response_body_filter(&mut body, end_of_stream)?;
