@@ -716,12 +716,13 @@ async fn write_out(
     body: Bytes,
     end: bool,
 ) -> pingora::Result<()> {
+    // Boxed: a stream's future is resident for its whole life and is as large as its largest
+    // await, while a write is done with at once. One allocation per round.
     match pending.take() {
-        // Boxed: a stream's future is resident for its whole life, this write happens once.
         Some(header) => {
             Box::pin(session.write_response_header_with_body(header, Some(body), end)).await
         }
-        None => session.write_response_body(Some(body), end).await,
+        None => Box::pin(session.write_response_body(Some(body), end)).await,
     }
 }
 
