@@ -149,9 +149,10 @@ pub fn rewrites(scope: Scope, action: Action) -> bool {
 /// The Claude API's own words, which every exchange repeats: its JSON's field names and event,
 /// block and delta types, roles and stop reasons (a streamed reply's `message_start`,
 /// `content_block_start` and `message_delta` are mostly these), and its response headers'
-/// names and common values. Sorted, for a binary search. A word is only taken as clean once this engine has scanned it clean in every
-/// scope ([`Engine::protocol_word_is_clean`]), so an organisation's rule or term that matches
-/// one still finds it.
+/// names and common values. Sorted, for a binary search. This is not a list of texts let
+/// through unscanned: a word's scan result is remembered only after this engine has scanned it
+/// and found nothing in any scope ([`Engine::protocol_word_is_clean`]), so an organisation's
+/// rule or term that matches one still finds it.
 pub const PROTOCOL_WORDS: [&str; 134] = [
     "accept-encoding",
     "anthropic-organization-id",
