@@ -253,6 +253,18 @@ struct OpenBlock {
     generic: Vec<(String, String, StreamMasker)>,
 }
 
+/// Consecutive compact deltas of one block's text (or thinking), gathered within one
+/// [`SseTransformer::push`] to be masked as one piece.
+struct DeltaRun {
+    which: Which,
+    index: u64,
+    /// The deltas' texts, joined.
+    text: String,
+    /// The event itself while the run is one event long.
+    only: Option<Event>,
+    events: usize,
+}
+
 /// Why a stream was ended early.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamFault {
@@ -463,19 +475,31 @@ impl SseTransformer {
     }
 
     /// Feed upstream bytes. After a fault, input is ignored (the stream is over).
+    ///
+    /// Consecutive text (or thinking) deltas of one block that arrive in the same call are
+    /// masked as one piece and go out as one delta: a reply read in one go pays the masker's
+    /// fixed cost per call (a Hyperscan stream scan, a delta event written) once, not once per
+    /// event. What the client joins is unchanged (streaming equals block), and nothing waits
+    /// for later input: the run is flushed before any other event and at the end of the call.
+    /// A run of one delta whose text goes out unchanged is forwarded as its original bytes.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         if self.fault.is_some() {
             return;
         }
         match self.framer.push(chunk) {
             Ok(events) => {
+                let mut run = None;
                 for event in events {
                     if self.fault.is_some() {
                         break;
                     }
                     self.events += 1;
-                    self.on_event(event, out);
+                    if let Some(event) = self.join_delta(event, &mut run, out) {
+                        self.flush_run(&mut run, out);
+                        self.on_event(event, out);
+                    }
                 }
+                self.flush_run(&mut run, out);
             }
             Err(SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
             Err(err) => self.fail(
@@ -483,6 +507,107 @@ impl SseTransformer {
                 out,
             ),
         }
+    }
+
+    /// Takes a delta in the compact form the API sends for an open block of its kind: a text
+    /// or thinking delta joins `run` (which is flushed first when it is another block's), a
+    /// tool-input piece is buffered to its block's stop. Anything else is handed back for the
+    /// general path ([`SseTransformer::on_event`]).
+    fn join_delta(
+        &mut self,
+        event: Event,
+        run: &mut Option<DeltaRun>,
+        out: &mut Vec<u8>,
+    ) -> Option<Event> {
+        if event.name() != Some("content_block_delta") {
+            return Some(event);
+        }
+        let Some(delta) = CompactDelta::parse(event.data()) else {
+            return Some(event);
+        };
+        let which = match (delta.delta_type, self.blocks.get_mut(delta.index)) {
+            (
+                "text_delta",
+                Some(OpenBlock {
+                    kind: Kind::Text | Kind::Other,
+                    ..
+                }),
+            ) => Which::Text,
+            (
+                "thinking_delta",
+                Some(OpenBlock {
+                    kind: Kind::Thinking(_),
+                    ..
+                }),
+            ) => Which::Thinking,
+            // Tool input is buffered to the block's stop and judged whole.
+            (
+                "input_json_delta",
+                Some(OpenBlock {
+                    kind: Kind::Tool { partial_json, .. },
+                    ..
+                }),
+            ) => {
+                partial_json.push_str(&delta.text);
+                let len = partial_json.len();
+                // An over-cap input ends the stream: what the run holds goes out before.
+                self.flush_run(run, out);
+                self.tool_input_over_cap(len, out);
+                return None;
+            }
+            _ => return Some(event),
+        };
+        let index = delta.index;
+        if !run
+            .as_ref()
+            .is_some_and(|run| run.which == which && run.index == index)
+        {
+            self.flush_run(run, out);
+        }
+        let run = run.get_or_insert_with(|| DeltaRun {
+            which,
+            index,
+            text: String::new(),
+            only: None,
+            events: 0,
+        });
+        run.text.push_str(&delta.text);
+        drop(delta);
+        run.events += 1;
+        run.only = (run.events == 1).then_some(event);
+        None
+    }
+
+    /// Mask a run's text through its channel and write what can go out now.
+    fn flush_run(&mut self, run: &mut Option<DeltaRun>, out: &mut Vec<u8>) {
+        let Some(DeltaRun {
+            which,
+            index,
+            text,
+            only,
+            ..
+        }) = run.take()
+        else {
+            return;
+        };
+        let mut emitted = std::mem::take(&mut self.scratch);
+        emitted.clear();
+        if self.channel_push(which, index, &text, &mut emitted, out) {
+            match only {
+                // Nothing held or masked: the event as it came (it carries nothing but the
+                // delta, so everything in it was scanned).
+                Some(event) if emitted.as_slice() == text.as_bytes() => event.write_to(out),
+                _ if !emitted.is_empty() => write_delta_event(
+                    out,
+                    index,
+                    which.delta_type(),
+                    which.field(),
+                    &String::from_utf8_lossy(&emitted),
+                ),
+                _ => {}
+            }
+        }
+        self.scratch = emitted;
     }
 
     /// The upstream body ended (cleanly or not): flush every open block so nothing is held,
@@ -743,17 +868,11 @@ impl SseTransformer {
             return;
         }
         let (name, data) = (event.name(), event.data());
-        // Most of a response is deltas, and the rest is mostly events of one fixed shape:
-        // recognise those in the compact form the API sends without building a `Value` tree.
-        // Anything else (other spacing, extra fields, other events) takes the general path.
+        // Compact deltas were taken by `join_delta`; the rest is mostly events of one fixed
+        // shape: recognise those in the compact form the API sends without building a `Value`
+        // tree. Anything else (other spacing, extra fields, other events) takes the general
+        // path.
         match (name, data) {
-            (Some("content_block_delta"), data) => {
-                if let Some(delta) = CompactDelta::parse(data) {
-                    if self.on_compact_delta(delta, &event, out) {
-                        return;
-                    }
-                }
-            }
             (Some("ping"), r#"{"type":"ping"}"#) => return event.write_to(out),
             (Some("message_stop"), r#"{"type":"message_stop"}"#) => {
                 self.close_open_blocks(out);
@@ -974,66 +1093,6 @@ impl SseTransformer {
                 );
             }
         }
-    }
-
-    /// The fast path for a compact delta event: a text or thinking delta of an open block of
-    /// its kind, or a tool-input piece of an open tool block. Returns false, having done
-    /// nothing, otherwise (the general path then decides).
-    fn on_compact_delta(
-        &mut self,
-        delta: CompactDelta<'_>,
-        event: &Event,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        let which = match (delta.delta_type, self.blocks.get_mut(delta.index)) {
-            (
-                "text_delta",
-                Some(OpenBlock {
-                    kind: Kind::Text | Kind::Other,
-                    ..
-                }),
-            ) => Which::Text,
-            (
-                "thinking_delta",
-                Some(OpenBlock {
-                    kind: Kind::Thinking(_),
-                    ..
-                }),
-            ) => Which::Thinking,
-            // Tool input is buffered to the block's stop and judged whole.
-            (
-                "input_json_delta",
-                Some(OpenBlock {
-                    kind: Kind::Tool { partial_json, .. },
-                    ..
-                }),
-            ) => {
-                partial_json.push_str(&delta.text);
-                let len = partial_json.len();
-                self.tool_input_over_cap(len, out);
-                return true;
-            }
-            _ => return false,
-        };
-        let mut emitted = std::mem::take(&mut self.scratch);
-        emitted.clear();
-        if self.channel_push(which, delta.index, &delta.text, &mut emitted, out) {
-            if emitted.as_slice() == delta.text.as_bytes() {
-                // Nothing held or masked: the event as it came (it carries nothing but the
-                // delta, so everything in it was scanned).
-                event.write_to(out);
-            } else if !emitted.is_empty() {
-                write_delta_event(
-                    out,
-                    delta.index,
-                    which.delta_type(),
-                    which.field(),
-                    &String::from_utf8_lossy(&emitted),
-                );
-            }
-        }
-        self.scratch = emitted;
-        true
     }
 
     fn on_block_delta(&mut self, index: u64, mut data: Value, event: &Event, out: &mut Vec<u8>) {

@@ -180,22 +180,40 @@ impl Decoder {
 
     /// Decompress `chunk`, returning what is available so far (at most the cap).
     pub fn decode(&mut self, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decode_into(chunk, &mut out).map(|()| out)
+    }
+
+    /// [`Decoder::decode`], appending to `out`: on an error `out` keeps what it held before.
+    pub fn decode_into(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
         fn drain<W: Write>(
             w: &mut W,
             chunk: &[u8],
+            out: &mut Vec<u8>,
             sink: impl Fn(&mut W) -> &mut CappedSink,
-        ) -> std::io::Result<Vec<u8>> {
+        ) -> std::io::Result<()> {
             let written = w.write_all(chunk).and_then(|()| w.flush());
             // A failed call leaves the decoder unusable; its partial output goes too.
-            let out = std::mem::take(&mut sink(w).buf);
-            written.map(|()| out)
+            // Taken, not drained: the sink keeps no capacity between chunks.
+            let decoded = std::mem::take(&mut sink(w).buf);
+            if written.is_ok() {
+                if out.is_empty() {
+                    *out = decoded;
+                } else {
+                    out.extend_from_slice(&decoded);
+                }
+            }
+            written
         }
         match &mut self.kind {
-            DecoderKind::Identity => Ok(chunk.to_vec()),
-            DecoderKind::Gzip(d) => drain(d, chunk, |d| d.get_mut()),
-            DecoderKind::Deflate(d) => drain(d, chunk, |d| d.get_mut()),
-            DecoderKind::Brotli(d) => drain(d.as_mut(), chunk, |d| d.get_mut()),
-            DecoderKind::Zstd(d) => drain(d, chunk, |d| d.get_mut()),
+            DecoderKind::Identity => {
+                out.extend_from_slice(chunk);
+                Ok(())
+            }
+            DecoderKind::Gzip(d) => drain(d, chunk, out, |d| d.get_mut()),
+            DecoderKind::Deflate(d) => drain(d, chunk, out, |d| d.get_mut()),
+            DecoderKind::Brotli(d) => drain(d.as_mut(), chunk, out, |d| d.get_mut()),
+            DecoderKind::Zstd(d) => drain(d, chunk, out, |d| d.get_mut()),
         }
     }
 }

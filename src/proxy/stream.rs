@@ -754,6 +754,12 @@ fn read_ready(
 
 /// Decode and mask every chunk of `batch` into `out`. Returns false when a chunk could not be
 /// decompressed: the stream then ends with an `error` event.
+///
+/// The round's chunks are decoded into one piece and masked together (in pieces of at most
+/// [`WRITE_AT`] bytes plus one decoded chunk, so memory stays bounded as before): the Claude API
+/// sends one chunk per event, and the masker's fixed cost per call — framing, a Hyperscan
+/// stream scan, a delta event written — was paid once per event. Masking is the same however
+/// the input is cut (the masker's invariant), so only the number of calls changes.
 fn mask_batch(
     masker: &mut StreamMasker,
     decoder: &mut Decoder,
@@ -761,23 +767,33 @@ fn mask_batch(
     out: &mut Vec<u8>,
 ) -> bool {
     let mut decoded_all = true;
+    let total: usize = batch.iter().map(Bytes::len).sum();
     // Masked output is about as long as its input (placeholders are near a secret's length).
-    out.reserve(batch.iter().map(Bytes::len).sum());
+    out.reserve(total);
+    let mut input = Vec::with_capacity(total.min(WRITE_AT));
     for chunk in batch.drain(..) {
-        match decoder.decode(&chunk) {
-            Ok(decoded) => masker.push(&decoded, out),
-            Err(_) => {
+        if decoder.decode_into(&chunk, &mut input).is_err() {
+            masker.push(&input, out);
+            input.clear();
+            if !masker.faulted() {
                 out.extend(masker.ending(
                     "api_error",
                     "streammask: the upstream response could not be decompressed",
                 ));
-                decoded_all = false;
+            }
+            decoded_all = false;
+            break;
+        }
+        if input.len() >= WRITE_AT {
+            masker.push(&input, out);
+            input.clear();
+            if masker.faulted() {
                 break;
             }
         }
-        if masker.faulted() {
-            break;
-        }
+    }
+    if !input.is_empty() {
+        masker.push(&input, out);
     }
     batch.clear();
     decoded_all
