@@ -213,6 +213,46 @@ impl SseFramer {
 }
 
 fn parse_event(raw: Bytes) -> Result<Option<Event>, SseError> {
+    if let Some(event) = parse_canonical(&raw) {
+        let (name, data) = event?;
+        return Ok(Some(Event {
+            raw,
+            name: Some(name),
+            data: Data::Line(data),
+            canonical: true,
+        }));
+    }
+    parse_general(raw)
+}
+
+/// The event's name and data spans when `raw` is exactly `event: NAME\ndata: DATA\n\n` (no
+/// `\r` anywhere, one line each): the form the Claude API sends every event in, read in one
+/// pass. `None` for anything else, which [`parse_general`] reads; both read such an event the
+/// same way (tested).
+fn parse_canonical(raw: &[u8]) -> Option<Result<(Span, Span), SseError>> {
+    const NAME_START: usize = b"event: ".len();
+    let rest = raw.strip_prefix(b"event: ")?;
+    let name_end = NAME_START + memchr::memchr2(b'\n', b'\r', rest)?;
+    let data_start = name_end + b"\ndata: ".len();
+    if !raw[name_end..].starts_with(b"\ndata: ") || raw.len() < data_start + 2 {
+        return None;
+    }
+    let data_end = raw.len() - 2;
+    if &raw[data_end..] != b"\n\n"
+        || memchr::memchr2(b'\n', b'\r', &raw[data_start..data_end]).is_some()
+    {
+        return None;
+    }
+    // The rest is ASCII: checking the name and the data checks the event.
+    if std::str::from_utf8(&raw[NAME_START..name_end]).is_err()
+        || std::str::from_utf8(&raw[data_start..data_end]).is_err()
+    {
+        return Some(Err(SseError::NotUtf8));
+    }
+    Some(Ok((NAME_START..name_end, data_start..data_end)))
+}
+
+fn parse_general(raw: Bytes) -> Result<Option<Event>, SseError> {
     let text = std::str::from_utf8(&raw).map_err(|_| SseError::NotUtf8)?;
     let mut name = None;
     let mut data = Data::None;
@@ -392,6 +432,37 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_canonical_reading_agrees_with_the_general_one() {
+        let mut canonical_seen = 0;
+        for input in [
+            &b"event: ping\ndata: {\"type\":\"ping\"}\n\n"[..],
+            b"event: x\ndata: \n\n",
+            b"event: \ndata: {}\n\n",
+            b"event:  spaced\ndata:  {}\n\n",
+            b"event: a:b\ndata: c:d\n\n",
+            b"event: caf\xc3\xa9\ndata: \"\xe2\x82\xac\"\n\n",
+            // Not canonical: read by the general path only.
+            b"event: x\ndata: a\ndata: b\n\n",
+            b"event: x\r\ndata: a\r\n\r\n",
+            b"event: x\ndata: a\rb\n\n",
+            b"event: x\ndata: a\n",
+            b"event: x\n\n",
+            b"data: a\n\n",
+            b"event: x\nid: 1\ndata: a\n\n",
+            // Not UTF-8, in the name or in the data: an error both ways.
+            b"event: \xff\ndata: {}\n\n",
+            b"event: x\ndata: \"\xc3\"\n\n",
+        ] {
+            let fast = parse_event(Bytes::copy_from_slice(input));
+            let general = parse_general(Bytes::copy_from_slice(input));
+            assert_eq!(fast, general, "{:?}", String::from_utf8_lossy(input));
+            canonical_seen += usize::from(parse_canonical(input).is_some_and(|r| r.is_ok()));
+        }
+        // The fast path was taken (else the comparison shows nothing).
+        assert_eq!(canonical_seen, 6);
     }
 
     #[test]
