@@ -1002,3 +1002,127 @@ fn a_block_index_started_twice_flushes_what_was_held_and_ends_the_stream() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deltas that arrive together: a reply read in one go is masked per run of one block's deltas,
+// not per event, and what every reader joins is what event-by-event masking gives.
+
+/// The (event name, index) sequence of `out`, with each delta's type.
+fn shape(out: &[u8]) -> Vec<String> {
+    let mut framer = SseFramer::new(1 << 26);
+    let mut events = framer.push(out).expect("the output frames as SSE");
+    events.extend(framer.finish().expect("the output frames as SSE"));
+    events
+        .iter()
+        .map(|event| {
+            let data: Value = serde_json::from_str(event.data()).expect("output data is JSON");
+            let index = data.get("index").map(Value::to_string).unwrap_or_default();
+            let delta = data["delta"]["type"].as_str().unwrap_or_default();
+            format!("{} {index} {delta}", event.name().unwrap_or_default())
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn deltas_that_arrive_together_go_out_as_one_delta_per_block() {
+    let words =
+        |prefix: &str| -> Vec<String> { (0..20).map(|i| format!(" {prefix}{i}")).collect() };
+    let mut parts = vec![start(0, json!({"type":"thinking","thinking":""}))];
+    parts.extend(
+        words("ponder")
+            .iter()
+            .map(|w| delta(0, json!({"type":"thinking_delta","thinking":w}))),
+    );
+    parts.push(delta(
+        0,
+        json!({"type":"signature_delta","signature":"c2ln"}),
+    ));
+    parts.push(stop(0));
+    parts.push(start(1, json!({"type":"text","text":""})));
+    parts.extend(words("say").iter().map(|w| text(1, w)));
+    parts.push(stop(1));
+    parts.push(start(2, json!({"type":"text","text":""})));
+    parts.extend(words("more").iter().map(|w| text(2, w)));
+    parts.push(stop(2));
+    let input = whole(&parts);
+    let engine = pack();
+
+    // Event by event (one push per event, as a paced stream arrives): a delta out per delta in.
+    let mut sse = SseTransformer::new(Arc::clone(&engine), ThinkingMode::Report, 1 << 20);
+    let mut one_by_one = Vec::new();
+    for part in [message_start()]
+        .iter()
+        .chain(&parts)
+        .chain([&message_end()])
+    {
+        sse.push(part.as_bytes(), &mut one_by_one);
+    }
+    sse.finish(&mut one_by_one);
+    // All at once: one delta per block's run, plus the held word flushed before each stop.
+    let (together, _) = run(Arc::clone(&engine), input.as_bytes(), &[]);
+
+    let together_shape = shape(&together);
+    let deltas = |shape: &[String], of: &str| shape.iter().filter(|s| s.starts_with(of)).count();
+    assert!(
+        deltas(&shape(&one_by_one), "content_block_delta 1 text_delta") >= 19,
+        "{one_by_one:?}"
+    );
+    for index in 0..3 {
+        let of = format!("content_block_delta {index} ");
+        let text_like = together_shape
+            .iter()
+            .filter(|s| s.starts_with(&of) && !s.ends_with("signature_delta"))
+            .count();
+        assert!(
+            (1..=2).contains(&text_like),
+            "block {index}: {together_shape:#?}"
+        );
+    }
+    // Block order and the signature's place are kept.
+    let names: Vec<&String> = together_shape
+        .iter()
+        .filter(|s| !s.starts_with("content_block_delta") || s.ends_with("signature_delta"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start 0",
+            "content_block_delta 0 signature_delta",
+            "content_block_stop 0",
+            "content_block_start 1",
+            "content_block_stop 1",
+            "content_block_start 2",
+            "content_block_stop 2",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let (a, b) = (SdkView::of(&one_by_one), SdkView::of(&together));
+    assert_eq!(a.views(), b.views());
+    assert_eq!(
+        b.text_stream,
+        words("say").concat() + &words("more").concat()
+    );
+    assert_eq!(b.thinking_stream, words("ponder").concat());
+}
+
+#[test]
+fn a_secret_split_across_deltas_that_arrive_together_is_masked() {
+    let secret = planted();
+    let mut parts = vec![start(0, json!({"type":"text","text":""}))];
+    let pieces: Vec<String> = format!("the token is {secret} and more")
+        .chars()
+        .collect::<Vec<_>>()
+        .chunks(3)
+        .map(|c| c.iter().collect())
+        .collect();
+    parts.extend(pieces.iter().map(|p| text(0, p)));
+    parts.push(stop(0));
+    let input = whole(&parts);
+    let (out, _) = run(pack(), input.as_bytes(), &[]);
+    SdkView::of(&out).assert_no(&out, &secret, "deltas read in one go");
+    assert!(String::from_utf8_lossy(&out).contains("[MASKED:"));
+}
