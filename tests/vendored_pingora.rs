@@ -3,7 +3,8 @@
 //! and an upgrade that drops a `[patch.crates-io]` entry or a change would otherwise go
 //! unnoticed until the next load test. The patched upstream body reader (a small read while a
 //! stream waits, the whole buffer once a read fills it) must parse a chunked body the same
-//! whatever sizes the upstream's writes have. The write patches put a message's head, its body
+//! whatever sizes the upstream's writes have, also when reads join every chunk already there
+//! (and an error met after joined chunks still reaches the caller). The write patches put a message's head, its body
 //! and the body's end in one write where Pingora as released makes up to three: counted here as
 //! the packets of a `SOCK_SEQPACKET` socket, which keeps every write's boundary.
 
@@ -107,7 +108,13 @@ fn chunked_body() -> (Vec<u8>, Vec<u8>) {
 /// Read the response through Pingora's HTTP/1 client while the peer writes it in pieces of
 /// `split` bytes (each flushed on its own), and return the body.
 async fn read_split(wire: &[u8], split: usize) -> Vec<u8> {
-    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    read_split_as(wire, split, None).await.0
+}
+
+/// [`read_split`], reading with `read_body_bytes_joined(max)` when `joined` is `Some(max)`;
+/// also returns how many reads it took.
+async fn read_split_as(wire: &[u8], split: usize, joined: Option<usize>) -> (Vec<u8>, usize) {
+    let (client, mut server) = tokio::io::duplex(128 * 1024);
     let mut session = HttpSession::new(Box::new(client));
     let head =
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
@@ -123,12 +130,21 @@ async fn read_split(wire: &[u8], split: usize) -> Vec<u8> {
     });
     session.read_response().await.expect("response header");
     let mut body = Vec::new();
-    while let Some(data) = session.read_body_ref().await.expect("body read") {
-        body.extend_from_slice(data);
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        let data = match joined {
+            Some(max) => session.read_body_bytes_joined(max).await,
+            None => session.read_body_bytes().await,
+        };
+        match data.expect("body read") {
+            Some(data) => body.extend_from_slice(&data),
+            None => break,
+        }
     }
     assert!(session.is_body_done());
     drop(writer.await.expect("writer task"));
-    body
+    (body, reads)
 }
 
 #[tokio::test]
@@ -145,6 +161,46 @@ async fn the_patched_upstream_body_reader_parses_chunked_bodies_at_every_split()
             "body differs when the upstream writes {split}-byte pieces"
         );
     }
+}
+
+#[tokio::test]
+async fn joined_body_reads_take_every_chunk_that_is_there_and_parse_the_same() {
+    let (wire, payload) = chunked_body();
+    for split in [1, 3, 64, 1023, 1025, 16_385, 70_000] {
+        for max in [1, 4096, 64 * 1024] {
+            let (body, _) = read_split_as(&wire, split, Some(max)).await;
+            assert!(body == payload, "split {split}, max {max}");
+        }
+    }
+    // Written at once: the 62 chunks are a few joined reads (each body buffer's worth), not
+    // one read per chunk.
+    let (_, plain) = read_split_as(&wire, wire.len(), None).await;
+    let (_, joined) = read_split_as(&wire, wire.len(), Some(64 * 1024)).await;
+    assert!(plain > 60, "{plain} plain reads");
+    assert!(joined <= 6, "{joined} joined reads");
+}
+
+#[tokio::test]
+async fn an_error_after_joined_chunks_comes_with_the_next_read_not_as_the_end() {
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let mut session = HttpSession::new(Box::new(client));
+    server
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\nzz\r\nnot a chunk\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("written");
+    session.read_response().await.expect("response header");
+    let first = session.read_body_bytes_joined(64 * 1024).await;
+    assert_eq!(
+        first.expect("the chunks before the bad one").as_deref(),
+        Some(&b"hello world"[..])
+    );
+    assert!(
+        session.read_body_bytes_joined(64 * 1024).await.is_err(),
+        "the malformed chunk is an error, not the body's end"
+    );
 }
 
 /// A connected `SOCK_SEQPACKET` pair: Pingora's stream on one end, and the end that counts the

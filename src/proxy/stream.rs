@@ -341,12 +341,11 @@ async fn read_whole(
         |message: &'static str| ApiError::new(ErrorKind::Api, message).with_status(502);
     let mut body = Vec::new();
     loop {
-        match upstream.read_response_body().await {
+        match upstream.read_response_body_joined(WRITE_AT).await {
             Ok(Some(chunk)) => {
-                let decoded = decoder.decode(&chunk).map_err(|_| {
+                decoder.decode_into(&chunk, &mut body).map_err(|_| {
                     bad_gateway("streammask: the upstream response could not be decompressed")
                 })?;
-                body.extend_from_slice(&decoded);
                 if body.len() > limit {
                     return Err(bad_gateway(
                         "streammask: the upstream response is too large to scan",
@@ -611,7 +610,7 @@ impl Stream<'_> {
         loop {
             out.clear();
             let ready = match header {
-                Some(_) => ready_now(upstream.read_response_body()),
+                Some(_) => ready_now(upstream.read_response_body_joined(WRITE_AT)),
                 None => None,
             };
             let first = match ready {
@@ -628,7 +627,7 @@ impl Stream<'_> {
                     }
                     tokio::select! {
                         biased;
-                        read = upstream.read_response_body() => read,
+                        read = upstream.read_response_body_joined(WRITE_AT) => read,
                         _ = session.as_downstream_mut().read_body_or_idle(true) => {
                             client_gone = true;
                             break;
@@ -746,7 +745,7 @@ fn read_ready(
             Err(_) => return Some(UpstreamEnd::Failed),
         }
         if batched < WRITE_AT {
-            read = ready_now(upstream.read_response_body());
+            read = ready_now(upstream.read_response_body_joined(WRITE_AT));
         }
     }
     None

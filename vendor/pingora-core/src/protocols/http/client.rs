@@ -166,6 +166,17 @@ impl<S: Session> HttpSession<S> {
         }
     }
 
+    /// streammask patch: [`Self::read_response_body`], joining (HTTP/1.x) every further piece of
+    /// the body readable without waiting, up to `max` bytes (see
+    /// [`Http1Session::read_body_bytes_joined`]); other versions read as before.
+    pub async fn read_response_body_joined(&mut self, max: usize) -> Result<Option<Bytes>> {
+        match self {
+            HttpSession::H1(h1) => h1.read_body_bytes_joined(max).await,
+            HttpSession::H2(h2) => h2.read_response_body().await,
+            HttpSession::Custom(c) => c.read_response_body().await,
+        }
+    }
+
     /// No (more) body to read
     pub fn response_done(&mut self) -> bool {
         match self {

@@ -67,6 +67,10 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// streammask patch: an error met by [`Self::read_body_bytes_joined`] after it had joined
+    /// some bytes, returned by the next body read (the reader is done after an error, and a
+    /// read would otherwise report the body's end).
+    deferred_body_error: Option<Box<Error>>,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +104,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            deferred_body_error: None,
         }
     }
 
@@ -524,6 +529,10 @@ impl HttpSession {
     /// Return `Ok(Some(ref)) after a successful read.
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
+        // streammask patch: see `deferred_body_error`.
+        if let Some(error) = self.deferred_body_error.take() {
+            return Err(error);
+        }
         let result = match self.read_timeout {
             Some(t) => match timeout(t, self.do_read_body()).await {
                 Ok(res) => res,
@@ -545,6 +554,41 @@ impl HttpSession {
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         let read = self.read_body_ref().await?;
         Ok(read.map(Bytes::copy_from_slice))
+    }
+
+    /// streammask patch: [`Self::read_body_bytes`], joined with every further piece of the body
+    /// that can be had without waiting (parsed from the buffer, or readable from the socket
+    /// right now), up to `max` bytes or a little over. A chunked body whose chunks arrive
+    /// together (an SSE stream's events, one chunk each) costs one call and one allocation
+    /// instead of one per chunk. An error met after some bytes were joined is returned by the
+    /// next body read, never mistaken for the body's end.
+    pub async fn read_body_bytes_joined(&mut self, max: usize) -> Result<Option<Bytes>> {
+        let Some(first) = self.read_body_ref().await? else {
+            return Ok(None);
+        };
+        let mut joined = BytesMut::from(first);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while joined.len() < max {
+            // Polled once, so no timeout applies: the read either has its bytes now or is
+            // dropped (the body reader keeps its parse state across a dropped read).
+            let polled = {
+                let read = std::pin::pin!(self.do_read_body());
+                std::future::Future::poll(read, &mut cx)
+            };
+            match polled {
+                std::task::Poll::Ready(Ok(Some(body_ref))) => {
+                    let slice = self.body_reader.get_body(&body_ref);
+                    self.body_recv = self.body_recv.saturating_add(slice.len());
+                    joined.extend_from_slice(slice);
+                }
+                std::task::Poll::Ready(Ok(None)) | std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Err(error)) => {
+                    self.deferred_body_error = Some(error);
+                    break;
+                }
+            }
+        }
+        Ok(Some(joined.freeze()))
     }
 
     /// Upstream response body bytes received (payload only; excludes headers/framing).
