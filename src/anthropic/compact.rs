@@ -56,6 +56,22 @@ pub(crate) fn compact_block_stop(data: &str) -> Option<u64> {
     }
 }
 
+/// The start of an empty text or thinking block, exactly
+/// `{"type":"content_block_start","index":N,"content_block":{"type":"text","text":""}}` or
+/// `…{"type":"thinking","thinking":"","signature":""}}`: its index and block type. It carries
+/// nothing but the API's own words and the index.
+pub(crate) fn compact_block_start(data: &str) -> Option<(u64, &'static str)> {
+    let rest = data.strip_prefix(r#"{"type":"content_block_start","index":"#)?;
+    let (index, rest) = compact_index(rest)?;
+    match rest {
+        r#","content_block":{"type":"text","text":""}}"# => Some((index, "text")),
+        r#","content_block":{"type":"thinking","thinking":"","signature":""}}"# => {
+            Some((index, "thinking"))
+        }
+        _ => None,
+    }
+}
+
 /// A JSON index (no sign, no leading zero) at the start of `text`, and what follows it.
 fn compact_index(text: &str) -> Option<(u64, &str)> {
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
@@ -208,5 +224,27 @@ mod tests {
             compact_block_stop(r#"{"type":"content_block_stop","index":4,"x":1}"#),
             None
         );
+        assert_eq!(
+            compact_block_start(
+                r#"{"type":"content_block_start","index":2,"content_block":{"type":"text","text":""}}"#
+            ),
+            Some((2, "text"))
+        );
+        assert_eq!(
+            compact_block_start(
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#
+            ),
+            Some((0, "thinking"))
+        );
+        for other in [
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"hi"}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"","citations":[]}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":"c2ln"}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"x","input":{}}}"#,
+            r#"{"type":"content_block_start","index":01,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""},"x":1}"#,
+        ] {
+            assert_eq!(compact_block_start(other), None, "{other}");
+        }
     }
 }

@@ -33,7 +33,9 @@
 //! - nothing unscanned is forwarded: malformed or oversized events end the stream with an
 //!   Anthropic-shaped `error` event, and [`SseTransformer::finish`] flushes every open block.
 
-use crate::anthropic::compact::{compact_block_stop, write_delta_event, CompactDelta};
+use crate::anthropic::compact::{
+    compact_block_start, compact_block_stop, write_delta_event, CompactDelta,
+};
 use crate::anthropic::restore::{RestoreEvent, RestoreMap, TextRestorer};
 use crate::anthropic::scan_value::{lenient_value, parse_strict, scan_value, ScanFault};
 use crate::anthropic::sse::{encode_event, write_event, Event, SseError, SseFramer};
@@ -486,21 +488,23 @@ impl SseTransformer {
         if self.fault.is_some() {
             return;
         }
-        match self.framer.push(chunk) {
-            Ok(events) => {
-                let mut run = None;
-                for event in events {
-                    if self.fault.is_some() {
-                        break;
-                    }
-                    self.events += 1;
-                    if let Some(event) = self.join_delta(event, &mut run, out) {
-                        self.flush_run(&mut run, out);
-                        self.on_event(event, out);
-                    }
-                }
-                self.flush_run(&mut run, out);
+        let mut events = Vec::new();
+        // The events completed before a framing error are whole: they go out before it.
+        let framed = self.framer.push_into(chunk, &mut events);
+        let mut run = None;
+        for event in events {
+            if self.fault.is_some() {
+                break;
             }
+            self.events += 1;
+            if let Some(event) = self.join_delta(event, &mut run, out) {
+                self.flush_run(&mut run, out);
+                self.on_event(event, out);
+            }
+        }
+        self.flush_run(&mut run, out);
+        match framed {
+            Ok(()) => {}
             Err(SseError::EventTooLarge(_)) => self.fail(StreamFault::Oversized, out),
             Err(err) => self.fail(
                 StreamFault::Malformed(format!("the upstream sent a malformed stream ({err})")),
@@ -878,6 +882,23 @@ impl SseTransformer {
                 self.close_open_blocks(out);
                 self.saw_message_stop = true;
                 return event.write_to(out);
+            }
+            (Some("content_block_start"), data) => {
+                if let Some((index, block_type)) = compact_block_start(data) {
+                    if self.blocks.get_mut(index).is_none() {
+                        let kind = match block_type {
+                            "thinking" => Kind::Thinking(Box::new(ThinkingState {
+                                original: String::new(),
+                                over_cap: false,
+                                changed: false,
+                                signature: String::new(),
+                            })),
+                            _ => Kind::Text,
+                        };
+                        self.blocks.insert(index, kind);
+                        return event.write_to(out);
+                    }
+                }
             }
             (Some("content_block_stop"), data) => {
                 if let Some(index) = compact_block_stop(data) {

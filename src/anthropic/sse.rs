@@ -123,6 +123,9 @@ pub struct SseFramer {
     max_event_bytes: usize,
     /// Whether the start of the stream was checked for a byte-order mark.
     started: bool,
+    /// Whether the event at the start of `buf` was tried as a canonical one (and was not, or
+    /// not yet whole).
+    tried_canonical: bool,
 }
 
 impl SseFramer {
@@ -132,6 +135,7 @@ impl SseFramer {
             searched: 0,
             max_event_bytes,
             started: false,
+            tried_canonical: false,
         }
     }
 
@@ -142,6 +146,13 @@ impl SseFramer {
 
     /// Append `chunk` and return every event it completes.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
+        let mut events = Vec::new();
+        self.push_into(chunk, &mut events).map(|()| events)
+    }
+
+    /// [`SseFramer::push`], appending the events to `events`: on an error, the events completed
+    /// before it are there too (they are whole and were read before the bad one).
+    pub fn push_into(&mut self, chunk: &[u8], events: &mut Vec<Event>) -> Result<(), SseError> {
         self.buf.extend_from_slice(chunk);
         if !self.started {
             const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -152,16 +163,40 @@ impl SseFramer {
                 let _ = self.buf.split_to(BOM.len());
                 self.started = true;
             } else {
-                return Ok(Vec::new());
+                return Ok(());
             }
         }
-        let mut events = Vec::new();
-        while let Some(end) = self.find_event_end() {
+        loop {
+            // An event in the canonical form, whole in the buffer, is framed and read in one
+            // pass; tried once per event start, so bytes that trickle in are not searched again
+            // and again.
+            if self.searched == 0 && !self.tried_canonical {
+                match canonical_at_start(&self.buf) {
+                    Some(Ok((end, name, data))) => {
+                        if end > self.max_event_bytes {
+                            return Err(SseError::EventTooLarge(self.max_event_bytes));
+                        }
+                        events.push(Event {
+                            raw: self.buf.split_to(end).freeze(),
+                            name: Some(name),
+                            data: Data::Line(data),
+                            canonical: true,
+                        });
+                        continue;
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None => self.tried_canonical = !self.buf.is_empty(),
+                }
+            }
+            let Some(end) = self.find_event_end() else {
+                break;
+            };
             if end > self.max_event_bytes {
                 return Err(SseError::EventTooLarge(self.max_event_bytes));
             }
             let raw = self.buf.split_to(end).freeze();
             self.searched = 0;
+            self.tried_canonical = false;
             if let Some(event) = parse_event(raw)? {
                 events.push(event);
             }
@@ -169,7 +204,7 @@ impl SseFramer {
         if self.buf.len() > self.max_event_bytes {
             return Err(SseError::EventTooLarge(self.max_event_bytes));
         }
-        Ok(events)
+        Ok(())
     }
 
     /// The bytes left when the stream ends: a final event without its blank line still counts
@@ -230,26 +265,37 @@ fn parse_event(raw: Bytes) -> Result<Option<Event>, SseError> {
 /// pass. `None` for anything else, which [`parse_general`] reads; both read such an event the
 /// same way (tested).
 fn parse_canonical(raw: &[u8]) -> Option<Result<(Span, Span), SseError>> {
+    match canonical_at_start(raw)? {
+        Ok((end, name, data)) => (end == raw.len()).then_some(Ok((name, data))),
+        Err(error) => Some(Err(error)),
+    }
+}
+
+/// A canonical event (see [`parse_canonical`]) whole at the start of `buf`: where it ends, its
+/// name and its data. `None` when `buf` does not start with one, or not with all of it yet.
+fn canonical_at_start(buf: &[u8]) -> Option<Result<(usize, Span, Span), SseError>> {
     const NAME_START: usize = b"event: ".len();
-    let rest = raw.strip_prefix(b"event: ")?;
+    let rest = buf.strip_prefix(b"event: ")?;
     let name_end = NAME_START + memchr::memchr2(b'\n', b'\r', rest)?;
-    let data_start = name_end + b"\ndata: ".len();
-    if !raw[name_end..].starts_with(b"\ndata: ") || raw.len() < data_start + 2 {
+    if !buf[name_end..].starts_with(b"\ndata: ") {
         return None;
     }
-    let data_end = raw.len() - 2;
-    if &raw[data_end..] != b"\n\n"
-        || memchr::memchr2(b'\n', b'\r', &raw[data_start..data_end]).is_some()
-    {
+    let data_start = name_end + b"\ndata: ".len();
+    let data_end = data_start + memchr::memchr2(b'\n', b'\r', &buf[data_start..])?;
+    if buf.get(data_end..data_end + 2) != Some(&b"\n\n"[..]) {
         return None;
     }
     // The rest is ASCII: checking the name and the data checks the event.
-    if std::str::from_utf8(&raw[NAME_START..name_end]).is_err()
-        || std::str::from_utf8(&raw[data_start..data_end]).is_err()
+    if std::str::from_utf8(&buf[NAME_START..name_end]).is_err()
+        || std::str::from_utf8(&buf[data_start..data_end]).is_err()
     {
         return Some(Err(SseError::NotUtf8));
     }
-    Some(Ok((NAME_START..name_end, data_start..data_end)))
+    Some(Ok((
+        data_end + 2,
+        NAME_START..name_end,
+        data_start..data_end,
+    )))
 }
 
 fn parse_general(raw: Bytes) -> Result<Option<Event>, SseError> {
@@ -482,6 +528,19 @@ mod tests {
             framer.push(b"data: 0123456789abcdefghij").unwrap_err(),
             SseError::EventTooLarge(16)
         );
+    }
+
+    #[test]
+    fn the_events_before_an_oversized_one_are_kept() {
+        let mut framer = SseFramer::new(32);
+        let mut events = Vec::new();
+        let input = format!("data: a\n\ndata: b\n\ndata: {}\n\n", "x".repeat(64));
+        assert_eq!(
+            framer.push_into(input.as_bytes(), &mut events),
+            Err(SseError::EventTooLarge(32))
+        );
+        let data: Vec<&str> = events.iter().map(Event::data).collect();
+        assert_eq!(data, ["a", "b"]);
     }
 
     #[test]
