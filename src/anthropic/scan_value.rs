@@ -15,7 +15,9 @@
 
 use crate::engine::{Engine, Findings, Scope};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
+use std::fmt::Write as _;
 
 /// Keys whose string values are identifiers or enum tags: a placeholder cannot stand in for
 /// them, so a finding there refuses the document.
@@ -105,12 +107,14 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
+            match object.entry(key) {
                 // The key is not quoted: it may be a secret.
-                return Err(de::Error::custom("duplicate object key"));
+                Entry::Occupied(_) => return Err(de::Error::custom("duplicate object key")),
+                Entry::Vacant(slot) => {
+                    let Strict(value) = map.next_value()?;
+                    slot.insert(value);
+                }
             }
-            let Strict(value) = map.next_value()?;
-            object.insert(key, value);
         }
         Ok(Value::Object(object))
     }
@@ -142,7 +146,7 @@ fn walk(
             let mut changed = false;
             for (at, item) in items.iter_mut().enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{at}]"));
+                let _ = write!(path, "[{at}]");
                 changed |= walk(engine, item, path, free_form, false, findings)?;
                 path.truncate(len);
             }
@@ -159,8 +163,7 @@ fn walk(
                 }
                 path.push_str(key);
                 // A key cannot carry a placeholder: any finding in it refuses.
-                let mut key_text = key.clone();
-                scan_string(engine, &mut key_text, path, true, findings)?;
+                scan_str(engine, key, path, true, findings)?;
                 let child_opaque = !free_form
                     && (OPAQUE_KEYS.contains(&key.as_str()) || (redacted && key == "data"));
                 let child_free = free_form || key == "input" || key == "input_schema";
@@ -173,18 +176,20 @@ fn walk(
     }
 }
 
-fn scan_string(
+/// Scans `text`, recording its findings under `path`: the masked text when a finding rewrote
+/// it, a refusal when that cannot be (`opaque`: a key, an id).
+fn scan_str(
     engine: &Engine,
-    text: &mut String,
+    text: &str,
     path: &str,
     opaque: bool,
     findings: &mut Findings,
-) -> Result<bool, ScanFault> {
+) -> Result<Option<String>, ScanFault> {
     let masked = engine
         .mask(text, Scope::Response)
         .map_err(|_| ScanFault::Failed)?;
     if masked.findings.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     let rewritten = masked.findings.iter().find(|f| f.rewritten).cloned();
     let new_text = masked.text.into_owned();
@@ -192,15 +197,28 @@ fn scan_string(
         findings.push(path, finding);
     }
     match rewritten {
-        None => Ok(false),
+        None => Ok(None),
         Some(finding) if opaque => Err(ScanFault::Refused {
             rule_id: finding.rule_id,
             path: path.to_string(),
         }),
-        Some(_) => {
-            *text = new_text;
+        Some(_) => Ok(Some(new_text)),
+    }
+}
+
+fn scan_string(
+    engine: &Engine,
+    text: &mut String,
+    path: &str,
+    opaque: bool,
+    findings: &mut Findings,
+) -> Result<bool, ScanFault> {
+    match scan_str(engine, text, path, opaque, findings)? {
+        Some(masked) => {
+            *text = masked;
             Ok(true)
         }
+        None => Ok(false),
     }
 }
 
