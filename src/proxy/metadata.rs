@@ -54,34 +54,60 @@ pub(super) fn scan_metadata(
 ) -> Result<Findings, Refused> {
     let mut findings = Findings::new();
     let path = percent_decode(uri.path().as_bytes(), false);
-    scan_part(engine, &path, 0, "path", "path", &mut findings)?;
+    scan_part(engine, &path, 0, Part::Path, &mut findings)?;
     if let Some(query) = uri.query() {
         let query = percent_decode(query.as_bytes(), true);
-        scan_part(engine, &query, 0, "query", "query string", &mut findings)?;
+        scan_part(engine, &query, 0, Part::Query, &mut findings)?;
     }
+    let mut line = String::new();
     for (name, value) in forwarded_headers(headers) {
         if is_credential(name) {
             continue;
         }
         // The name is scanned with its value (it is the client's text too); a finding in the
         // name is reported without naming the header.
-        let line = format!(
-            "{}: {}",
-            name.as_str(),
-            String::from_utf8_lossy(value.as_bytes())
-        );
-        let place = format!("header {}", name.as_str());
-        let what = format!("header `{}`", name.as_str());
+        line.clear();
+        line.push_str(name.as_str());
+        line.push_str(": ");
+        line.push_str(&String::from_utf8_lossy(value.as_bytes()));
         scan_part(
             engine,
             &line,
             name.as_str().len(),
-            &place,
-            &what,
+            Part::Header(name.as_str()),
             &mut findings,
         )?;
     }
     Ok(findings)
+}
+
+/// Which part of the request a scanned text is; its words are only written when there is a
+/// finding to place.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    Path,
+    Query,
+    Header(&'a str),
+}
+
+impl Part<'_> {
+    /// Where a finding is recorded.
+    fn place(self) -> String {
+        match self {
+            Part::Path => "path".into(),
+            Part::Query => "query".into(),
+            Part::Header(name) => format!("header {name}"),
+        }
+    }
+
+    /// How an error message names it.
+    fn what(self) -> String {
+        match self {
+            Part::Path => "path".into(),
+            Part::Query => "query string".into(),
+            Part::Header(name) => format!("header `{name}`"),
+        }
+    }
 }
 
 /// Why metadata refused a request; `findings` holds every finding up to and including the one
@@ -99,14 +125,13 @@ fn scan_part(
     engine: &Engine,
     text: &str,
     name_len: usize,
-    place: &str,
-    what: &str,
+    part: Part<'_>,
     findings: &mut Findings,
 ) -> Result<(), Refused> {
     let found = engine.scan(text, Scope::Request).map_err(|_| Refused {
         error: ApiError::new(
             ErrorKind::Api,
-            format!("streammask: the {what} could not be scanned"),
+            format!("streammask: the {} could not be scanned", part.what()),
         ),
         rule_id: String::new(),
         findings: std::mem::take(findings),
@@ -115,9 +140,9 @@ fn scan_part(
         let action = finding.action;
         let rule_id = finding.rule_id.clone();
         let (place, what) = if finding.span.start < name_len {
-            ("header name", "header name")
+            ("header name".to_string(), "header name".to_string())
         } else {
-            (place, what)
+            (part.place(), part.what())
         };
         findings.push(place, finding);
         if action == Action::Audit {
