@@ -178,6 +178,11 @@ impl Decoder {
         Some(Decoder { kind })
     }
 
+    /// Whether bytes pass through unchanged (no content coding).
+    pub fn is_identity(&self) -> bool {
+        matches!(self.kind, DecoderKind::Identity)
+    }
+
     /// Decompress `chunk`, returning what is available so far (at most the cap).
     pub fn decode(&mut self, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
