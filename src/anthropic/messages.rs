@@ -13,6 +13,10 @@
 //!   masked, as an extra delta before the block's `content_block_stop` ("flush before stop");
 //!   the masker keeps its state across the stop, so the part of a secret that continues in the
 //!   next block is replaced by a placeholder when its match completes;
+//! - **deltas that arrive together go out together**: consecutive compact text (or thinking)
+//!   deltas of one block within one [`SseTransformer::push`] are masked as one piece and sent
+//!   as one delta. The text a client joins is the same; nothing is held for later input (the
+//!   run ends with the call), so a paced stream's events go out one by one as before;
 //! - **tool-like blocks** (`tool_use`, `server_tool_use`, `mcp_tool_use`, and any block whose
 //!   start carries an `input`) are buffered to their stop, judged whole with the `tool_input`
 //!   rules, and emitted as start, one `input_json_delta`, stop — or, when a `block` rule
@@ -246,6 +250,18 @@ enum Kind {
     },
     /// Any other block: its deltas' string fields are streamed through `generic` maskers.
     Other,
+}
+
+impl Kind {
+    /// A thinking block just started, with the signature its start carried.
+    fn thinking(signature: String) -> Kind {
+        Kind::Thinking(Box::new(ThinkingState {
+            original: String::new(),
+            over_cap: false,
+            changed: false,
+            signature,
+        }))
+    }
 }
 
 struct OpenBlock {
@@ -887,12 +903,7 @@ impl SseTransformer {
                 if let Some((index, block_type)) = compact_block_start(data) {
                     if self.blocks.get_mut(index).is_none() {
                         let kind = match block_type {
-                            "thinking" => Kind::Thinking(Box::new(ThinkingState {
-                                original: String::new(),
-                                over_cap: false,
-                                changed: false,
-                                signature: String::new(),
-                            })),
+                            "thinking" => Kind::thinking(String::new()),
                             _ => Kind::Text,
                         };
                         self.blocks.insert(index, kind);
@@ -968,7 +979,7 @@ impl SseTransformer {
             }
             "message_delta" => self.on_message_delta(data, &event, out),
             "message_start" => {
-                self.record_usage(data.pointer("/message/usage"));
+                self.record_usage(data.get("message").and_then(|v| v.get("usage")));
                 self.forward_scanned(&event, data, out);
             }
             "message_stop" => {
@@ -1020,7 +1031,8 @@ impl SseTransformer {
 
     fn on_block_start(&mut self, index: u64, mut data: Value, event: &Event, out: &mut Vec<u8>) {
         let Some(block_type) = data
-            .pointer("/content_block/type")
+            .get("content_block")
+            .and_then(|v| v.get("type"))
             .and_then(Value::as_str)
             .map(str::to_string)
         else {
@@ -1087,12 +1099,7 @@ impl SseTransformer {
         };
         let kind = match which {
             Which::Text => Kind::Text,
-            Which::Thinking => Kind::Thinking(Box::new(ThinkingState {
-                original: String::new(),
-                over_cap: false,
-                changed: false,
-                signature,
-            })),
+            Which::Thinking => Kind::thinking(signature),
         };
         self.blocks.insert(index, kind);
         if initial.is_empty() && !changed {
@@ -1118,7 +1125,8 @@ impl SseTransformer {
 
     fn on_block_delta(&mut self, index: u64, mut data: Value, event: &Event, out: &mut Vec<u8>) {
         let Some(delta_kind) = data
-            .pointer("/delta/type")
+            .get("delta")
+            .and_then(|v| v.get("type"))
             .and_then(Value::as_str)
             .map(str::to_string)
         else {
@@ -1139,7 +1147,10 @@ impl SseTransformer {
             ("text_delta", Kind::Text | Kind::Other) => Some(Which::Text),
             ("thinking_delta", Kind::Thinking(_)) => Some(Which::Thinking),
             ("input_json_delta", Kind::Tool { partial_json, .. }) => {
-                let Some(piece) = data.pointer("/delta/partial_json").and_then(Value::as_str)
+                let Some(piece) = data
+                    .get("delta")
+                    .and_then(|v| v.get("partial_json"))
+                    .and_then(Value::as_str)
                 else {
                     return self.fail(
                         StreamFault::Malformed("an input_json_delta without its input".into()),
@@ -1154,7 +1165,8 @@ impl SseTransformer {
             }
             ("signature_delta", Kind::Thinking(_)) => {
                 let signature = data
-                    .pointer("/delta/signature")
+                    .get("delta")
+                    .and_then(|v| v.get("signature"))
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
@@ -1347,7 +1359,8 @@ impl SseTransformer {
         self.findings.append(findings);
         if let ToolVerdict::Allow(masked) = verdict {
             let name = start
-                .pointer("/content_block/name")
+                .get("content_block")
+                .and_then(|v| v.get("name"))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let (after, findings) = restore_allowed_input(
@@ -1376,7 +1389,8 @@ impl SseTransformer {
             }
             ToolVerdict::Block(refusal) => {
                 let name = start
-                    .pointer("/content_block/name")
+                    .get("content_block")
+                    .and_then(|v| v.get("name"))
                     .and_then(Value::as_str)
                     .unwrap_or("tool");
                 let text = refusal.client_text(&self.engine, name);
@@ -1391,8 +1405,11 @@ impl SseTransformer {
 
     fn on_message_delta(&mut self, mut data: Value, event: &Event, out: &mut Vec<u8>) {
         self.record_usage(data.get("usage"));
-        let stop_is_tool_use =
-            data.pointer("/delta/stop_reason").and_then(Value::as_str) == Some("tool_use");
+        let stop_is_tool_use = data
+            .get("delta")
+            .and_then(|v| v.get("stop_reason"))
+            .and_then(Value::as_str)
+            == Some("tool_use");
         if stop_is_tool_use && !self.blocked_tools.is_empty() && self.tools_allowed == 0 {
             data["delta"]["stop_reason"] = json!("end_turn");
             let rewritten = Event::new("message_delta", &data.to_string());
