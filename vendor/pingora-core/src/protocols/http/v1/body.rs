@@ -234,6 +234,15 @@ impl BodyReader {
         body_buf
     }
 
+    /// streammask patch: body bytes read into the buffer and not parsed yet (a chunked body
+    /// whose chunks came together), to size a read that joins them.
+    pub fn buffered_unparsed(&self) -> usize {
+        match self.body_state {
+            PS::Chunked(_, start, end, _) if start != 0 => end.saturating_sub(start),
+            _ => 0,
+        }
+    }
+
     /// streammask patch: how much a read from IO into an empty buffer asks for. Upstream, small
     /// (IDLE_READ_SIZE) until a read fills it, then the whole BODY_BUFFER_SIZE until one does
     /// not; downstream always the whole size.

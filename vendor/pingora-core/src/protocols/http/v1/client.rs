@@ -567,6 +567,7 @@ impl HttpSession {
             return Ok(None);
         };
         let mut joined = BytesMut::from(first);
+        joined.reserve(self.body_reader.buffered_unparsed());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         while joined.len() < max {
             // Polled once, so no timeout applies: the read either has its bytes now or is
