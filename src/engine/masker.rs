@@ -148,13 +148,19 @@ pub fn rewrites(scope: Scope, action: Action) -> bool {
 
 /// The Claude API's own words, which every exchange repeats: its JSON's field names and event,
 /// block and delta types, roles and stop reasons (a streamed reply's `message_start`,
-/// `content_block_start` and `message_delta` are mostly these), and its response headers'
-/// names and common values. Sorted, for a binary search. This is not a list of texts let
-/// through unscanned: a word's scan result is remembered only after this engine has scanned it
-/// and found nothing in any scope ([`Engine::protocol_word_is_clean`]), so an organisation's
-/// rule or term that matches one still finds it.
-pub const PROTOCOL_WORDS: [&str; 134] = [
+/// `content_block_start` and `message_delta` are mostly these), its response headers' names
+/// and common values, its routes' paths (and Claude Code's `beta=true` query), and the request
+/// header lines every SDK sends alike (`anthropic-version: 2023-06-01`, as the metadata scan
+/// reads them). Sorted, for a binary search. This is not a list of texts let through
+/// unscanned: a word's scan result is remembered only after this engine has scanned it and
+/// found nothing in any scope ([`Engine::protocol_word_is_clean`]), so an organisation's rule
+/// or term that matches one still finds it.
+pub const PROTOCOL_WORDS: [&str; 141] = [
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/models",
     "accept-encoding",
+    "accept: application/json",
     "anthropic-organization-id",
     "anthropic-ratelimit-input-tokens-limit",
     "anthropic-ratelimit-input-tokens-remaining",
@@ -168,6 +174,7 @@ pub const PROTOCOL_WORDS: [&str; 134] = [
     "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining",
     "anthropic-ratelimit-tokens-reset",
+    "anthropic-version: 2023-06-01",
     "anthropic_beta",
     "anthropic_version",
     "any",
@@ -178,6 +185,7 @@ pub const PROTOCOL_WORDS: [&str; 134] = [
     "authentication_error",
     "auto",
     "base64",
+    "beta=true",
     "boolean",
     "budget_tokens",
     "cache-control",
@@ -195,6 +203,7 @@ pub const PROTOCOL_WORDS: [&str; 134] = [
     "content",
     "content-encoding",
     "content-type",
+    "content-type: application/json",
     "content_block",
     "content_block_delta",
     "content_block_start",
