@@ -78,7 +78,11 @@ fn compact_index(text: &str) -> Option<(u64, &str)> {
     if digits == 0 || digits > 9 || (digits > 1 && text.starts_with('0')) {
         return None;
     }
-    Some((text[..digits].parse().ok()?, &text[digits..]))
+    // At most nine digits: no overflow.
+    let index = text.as_bytes()[..digits]
+        .iter()
+        .fold(0u64, |index, digit| index * 10 + u64::from(digit - b'0'));
+    Some((index, &text[digits..]))
 }
 
 /// The value of `literal` when it is exactly one JSON string literal (quotes included).
@@ -127,21 +131,31 @@ pub(crate) fn write_delta_event(
 /// the short forms `\b \f \n \r \t`, other control characters as `\u00XX`).
 fn write_json_string(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // The escape letter of each byte that needs one (0: none), so a clean byte costs one load.
+    const ESCAPES: [u8; 256] = {
+        let mut table = [0u8; 256];
+        let mut byte = 0;
+        while byte < 0x20 {
+            table[byte] = b'u';
+            byte += 1;
+        }
+        table[0x08] = b'b';
+        table[0x0c] = b'f';
+        table[b'\n' as usize] = b'n';
+        table[b'\r' as usize] = b'r';
+        table[b'\t' as usize] = b't';
+        table[b'"' as usize] = b'"';
+        table[b'\\' as usize] = b'\\';
+        table
+    };
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut clean_from = 0;
     for (at, &byte) in bytes.iter().enumerate() {
-        let short = match byte {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
+        let short = ESCAPES[usize::from(byte)];
+        if short == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[clean_from..at]);
         clean_from = at + 1;
         out.push(b'\\');
