@@ -280,7 +280,6 @@ struct DeltaRun {
     text: String,
     /// The event itself while the run is one event long.
     only: Option<Event>,
-    events: usize,
 }
 
 /// Why a stream was ended early.
@@ -578,23 +577,22 @@ impl SseTransformer {
             _ => return Some(event),
         };
         let index = delta.index;
-        if !run
-            .as_ref()
-            .is_some_and(|run| run.which == which && run.index == index)
-        {
-            self.flush_run(run, out);
+        match run {
+            Some(run) if run.which == which && run.index == index => {
+                run.text.push_str(&delta.text);
+                run.only = None;
+            }
+            _ => {
+                self.flush_run(run, out);
+                let text = delta.text.into_owned();
+                *run = Some(DeltaRun {
+                    which,
+                    index,
+                    text,
+                    only: Some(event),
+                });
+            }
         }
-        let run = run.get_or_insert_with(|| DeltaRun {
-            which,
-            index,
-            text: String::new(),
-            only: None,
-            events: 0,
-        });
-        run.text.push_str(&delta.text);
-        drop(delta);
-        run.events += 1;
-        run.only = (run.events == 1).then_some(event);
         None
     }
 
