@@ -1126,3 +1126,48 @@ fn a_secret_split_across_deltas_that_arrive_together_is_masked() {
     SdkView::of(&out).assert_no(&out, &secret, "deltas read in one go");
     assert!(String::from_utf8_lossy(&out).contains("[MASKED:"));
 }
+
+#[test]
+fn message_events_pass_byte_for_byte_and_their_usage_is_counted() {
+    use streammask::anthropic::usage::TokenKind;
+    let start = ev(
+        "message_start",
+        json!({"type":"message_start","message":{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":4,"cache_read_input_tokens":3,"output_tokens":1,"service_tier":"standard"}}}),
+    );
+    let end = ev(
+        "message_delta",
+        json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}),
+    );
+    let error = ev(
+        "error",
+        json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
+    );
+    let input = [
+        start.clone(),
+        start_text(),
+        text(0, "hello"),
+        stop(0),
+        end.clone(),
+        error.clone(),
+    ]
+    .concat();
+    let (out, sse) = run(pack(), input.as_bytes(), &[]);
+    let out = String::from_utf8(out).expect("utf-8");
+    for event in [&start, &end, &error] {
+        assert!(out.contains(event.as_str()), "{event} is not in\n{out}");
+    }
+    let usage = sse.usage();
+    assert_eq!(usage.get(TokenKind::Input), Some(25));
+    assert_eq!(usage.get(TokenKind::CacheWrite), Some(4));
+    assert_eq!(usage.get(TokenKind::CacheRead), Some(3));
+    assert_eq!(
+        usage.get(TokenKind::Output),
+        Some(15),
+        "the later report wins"
+    );
+    assert!(sse.fault().is_none(), "{:?}", sse.fault());
+}
+
+fn start_text() -> String {
+    start(0, json!({"type":"text","text":""}))
+}

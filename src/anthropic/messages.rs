@@ -41,7 +41,9 @@ use crate::anthropic::compact::{
     compact_block_start, compact_block_stop, write_delta_event, CompactDelta,
 };
 use crate::anthropic::restore::{RestoreEvent, RestoreMap, TextRestorer};
-use crate::anthropic::scan_value::{lenient_value, parse_strict, scan_value, ScanFault};
+use crate::anthropic::scan_value::{
+    lenient_value, parse_strict, scan_clean, scan_value, CleanDocument, ScanFault,
+};
 use crate::anthropic::sse::{encode_event, write_event, Event, SseError, SseFramer};
 use crate::anthropic::tools::{
     is_tool_like, judge_message_tools, judge_tool_input, restore_allowed_input, restore_message,
@@ -938,6 +940,19 @@ impl SseTransformer {
                 return self.refuse(fault, out);
             }
         }
+        // A content block event needs its tree (index, block); most others pass as they came,
+        // once scanned clean without one.
+        let block_event = matches!(
+            name,
+            Some("content_block_start" | "content_block_delta" | "content_block_stop")
+        );
+        if !block_event {
+            if let Some(clean) = scan_clean(&self.engine, data) {
+                if self.on_clean_event(clean, &event, out) {
+                    return;
+                }
+            }
+        }
         let Ok(data) = parse_strict(data) else {
             self.fail(
                 StreamFault::Malformed(
@@ -989,6 +1004,31 @@ impl SseTransformer {
                 self.forward_scanned(&event, data, out);
             }
         }
+    }
+
+    /// A document [`scan_clean`] passed: forwarded as it came, with what the tree path would
+    /// have recorded from it. `false` when it needs the tree path after all (a content block
+    /// event under another name; a tool-use stop that must be rewritten).
+    fn on_clean_event(&mut self, clean: CleanDocument, event: &Event, out: &mut Vec<u8>) -> bool {
+        match clean.kind.as_deref() {
+            Some("content_block_start" | "content_block_delta" | "content_block_stop") => {
+                return false
+            }
+            Some("message_start") => self.usage.update(clean.message_usage),
+            Some("message_delta") => {
+                if clean.stop_reason.as_deref() == Some("tool_use") && self.hides_tool_use_stop() {
+                    return false;
+                }
+                self.usage.update(clean.usage);
+            }
+            Some("message_stop") => {
+                self.close_open_blocks(out);
+                self.saw_message_stop = true;
+            }
+            _ => {}
+        }
+        event.write_to(out);
+        true
     }
 
     fn record_usage(&mut self, usage: Option<&Value>) {
@@ -1401,6 +1441,12 @@ impl SseTransformer {
         }
     }
 
+    /// Whether a `tool_use` stop is turned into `end_turn`: every tool call of the response
+    /// was blocked, so the client has none to run.
+    fn hides_tool_use_stop(&self) -> bool {
+        !self.blocked_tools.is_empty() && self.tools_allowed == 0
+    }
+
     fn on_message_delta(&mut self, mut data: Value, event: &Event, out: &mut Vec<u8>) {
         self.record_usage(data.get("usage"));
         let stop_is_tool_use = data
@@ -1408,7 +1454,7 @@ impl SseTransformer {
             .and_then(|v| v.get("stop_reason"))
             .and_then(Value::as_str)
             == Some("tool_use");
-        if stop_is_tool_use && !self.blocked_tools.is_empty() && self.tools_allowed == 0 {
+        if stop_is_tool_use && self.hides_tool_use_stop() {
             data["delta"]["stop_reason"] = json!("end_turn");
             let rewritten = Event::new("message_delta", &data.to_string());
             self.forward_scanned(&rewritten, data, out);

@@ -11,12 +11,19 @@
 //!   without breaking what the client does with it, so it is a [`ScanFault::Refused`] and the
 //!   caller must not forward the document;
 //! - inside a tool call's `input` (and any `input_schema`) keys mean nothing to the API, so
-//!   nothing there is opaque.
+//!   nothing there is opaque;
+//! - [`scan_clean`] reads the same documents without building a tree, and answers only when
+//!   [`parse_strict`] would accept the document and [`scan_value`] would find nothing in it (it
+//!   scans the same keys and strings, decoded, in the same scope): the caller may then forward
+//!   the document as it came. Any finding, duplicate key or parse error is `None`, and the
+//!   caller takes the tree path, which decides what to do with it.
 
+use crate::anthropic::usage::{TokenKind, Usage};
 use crate::engine::{Engine, Findings, Scope};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Keys whose string values are identifiers or enum tags: a placeholder cannot stand in for
@@ -222,6 +229,213 @@ fn scan_string(
     }
 }
 
+/// What a document [`scan_clean`] passed says that the stream needs, read in the same pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct CleanDocument {
+    /// The top-level `type`, when it is a string.
+    pub kind: Option<String>,
+    /// The token counts of `message.usage` (a `message_start`).
+    pub message_usage: Usage,
+    /// The token counts of the top-level `usage` (a `message_delta`).
+    pub usage: Usage,
+    /// The string at `delta.stop_reason`, when there is one.
+    pub stop_reason: Option<String>,
+}
+
+/// `data` parsed strictly and every key and string scanned in the response scope, without a
+/// tree: `Some` only when the document is strict JSON and nothing in it has a finding (see the
+/// module docs).
+pub(crate) fn scan_clean(engine: &Engine, data: &str) -> Option<CleanDocument> {
+    let mut clean = CleanScan {
+        engine,
+        keys: Vec::new(),
+        document: CleanDocument::default(),
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(data);
+    CleanSeed {
+        scan: &mut clean,
+        place: Place::Root,
+    }
+    .deserialize(&mut deserializer)
+    .ok()?;
+    deserializer.end().ok()?;
+    Some(clean.document)
+}
+
+/// Where in the document a value is, as far as [`CleanDocument`] cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Root,
+    RootType,
+    Message,
+    MessageUsage,
+    Usage,
+    Delta,
+    StopReason,
+    /// A token count: the number at this place is recorded.
+    Count(TokenKind, bool),
+    Elsewhere,
+}
+
+impl Place {
+    fn child(self, key: &str) -> Place {
+        match (self, key) {
+            (Place::Root, "type") => Place::RootType,
+            (Place::Root, "message") => Place::Message,
+            (Place::Root, "usage") => Place::Usage,
+            (Place::Root, "delta") => Place::Delta,
+            (Place::Message, "usage") => Place::MessageUsage,
+            (Place::Delta, "stop_reason") => Place::StopReason,
+            (Place::MessageUsage | Place::Usage, field) => match TokenKind::from_field(field) {
+                Some(kind) => Place::Count(kind, self == Place::MessageUsage),
+                None => Place::Elsewhere,
+            },
+            _ => Place::Elsewhere,
+        }
+    }
+}
+
+/// The most keys an object read by [`scan_clean`] may have.
+const MAX_CLEAN_KEYS: usize = 64;
+
+struct CleanScan<'e, 'de> {
+    engine: &'e Engine,
+    /// The keys of the objects being read, innermost last (duplicates are looked for among
+    /// the innermost object's own).
+    keys: Vec<Cow<'de, str>>,
+    document: CleanDocument,
+}
+
+impl CleanScan<'_, '_> {
+    fn is_clean(&self, text: &str) -> bool {
+        matches!(self.engine.scan(text, Scope::Response), Ok(found) if found.is_empty())
+    }
+}
+
+/// Why a clean scan stopped: the caller only learns that it did.
+fn not_clean<E: de::Error>() -> E {
+    E::custom("not a clean document")
+}
+
+struct CleanSeed<'s, 'e, 'de> {
+    scan: &'s mut CleanScan<'e, 'de>,
+    place: Place,
+}
+
+impl<'de> DeserializeSeed<'de> for CleanSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CleanSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, count: u64) -> Result<(), E> {
+        if let Place::Count(kind, in_message) = self.place {
+            let document = &mut self.scan.document;
+            match in_message {
+                true => document.message_usage.set(kind, count),
+                false => document.usage.set(kind, count),
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        if !self.scan.is_clean(text) {
+            return Err(not_clean());
+        }
+        match self.place {
+            Place::RootType => self.scan.document.kind = Some(text.to_owned()),
+            Place::StopReason => self.scan.document.stop_reason = Some(text.to_owned()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(CleanSeed {
+                scan: &mut *self.scan,
+                place: Place::Elsewhere,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let first = self.scan.keys.len();
+        while let Some(KeyText(key)) = map.next_key()? {
+            // The API's objects have a handful of keys; a long one goes to the tree path, whose
+            // duplicate check does not grow with the square of the keys.
+            let own_keys = &self.scan.keys[first..];
+            if own_keys.len() >= MAX_CLEAN_KEYS
+                || own_keys.contains(&key)
+                || !self.scan.is_clean(&key)
+            {
+                return Err(not_clean());
+            }
+            let place = self.place.child(&key);
+            self.scan.keys.push(key);
+            map.next_value_seed(CleanSeed {
+                scan: &mut *self.scan,
+                place,
+            })?;
+        }
+        self.scan.keys.truncate(first);
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the document when it has no escape.
+struct KeyText<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for KeyText<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyText<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<KeyText<'de>, E> {
+                Ok(KeyText(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<KeyText<'de>, E> {
+                Ok(KeyText(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 /// A JSON body as a lenient reader (Python's `json`, the SDKs) reads it, for the decisions
 /// that need a tree (tool calls): a UTF-8 byte-order mark is skipped and the `NaN`,
 /// `Infinity` and `-Infinity` literals read as `null`. `None` when it is not JSON even so.
@@ -337,6 +551,82 @@ applies_to = ["request", "response"]
             scan_value(&engine, &mut value, "e", &mut Findings::new()),
             Ok(true)
         );
+    }
+
+    /// The tree path's answer for `doc`: `None` unless it parses strictly and scans clean.
+    fn clean_by_tree(engine: &Engine, doc: &str) -> Option<CleanDocument> {
+        let mut value = parse_strict(doc).ok()?;
+        let mut findings = Findings::new();
+        let changed = scan_value(engine, &mut value, "e", &mut findings).ok()?;
+        if changed || !findings.is_empty() {
+            return None;
+        }
+        let usage_at = |usage: Option<&Value>| {
+            let mut counted = Usage::default();
+            if let Some(Value::Object(usage)) = usage {
+                counted.record(usage);
+            }
+            counted
+        };
+        Some(CleanDocument {
+            kind: value.get("type").and_then(Value::as_str).map(str::to_owned),
+            message_usage: usage_at(value.get("message").and_then(|m| m.get("usage"))),
+            usage: usage_at(value.get("usage")),
+            stop_reason: value
+                .get("delta")
+                .and_then(|d| d.get("stop_reason"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn the_clean_scan_agrees_with_the_tree_path() {
+        let engine = crate::engine::test_engine(RULES);
+        let s = secret();
+        let many_keys: String = (0..70).map(|k| format!(r#""k{k}":{k},"#)).collect();
+        let docs = [
+            r#"{"type":"message_start","message":{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":3,"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":1,"service_tier":"standard"}}}"#.to_string(),
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":15,"input_tokens":-1,"cache_read_input_tokens":2.5}}"#.to_string(),
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15},"message":{"usage":7}}"#.to_string(),
+            r#"{"usage":{"output_tokens":3},"type":"message_delta"}"#.to_string(),
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.to_string(),
+            r#"{"ty\u0070e":"message_stop","n":[1,[2,{"a":null}],true]}"#.to_string(),
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool\u005fuse"}}"#.to_string(),
+            r#"[1,"two",{"three":3}]"#.to_string(),
+            r#""just a string""#.to_string(),
+            format!(r#"{{"type":"message_delta","delta":{{"text":"a {s} b"}}}}"#),
+            format!(r#"{{"type":"message_start","message":{{"id":"{s}"}}}}"#),
+            format!(r#"{{"{s}":1}}"#),
+            format!(r#"{{"a":["x","{s}"]}}"#),
+            r#"{"a":1,"a":2}"#.to_string(),
+            r#"{"x":{"text":"a","te\u0078t":"b"}}"#.to_string(),
+            r#"{"x":{"a":1},"y":{"a":1},"a":{"x":1}}"#.to_string(),
+            r#"{"type":"message_stop"} trailing"#.to_string(),
+            r#"{"type":"#.to_string(),
+            "not json".to_string(),
+            format!("{{{many_keys}\"type\":\"ping\"}}"),
+        ];
+        let mut clean = 0;
+        for doc in &docs {
+            let by_tree = clean_by_tree(&engine, doc);
+            let by_scan = scan_clean(&engine, doc);
+            if doc.contains("k69") {
+                // Past the key bound the clean scan leaves the document to the tree path.
+                assert!(by_tree.is_some() && by_scan.is_none(), "{doc}");
+                continue;
+            }
+            assert_eq!(by_scan, by_tree, "{doc}");
+            clean += usize::from(by_scan.is_some());
+        }
+        assert_eq!(clean, 10, "the clean documents of the list");
+        let start = scan_clean(&engine, &docs[0]).expect("a clean message_start");
+        assert_eq!(start.message_usage.get(TokenKind::Input), Some(25));
+        assert_eq!(start.message_usage.get(TokenKind::CacheRead), Some(3));
+        let delta = scan_clean(&engine, &docs[1]).expect("a clean message_delta");
+        assert_eq!(delta.stop_reason.as_deref(), Some("tool_use"));
+        assert_eq!(delta.usage.get(TokenKind::Output), Some(15));
+        assert_eq!(delta.usage.get(TokenKind::Input), None);
     }
 
     #[test]

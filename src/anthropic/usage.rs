@@ -78,6 +78,15 @@ impl Usage {
         }
     }
 
+    /// Take in a later report: every kind it counts.
+    pub fn update(&mut self, later: Usage) {
+        for kind in TokenKind::ALL {
+            if let Some(count) = later.get(kind) {
+                self.set(kind, count);
+            }
+        }
+    }
+
     /// Take in a `usage` object: every field that counts a kind of token; others are ignored.
     pub fn record(&mut self, usage: &serde_json::Map<String, serde_json::Value>) {
         for (field, value) in usage {
