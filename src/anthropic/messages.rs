@@ -51,7 +51,7 @@ use crate::anthropic::tools::{
 };
 use crate::anthropic::usage::Usage;
 use crate::engine::json_walk::{mask_json, ThinkingMode, WalkError, WalkOptions};
-use crate::engine::{Engine, Findings, Scope, StreamMasker};
+use crate::engine::{text_of, Engine, Findings, Scope, StreamMasker};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -622,7 +622,7 @@ impl SseTransformer {
                     index,
                     which.delta_type(),
                     which.field(),
-                    &String::from_utf8_lossy(&emitted),
+                    &text_of(&emitted),
                 ),
                 _ => {}
             }
@@ -1155,7 +1155,7 @@ impl SseTransformer {
                     index,
                     which.delta_type(),
                     which.field(),
-                    &String::from_utf8_lossy(&emitted),
+                    &text_of(&emitted),
                 );
             }
         }
@@ -1259,13 +1259,7 @@ impl SseTransformer {
             event.write_to(out);
         } else if plain {
             if !emitted.is_empty() {
-                write_delta_event(
-                    out,
-                    index,
-                    which.delta_type(),
-                    field,
-                    &String::from_utf8_lossy(&emitted),
-                );
+                write_delta_event(out, index, which.delta_type(), field, &text_of(&emitted));
             }
         } else {
             data["delta"][field] = Value::String(String::from_utf8_lossy(&emitted).into_owned());

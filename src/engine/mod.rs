@@ -48,6 +48,16 @@ pub use json_walk::{ThinkingMode, ThinkingRestore};
 pub use masker::{Engine, Finding, MaskError, Masked, StreamMasker};
 pub use rules::{Action, Rule, RuleSet, Scope};
 
+/// `bytes` as the text a scan reads, invalid sequences replaced as `String::from_utf8_lossy`
+/// replaces them. Valid text, nearly all of it, is borrowed after the standard check, which
+/// is several times faster than the lossy reader's walk over the same bytes.
+pub fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// An engine for unit tests: the rules of `toml` (one rule file's text), a fixed placeholder
 /// key and the default hold cap.
 #[cfg(test)]

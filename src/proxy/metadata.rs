@@ -15,7 +15,7 @@
 
 use super::headers::end_to_end_headers;
 use crate::anthropic::api::{ApiError, ErrorKind};
-use crate::engine::{Action, Engine, Findings, Scope};
+use crate::engine::{text_of, Action, Engine, Findings, Scope};
 use http::header::{self, HeaderName};
 
 /// Headers the proxy sets itself on the upstream request: whatever the client sent is dropped.
@@ -69,7 +69,7 @@ pub(super) fn scan_metadata(
         line.clear();
         line.push_str(name.as_str());
         line.push_str(": ");
-        line.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        line.push_str(&text_of(value.as_bytes()));
         scan_part(
             engine,
             &line,

@@ -414,6 +414,9 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
     }
 }
 
+/// The response header that carries the exchange's id (`smreq_…`) to the client.
+pub(crate) const REQUEST_ID_HEADER: &str = "x-streammask-request-id";
+
 async fn respond_error(session: &mut Session, exchange: &mut Exchange, error: &ApiError) {
     let body = error.body();
     exchange.status = error.status;
@@ -423,7 +426,7 @@ async fn respond_error(session: &mut Session, exchange: &mut Exchange, error: &A
     };
     let _ = header.insert_header(header::CONTENT_TYPE, "application/json");
     let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
-    let _ = header.insert_header("x-streammask-request-id", exchange.request_id.as_str());
+    let _ = header.insert_header(REQUEST_ID_HEADER, exchange.request_id.as_str());
     for (name, value) in &error.headers {
         let _ = header.insert_header(*name, value.as_str());
     }

@@ -6,12 +6,13 @@
 //!   informational answers, `100` and `103`, are skipped by the upstream reader before the
 //!   final one; one that still got here would be refused the same way);
 //! - every header that reaches the client (name and value, as text) is scanned with the
-//!   response rules; a header cannot carry a placeholder, so a finding that would be rewritten
+//!   response rules, but for the request id the proxy writes itself after the scan (the
+//!   upstream's header of that name is dropped); a header cannot carry a placeholder, so a finding that would be rewritten
 //!   anywhere else answers the client with a 502 naming the rule (never the header's text).
 //!   Findings of report-only rules are recorded and the header goes on.
 
 use crate::anthropic::api::{ApiError, ErrorKind};
-use crate::engine::{Engine, Findings, Scope};
+use crate::engine::{text_of, Engine, Findings, Scope};
 use pingora::http::ResponseHeader;
 
 fn bad_gateway(message: String) -> ApiError {
@@ -38,7 +39,7 @@ pub(super) fn scan(
     findings: &mut Findings,
 ) -> Result<(), ApiError> {
     for (name, value) in client.headers.iter() {
-        let value = String::from_utf8_lossy(value.as_bytes());
+        let value = text_of(value.as_bytes());
         for text in [name.as_str(), &value] {
             let found = engine
                 .scan(text, Scope::Response)

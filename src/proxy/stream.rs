@@ -30,7 +30,7 @@ use super::headers::{end_to_end_headers, header_str};
 use super::provider::Routed;
 use super::response_headers;
 use super::upstream::{unavailable, Opened};
-use super::{ProxyState, RequestCtx};
+use super::{ProxyState, RequestCtx, REQUEST_ID_HEADER};
 use crate::anthropic::api::{ApiError, ErrorKind, Provider, Route};
 use crate::anthropic::batches::point_results_url_at_proxy;
 use crate::anthropic::bedrock::{exception_bytes, BedrockStream};
@@ -47,7 +47,7 @@ use crate::engine::{Engine, Findings, Scope, ThinkingMode};
 use crate::exchange::{Exchange, UpstreamError};
 use crate::observe::metrics::StreamGuard;
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::proxy::Session;
@@ -183,7 +183,7 @@ fn prepare(
         exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(unavailable("unsupported response Content-Encoding"));
     };
-    let downstream = client_header(upstream_header, &exchange.request_id)?;
+    let mut downstream = client_header(upstream_header)?;
     let engine = ctx.engine(state);
     let mut header_findings = Findings::new();
     let scanned = response_headers::scan(&engine, &downstream, &mut header_findings);
@@ -192,6 +192,8 @@ fn prepare(
         ctx.exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(error);
     }
+    // The proxy's own words, added once the upstream's were scanned.
+    let _ = downstream.insert_header(REQUEST_ID_HEADER, ctx.exchange.request_id.as_str());
     Ok(Box::new(Prepared {
         kind,
         decoder,
@@ -288,8 +290,8 @@ async fn relay_whole(
 }
 
 /// The client's response header: the upstream's status and end-to-end headers, framing and
-/// encoding left to the proxy, and the request id.
-fn client_header(upstream: &ResponseHeader, request_id: &str) -> Result<ResponseHeader, ApiError> {
+/// encoding left to the proxy, and so is the request id (added by the caller).
+fn client_header(upstream: &ResponseHeader) -> Result<ResponseHeader, ApiError> {
     // Room for the request id, the framing and the two headers Pingora adds when it writes the
     // header (`Date`, `Connection`): a map grown once past its hint doubles, and the client's
     // session keeps this header for the life of the stream. No case-preserving name map: the
@@ -297,11 +299,14 @@ fn client_header(upstream: &ResponseHeader, request_id: &str) -> Result<Response
     let mut header =
         ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
             .map_err(|_| unavailable("bad response header"))?;
-    let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING];
+    let rewritten = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        HeaderName::from_static(REQUEST_ID_HEADER),
+    ];
     for (name, value) in end_to_end_headers(&upstream.headers, &rewritten) {
         let _ = header.append_header(name.clone(), value.clone());
     }
-    let _ = header.insert_header("x-streammask-request-id", request_id);
     Ok(header)
 }
 

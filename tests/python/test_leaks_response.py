@@ -155,6 +155,18 @@ def test_a_secret_in_a_response_header_is_refused(proxy, mock):
     assert T not in str(caught.value.body) and T not in str(caught.value.response.headers)
 
 
+def test_the_request_id_header_is_the_proxys_own(proxy, mock):
+    """The proxy writes its id after scanning the upstream's headers: an upstream header of that
+    name is dropped, never forwarded in its place or beside it."""
+    script = json.dumps({"kind": "garbage", "raw": SPLIT_STREAM, "headers": [["x-streammask-request-id", "upstream-" + T]]})
+    with make_client(proxy) as client:
+        with client.messages.with_streaming_response.create(**user_request("hi", stream=True), extra_headers={"x-mock-script": mock_script(script)}) as r:
+            body = b"".join(r.http_response.iter_bytes())
+            ids = r.http_response.headers.get_list("x-streammask-request-id")
+    assert len(ids) == 1 and ids[0].startswith("smreq_"), ids
+    assert T.encode() not in body
+
+
 # --- random streams through the real SDK ------------------------------------------------------
 
 def _random_stream(rng) -> tuple[str, list[str]]:
