@@ -276,8 +276,14 @@ fn parse_canonical(raw: &[u8]) -> Option<Result<(Span, Span), SseError>> {
 fn canonical_at_start(buf: &[u8]) -> Option<Result<(usize, Span, Span), SseError>> {
     const NAME_START: usize = b"event: ".len();
     let rest = buf.strip_prefix(b"event: ")?;
-    // A name is a word or two: a plain loop ends before a vector search has set up.
-    let name_end = NAME_START + rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
+    // Nearly every event is a delta: its name is compared whole rather than searched for the
+    // line's end byte by byte.
+    const DELTA: &[u8] = b"content_block_delta\n";
+    let name_len = match rest.starts_with(DELTA) {
+        true => DELTA.len() - 1,
+        false => memchr::memchr2(b'\n', b'\r', rest)?,
+    };
+    let name_end = NAME_START + name_len;
     if !buf[name_end..].starts_with(b"\ndata: ") {
         return None;
     }
