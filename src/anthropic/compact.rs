@@ -117,7 +117,7 @@ pub(crate) fn write_delta_event(
     out.extend_from_slice(
         b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
     );
-    out.extend_from_slice(index.to_string().as_bytes());
+    write_decimal(out, index);
     out.extend_from_slice(b",\"delta\":{\"type\":\"");
     out.extend_from_slice(delta_type.as_bytes());
     out.extend_from_slice(b"\",\"");
@@ -125,6 +125,22 @@ pub(crate) fn write_delta_event(
     out.extend_from_slice(b"\":");
     write_json_string(out, text);
     out.extend_from_slice(b"}}\n\n");
+}
+
+/// Appends `n` in decimal, without a `String` for it.
+fn write_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Appends `text` as a JSON string literal, escaped exactly as serde_json escapes it (`"`, `\`,
@@ -184,17 +200,19 @@ mod tests {
             "quote \" backslash \\ newline \n tab \t",
             "ünïcödé ✓ \u{1}",
         ] {
-            let value = json!({
-                "type": "content_block_delta",
-                "index": 3,
-                "delta": {"type": "text_delta", "text": text},
-            });
-            let expected = encode_event("content_block_delta", &value.to_string());
-            assert_eq!(
-                delta_event(3, "text_delta", "text", text),
-                expected,
-                "{text:?}"
-            );
+            for index in [0, 3, 9, 10, 12_345, u64::MAX] {
+                let value = json!({
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": text},
+                });
+                let expected = encode_event("content_block_delta", &value.to_string());
+                assert_eq!(
+                    delta_event(index, "text_delta", "text", text),
+                    expected,
+                    "{text:?} {index}"
+                );
+            }
         }
     }
 

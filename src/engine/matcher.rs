@@ -1095,7 +1095,8 @@ impl Matcher {
         // another. The order handed out is unchanged: a walk's ends lie after its key word,
         // which Hyperscan reported before any later report ends.
         let mut ends = Ends::default();
-        let mut batch = Vec::with_capacity(REPORT_BATCH);
+        // Grown as reports come: most scans (short strings, clean text) report nothing.
+        let mut batch = Vec::new();
         let mut handed_out = true;
         let completed = self.scan_block_merged(text, |candidate| {
             batch.push(candidate);
