@@ -517,11 +517,18 @@ def part1(args, relay_sel, relay, paths):
 # ---------------------------------------------------------------------------------------------
 # part 2: wrk
 
+# Each request's text differs (a counter), as real traffic's does: a proxy that remembers texts
+# it found clean (streammask does, for short ones) gets no help from the user's words, only from
+# what every request of a client repeats (its header lines, the model's name).
 LUA = """wrk.method = "POST"
-wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Hello! Please summarise the deploy script in two sentences."}]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["anthropic-version"] = "2023-06-01"
 wrk.headers["x-mock-script"] = '%s'
+local sent = 0
+request = function()
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, '{"model":"claude-sonnet-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Request ' .. sent .. ': please summarise the deploy script in two sentences."}]}')
+end
 """
 
 

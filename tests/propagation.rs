@@ -97,3 +97,28 @@ fn a_format_rule_wins_over_a_context_rule_that_overlaps_it() {
         );
     }
 }
+
+#[test]
+fn a_text_remembered_clean_by_the_rules_is_still_masked_by_an_exchange_that_knows_it() {
+    let engine = default_engine();
+    // The bare value holds nothing the rules find: scanned, then answered from memory.
+    for _ in 0..3 {
+        let bare = engine.mask(VALUE, Scope::Response).expect("mask");
+        assert!(bare.findings.is_empty() && bare.text == VALUE);
+    }
+    let knowing = engine
+        .knowing_secrets_of(&format!("DEPLOY_TOKEN={VALUE}\n"), Scope::Request)
+        .expect("learn");
+    for _ in 0..3 {
+        let masked = knowing.mask(VALUE, Scope::Response).expect("mask");
+        assert!(!masked.text.contains(VALUE), "{}", masked.text);
+        assert_eq!(masked.findings.len(), 1);
+    }
+    // A remembered text does not vouch for one that merely starts like it.
+    let with_secret = format!("{VALUE} token = '{VALUE}'");
+    assert!(!engine
+        .mask(&with_secret, Scope::Response)
+        .expect("mask")
+        .findings
+        .is_empty());
+}

@@ -22,6 +22,7 @@
 //! rule's maximum length has arrived after its start, or at the end of the text. Until then it
 //! is re-confirmed as text arrives.
 
+use crate::engine::clean_texts::CleanTexts;
 use crate::engine::known::{self, KnownError, KnownSecrets};
 use crate::engine::matcher::{
     Candidate, Confirmed, InterimOptions, MatchStream, Matcher, MatcherError,
@@ -317,6 +318,9 @@ pub struct Engine {
     /// `[i]`: [`PROTOCOL_WORDS`]`[i]` holds no finding for these rules in any scope. Computed
     /// on first use; shared by the engines [`Engine::with_known`] makes (same rules).
     clean_protocol_words: Arc<OnceLock<Vec<bool>>>,
+    /// Short texts these rules found nothing in ([`CleanTexts`]); shared like the words above,
+    /// used only by an engine without known secrets.
+    clean_texts: Arc<CleanTexts>,
 }
 
 /// The result of masking a whole text.
@@ -380,6 +384,7 @@ impl Engine {
             max_hold,
             known: None,
             clean_protocol_words: Arc::new(OnceLock::new()),
+            clean_texts: Arc::default(),
         })
     }
 
@@ -393,6 +398,7 @@ impl Engine {
             max_hold: self.max_hold,
             known,
             clean_protocol_words: Arc::clone(&self.clean_protocol_words),
+            clean_texts: Arc::clone(&self.clean_texts),
         }
     }
 
@@ -617,16 +623,24 @@ impl Engine {
         write: bool,
         budget: Option<&Budget>,
     ) -> Result<Masked<'a>, MaskError> {
-        // Most JSON strings (keys, ids, short values) are shorter than any secret, and most of
-        // the rest of a stream's small documents are the API's own words: skip the scan call
-        // for them.
-        if text.len() < self.min_scan_len() || self.protocol_word_is_clean(text) {
+        // Most JSON strings (keys, ids, short values) are shorter than any secret, most of the
+        // rest of a stream's small documents are the API's own words, and a client repeats its
+        // header lines and model name on every request: skip the scan call for them.
+        let remembers = self.known.is_none();
+        if text.len() < self.min_scan_len()
+            || self.protocol_word_is_clean(text)
+            || (remembers && self.clean_texts.contains(text, scope))
+        {
             return Ok(Masked {
                 text: Cow::Borrowed(text),
                 findings: Vec::new(),
             });
         }
-        self.block_scanned(text, scope, write, budget)
+        let masked = self.block_scanned(text, scope, write, budget)?;
+        if remembers && masked.findings.is_empty() {
+            self.clean_texts.remember(text, scope);
+        }
+        Ok(masked)
     }
 
     /// [`Engine::block`] without its shortcuts: every text is scanned.

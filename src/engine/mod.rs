@@ -26,6 +26,7 @@
 //! - [`check`]: `rules check`, every rule run against its own examples.
 
 pub mod check;
+pub mod clean_texts;
 pub mod database_key;
 pub mod databases;
 pub mod dictionary;
