@@ -629,6 +629,58 @@ applies_to = ["request", "response"]
         assert_eq!(delta.usage.get(TokenKind::Input), None);
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            prop_oneof![
+                Just("tool_use".to_string()),
+                Just("message_delta".to_string()),
+                Just(secret()),
+                Just(format!("x {} y", secret())),
+                "[ -~\\n\"\\\\é✓]{0,12}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 5, |inner| {
+            let key = prop_oneof![
+                Just("type".to_string()),
+                Just("usage".to_string()),
+                Just("message".to_string()),
+                Just("delta".to_string()),
+                Just("stop_reason".to_string()),
+                Just("output_tokens".to_string()),
+                Just("input_tokens".to_string()),
+                Just(secret()),
+                "[a-z_\"\\\\]{1,6}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::vec((key, inner), 0..5)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_clean_scan_agrees_with_the_tree_path_on_any_document(
+            value in json_value(),
+            pretty in proptest::bool::ANY,
+        ) {
+            let engine = crate::engine::test_engine(RULES);
+            let doc = match pretty {
+                true => serde_json::to_string_pretty(&value).expect("serializes"),
+                false => value.to_string(),
+            };
+            proptest::prop_assert_eq!(scan_clean(&engine, &doc), clean_by_tree(&engine, &doc), "{}", doc);
+        }
+    }
+
     #[test]
     fn lenient_values() {
         assert_eq!(
