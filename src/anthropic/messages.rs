@@ -505,7 +505,9 @@ impl SseTransformer {
         if self.fault.is_some() {
             return;
         }
-        let mut events = Vec::new();
+        // Room for a burst's worth of events without growing the vector from four, moving
+        // them at each doubling.
+        let mut events = Vec::with_capacity(16);
         // The events completed before a framing error are whole: they go out before it.
         let framed = self.framer.push_into(chunk, &mut events);
         let mut run = None;
