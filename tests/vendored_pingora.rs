@@ -355,3 +355,42 @@ async fn a_request_head_and_body_are_one_write() {
     assert!(wire.starts_with("POST /v1/messages HTTP/1.1\r\n"), "{wire}");
     assert!(wire.ends_with("\r\n\r\n{\"a\":\"bcd\"}"), "{wire}");
 }
+
+#[tokio::test]
+async fn a_reply_that_comes_whole_is_read_whole_by_the_first_read() {
+    // One packet holds the head and a 6 KiB body: a packet is read whole or cut, so a first
+    // read with room for the head alone (4 KiB, as released) would lose the body's end.
+    let (stream, mut peer) = packet_pair();
+    let (mut chunked, mut payload) = (Vec::new(), Vec::new());
+    for i in 0..60u32 {
+        let event = format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"word {i} \"}}}}\n\n"
+        );
+        chunked.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+        payload.extend_from_slice(event.as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert!(
+        (6 * 1024..12 * 1024).contains(&chunked.len()),
+        "{}",
+        chunked.len()
+    );
+    let mut wire =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    wire.extend_from_slice(&chunked);
+    std::io::Write::write_all(&mut peer, &wire).expect("reply written as one packet");
+    drop(peer);
+    let mut session = HttpSession::new(Box::new(stream));
+    session.read_response().await.expect("response header");
+    let mut body = Vec::new();
+    while let Some(data) = session
+        .read_body_bytes_joined(64 * 1024)
+        .await
+        .expect("body read")
+    {
+        body.extend_from_slice(&data);
+    }
+    assert!(session.is_body_done());
+    assert_eq!(body, payload);
+}

@@ -260,8 +260,11 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // streammask patch (vendor/README.md): the address the connection was
+                        // made to, recorded then, is compared first; the kernel is asked only
+                        // when it differs or was not recorded.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if (connected_to(&stream, peer.address()) || peer.matches_fd(stream.id()))
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +473,15 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether `stream` was connected to `address`, by the address recorded in its socket digest
+/// when it was made (streammask patch, vendor/README.md).
+#[cfg(unix)]
+fn connected_to(stream: &Stream, address: &crate::protocols::l4::socket::SocketAddr) -> bool {
+    stream.get_socket_digest().is_some_and(|digest| {
+        matches!(digest.peer_addr.get(), Some(Some(recorded)) if recorded == address)
+    })
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
