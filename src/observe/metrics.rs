@@ -955,21 +955,25 @@ const OTHER_MODEL_SLOT: usize = MODEL_SLOTS - 1;
 /// [-<minor>]` for the Claude naming schemes (`claude-opus-4-5-20251101`,
 /// `claude-3-5-sonnet-latest`, `claude-sonnet-4-20250514`), or `None` for anything else.
 pub fn model_family(model: &str) -> Option<usize> {
-    let model = model.split('[').next().unwrap_or("").to_ascii_lowercase();
+    // Read once per request: compared without case and counted without allocating.
+    let model = model.split('[').next().unwrap_or("");
     let mut parts = model.split('-');
-    if parts.next() != Some("claude") {
+    if !parts.next()?.eq_ignore_ascii_case("claude") {
         return None;
     }
     let mut family = None;
-    let mut numbers: Vec<usize> = Vec::new();
+    let mut numbers = [0usize; 2];
+    let mut count = 0;
     for part in parts {
-        if let Some(f) = FAMILIES.iter().position(|f| *f == part) {
+        if let Some(f) = FAMILIES.iter().position(|f| f.eq_ignore_ascii_case(part)) {
             if family.replace(f).is_some() {
                 return None;
             }
         } else if part.len() == 1 && part.as_bytes()[0].is_ascii_digit() {
-            numbers.push(usize::from(part.as_bytes()[0] - b'0'));
-        } else if (part.len() == 8 && part.bytes().all(|b| b.is_ascii_digit())) || part == "latest"
+            *numbers.get_mut(count)? = usize::from(part.as_bytes()[0] - b'0');
+            count += 1;
+        } else if (part.len() == 8 && part.bytes().all(|b| b.is_ascii_digit()))
+            || part.eq_ignore_ascii_case("latest")
         {
             // A snapshot date or alias: the same family.
         } else {
@@ -977,9 +981,9 @@ pub fn model_family(model: &str) -> Option<usize> {
         }
     }
     let family = family?;
-    let (major, minor) = match numbers.as_slice() {
-        [major] => (*major, 0),
-        [major, minor] => (*major, minor + 1),
+    let (major, minor) = match (count, numbers) {
+        (1, [major, _]) => (major, 0),
+        (2, [major, minor]) => (major, minor + 1),
         _ => return None,
     };
     Some((family * 10 + major) * 11 + minor)
@@ -1035,6 +1039,8 @@ mod tests {
             "claude-opus-44",
             "claude-opus-4-ghp_abcdef",
             "claude-opus-sonnet-4",
+            "claude-opus-4-5-6-7",
+            "claude-opus-4-LATEST-x",
             "",
         ] {
             assert_eq!(model_family(other), None, "{other}");
