@@ -1171,3 +1171,43 @@ fn message_events_pass_byte_for_byte_and_their_usage_is_counted() {
 fn start_text() -> String {
     start(0, json!({"type":"text","text":""}))
 }
+
+#[test]
+fn a_delta_text_that_is_not_utf8_ends_the_stream_as_the_framer_would() {
+    // "é" cut between two deltas that arrive together: together the bytes are UTF-8, alone
+    // neither is, and an event is read alone.
+    let delta = |text: &[u8]| {
+        let mut event =
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\""
+                .to_vec();
+        event.extend_from_slice(text);
+        event.extend_from_slice(b"\"}}\n\n");
+        event
+    };
+    for bad in [
+        [delta(b"caf\xC3"), delta(b"\xA9 ok")].concat(),
+        [delta(b"fine "), delta(b"\xFF")].concat(),
+    ] {
+        let input = [
+            message_start().into_bytes(),
+            start_text().into_bytes(),
+            delta(b"before "),
+            bad,
+            text(0, "after").into_bytes(),
+        ]
+        .concat();
+        for cuts in [vec![], vec![input.len() - 10]] {
+            let (out, sse) = run(pack(), &input, &cuts);
+            let out = String::from_utf8_lossy(&out).into_owned();
+            assert!(
+                matches!(sse.fault(), Some(StreamFault::Malformed(why)) if why.contains("UTF-8")),
+                "{:?}\n{out}",
+                sse.fault()
+            );
+            let view = SdkView::of(out.as_bytes());
+            assert_eq!(view.errors.len(), 1, "{out}");
+            assert!(view.text_stream.starts_with("before"), "{out}");
+            assert!(!out.contains("after"), "{out}");
+        }
+    }
+}

@@ -21,20 +21,31 @@ pub(crate) struct CompactDelta<'a> {
     pub(crate) text: Cow<'a, str>,
 }
 
+/// The delta types of the compact form, each with what follows the index up to its string.
+const KINDS: [(&str, &str); 3] = [
+    ("text_delta", r#","delta":{"type":"text_delta","text":"#),
+    (
+        "thinking_delta",
+        r#","delta":{"type":"thinking_delta","thinking":"#,
+    ),
+    (
+        "input_json_delta",
+        r#","delta":{"type":"input_json_delta","partial_json":"#,
+    ),
+];
+
+/// What a compact delta's data starts with, before its index (a macro, to be joined to the
+/// event's head at compile time).
+macro_rules! delta_start {
+    () => {
+        r#"{"type":"content_block_delta","index":"#
+    };
+}
+const DELTA_START: &str = delta_start!();
+
 impl<'a> CompactDelta<'a> {
     pub(crate) fn parse(data: &'a str) -> Option<CompactDelta<'a>> {
-        const KINDS: [(&str, &str); 3] = [
-            ("text_delta", r#","delta":{"type":"text_delta","text":"#),
-            (
-                "thinking_delta",
-                r#","delta":{"type":"thinking_delta","thinking":"#,
-            ),
-            (
-                "input_json_delta",
-                r#","delta":{"type":"input_json_delta","partial_json":"#,
-            ),
-        ];
-        let rest = data.strip_prefix(r#"{"type":"content_block_delta","index":"#)?;
+        let rest = data.strip_prefix(DELTA_START)?;
         let (index, rest) = compact_index(rest)?;
         let (delta_type, literal) = KINDS.iter().find_map(|(delta_type, prefix)| {
             Some((*delta_type, rest.strip_prefix(prefix)?.strip_suffix("}}")?))
@@ -45,6 +56,86 @@ impl<'a> CompactDelta<'a> {
             text: json_string_literal(literal)?,
         })
     }
+
+    /// A whole compact delta event at the start of `buf`, in the canonical SSE form
+    /// (`event: content_block_delta`, one `data:` line, a blank line, no `\r`), whose string
+    /// has no escape and no control byte (so its literal is its value; whether it is UTF-8 is
+    /// for the caller to check). `None` for anything
+    /// else, which the framer and [`CompactDelta::parse`] read; both read such an event the
+    /// same way (tested).
+    pub(crate) fn at_event_start(buf: &[u8]) -> Option<CompactEvent<'_>> {
+        const HEAD: &str = concat!("event: content_block_delta\ndata: ", delta_start!());
+        const END: &[u8] = b"\"}}\n\n";
+        let rest = buf.strip_prefix(HEAD.as_bytes())?;
+        let (index, digits) = index_digits(rest)?;
+        let rest = &rest[digits..];
+        let (kind, rest) = KINDS.iter().enumerate().find_map(|(kind, (_, prefix))| {
+            Some((DeltaKind(kind), rest.strip_prefix(prefix.as_bytes())?))
+        })?;
+        let literal = rest.strip_prefix(b"\"")?;
+        let text_len = first_special(literal)?;
+        if !literal[text_len..].starts_with(END) {
+            return None;
+        }
+        Some(CompactEvent {
+            len: buf.len() - literal.len() + text_len + END.len(),
+            index,
+            kind,
+            text: &literal[..text_len],
+        })
+    }
+}
+
+/// One of the compact form's delta types ([`KINDS`]), as read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeltaKind(usize);
+
+impl DeltaKind {
+    /// `text_delta`, `thinking_delta` or `input_json_delta`.
+    pub(crate) fn delta_type(self) -> &'static str {
+        KINDS[self.0].0
+    }
+
+    /// The data line of a compact delta of this kind whose text needs no escape: what
+    /// [`CompactDelta::at_event_start`] read it from.
+    pub(crate) fn unescaped_data(self, index: u64, text: &str) -> String {
+        format!("{}{index}{}\"{text}\"}}}}", delta_start!(), KINDS[self.0].1)
+    }
+}
+
+/// A compact delta event read in place by [`CompactDelta::at_event_start`].
+pub(crate) struct CompactEvent<'a> {
+    /// The event's bytes on the wire, its blank line included.
+    pub(crate) len: usize,
+    pub(crate) index: u64,
+    pub(crate) kind: DeltaKind,
+    /// The delta's text (its literal, which has no escape), not yet checked as UTF-8: the
+    /// caller checks many at once.
+    pub(crate) text: &'a [u8],
+}
+
+/// Where the first `"`, `\\` or control byte of `bytes` is, eight bytes at a time: a delta's
+/// text is read to its closing quote, and one with an escape is left to the general reader.
+fn first_special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte of `word` that is zero gets its high bit set (bytes after a zero may too; only
+    // the first flag is read).
+    let zeros = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    let (words, tail) = bytes.as_chunks::<8>();
+    for (at, word) in words.iter().enumerate() {
+        let word = u64::from_le_bytes(*word);
+        let flags = zeros(word ^ (ONES * u64::from(b'"')))
+            | zeros(word ^ (ONES * u64::from(b'\\')))
+            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS);
+        if flags != 0 {
+            return Some(at * 8 + flags.trailing_zeros() as usize / 8);
+        }
+    }
+    let at = words.len() * 8;
+    tail.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|offset| at + offset)
 }
 
 /// `{"type":"content_block_stop","index":N}` exactly: its index.
@@ -74,15 +165,21 @@ pub(crate) fn compact_block_start(data: &str) -> Option<(u64, &'static str)> {
 
 /// A JSON index (no sign, no leading zero) at the start of `text`, and what follows it.
 fn compact_index(text: &str) -> Option<(u64, &str)> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || digits > 9 || (digits > 1 && text.starts_with('0')) {
+    let (index, digits) = index_digits(text.as_bytes())?;
+    Some((index, &text[digits..]))
+}
+
+/// [`compact_index`] of bytes: the index and how many digits it took.
+fn index_digits(bytes: &[u8]) -> Option<(u64, usize)> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits > 1 && bytes[0] == b'0') {
         return None;
     }
     // At most nine digits: no overflow.
-    let index = text.as_bytes()[..digits]
+    let index = bytes[..digits]
         .iter()
         .fold(0u64, |index, digit| index * 10 + u64::from(digit - b'0'));
-    Some((index, &text[digits..]))
+    Some((index, digits))
 }
 
 /// The value of `literal` when it is exactly one JSON string literal (quotes included).
@@ -217,6 +314,64 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_read_in_place_is_the_delta_the_framer_and_the_parser_read() {
+        let datas = [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"plain words "}}"#,
+            r#"{"type":"content_block_delta","index":12,"delta":{"type":"thinking_delta","thinking":"ünïcödé ✓ hmm"}}"#,
+            r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+            r#"{"type":"content_block_delta","index":7,"delta":{"type":"text_delta","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"0123456789abcdefghij \/"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"an \"escape\""}}"#,
+        ];
+        for data in datas {
+            let event = format!("event: content_block_delta\ndata: {data}\n\n");
+            let mut framer = crate::anthropic::sse::SseFramer::new(1 << 20);
+            let framed = framer.push(event.as_bytes()).expect("one event");
+            let parsed = CompactDelta::parse(framed[0].data()).expect("a compact delta");
+            match CompactDelta::at_event_start(format!("{event}event: ping\n").as_bytes()) {
+                Some(read) => {
+                    assert_eq!(read.len, event.len(), "{data}");
+                    assert_eq!(
+                        (read.index, read.kind.delta_type()),
+                        (parsed.index, parsed.delta_type)
+                    );
+                    assert_eq!(read.text, parsed.text.as_bytes(), "{data}");
+                    assert!(matches!(parsed.text, Cow::Borrowed(_)), "{data}");
+                    assert_eq!(read.kind.unescaped_data(read.index, &parsed.text), data);
+                }
+                // Only a text with an escape is left to the framer and the parser.
+                None => assert!(data.contains('\\'), "{data}"),
+            }
+            // Cut anywhere, or not in the canonical form, it is not read in place.
+            for cut in 0..event.len() {
+                assert!(CompactDelta::at_event_start(&event.as_bytes()[..cut]).is_none());
+            }
+            let crlf = event.replace('\n', "\r\n");
+            assert!(CompactDelta::at_event_start(crlf.as_bytes()).is_none());
+        }
+    }
+
+    #[test]
+    fn the_first_special_byte_is_found_at_every_place() {
+        for len in 0..40 {
+            let clean = vec![b'a'; len];
+            assert_eq!(first_special(&clean), None, "{len}");
+            for at in 0..len {
+                for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    let mut bytes = clean.clone();
+                    bytes[at] = special;
+                    // A second special byte after the first does not move the answer.
+                    if at + 1 < len {
+                        bytes[at + 1] = 0x00;
+                    }
+                    assert_eq!(first_special(&bytes), Some(at), "{len} {at} {special}");
+                }
+            }
+        }
+        assert_eq!(first_special("é ✓ \u{7f}\u{80}".as_bytes()), None);
+    }
+
+    #[test]
     fn compact_delta_shape_is_exact() {
         let ok = r#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"hi \"x\"\n"}}"#;
         let parsed = CompactDelta::parse(ok).expect("compact delta");
@@ -247,6 +402,8 @@ mod tests {
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}"#,
         ] {
             assert!(CompactDelta::parse(other).is_none(), "{other}");
+            let event = format!("event: content_block_delta\ndata: {other}\n\n");
+            assert!(CompactDelta::at_event_start(event.as_bytes()).is_none(), "{other}");
         }
         assert_eq!(
             compact_block_stop(r#"{"type":"content_block_stop","index":4}"#),

@@ -38,13 +38,13 @@
 //!   Anthropic-shaped `error` event, and [`SseTransformer::finish`] flushes every open block.
 
 use crate::anthropic::compact::{
-    compact_block_start, compact_block_stop, write_delta_event, CompactDelta,
+    compact_block_start, compact_block_stop, write_delta_event, CompactDelta, DeltaKind,
 };
 use crate::anthropic::restore::{RestoreEvent, RestoreMap, TextRestorer};
 use crate::anthropic::scan_value::{
     lenient_value, parse_strict, scan_clean, scan_value, CleanDocument, ScanFault,
 };
-use crate::anthropic::sse::{encode_event, write_event, Event, SseError, SseFramer};
+use crate::anthropic::sse::{encode_event, write_event, Event, Framed, SseError, SseFramer};
 use crate::anthropic::tools::{
     is_tool_like, judge_message_tools, judge_tool_input, restore_allowed_input, restore_message,
     ToolBlock, ToolVerdict,
@@ -53,6 +53,7 @@ use crate::anthropic::usage::Usage;
 use crate::engine::json_walk::{mask_json, ThinkingMode, WalkError, WalkOptions};
 use crate::engine::{text_of, Engine, Findings, Scope, StreamMasker};
 use serde_json::{json, Value};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// The most original thinking text kept per block; a longer block is not kept (the later
@@ -273,6 +274,24 @@ struct OpenBlock {
     generic: Vec<(String, String, StreamMasker)>,
 }
 
+/// A compact delta the framer let [`SseTransformer::push`] read in place; its text is a span of
+/// the push's kept texts.
+struct ClaimedDelta {
+    index: u64,
+    kind: DeltaKind,
+    text: Range<usize>,
+}
+
+/// The text at `span` of `texts` (the claimed deltas' texts, one after another), when it is
+/// UTF-8 on its own. `all` is all of `texts` when that is UTF-8: then a span is exactly when it
+/// starts and ends on a character boundary, and nothing is read again.
+fn claimed_text<'t>(texts: &'t [u8], all: Option<&'t str>, span: Range<usize>) -> Option<&'t str> {
+    match all {
+        Some(all) => all.get(span),
+        None => std::str::from_utf8(texts.get(span)?).ok(),
+    }
+}
+
 /// Consecutive compact deltas of one block's text (or thinking), gathered within one
 /// [`SseTransformer::push`] to be masked as one piece.
 struct DeltaRun {
@@ -280,7 +299,8 @@ struct DeltaRun {
     index: u64,
     /// The deltas' texts, joined.
     text: String,
-    /// The event itself while the run is one event long.
+    /// The event itself while the run is one event long (a delta read in place has none: its
+    /// template is its bytes).
     only: Option<Event>,
 }
 
@@ -508,15 +528,54 @@ impl SseTransformer {
         // Room for a burst's worth of events without growing the vector from four, moving
         // them at each doubling.
         let mut events = Vec::with_capacity(16);
+        // Compact deltas are read in place (no event of their own): their texts are kept here,
+        // one after another, and checked as UTF-8 together.
+        let mut claimed_texts = Vec::with_capacity(self.framer.pending() + chunk.len());
         // The events completed before a framing error are whole: they go out before it.
-        let framed = self.framer.push_into(chunk, &mut events);
+        let framed = self.framer.push_claiming(
+            chunk,
+            |buf| {
+                let compact = CompactDelta::at_event_start(buf)?;
+                let at = claimed_texts.len();
+                claimed_texts.extend_from_slice(compact.text);
+                Some((
+                    compact.len,
+                    ClaimedDelta {
+                        index: compact.index,
+                        kind: compact.kind,
+                        text: at..claimed_texts.len(),
+                    },
+                ))
+            },
+            &mut events,
+        );
+        // Each text is UTF-8 exactly when all of them are and each starts and ends on a
+        // character boundary; if not all are, each is checked alone.
+        let all_texts = std::str::from_utf8(&claimed_texts).ok();
         let mut run = None;
-        for event in events {
+        for framed in events {
             if self.fault.is_some() {
                 break;
             }
             self.events += 1;
-            if let Some(event) = self.join_delta(event, &mut run, out) {
+            let event = match framed {
+                Framed::Event(event) => self.join_delta(event, &mut run, out),
+                Framed::Claimed(delta) => {
+                    let Some(text) = claimed_text(&claimed_texts, all_texts, delta.text) else {
+                        // What came before it goes out first, as when the framer stops at
+                        // such an event.
+                        self.flush_run(&mut run, out);
+                        let why = format!(
+                            "the upstream sent a malformed stream ({})",
+                            SseError::NotUtf8
+                        );
+                        self.fail(StreamFault::Malformed(why), out);
+                        break;
+                    };
+                    self.join_claimed(delta.index, delta.kind, text, &mut run, out)
+                }
+            };
+            if let Some(event) = event {
                 self.flush_run(&mut run, out);
                 self.on_event(event, out);
             }
@@ -548,7 +607,40 @@ impl SseTransformer {
         let Some(delta) = CompactDelta::parse(event.data()) else {
             return Some(event);
         };
-        let which = match (delta.delta_type, self.blocks.get_mut(delta.index)) {
+        let (index, delta_type, text) = (delta.index, delta.delta_type, delta.text.into_owned());
+        self.join_text(index, delta_type, &text, Some(event), run, out)
+            .err()
+            .flatten()
+    }
+
+    /// [`SseTransformer::join_delta`] of a delta read in place: the event it was, rebuilt from
+    /// its template (its exact bytes: the text has no escape), when it is not one to join here.
+    fn join_claimed(
+        &mut self,
+        index: u64,
+        kind: DeltaKind,
+        text: &str,
+        run: &mut Option<DeltaRun>,
+        out: &mut Vec<u8>,
+    ) -> Option<Event> {
+        let joined = self.join_text(index, kind.delta_type(), text, None, run, out);
+        joined
+            .is_err()
+            .then(|| Event::new("content_block_delta", &kind.unescaped_data(index, text)))
+    }
+
+    /// [`SseTransformer::join_delta`] of a delta already read: `Err` hands `event` back when
+    /// the delta is not one to join (no open block of its kind).
+    fn join_text(
+        &mut self,
+        index: u64,
+        delta_type: &str,
+        text: &str,
+        event: Option<Event>,
+        run: &mut Option<DeltaRun>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Option<Event>> {
+        let which = match (delta_type, self.blocks.get_mut(index)) {
             (
                 "text_delta",
                 Some(OpenBlock {
@@ -571,33 +663,31 @@ impl SseTransformer {
                     ..
                 }),
             ) => {
-                partial_json.push_str(&delta.text);
+                partial_json.push_str(text);
                 let len = partial_json.len();
                 // An over-cap input ends the stream: what the run holds goes out before.
                 self.flush_run(run, out);
                 self.tool_input_over_cap(len, out);
-                return None;
+                return Ok(());
             }
-            _ => return Some(event),
+            _ => return Err(event),
         };
-        let index = delta.index;
         match run {
             Some(run) if run.which == which && run.index == index => {
-                run.text.push_str(&delta.text);
+                run.text.push_str(text);
                 run.only = None;
             }
             _ => {
                 self.flush_run(run, out);
-                let text = delta.text.into_owned();
                 *run = Some(DeltaRun {
                     which,
                     index,
-                    text,
-                    only: Some(event),
+                    text: text.to_owned(),
+                    only: event,
                 });
             }
         }
-        None
+        Ok(())
     }
 
     /// Mask a run's text through its channel and write what can go out now.

@@ -11,11 +11,15 @@
 //! - memory is bounded: an event larger than `max_event_bytes` is an error, never buffered on;
 //! - an event's name and data are spans of its `raw` bytes (data of several `data:` lines is
 //!   joined into its own string), so framing allocates nothing per event;
+//! - a caller of [`SseFramer::push_claiming`] may take whole events at their start instead
+//!   (the Messages transformer takes compact deltas, read in place): the framer drops those
+//!   bytes unread, so the claim answers for every byte of them; the cap applies to them too;
 //! - [`Event::write_to`] forwards the raw bytes only when they hold nothing but the event name
 //!   and data in canonical form; otherwise (comments, `id:` lines, `\r` line endings) the event
 //!   is re-encoded from its name and data, so no byte a scanner never saw reaches the client.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use std::convert::Infallible;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SseError {
@@ -115,6 +119,13 @@ impl Event {
     }
 }
 
+/// What [`SseFramer::push_claiming`] read: an event, or what its caller's claim made of one.
+#[derive(Debug)]
+pub enum Framed<T> {
+    Event(Event),
+    Claimed(T),
+}
+
 #[derive(Debug)]
 pub struct SseFramer {
     buf: BytesMut,
@@ -153,6 +164,36 @@ impl SseFramer {
     /// [`SseFramer::push`], appending the events to `events`: on an error, the events completed
     /// before it are there too (they are whole and were read before the bad one).
     pub fn push_into(&mut self, chunk: &[u8], events: &mut Vec<Event>) -> Result<(), SseError> {
+        self.frame(
+            chunk,
+            |_| None::<(usize, Infallible)>,
+            |framed| match framed {
+                Framed::Event(event) => events.push(event),
+                Framed::Claimed(never) => match never {},
+            },
+        )
+    }
+
+    /// [`SseFramer::push_into`], offering each event that starts in the buffer to `claim`
+    /// first: it sees the buffer from that event's first byte, and returns how many bytes one
+    /// whole event it took spans and what it made of it (copied out: the bytes are dropped).
+    /// A claimed event is never read by the framer; anything else is, as before. A claim
+    /// longer than the event cap is ignored (the framer then refuses the event).
+    pub fn push_claiming<T>(
+        &mut self,
+        chunk: &[u8],
+        claim: impl FnMut(&[u8]) -> Option<(usize, T)>,
+        framed: &mut Vec<Framed<T>>,
+    ) -> Result<(), SseError> {
+        self.frame(chunk, claim, |event| framed.push(event))
+    }
+
+    fn frame<T>(
+        &mut self,
+        chunk: &[u8],
+        mut claim: impl FnMut(&[u8]) -> Option<(usize, T)>,
+        mut emit: impl FnMut(Framed<T>),
+    ) -> Result<(), SseError> {
         self.buf.extend_from_slice(chunk);
         if !self.started {
             const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -171,17 +212,24 @@ impl SseFramer {
             // pass; tried once per event start, so bytes that trickle in are not searched again
             // and again.
             if self.searched == 0 && !self.tried_canonical {
+                if let Some((end, claimed)) = claim(&self.buf) {
+                    if end <= self.max_event_bytes.min(self.buf.len()) {
+                        self.buf.advance(end);
+                        emit(Framed::Claimed(claimed));
+                        continue;
+                    }
+                }
                 match canonical_at_start(&self.buf) {
                     Some(Ok((end, name, data))) => {
                         if end > self.max_event_bytes {
                             return Err(SseError::EventTooLarge(self.max_event_bytes));
                         }
-                        events.push(Event {
+                        emit(Framed::Event(Event {
                             raw: self.buf.split_to(end).freeze(),
                             name: Some(name),
                             data: Data::Line(data),
                             canonical: true,
-                        });
+                        }));
                         continue;
                     }
                     Some(Err(error)) => return Err(error),
@@ -198,7 +246,7 @@ impl SseFramer {
             self.searched = 0;
             self.tried_canonical = false;
             if let Some(event) = parse_event(raw)? {
-                events.push(event);
+                emit(Framed::Event(event));
             }
         }
         if self.buf.len() > self.max_event_bytes {
