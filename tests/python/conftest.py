@@ -44,6 +44,7 @@ from smtest import (
     PLACEHOLDER_KEY,
     PROXY_BIN,
     free_port,
+    free_ports,
 )
 
 READY_TIMEOUT_S = 240.0  # compiling the full pack takes ~12 CPU-seconds per proxy
@@ -254,7 +255,7 @@ class ProxyLauncher:
 
     def _launch(self) -> None:
         self.attempt += 1
-        port, admin = free_port(), free_port()
+        port, admin = free_ports(2)
         args = [
             str(PROXY_BIN), "run",
             "--listen", f"127.0.0.1:{port}",

@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cloudkit import cloud_mock_process  # noqa: E402
-from smtest import PLACEHOLDER_KEY, PROXY_BIN, free_port  # noqa: E402
+from smtest import PLACEHOLDER_KEY, PROXY_BIN, free_ports  # noqa: E402
 
 
 def isolate() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
     with cloud_mock_process(work) as mock:
         hits: list[str] = []
         stub = metadata_stub(mock, hits)
-        port, admin = free_port(), free_port()
+        port, admin = free_ports(2)
         config = work / "proxy.toml"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\nadmin = "127.0.0.1:{admin}"\n\n'

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import smtest
-from smtest import API_KEY, AWS_KEY_ID, PROXY_BIN, REPO, free_port, user_request, wait_until
+from smtest import API_KEY, AWS_KEY_ID, PROXY_BIN, REPO, free_ports, user_request, wait_until
 
 DEPLOY = REPO / "deploy"
 OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
@@ -186,7 +186,7 @@ def test_the_image_entrypoint_serves_and_masks_against_the_mock(mock, tmp_path):
 
     (tmp_path / "redis").mkdir()
     redis = Redis(tmp_path / "redis")
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     command = entrypoint()
     # CI builds the image's files with deploy/docker/build.sh into STREAMMASK_IMAGE_ROOT; the
     # command then runs under that root exactly as written, else from the repository.

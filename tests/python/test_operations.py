@@ -23,7 +23,7 @@ import httpx
 
 import conftest
 from smtest import (
-    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_port, mock_script, parse_sse,
+    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, assert_anthropic_error, free_ports, mock_script, parse_sse,
     user_request, wait_until,
 )
 from test_reload import BASE_CONFIG, OwnProxy, assert_streams_completed, send, slow_streams
@@ -237,7 +237,7 @@ def test_start_up_raises_the_open_file_limit_for_max_connections(tmp_path, mock_
         pytest.skip(f"the hard open-file limit ({hard}) is below what the test needs")
     config = tmp_path / "limits.toml"
     config.write_text("[server]\nmax_connections = 1000\n")
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     log = tmp_path / "proxy.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

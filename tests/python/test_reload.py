@@ -26,7 +26,7 @@ import pytest
 
 import conftest
 from smtest import (
-    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, REPO, assert_anthropic_error, free_port, mock_script, parse_sse, sse_text,
+    API_KEY, PLACEHOLDER_KEY, PROXY_BIN, REPO, assert_anthropic_error, free_ports, mock_script, parse_sse, sse_text,
     user_request, wait_until,
 )
 
@@ -53,7 +53,7 @@ class OwnProxy:
         self.rules = tmp / "rules"
         self.rules.mkdir(exist_ok=True)
         self.config_path = tmp / f"{name}.toml"
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = free_ports(2)
         self.upstream = upstream
         self.write_config(config)
         label = f"{name}-{len(conftest.PROXY_LOGS) // 2}"
