@@ -31,9 +31,6 @@ use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
 use crate::utils::{BufRef, KVRef};
 
-/// The room of a response's first read (streammask patch, vendor/README.md).
-const FIRST_RESPONSE_READ_SIZE: usize = 16 * 1024;
-
 /// The HTTP 1.x client session
 pub struct HttpSession {
     buf: Bytes,
@@ -431,20 +428,13 @@ impl HttpSession {
                 ));
             }
 
-            // streammask patch (vendor/README.md): the first read of a response has room for
-            // a reply that came whole (a burst), not only for its head: one `recv` instead of
-            // two. What stays is the size read (the copy above).
-            let wanted = match self.response_header_read_buf.is_empty() {
-                true => FIRST_RESPONSE_READ_SIZE,
-                false => INIT_HEADER_BUF_SIZE,
-            };
             if self
                 .response_header_read_buf
                 .capacity()
                 .saturating_sub(self.response_header_read_buf.len())
-                < wanted
+                < INIT_HEADER_BUF_SIZE
             {
-                self.response_header_read_buf.reserve(wanted);
+                self.response_header_read_buf.reserve(INIT_HEADER_BUF_SIZE);
             }
 
             let read_fut = self
