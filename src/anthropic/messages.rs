@@ -607,10 +607,15 @@ impl SseTransformer {
         let Some(delta) = CompactDelta::parse(event.data()) else {
             return Some(event);
         };
-        let (index, delta_type, text) = (delta.index, delta.delta_type, delta.text.into_owned());
-        self.join_text(index, delta_type, &text, Some(event), run, out)
-            .err()
-            .flatten()
+        let Ok(started) = self.join_text(delta.index, delta.delta_type, &delta.text, run, out)
+        else {
+            return Some(event);
+        };
+        drop(delta);
+        if let (true, Some(run)) = (started, run.as_mut()) {
+            run.only = Some(event);
+        }
+        None
     }
 
     /// [`SseTransformer::join_delta`] of a delta read in place: the event it was, rebuilt from
@@ -623,23 +628,22 @@ impl SseTransformer {
         run: &mut Option<DeltaRun>,
         out: &mut Vec<u8>,
     ) -> Option<Event> {
-        let joined = self.join_text(index, kind.delta_type(), text, None, run, out);
+        let joined = self.join_text(index, kind.delta_type(), text, run, out);
         joined
             .is_err()
             .then(|| Event::new("content_block_delta", &kind.unescaped_data(index, text)))
     }
 
-    /// [`SseTransformer::join_delta`] of a delta already read: `Err` hands `event` back when
-    /// the delta is not one to join (no open block of its kind).
+    /// [`SseTransformer::join_delta`] of a delta already read: `Err` when the delta is not one
+    /// to join (no open block of its kind), `Ok(true)` when it started a new run.
     fn join_text(
         &mut self,
         index: u64,
         delta_type: &str,
         text: &str,
-        event: Option<Event>,
         run: &mut Option<DeltaRun>,
         out: &mut Vec<u8>,
-    ) -> Result<(), Option<Event>> {
+    ) -> Result<bool, ()> {
         let which = match (delta_type, self.blocks.get_mut(index)) {
             (
                 "text_delta",
@@ -668,14 +672,15 @@ impl SseTransformer {
                 // An over-cap input ends the stream: what the run holds goes out before.
                 self.flush_run(run, out);
                 self.tool_input_over_cap(len, out);
-                return Ok(());
+                return Ok(false);
             }
-            _ => return Err(event),
+            _ => return Err(()),
         };
         match run {
             Some(run) if run.which == which && run.index == index => {
                 run.text.push_str(text);
                 run.only = None;
+                Ok(false)
             }
             _ => {
                 self.flush_run(run, out);
@@ -683,11 +688,11 @@ impl SseTransformer {
                     which,
                     index,
                     text: text.to_owned(),
-                    only: event,
+                    only: None,
                 });
+                Ok(true)
             }
         }
-        Ok(())
     }
 
     /// Mask a run's text through its channel and write what can go out now.
