@@ -4,7 +4,8 @@
 //! unnoticed until the next load test. The patched upstream body reader (a small read while a
 //! stream waits, the whole buffer once a read fills it) must parse a chunked body the same
 //! whatever sizes the upstream's writes have, also when reads join every chunk already there
-//! (and an error met after joined chunks still reaches the caller). The write patches put a message's head, its body
+//! (taking a chunk whose head is only its size directly, and ending on any other as a single
+//! read does; an error met after joined chunks still reaches the caller). The write patches put a message's head, its body
 //! and the body's end in one write where Pingora as released makes up to three: counted here as
 //! the packets of a `SOCK_SEQPACKET` socket, which keeps every write's boundary.
 
@@ -201,6 +202,60 @@ async fn an_error_after_joined_chunks_comes_with_the_next_read_not_as_the_end() 
         session.read_body_bytes_joined(64 * 1024).await.is_err(),
         "the malformed chunk is an error, not the body's end"
     );
+}
+
+/// The body a session reads from `wire` (one write), joined or not, up to its end or its
+/// first error: the bytes, whether it ended in an error, and the body bytes the session counted.
+async fn read_until_error(wire: &[u8], joined: bool) -> (Vec<u8>, bool, usize) {
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let mut session = HttpSession::new(Box::new(client));
+    let mut all = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    all.extend_from_slice(wire);
+    server.write_all(&all).await.expect("written");
+    // Closed: a read that wants more than was sent ends instead of waiting.
+    drop(server);
+    session.read_response().await.expect("response header");
+    let mut body = Vec::new();
+    let failed = loop {
+        let read = if joined {
+            session.read_body_bytes_joined(64 * 1024).await
+        } else {
+            session.read_body_bytes().await
+        };
+        match read {
+            Ok(Some(data)) => body.extend_from_slice(&data),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    let counted = session.body_bytes_received();
+    (body, failed, counted)
+}
+
+#[tokio::test]
+async fn joined_reads_take_well_formed_chunks_and_fail_on_bad_ones_as_single_reads_do() {
+    // Joined reads take a buffered chunk whose head is only its size without Pingora's own
+    // parser: every other head, and every malformed one, must still end as Pingora's does.
+    let wires: [&[u8]; 10] = [
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"A\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
+        b"5\r\nhelloXY6\r\n world\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n6\r\n worldXY0\r\n\r\n",
+        b"5\r\nhello\r\n5\nworld\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0000000000000000005\r\nworld\r\n0\r\n\r\n",
+        b"5\r\nhello\r\nfffffffffffffff\r\nworld\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n5;ext=1\r\nworld\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n5 \r\nworld\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\n\r\n5\r\nafter\r\n",
+    ];
+    for wire in wires {
+        let single = read_until_error(wire, false).await;
+        let joined = read_until_error(wire, true).await;
+        assert_eq!(joined, single, "{:?}", String::from_utf8_lossy(wire));
+    }
+    // And they do parse the well-formed ones.
+    let (body, failed, counted) = read_until_error(wires[1], true).await;
+    assert_eq!((body.len(), failed, counted), (20, false, 20));
 }
 
 /// A connected `SOCK_SEQPACKET` pair: Pingora's stream on one end, and the end that counts the

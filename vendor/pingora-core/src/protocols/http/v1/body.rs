@@ -243,6 +243,61 @@ impl BodyReader {
         }
     }
 
+    /// streammask patch: append to `into`, while it holds less than `max` bytes, the payload of
+    /// every whole chunk already in the buffer whose head is only its size (`HEX CRLF`), with
+    /// the state the chunk's own read would leave: the step `parse_chunked_buf` takes for such a
+    /// chunk, without a read future, a timer and a `httparse` call per chunk. Stops, with the
+    /// state untouched, at anything else (a chunk extension, the terminating chunk, a chunk cut
+    /// by the end of the buffer, a malformed head or end), which a read then takes as before.
+    /// Returns the payload bytes appended.
+    pub fn take_buffered_chunks(&mut self, into: &mut BytesMut, max: usize) -> usize {
+        let mut taken = 0;
+        while into.len() < max {
+            let PS::Chunked(_, start, end, 0) = self.body_state else {
+                break;
+            };
+            let Some(body_buf) = self.body_buf.as_ref() else {
+                break;
+            };
+            if start == 0 || end > body_buf.len() {
+                break;
+            }
+            let buf = &body_buf[start..end];
+            let digits = buf.iter().take(16).take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 || digits == 16 {
+                break;
+            }
+            let size = buf[..digits].iter().fold(0usize, |size, digit| {
+                let value = match digit {
+                    b'0'..=b'9' => digit - b'0',
+                    b'a'..=b'f' => digit - b'a' + 10,
+                    _ => digit - b'A' + 10,
+                };
+                size << 4 | usize::from(value)
+            });
+            let payload = digits + 2;
+            let Some(chunk_end) = payload.checked_add(size).and_then(|e| e.checked_add(2)) else {
+                break;
+            };
+            if size == 0
+                || chunk_end > buf.len()
+                || buf[digits..payload] != CRLF[..]
+                || buf[chunk_end - 2..chunk_end] != CRLF[..]
+            {
+                break;
+            }
+            into.extend_from_slice(&buf[payload..chunk_end - 2]);
+            taken += size;
+            self.body_state = if chunk_end == buf.len() {
+                // The buffer is used up: the next read is from IO.
+                self.body_state.partial_chunk(size, 0)
+            } else {
+                self.body_state.multi_chunk(size, start + chunk_end)
+            };
+        }
+        taken
+    }
+
     /// streammask patch: how much a read from IO into an empty buffer asks for. Upstream, small
     /// (IDLE_READ_SIZE) until a read fills it, then the whole BODY_BUFFER_SIZE until one does
     /// not; downstream always the whole size.

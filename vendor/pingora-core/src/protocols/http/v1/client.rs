@@ -569,7 +569,14 @@ impl HttpSession {
         let mut joined = BytesMut::from(first);
         joined.reserve(self.body_reader.buffered_unparsed());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        while joined.len() < max {
+        loop {
+            // The whole chunks already buffered are taken directly; a read is polled for
+            // anything else.
+            let taken = self.body_reader.take_buffered_chunks(&mut joined, max);
+            self.body_recv = self.body_recv.saturating_add(taken);
+            if joined.len() >= max {
+                break;
+            }
             // Polled once, so no timeout applies: the read either has its bytes now or is
             // dropped (the body reader keeps its parse state across a dropped read).
             let polled = {
