@@ -147,10 +147,56 @@ pub fn rewrites(scope: Scope, action: Action) -> bool {
     }
 }
 
-/// The order of [`PROTOCOL_WORDS`]: shorter first, then by bytes. Most probes differ in length,
-/// which settles them without comparing bytes.
+/// The order of [`PROTOCOL_WORDS`]: shorter first, then by bytes.
+#[cfg(test)]
 fn protocol_word_order(word: &str, text: &str) -> std::cmp::Ordering {
     word.len().cmp(&text.len()).then_with(|| word.cmp(text))
+}
+
+/// Slots of the open-addressed table that finds a [`PROTOCOL_WORDS`] entry: four times the
+/// words, so a probe that is not a word mostly ends on its first, empty slot.
+const PROTOCOL_WORD_SLOTS: usize = 1024;
+
+/// The slot a text's probe starts at: its length and its first and last eight bytes (every
+/// probe, however long, costs the same few instructions; which slot it lands in decides only
+/// how far the probe walks, never whether a text is a word: that is compared byte for byte).
+fn protocol_word_slot(text: &[u8]) -> usize {
+    let (head, tail) = match (text.first_chunk::<8>(), text.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+        // Shorter than eight bytes: one word of all of them.
+        _ => {
+            let short = text.iter().fold(0u64, |word, &byte| word << 8 | u64::from(byte));
+            (short, short)
+        }
+    };
+    let mixed = (head ^ tail.rotate_left(29) ^ (text.len() as u64) << 56)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 32) as usize % PROTOCOL_WORD_SLOTS
+}
+
+/// Where `text` is in [`PROTOCOL_WORDS`], if it is one of them.
+fn protocol_word_index(text: &str) -> Option<usize> {
+    // `slots[s]`: 1 + the index of the word that took slot `s`; 0: empty.
+    static SLOTS: OnceLock<Box<[u16]>> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let mut slots = vec![0u16; PROTOCOL_WORD_SLOTS].into_boxed_slice();
+        for (index, word) in PROTOCOL_WORDS.iter().enumerate() {
+            let mut slot = protocol_word_slot(word.as_bytes());
+            while slots[slot] != 0 {
+                slot = (slot + 1) % PROTOCOL_WORD_SLOTS;
+            }
+            slots[slot] = index as u16 + 1;
+        }
+        slots
+    });
+    let mut slot = protocol_word_slot(text.as_bytes());
+    loop {
+        let index = usize::from(*slots.get(slot)?).checked_sub(1)?;
+        if PROTOCOL_WORDS.get(index) == Some(&text) {
+            return Some(index);
+        }
+        slot = (slot + 1) % PROTOCOL_WORD_SLOTS;
+    }
 }
 
 /// The Claude API's own words, which every exchange repeats: its JSON's field names and event,
@@ -158,8 +204,8 @@ fn protocol_word_order(word: &str, text: &str) -> std::cmp::Ordering {
 /// `content_block_start` and `message_delta` are mostly these), its response headers' names
 /// and common values, its routes' paths (and Claude Code's `beta=true` query), and the request
 /// header lines every SDK sends alike (`anthropic-version: 2023-06-01`, as the metadata scan
-/// reads them). Sorted shorter first, then by bytes, for a binary search that compares lengths
-/// before bytes. This is not a list of texts let through unscanned: a word's scan result is
+/// reads them). Sorted shorter first, then by bytes (found through a hash table,
+/// [`protocol_word_index`]). This is not a list of texts let through unscanned: a word's scan result is
 /// remembered only after this engine has scanned it and found nothing in any scope
 /// ([`Engine::protocol_word_is_clean`]), so an organisation's rule or term that matches one
 /// still finds it.
@@ -411,7 +457,7 @@ impl Engine {
         if self.known.is_some() {
             return false;
         }
-        let Ok(at) = PROTOCOL_WORDS.binary_search_by(|word| protocol_word_order(word, text)) else {
+        let Some(at) = protocol_word_index(text) else {
             return false;
         };
         let clean = self.clean_protocol_words.get_or_init(|| {
@@ -1510,10 +1556,31 @@ action = "mask"
 
     #[test]
     fn protocol_words_are_sorted_and_unique() {
-        // `protocol_word_is_clean` finds a word by binary search.
         assert!(PROTOCOL_WORDS
             .windows(2)
             .all(|pair| protocol_word_order(pair[0], pair[1]).is_lt()));
+    }
+
+    #[test]
+    fn every_protocol_word_is_found_and_nothing_else() {
+        for (index, word) in PROTOCOL_WORDS.iter().enumerate() {
+            assert_eq!(protocol_word_index(word), Some(index), "{word}");
+            // A word cut short, grown by a byte, or changed in one byte is not a word (unless
+            // the list holds that text too).
+            let mut probes = vec![word[..word.len() - 1].to_string(), format!("{word}x")];
+            for at in 0..word.len() {
+                let mut changed = word.as_bytes().to_vec();
+                changed[at] ^= 0x20;
+                probes.extend(String::from_utf8(changed).ok());
+            }
+            for probe in probes {
+                let listed = PROTOCOL_WORDS.iter().position(|w| *w == probe);
+                assert_eq!(protocol_word_index(&probe), listed, "{probe:?}");
+            }
+        }
+        for text in ["", "x", "sk-ant-api03-", "content_block_deltaa", "anthropic-version:"] {
+            assert_eq!(protocol_word_index(text), None, "{text:?}");
+        }
     }
 
     #[test]
