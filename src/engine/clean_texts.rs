@@ -1,6 +1,6 @@
 //! Short texts an engine scanned and found nothing in, remembered so the same bytes are not
-//! scanned again: the header lines and model names every request of a client repeats, a
-//! response's model and fixed header values. A Hyperscan block scan of a short text costs a
+//! scanned again: the header lines (Claude Code's list of betas is a few hundred bytes) and
+//! model names every request of a client repeats, a response's model and fixed header values. A Hyperscan block scan of a short text costs a
 //! few thousand instructions of set-up, a lookup here a few dozen.
 //!
 //! Invariants:
@@ -12,14 +12,15 @@
 //!   databases find the same), so a remembered answer is the answer a scan would give;
 //! - the engine of one exchange (known secrets) neither asks nor tells: those secrets are
 //!   not part of the rules' answer;
-//! - bounded: [`SLOTS`] slots of at most [`MAX_LEN`] bytes, allocated on first use; a newer
-//!   text takes its slot from an older one.
+//! - bounded: [`SLOTS`] slots of at most [`MAX_LEN`] bytes each (a slot's room grows to the
+//!   longest text it held, up to that), allocated on first use; a newer text takes its slot
+//!   from an older one.
 
 use super::Scope;
 use std::sync::{Mutex, OnceLock};
 
 /// The longest text remembered.
-pub const MAX_LEN: usize = 96;
+pub const MAX_LEN: usize = 512;
 /// How many texts are remembered (direct-mapped by a hash of the bytes).
 pub const SLOTS: usize = 512;
 
@@ -39,11 +40,11 @@ impl std::fmt::Debug for CleanTexts {
     }
 }
 
+#[derive(Default)]
 struct Slot {
-    /// Which scopes found nothing in `bytes[..len]` (bits of [`Scope::bit`]); 0: empty.
+    /// Which scopes found nothing in `bytes` (bits of [`Scope::bit`]); 0: empty.
     scopes: u8,
-    len: u8,
-    bytes: [u8; MAX_LEN],
+    bytes: Vec<u8>,
 }
 
 impl CleanTexts {
@@ -69,8 +70,8 @@ impl CleanTexts {
         let bytes = text.as_bytes();
         if slot.scopes == 0 || !slot.holds(bytes) {
             slot.scopes = 0;
-            slot.len = bytes.len() as u8;
-            slot.bytes[..bytes.len()].copy_from_slice(bytes);
+            slot.bytes.clear();
+            slot.bytes.extend_from_slice(bytes);
         }
         slot.scopes |= scope.bit();
     }
@@ -79,24 +80,16 @@ impl CleanTexts {
         if text.len() > MAX_LEN {
             return None;
         }
-        let slots = self.slots.get_or_init(|| {
-            (0..SLOTS)
-                .map(|_| {
-                    Mutex::new(Slot {
-                        scopes: 0,
-                        len: 0,
-                        bytes: [0; MAX_LEN],
-                    })
-                })
-                .collect()
-        });
+        let slots = self
+            .slots
+            .get_or_init(|| (0..SLOTS).map(|_| Mutex::default()).collect());
         slots.get(slot_of(text.as_bytes()))
     }
 }
 
 impl Slot {
     fn holds(&self, bytes: &[u8]) -> bool {
-        usize::from(self.len) == bytes.len() && self.bytes[..bytes.len()] == *bytes
+        self.bytes == bytes
     }
 }
 
