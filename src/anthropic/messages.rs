@@ -525,9 +525,9 @@ impl SseTransformer {
         if self.fault.is_some() {
             return;
         }
-        // Room for a burst's worth of events without growing the vector from four, moving
-        // them at each doubling.
-        let mut events = Vec::with_capacity(16);
+        // Room for every event of the read (the API's smallest, a compact delta, is about 90
+        // bytes) without growing the vector from four, moving them at each doubling.
+        let mut events = Vec::with_capacity((self.framer.pending() + chunk.len()) / 80 + 2);
         // Compact deltas are read in place (no event of their own): their texts are kept here,
         // one after another, and checked as UTF-8 together.
         let mut claimed_texts = Vec::with_capacity(self.framer.pending() + chunk.len());
@@ -561,6 +561,9 @@ impl SseTransformer {
             let event = match framed {
                 Framed::Event(event) => self.join_delta(event, &mut run, out),
                 Framed::Claimed(delta) => {
+                    // The texts claimed from here on are at most what a run started here
+                    // collects in this read: its room, so it does not grow for them.
+                    let room = claimed_texts.len() - delta.text.start;
                     let Some(text) = claimed_text(&claimed_texts, all_texts, delta.text) else {
                         // What came before it goes out first, as when the framer stops at
                         // such an event.
@@ -572,7 +575,7 @@ impl SseTransformer {
                         self.fail(StreamFault::Malformed(why), out);
                         break;
                     };
-                    self.join_claimed(delta.index, delta.kind, text, &mut run, out)
+                    self.join_claimed(delta.index, delta.kind, text, room, &mut run, out)
                 }
             };
             if let Some(event) = event {
@@ -607,8 +610,15 @@ impl SseTransformer {
         let Some(delta) = CompactDelta::parse(event.data()) else {
             return Some(event);
         };
-        let Ok(started) = self.join_text(delta.index, delta.delta_type, &delta.text, run, out)
-        else {
+        let joined = self.join_text(
+            delta.index,
+            delta.delta_type,
+            &delta.text,
+            delta.text.len(),
+            run,
+            out,
+        );
+        let Ok(started) = joined else {
             return Some(event);
         };
         drop(delta);
@@ -625,22 +635,25 @@ impl SseTransformer {
         index: u64,
         kind: DeltaKind,
         text: &str,
+        room: usize,
         run: &mut Option<DeltaRun>,
         out: &mut Vec<u8>,
     ) -> Option<Event> {
-        let joined = self.join_text(index, kind.delta_type(), text, run, out);
+        let joined = self.join_text(index, kind.delta_type(), text, room, run, out);
         joined
             .is_err()
             .then(|| Event::new("content_block_delta", &kind.unescaped_data(index, text)))
     }
 
     /// [`SseTransformer::join_delta`] of a delta already read: `Err` when the delta is not one
-    /// to join (no open block of its kind), `Ok(true)` when it started a new run.
+    /// to join (no open block of its kind), `Ok(true)` when it started a new run, with room
+    /// for `room` bytes of text (at least the text's own).
     fn join_text(
         &mut self,
         index: u64,
         delta_type: &str,
         text: &str,
+        room: usize,
         run: &mut Option<DeltaRun>,
         out: &mut Vec<u8>,
     ) -> Result<bool, ()> {
@@ -684,10 +697,12 @@ impl SseTransformer {
             }
             _ => {
                 self.flush_run(run, out);
+                let mut joined = String::with_capacity(room.max(text.len()));
+                joined.push_str(text);
                 *run = Some(DeltaRun {
                     which,
                     index,
-                    text: text.to_owned(),
+                    text: joined,
                     only: None,
                 });
                 Ok(true)
