@@ -69,6 +69,7 @@ use crate::engine::masker::{Budget, Engine, Finding, MaskError};
 use crate::engine::rules::Scope;
 use crate::engine::unescape::View;
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
@@ -837,7 +838,9 @@ struct Part {
     /// Raw span of the string's content (between the quotes) in the body.
     content: Range<usize>,
     escaped: bool,
-    path: String,
+    /// Where the string is (rendered only for a finding of the joined view: most parts have
+    /// none, and rendering costs more than copying these).
+    path: Vec<Segment>,
     /// The per-string findings (rule, decoded span), so the joined scan reports only new ones.
     found: Vec<(u32, Range<usize>)>,
 }
@@ -1213,7 +1216,7 @@ impl<'a> Walker<'a> {
                 len: decoded.len(),
                 content: node.start + 1..node.end.saturating_sub(1),
                 escaped,
-                path: self.render_path(),
+                path: self.path.clone(),
                 found: findings.iter().map(|f| (f.rule, f.span.clone())).collect(),
             });
         }
@@ -1442,7 +1445,7 @@ impl<'a> Walker<'a> {
             first_part.content.start.saturating_sub(1),
             first_local.start,
         );
-        let path = first_part.path.clone();
+        let path = self.render(&first_part.path);
         let rewritten = finding.rewritten;
         let placeholder = finding.placeholder.clone();
         let reported_rule = finding.rule;
@@ -1479,11 +1482,19 @@ impl<'a> Walker<'a> {
     }
 
     fn render_path(&self) -> String {
+        self.render(&self.path)
+    }
+
+    fn render(&self, path: &[Segment]) -> String {
         let mut out = String::new();
-        for segment in &self.path {
+        for segment in path {
             match *segment {
-                Segment::Line(line) => out.push_str(&format!("[line {line}]")),
-                Segment::Index(index) => out.push_str(&format!("[{index}]")),
+                Segment::Line(line) => {
+                    let _ = write!(out, "[line {line}]");
+                }
+                Segment::Index(index) => {
+                    let _ = write!(out, "[{index}]");
+                }
                 Segment::Key(key) => {
                     let name = self
                         .node(key)
