@@ -59,7 +59,9 @@ pub(super) fn scan_metadata(
         let query = percent_decode(query.as_bytes(), true);
         scan_part(engine, &query, 0, Part::Query, &mut findings)?;
     }
-    let mut line = String::new();
+    // Room for the usual header line (Claude Code's list of betas is a few hundred bytes),
+    // so it is not grown from nothing for the first one.
+    let mut line = String::with_capacity(512);
     for (name, value) in forwarded_headers(headers) {
         if is_credential(name) {
             continue;
