@@ -529,18 +529,7 @@ impl HttpSession {
     /// Return `Ok(Some(ref)) after a successful read.
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
-        // streammask patch: see `deferred_body_error`.
-        if let Some(error) = self.deferred_body_error.take() {
-            return Err(error);
-        }
-        let result = match self.read_timeout {
-            Some(t) => match timeout(t, self.do_read_body()).await {
-                Ok(res) => res,
-                Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
-            },
-            None => self.do_read_body().await,
-        };
-
+        let result = self.read_body_timed().await;
         result.map(|maybe_body| {
             maybe_body.map(|body_ref| {
                 let slice = self.body_reader.get_body(&body_ref);
@@ -548,6 +537,22 @@ impl HttpSession {
                 slice
             })
         })
+    }
+
+    /// streammask patch: [`Self::read_body_ref`]'s read (the deferred error, the timeout),
+    /// handing back where the bytes are rather than borrowing them.
+    async fn read_body_timed(&mut self) -> Result<Option<BufRef>> {
+        // streammask patch: see `deferred_body_error`.
+        if let Some(error) = self.deferred_body_error.take() {
+            return Err(error);
+        }
+        match self.read_timeout {
+            Some(t) => match timeout(t, self.do_read_body()).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
+            },
+            None => self.do_read_body().await,
+        }
     }
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
@@ -563,11 +568,15 @@ impl HttpSession {
     /// instead of one per chunk. An error met after some bytes were joined is returned by the
     /// next body read, never mistaken for the body's end.
     pub async fn read_body_bytes_joined(&mut self, max: usize) -> Result<Option<Bytes>> {
-        let Some(first) = self.read_body_ref().await? else {
+        let Some(first) = self.read_body_timed().await? else {
             return Ok(None);
         };
-        let mut joined = BytesMut::from(first);
-        joined.reserve(self.body_reader.buffered_unparsed());
+        // Room for what is buffered already, taken in one allocation with the first piece.
+        let first = self.body_reader.get_body(&first);
+        let mut joined =
+            BytesMut::with_capacity(first.len() + self.body_reader.buffered_unparsed());
+        joined.extend_from_slice(first);
+        self.body_recv = self.body_recv.saturating_add(joined.len());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         loop {
             // The whole chunks already buffered are taken directly; a read is polled for
