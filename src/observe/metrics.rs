@@ -15,6 +15,7 @@
 //! - a [`Metrics`] is a value owned by whoever built it (start-up), not a process-wide static,
 //!   so tests build their own and a reload can keep or replace it.
 
+use super::batch_histogram::{BatchHistogram, LocalBatches};
 use crate::anthropic::api::{Provider, Route};
 use crate::anthropic::restore::Unrestored;
 use crate::anthropic::tools::ToolBlock;
@@ -94,6 +95,10 @@ impl Registrar<'_> {
     fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
         let opts = HistogramOpts::new(name, help).buckets(buckets);
         self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn batch_histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> BatchHistogram {
+        self.register(BatchHistogram::new(name, help, buckets).expect("valid metric"))
     }
 
     fn histograms_by_endpoint(&self, name: &str, help: &str, buckets: Vec<f64>) -> Vec<Histogram> {
@@ -662,7 +667,7 @@ struct StreamMetrics {
     active_streams: IntGauge,
     held_bytes: IntGauge,
     stream_peak_held: Histogram,
-    sse_event_masking: Histogram,
+    sse_event_masking: BatchHistogram,
     late_matches: IntCounter,
     panics: IntCounter,
     over_budget: IntCounter,
@@ -688,7 +693,7 @@ impl StreamMetrics {
                     0.0, 64.0, 256.0, 1024.0, 4096.0, 12288.0, 65536.0, 1048576.0,
                 ],
             ),
-            sse_event_masking: r.histogram(
+            sse_event_masking: r.batch_histogram(
                 "streammask_sse_event_masking_seconds",
                 "Time the proxy spent on one upstream SSE event (the mean over the events handled together)",
                 vec![
@@ -887,7 +892,7 @@ pub struct StreamGuard<'m> {
     metrics: Option<&'m StreamMetrics>,
     held: i64,
     peak: usize,
-    event_costs: Option<prometheus::local::LocalHistogram>,
+    event_costs: Option<LocalBatches>,
 }
 
 impl<'m> StreamGuard<'m> {
@@ -908,13 +913,10 @@ impl<'m> StreamGuard<'m> {
 
     /// `events` upstream SSE events were transformed in `elapsed` (one batch of the stream
     /// loop). Each is recorded with the batch's mean, so the clock is not read around every
-    /// event.
+    /// event (and the batch is one bucket search, [`BatchHistogram`]).
     pub fn events_masked(&mut self, events: u64, elapsed: Duration) {
-        if let (Some(local), true) = (&self.event_costs, events > 0) {
-            let each = elapsed.as_secs_f64() / events as f64;
-            for _ in 0..events {
-                local.observe(each);
-            }
+        if let (Some(local), true) = (&mut self.event_costs, events > 0) {
+            local.observe_many(elapsed.as_secs_f64() / events as f64, events);
         }
     }
 
@@ -933,7 +935,7 @@ impl<'m> StreamGuard<'m> {
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
-        if let Some(local) = &self.event_costs {
+        if let Some(local) = &mut self.event_costs {
             local.flush();
         }
         if let Some(streams) = self.metrics {

@@ -11,5 +11,6 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod batch_histogram;
 pub mod log;
 pub mod metrics;
