@@ -17,7 +17,7 @@ use std::borrow::Cow;
 /// and takes the general path, so nothing beyond the delta text can ride along unscanned.
 pub(crate) struct CompactDelta<'a> {
     pub(crate) index: u64,
-    pub(crate) delta_type: &'static str,
+    pub(crate) kind: DeltaKind,
     pub(crate) text: Cow<'a, str>,
 }
 
@@ -47,12 +47,15 @@ impl<'a> CompactDelta<'a> {
     pub(crate) fn parse(data: &'a str) -> Option<CompactDelta<'a>> {
         let rest = data.strip_prefix(DELTA_START)?;
         let (index, rest) = compact_index(rest)?;
-        let (delta_type, literal) = KINDS.iter().find_map(|(delta_type, prefix)| {
-            Some((*delta_type, rest.strip_prefix(prefix)?.strip_suffix("}}")?))
+        let (kind, literal) = KINDS.iter().enumerate().find_map(|(kind, (_, prefix))| {
+            Some((
+                DeltaKind(kind),
+                rest.strip_prefix(prefix)?.strip_suffix("}}")?,
+            ))
         })?;
         Some(CompactDelta {
             index,
-            delta_type,
+            kind,
             text: json_string_literal(literal)?,
         })
     }
@@ -91,7 +94,12 @@ impl<'a> CompactDelta<'a> {
 pub(crate) struct DeltaKind(usize);
 
 impl DeltaKind {
+    pub(crate) const TEXT: DeltaKind = DeltaKind(0);
+    pub(crate) const THINKING: DeltaKind = DeltaKind(1);
+    pub(crate) const INPUT_JSON: DeltaKind = DeltaKind(2);
+
     /// `text_delta`, `thinking_delta` or `input_json_delta`.
+    #[cfg(test)]
     pub(crate) fn delta_type(self) -> &'static str {
         KINDS[self.0].0
     }
@@ -333,7 +341,7 @@ mod tests {
                     assert_eq!(read.len, event.len(), "{data}");
                     assert_eq!(
                         (read.index, read.kind.delta_type()),
-                        (parsed.index, parsed.delta_type)
+                        (parsed.index, parsed.kind.delta_type())
                     );
                     assert_eq!(read.text, parsed.text.as_bytes(), "{data}");
                     assert!(matches!(parsed.text, Cow::Borrowed(_)), "{data}");
@@ -375,7 +383,7 @@ mod tests {
     fn compact_delta_shape_is_exact() {
         let ok = r#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"hi \"x\"\n"}}"#;
         let parsed = CompactDelta::parse(ok).expect("compact delta");
-        assert_eq!((parsed.index, parsed.delta_type), (12, "text_delta"));
+        assert_eq!((parsed.index, parsed.kind), (12, DeltaKind::TEXT));
         assert_eq!(parsed.text, "hi \"x\"\n");
         let borrowed = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"plain"}}"#;
         let parsed = CompactDelta::parse(borrowed).expect("compact delta");

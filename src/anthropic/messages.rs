@@ -612,7 +612,7 @@ impl SseTransformer {
         };
         let joined = self.join_text(
             delta.index,
-            delta.delta_type,
+            delta.kind,
             &delta.text,
             delta.text.len(),
             run,
@@ -639,7 +639,7 @@ impl SseTransformer {
         run: &mut Option<DeltaRun>,
         out: &mut Vec<u8>,
     ) -> Option<Event> {
-        let joined = self.join_text(index, kind.delta_type(), text, room, run, out);
+        let joined = self.join_text(index, kind, text, room, run, out);
         joined
             .is_err()
             .then(|| Event::new("content_block_delta", &kind.unescaped_data(index, text)))
@@ -651,22 +651,22 @@ impl SseTransformer {
     fn join_text(
         &mut self,
         index: u64,
-        delta_type: &str,
+        kind: DeltaKind,
         text: &str,
         room: usize,
         run: &mut Option<DeltaRun>,
         out: &mut Vec<u8>,
     ) -> Result<bool, ()> {
-        let which = match (delta_type, self.blocks.get_mut(index)) {
+        let which = match (kind, self.blocks.get_mut(index)) {
             (
-                "text_delta",
+                DeltaKind::TEXT,
                 Some(OpenBlock {
                     kind: Kind::Text | Kind::Other,
                     ..
                 }),
             ) => Which::Text,
             (
-                "thinking_delta",
+                DeltaKind::THINKING,
                 Some(OpenBlock {
                     kind: Kind::Thinking(_),
                     ..
@@ -674,7 +674,7 @@ impl SseTransformer {
             ) => Which::Thinking,
             // Tool input is buffered to the block's stop and judged whole.
             (
-                "input_json_delta",
+                DeltaKind::INPUT_JSON,
                 Some(OpenBlock {
                     kind: Kind::Tool { partial_json, .. },
                     ..
