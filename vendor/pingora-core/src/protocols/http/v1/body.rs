@@ -263,18 +263,21 @@ impl BodyReader {
                 break;
             }
             let buf = &body_buf[start..end];
-            let digits = buf.iter().take(16).take_while(|b| b.is_ascii_hexdigit()).count();
-            if digits == 0 || digits == 16 {
-                break;
-            }
-            let size = buf[..digits].iter().fold(0usize, |size, digit| {
+            // At most 15 hex digits: no overflow.
+            let (mut size, mut digits) = (0usize, 0usize);
+            for &digit in buf.iter().take(16) {
                 let value = match digit {
                     b'0'..=b'9' => digit - b'0',
                     b'a'..=b'f' => digit - b'a' + 10,
-                    _ => digit - b'A' + 10,
+                    b'A'..=b'F' => digit - b'A' + 10,
+                    _ => break,
                 };
-                size << 4 | usize::from(value)
-            });
+                size = size << 4 | usize::from(value);
+                digits += 1;
+            }
+            if digits == 0 || digits == 16 {
+                break;
+            }
             let payload = digits + 2;
             let Some(chunk_end) = payload.checked_add(size).and_then(|e| e.checked_add(2)) else {
                 break;
