@@ -69,8 +69,8 @@ use crate::engine::masker::{Budget, Engine, Finding, MaskError};
 use crate::engine::rules::Scope;
 use crate::engine::unescape::View;
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::ops::Range;
 
 /// Containers may nest this deep; one more is [`WalkError::TooDeep`].

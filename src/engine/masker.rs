@@ -165,7 +165,9 @@ fn protocol_word_slot(text: &[u8]) -> usize {
         (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
         // Shorter than eight bytes: one word of all of them.
         _ => {
-            let short = text.iter().fold(0u64, |word, &byte| word << 8 | u64::from(byte));
+            let short = text
+                .iter()
+                .fold(0u64, |word, &byte| word << 8 | u64::from(byte));
             (short, short)
         }
     };
@@ -1578,7 +1580,13 @@ action = "mask"
                 assert_eq!(protocol_word_index(&probe), listed, "{probe:?}");
             }
         }
-        for text in ["", "x", "sk-ant-api03-", "content_block_deltaa", "anthropic-version:"] {
+        for text in [
+            "",
+            "x",
+            "sk-ant-api03-",
+            "content_block_deltaa",
+            "anthropic-version:",
+        ] {
             assert_eq!(protocol_word_index(text), None, "{text:?}");
         }
     }
