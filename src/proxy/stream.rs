@@ -571,6 +571,12 @@ impl Stream<'_> {
     /// whole reply is there): a reply read in one go costs the client one wake-up, not three.
     /// When nothing is readable yet the header goes out at once, so a client sees the response
     /// start however long the upstream takes over its first event.
+    ///
+    /// The upstream's read timeout is kept here rather than by the session: the session arms a
+    /// timer for every read that waits (a paced stream waits once per event, and a poll that
+    /// finds nothing ready arms and drops one too), while this loop keeps one timer per stream,
+    /// moved only when it fires before the upstream was silent that long. A silence of the
+    /// timeout ends the stream as the session's timeout did: as a failed upstream read.
     async fn run(
         &self,
         session: &mut Session,
@@ -611,6 +617,10 @@ impl Stream<'_> {
         let mut cut_at_deadline = false;
         let deadline = self.state.drain.reached(DrainPhase::Deadline);
         let mut deadline = std::pin::pin!(deadline);
+        let read_timeout = self.state.upstream.read_timeout();
+        upstream.set_read_timeout(None);
+        let mut last_read = Instant::now();
+        let mut silence = std::pin::pin!(tokio::time::sleep(read_timeout));
         let mut header = Some(header);
         loop {
             out.clear();
@@ -641,12 +651,24 @@ impl Stream<'_> {
                             cut_at_deadline = true;
                             break;
                         }
+                        () = &mut silence => {
+                            let until = last_read + read_timeout;
+                            if Instant::now() < until {
+                                silence.as_mut().reset(until.into());
+                                continue;
+                            }
+                            Err(pingora::Error::explain(
+                                pingora::ErrorType::ReadTimedout,
+                                "the upstream sent nothing for the read timeout",
+                            ))
+                        }
                     }
                 }
             };
             let ended = read_ready(upstream, first, &mut batch);
             completed = ended == Some(UpstreamEnd::Complete);
             let masking = Instant::now();
+            last_read = masking;
             let events_before = masker.events();
             let decoded_all = mask_batch(&mut masker, decoder, &mut batch, &mut out);
             let done = ended.is_some() || !decoded_all || masker.faulted();

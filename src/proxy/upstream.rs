@@ -107,6 +107,11 @@ impl Upstream {
         peer
     }
 
+    /// The longest the upstream may stay silent while the proxy waits to read from it.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.read_timeout_ms)
+    }
+
     /// The most response body bytes read whole (JSON, text) before giving up.
     pub fn max_response_bytes(&self) -> usize {
         self.settings.max_response_bytes
@@ -142,7 +147,7 @@ impl Upstream {
             .map_err(|e| failed(exchange, UpstreamError::Connect, e))?;
         // The connector does not apply the peer's timeouts to the session; without them a
         // silent upstream would hold the client forever.
-        let timeout = Duration::from_millis(self.settings.read_timeout_ms);
+        let timeout = self.read_timeout();
         upstream.set_read_timeout(Some(timeout));
         upstream.set_write_timeout(Some(timeout));
         // One write for the header and the body: one `send` and one wake-up of the upstream,

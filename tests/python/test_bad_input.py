@@ -290,6 +290,33 @@ def test_upstream_stalling_mid_stream_times_out_with_error_event(limits_proxy, m
     still_serves(limits_proxy, mock)
 
 
+def test_a_stream_longer_than_the_read_timeout_but_never_silent_that_long_completes(limits_proxy, mock):
+    # The read timeout bounds a silence, not a stream: events 300 ms apart for ~3 s under a 1 s
+    # timeout (the proxy keeps one timer per stream and moves it; the stream must not end at
+    # the timer's first firing).
+    text = " ".join(f"w{i}" for i in range(10))
+    mock.script({"kind": "text", "text": text, "max_delta": 3, "delay_ms": 300, "split_writes": False})
+    started = time.monotonic()
+    data = b""
+    with httpx.Client(base_url=limits_proxy.url, timeout=15) as c:
+        with c.stream("POST", "/v1/messages", json=user_request("hi", stream=True), headers=JSON) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_raw():
+                data += chunk
+    elapsed = time.monotonic() - started
+    events = parse_sse(data)
+    names = [name for name, _ in events]
+    assert elapsed > 2.5, f"the stream took {elapsed:.1f}s: the mock did not pace it"
+    assert names[-1] == "message_stop", names[-4:]
+    assert "error" not in names
+    streamed = "".join(
+        json.loads(payload)["delta"].get("text", "")
+        for name, payload in events
+        if name == "content_block_delta"
+    )
+    assert streamed == text
+
+
 @pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
 def test_upstream_disconnect_after_events_flushes_masked_tail(proxy, mock, rst):
     prefix = "Your token is "
