@@ -45,6 +45,21 @@ const IDLE_READ_SIZE: usize = 1024;
 const TRAILER_SIZE_LIMIT: usize = 1024 * 64;
 
 const LAST_CHUNK: &[u8; 5] = &[b'0', CR, LF, CR, LF];
+
+/// streammask patch: the longest chunk-size line (16 hex digits and CRLF).
+const CHUNK_SIZE_LINE: usize = 18;
+
+/// streammask patch: `len` as a chunk-size line, upper-case hex and CRLF as `format!("{:X}\r\n")`
+/// writes it, in `line`; the bytes written.
+fn chunk_size_line(len: usize, line: &mut [u8; CHUNK_SIZE_LINE]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for (at, byte) in line[..digits].iter_mut().enumerate() {
+        *byte = HEX[(len >> (4 * (digits - 1 - at))) & 0xf];
+    }
+    line[digits..digits + 2].copy_from_slice(b"\r\n");
+    &line[..digits + 2]
+}
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
 const CRLF: &[u8; 2] = &[CR, LF];
@@ -1466,11 +1481,12 @@ impl BodyWriter {
     {
         match self.body_mode {
             BM::ChunkedEncoding(written) => {
-                let (size, crlf): (Bytes, &'static [u8]) = if buf.is_empty() {
+                let mut size_line = [0u8; CHUNK_SIZE_LINE];
+                let (size, crlf): (&[u8], &'static [u8]) = if buf.is_empty() {
                     // an empty chunk would end the body
-                    (Bytes::new(), b"")
+                    (b"", b"")
                 } else {
-                    (Bytes::from(format!("{:X}\r\n", buf.len())), b"\r\n")
+                    (chunk_size_line(buf.len(), &mut size_line), b"\r\n")
                 };
                 let last: &'static [u8] = if end { &LAST_CHUNK[..] } else { b"" };
                 let mut output = head.chain(size).chain(buf).chain(crlf).chain(last);
@@ -1577,8 +1593,11 @@ impl BodyWriter {
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
 
-                let chuck_size_buf = format!("{:X}\r\n", chunk_size);
-                let mut output_buf = Bytes::from(chuck_size_buf).chain(buf).chain(&b"\r\n"[..]);
+                // streammask patch: the size line is written into a local array, not a
+                // `format!` allocation per chunk.
+                let mut size_line = [0u8; CHUNK_SIZE_LINE];
+                let size = chunk_size_line(chunk_size, &mut size_line);
+                let mut output_buf = Buf::chain(size, buf).chain(&b"\r\n"[..]);
                 stream
                     .write_all_buf(&mut output_buf)
                     .await
