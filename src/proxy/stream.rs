@@ -764,8 +764,15 @@ fn read_ready(
     while let Some(result) = read.take() {
         match result {
             Ok(Some(chunk)) => {
+                // A joined read that stopped short of its cap took everything readable: it
+                // stopped at a read that would wait, unless the body is done (its end or an
+                // error, which the next read reports at once). Probing again would only wait.
+                let drained = chunk.len() < WRITE_AT && !upstream.response_done();
                 batched += chunk.len();
                 batch.push(chunk);
+                if drained {
+                    return None;
+                }
             }
             Ok(None) => return Some(UpstreamEnd::Complete),
             // An upstream failure ends the stream without `completed`.
