@@ -1,7 +1,8 @@
 //! Short texts an engine scanned and found nothing in, remembered so the same bytes are not
 //! scanned again: the header lines (Claude Code's list of betas is a few hundred bytes) and
-//! model names every request of a client repeats, a response's model and fixed header values. A Hyperscan block scan of a short text costs a
-//! few thousand instructions of set-up, a lookup here a few dozen.
+//! model names every request of a client repeats, a response's model and fixed header values.
+//! A Hyperscan block scan of a short text costs a few thousand instructions of set-up, a
+//! lookup here a few dozen.
 //!
 //! Invariants:
 //! - only a text whose scan in a scope had no finding at all is remembered, for that scope;

@@ -153,7 +153,7 @@ fn protocol_word_order(word: &str, text: &str) -> std::cmp::Ordering {
     word.len().cmp(&text.len()).then_with(|| word.cmp(text))
 }
 
-/// Slots of the open-addressed table that finds a [`PROTOCOL_WORDS`] entry: four times the
+/// Slots of the open-addressed table that finds a [`PROTOCOL_WORDS`] entry: seven times the
 /// words, so a probe that is not a word mostly ends on its first, empty slot.
 const PROTOCOL_WORD_SLOTS: usize = 1024;
 
