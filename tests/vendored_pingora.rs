@@ -364,7 +364,9 @@ async fn the_head_goes_with_the_first_chunk_and_the_end_with_the_last() {
 async fn chunk_size_lines_are_upper_case_hex_at_every_width() {
     // The write patches write a chunk's size line without `format!`; it must be the line
     // `format!("{:X}\r\n")` wrote, at every number of digits, on both write paths.
-    let sizes = [1usize, 9, 10, 15, 16, 17, 255, 256, 4095, 4096, 65_535, 65_536, 70_000];
+    let sizes = [
+        1usize, 9, 10, 15, 16, 17, 255, 256, 4095, 4096, 65_535, 65_536, 70_000,
+    ];
     let (mut session, mut peer) = server_session().await;
     session
         .write_response_header_with_body(chunked_response(), &vec![b'h'; 300], false)
@@ -373,7 +375,10 @@ async fn chunk_size_lines_are_upper_case_hex_at_every_width() {
     // Read as it goes: the socket's buffer would not hold every chunk.
     let mut wire: Vec<u8> = packets(&mut peer).concat();
     for size in sizes {
-        session.write_body(&vec![b'x'; size]).await.expect("written");
+        session
+            .write_body(&vec![b'x'; size])
+            .await
+            .expect("written");
         wire.extend(packets(&mut peer).concat());
     }
     session.write_last_body(b"").await.expect("written");
@@ -392,7 +397,11 @@ async fn chunk_size_lines_are_upper_case_hex_at_every_width() {
         .position(|w| w == b"\r\n\r\n")
         .expect("a head")
         + 4;
-    assert!(wire[head_end..] == expected[..], "{:?}", text(&wire[head_end..]));
+    assert!(
+        wire[head_end..] == expected[..],
+        "{:?}",
+        text(&wire[head_end..])
+    );
 }
 
 #[tokio::test]
