@@ -160,6 +160,22 @@ mod tests {
         String::from_utf8(out).expect("text")
     }
 
+    /// `prometheus`'s histogram and ours, of the same name and buckets, each in a registry.
+    fn registered_pair() -> (Histogram, BatchHistogram, Registry, Registry) {
+        let theirs =
+            Histogram::with_opts(HistogramOpts::new("cost", "help").buckets(BOUNDS.to_vec()))
+                .expect("histogram");
+        let ours = BatchHistogram::new("cost", "help", BOUNDS.to_vec()).expect("histogram");
+        let (their_registry, our_registry) = (Registry::new(), Registry::new());
+        their_registry
+            .register(Box::new(theirs.clone()))
+            .expect("registered");
+        our_registry
+            .register(Box::new(ours.clone()))
+            .expect("registered");
+        (theirs, ours, their_registry, our_registry)
+    }
+
     /// Every line but the sum's, and the sum.
     fn split_sum(text: &str) -> (Vec<&str>, f64) {
         let (sums, lines): (Vec<&str>, Vec<&str>) =
@@ -184,17 +200,7 @@ mod tests {
             (0.5, 2),
             (f64::NAN, 1),
         ];
-        let theirs =
-            Histogram::with_opts(HistogramOpts::new("cost", "help").buckets(BOUNDS.to_vec()))
-                .expect("histogram");
-        let ours = BatchHistogram::new("cost", "help", BOUNDS.to_vec()).expect("histogram");
-        let (their_registry, our_registry) = (Registry::new(), Registry::new());
-        their_registry
-            .register(Box::new(theirs.clone()))
-            .expect("registered");
-        our_registry
-            .register(Box::new(ours.clone()))
-            .expect("registered");
+        let (theirs, ours, their_registry, our_registry) = registered_pair();
         let mut local = ours.local();
         for (value, times) in batches {
             for _ in 0..times {
@@ -220,17 +226,7 @@ mod tests {
 
     #[test]
     fn the_sum_is_the_sum_of_the_observations() {
-        let theirs =
-            Histogram::with_opts(HistogramOpts::new("cost", "help").buckets(BOUNDS.to_vec()))
-                .expect("histogram");
-        let ours = BatchHistogram::new("cost", "help", BOUNDS.to_vec()).expect("histogram");
-        let (their_registry, our_registry) = (Registry::new(), Registry::new());
-        their_registry
-            .register(Box::new(theirs.clone()))
-            .expect("registered");
-        our_registry
-            .register(Box::new(ours.clone()))
-            .expect("registered");
+        let (theirs, ours, their_registry, our_registry) = registered_pair();
         for stream in 0..5u32 {
             let mut local = ours.local();
             for batch in 1..20u64 {
