@@ -575,7 +575,13 @@ impl SseTransformer {
                         self.fail(StreamFault::Malformed(why), out);
                         break;
                     };
-                    self.join_claimed(delta.index, delta.kind, text, room, &mut run, out)
+                    // Not one to join here: the event it was, rebuilt from its template (its
+                    // exact bytes, as the text has no escape), takes the general path.
+                    let (index, kind) = (delta.index, delta.kind);
+                    let joined = self.join_text(index, kind, text, room, &mut run, out);
+                    joined.is_err().then(|| {
+                        Event::new("content_block_delta", &kind.unescaped_data(index, text))
+                    })
                 }
             };
             if let Some(event) = event {
@@ -626,23 +632,6 @@ impl SseTransformer {
             run.only = Some(event);
         }
         None
-    }
-
-    /// [`SseTransformer::join_delta`] of a delta read in place: the event it was, rebuilt from
-    /// its template (its exact bytes: the text has no escape), when it is not one to join here.
-    fn join_claimed(
-        &mut self,
-        index: u64,
-        kind: DeltaKind,
-        text: &str,
-        room: usize,
-        run: &mut Option<DeltaRun>,
-        out: &mut Vec<u8>,
-    ) -> Option<Event> {
-        let joined = self.join_text(index, kind, text, room, run, out);
-        joined
-            .is_err()
-            .then(|| Event::new("content_block_delta", &kind.unescaped_data(index, text)))
     }
 
     /// [`SseTransformer::join_delta`] of a delta already read: `Err` when the delta is not one
