@@ -32,13 +32,13 @@ pub(super) fn refuse_upgrade(upstream: &ResponseHeader) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Scan the headers of `client` (the header the client will get). Findings go to `findings`.
+/// Scan `client` (the headers the client will get). Findings go to `findings`.
 pub(super) fn scan(
     engine: &Engine,
-    client: &ResponseHeader,
+    client: &http::HeaderMap,
     findings: &mut Findings,
 ) -> Result<(), ApiError> {
-    for (name, value) in client.headers.iter() {
+    for (name, value) in client.iter() {
         let value = text_of(value.as_bytes());
         for text in [name.as_str(), &value] {
             let found = engine

@@ -47,7 +47,7 @@ use crate::engine::{Engine, Findings, Scope, ThinkingMode};
 use crate::exchange::{Exchange, UpstreamError};
 use crate::observe::metrics::StreamGuard;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::proxy::Session;
@@ -120,7 +120,8 @@ struct Prepared {
     kind: BodyKind,
     decoder: Decoder,
     engine: std::sync::Arc<Engine>,
-    downstream: ResponseHeader,
+    /// Made a `ResponseHeader` when it is written, once the framing is known.
+    downstream: http::response::Parts,
 }
 
 /// Relay the upstream's response to the client, masking its body.
@@ -186,14 +187,18 @@ fn prepare(
     let mut downstream = client_header(upstream_header)?;
     let engine = ctx.engine(state);
     let mut header_findings = Findings::new();
-    let scanned = response_headers::scan(&engine, &downstream, &mut header_findings);
+    let scanned = response_headers::scan(&engine, &downstream.headers, &mut header_findings);
     ctx.exchange.response_findings.append(header_findings);
     if let Err(error) = scanned {
         ctx.exchange.upstream_failed(UpstreamError::Malformed, None);
         return Err(error);
     }
     // The proxy's own words, added once the upstream's were scanned.
-    let _ = downstream.insert_header(REQUEST_ID_HEADER, ctx.exchange.request_id.as_str());
+    if let Ok(id) = HeaderValue::from_str(&ctx.exchange.request_id) {
+        let _ = downstream
+            .headers
+            .try_insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
+    }
     Ok(Box::new(Prepared {
         kind,
         decoder,
@@ -211,10 +216,14 @@ async fn relay_stream(
     mut prepared: Box<Prepared>,
 ) {
     ctx.exchange.streamed = true;
-    let mut downstream = Box::new(prepared.downstream);
+    let mut downstream = prepared.downstream;
     if !session.as_downstream().is_http2() {
-        let _ = downstream.insert_header(header::TRANSFER_ENCODING, "chunked");
+        let chunked = HeaderValue::from_static("chunked");
+        let _ = downstream
+            .headers
+            .try_insert(header::TRANSFER_ENCODING, chunked);
     }
+    let downstream = Box::new(ResponseHeader::from(downstream));
     let stream = Stream {
         state,
         engine: &prepared.engine,
@@ -290,35 +299,43 @@ async fn relay_whole(
 }
 
 /// The client's response header: the upstream's status and end-to-end headers, framing and
-/// encoding left to the proxy, and so is the request id (added by the caller).
-fn client_header(upstream: &ResponseHeader) -> Result<ResponseHeader, ApiError> {
+/// encoding left to the proxy, and so is the request id (added by the caller). Built straight
+/// into a `HeaderMap`: Pingora's `append_header` turns each name back into bytes and parses it
+/// again. It becomes a `ResponseHeader` without a case-preserving name map (the names come
+/// from a `HeaderMap`, lowercase already).
+fn client_header(upstream: &ResponseHeader) -> Result<http::response::Parts, ApiError> {
     // Room for the request id, the framing and the two headers Pingora adds when it writes the
     // header (`Date`, `Connection`): a map grown once past its hint doubles, and the client's
-    // session keeps this header for the life of the stream. No case-preserving name map: the
-    // names come from a `HeaderMap`, lowercase already.
-    let mut header =
-        ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
-            .map_err(|_| unavailable("bad response header"))?;
+    // session keeps this header for the life of the stream.
+    let bad_header = |_| unavailable("bad response header");
+    let mut headers =
+        HeaderMap::try_with_capacity(upstream.headers.len() + 4).map_err(bad_header)?;
     let rewritten = [
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
         HeaderName::from_static(REQUEST_ID_HEADER),
     ];
     for (name, value) in end_to_end_headers(&upstream.headers, &rewritten) {
-        let _ = header.append_header(name.clone(), value.clone());
+        headers
+            .try_append(name.clone(), value.clone())
+            .map_err(bad_header)?;
     }
-    Ok(header)
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = upstream.status;
+    parts.headers = headers;
+    Ok(parts)
 }
 
 /// Send a whole (masked) body with its length.
 async fn send_whole(
     session: &mut Session,
     exchange: &mut Exchange,
-    mut header: ResponseHeader,
+    mut header: http::response::Parts,
     body: Vec<u8>,
     restore: Option<&RestoreMap>,
 ) {
-    let _ = header.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+    let length = HeaderValue::from(body.len());
+    let _ = header.headers.try_insert(header::CONTENT_LENGTH, length);
     exchange.usage = Usage::from_json_body(&body);
     exchange.bytes_out += body.len();
     let body = Bytes::from(body);
@@ -331,7 +348,7 @@ async fn send_whole(
         exchange.response_transcript = Some(ResponseTranscript::Body(kept));
     }
     let _ = session
-        .write_response_header_with_body(Box::new(header), Some(body), true)
+        .write_response_header_with_body(Box::new(ResponseHeader::from(header)), Some(body), true)
         .await;
 }
 

@@ -24,7 +24,7 @@ mod vertex;
 use super::metadata::{forwarded_headers, is_credential};
 use crate::anthropic::api::{ApiError, ErrorKind, Provider, Route};
 use crate::config::{Config, Endpoint};
-use http::header;
+use http::header::{self, HeaderMap, HeaderValue};
 use pingora::http::RequestHeader;
 
 /// A request a provider claimed.
@@ -167,31 +167,39 @@ fn base_request(
     body_len: usize,
     keep_credentials: bool,
 ) -> Result<RequestHeader, ApiError> {
-    let method = client.method.as_str();
-    // No case-preserving name map: the names come from a `HeaderMap`, lowercase already, and
-    // the upstream session keeps this header for the life of a stream.
-    let mut request =
-        RequestHeader::build_no_case(method, target.as_bytes(), Some(client.headers.len() + 6))
-            .map_err(internal)?;
+    // Built straight into a `HeaderMap` and made a `RequestHeader` (no case-preserving name
+    // map) once: Pingora's `append_header` turns each name back into bytes and parses it
+    // again, and the upstream session keeps this header for the life of a stream.
+    let mut headers = HeaderMap::try_with_capacity(client.headers.len() + 6).map_err(internal)?;
     for (name, value) in forwarded_headers(&client.headers) {
         if !keep_credentials && is_credential(name) {
             continue;
         }
-        request
-            .append_header(name.clone(), value.clone())
+        headers
+            .try_append(name.clone(), value.clone())
             .map_err(internal)?;
     }
-    request
-        .insert_header(header::HOST, authority)
+    let authority = HeaderValue::from_str(authority).map_err(internal)?;
+    headers
+        .try_insert(header::HOST, authority)
         .map_err(internal)?;
-    request
-        .insert_header(header::ACCEPT_ENCODING, "identity")
+    headers
+        .try_insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )
         .map_err(internal)?;
-    if body_len > 0 || method == "POST" {
-        request
-            .insert_header(header::CONTENT_LENGTH, body_len.to_string())
+    if body_len > 0 || client.method == http::Method::POST {
+        headers
+            .try_insert(header::CONTENT_LENGTH, HeaderValue::from(body_len))
             .map_err(internal)?;
     }
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = client.method.clone();
+    parts.headers = headers;
+    let mut request = RequestHeader::from(parts);
+    // The target as bytes, as `RequestHeader::build` takes it.
+    request.set_raw_path(target.as_bytes()).map_err(internal)?;
     Ok(request)
 }
 
