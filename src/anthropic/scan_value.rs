@@ -16,7 +16,10 @@
 //!   [`parse_strict`] would accept the document and [`scan_value`] would find nothing in it (it
 //!   scans the same keys and strings, decoded, in the same scope): the caller may then forward
 //!   the document as it came. Any finding, duplicate key or parse error is `None`, and the
-//!   caller takes the tree path, which decides what to do with it.
+//!   caller takes the tree path, which decides what to do with it. The documents the API
+//!   sends (compact, no escapes, counts as plain integers) are read by hand ([`CompactReader`]),
+//!   which answers only when it read the whole document and found it clean, and otherwise
+//!   leaves it to the `serde_json` reader; both drive the same [`CleanScan`].
 
 use crate::anthropic::usage::{TokenKind, Usage};
 use crate::engine::{Engine, Findings, Scope};
@@ -246,6 +249,14 @@ pub(crate) struct CleanDocument {
 /// tree: `Some` only when the document is strict JSON and nothing in it has a finding (see the
 /// module docs).
 pub(crate) fn scan_clean(engine: &Engine, data: &str) -> Option<CleanDocument> {
+    if let Some(document) = CompactReader::scan_clean(engine, data) {
+        return Some(document);
+    }
+    scan_clean_by_serde(engine, data)
+}
+
+/// [`scan_clean`] through `serde_json`: any document.
+fn scan_clean_by_serde(engine: &Engine, data: &str) -> Option<CleanDocument> {
     let mut clean = CleanScan {
         engine,
         keys: Vec::new(),
@@ -260,6 +271,137 @@ pub(crate) fn scan_clean(engine: &Engine, data: &str) -> Option<CleanDocument> {
     .ok()?;
     deserializer.end().ok()?;
     Some(clean.document)
+}
+
+/// [`scan_clean`] by hand for the documents the API sends: no whitespace, no escape in a
+/// string, numbers only as non-negative integers that fit a `u64`. Whatever else it meets
+/// (another number, an escape, a control character, a space, bad syntax, nesting past
+/// [`CompactReader::MAX_DEPTH`]) and any finding or duplicate key ends the read with `None`,
+/// and the caller reads the document with `serde_json` instead, which gives the answer. So
+/// when this reader says `Some`, the `serde_json` reader says the same: it read the same keys
+/// and strings (without escapes, their decoded text is their bytes), in the same order,
+/// through the same [`CleanScan`].
+struct CompactReader<'s, 'e, 'de> {
+    text: &'de str,
+    at: usize,
+    scan: &'s mut CleanScan<'e, 'de>,
+}
+
+impl<'s, 'e, 'de> CompactReader<'s, 'e, 'de> {
+    /// Nesting beyond the API's documents goes to `serde_json`, which has its own limit.
+    const MAX_DEPTH: usize = 32;
+
+    fn scan_clean(engine: &'e Engine, text: &'de str) -> Option<CleanDocument> {
+        let mut clean = CleanScan {
+            engine,
+            keys: Vec::new(),
+            document: CleanDocument::default(),
+        };
+        let mut reader = CompactReader {
+            text,
+            at: 0,
+            scan: &mut clean,
+        };
+        reader.value(Place::Root, 0)?;
+        (reader.at == text.len()).then_some(clean.document)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    fn value(&mut self, place: Place, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'{' if depth < Self::MAX_DEPTH => self.object(place, depth + 1),
+            b'[' if depth < Self::MAX_DEPTH => self.array(depth + 1),
+            b'"' => {
+                let text = self.string()?;
+                self.scan.string(place, text).then_some(())
+            }
+            b'0'..=b'9' => {
+                let count = self.count()?;
+                self.scan.count(place, count);
+                Some(())
+            }
+            b'n' => self.literal("null"),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            _ => None,
+        }
+    }
+
+    fn object(&mut self, place: Place, depth: usize) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        let first = self.scan.keys.len();
+        loop {
+            let key = self.string()?;
+            let child = self.scan.key(place, first, Cow::Borrowed(key))?;
+            self.eat(b':')?;
+            self.value(child, depth)?;
+            if self.eat(b',').is_none() {
+                break;
+            }
+        }
+        self.eat(b'}')?;
+        self.scan.keys.truncate(first);
+        Some(())
+    }
+
+    fn array(&mut self, depth: usize) -> Option<()> {
+        self.eat(b'[')?;
+        if self.eat(b']').is_some() {
+            return Some(());
+        }
+        loop {
+            self.value(Place::Elsewhere, depth)?;
+            if self.eat(b',').is_none() {
+                break;
+            }
+        }
+        self.eat(b']')
+    }
+
+    /// A string without escapes or control characters, its quotes taken.
+    fn string(&mut self) -> Option<&'de str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let length = self.text.as_bytes()[start..]
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+        self.at = start + length;
+        self.eat(b'"')?;
+        // Both ends are at ASCII bytes, so on character boundaries.
+        self.text.get(start..start + length)
+    }
+
+    /// `0` or a run of digits without a leading zero, within a `u64` (a fraction or an
+    /// exponent after it is not a `,`, `}` or `]`, so the read stops there).
+    fn count(&mut self) -> Option<u64> {
+        let digits = self.text.as_bytes()[self.at..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        let run = &self.text[self.at..self.at + digits];
+        if run.len() > 1 && run.starts_with('0') {
+            return None;
+        }
+        let count = run.parse().ok()?;
+        self.at += digits;
+        Some(count)
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        self.text[self.at..]
+            .starts_with(word)
+            .then(|| self.at += word.len())
+    }
 }
 
 /// Where in the document a value is, as far as [`CleanDocument`] cares.
@@ -306,9 +448,47 @@ struct CleanScan<'e, 'de> {
     document: CleanDocument,
 }
 
-impl CleanScan<'_, '_> {
+impl<'de> CleanScan<'_, 'de> {
     fn is_clean(&self, text: &str) -> bool {
         matches!(self.engine.scan(text, Scope::Response), Ok(found) if found.is_empty())
+    }
+
+    /// A string at `place`: `false` when it is not clean.
+    fn string(&mut self, place: Place, text: &str) -> bool {
+        if !self.is_clean(text) {
+            return false;
+        }
+        match place {
+            Place::RootType => self.document.kind = Some(text.to_owned()),
+            Place::StopReason => self.document.stop_reason = Some(text.to_owned()),
+            _ => {}
+        }
+        true
+    }
+
+    /// A non-negative integer at `place`.
+    fn count(&mut self, place: Place, count: u64) {
+        if let Place::Count(kind, in_message) = place {
+            match in_message {
+                true => self.document.message_usage.set(kind, count),
+                false => self.document.usage.set(kind, count),
+            }
+        }
+    }
+
+    /// The next key of the object at `place` whose keys start at `first` in [`Self::keys`]:
+    /// the place of its value, or `None` when the key is not clean, repeats one of the
+    /// object's or is one too many.
+    fn key(&mut self, place: Place, first: usize, key: Cow<'de, str>) -> Option<Place> {
+        // The API's objects have a handful of keys; a long one goes to the tree path, whose
+        // duplicate check does not grow with the square of the keys.
+        let own_keys = &self.keys[first..];
+        if own_keys.len() >= MAX_CLEAN_KEYS || own_keys.contains(&key) || !self.is_clean(&key) {
+            return None;
+        }
+        let child = place.child(&key);
+        self.keys.push(key);
+        Some(child)
     }
 }
 
@@ -346,13 +526,7 @@ impl<'de> Visitor<'de> for CleanSeed<'_, '_, 'de> {
     }
 
     fn visit_u64<E>(self, count: u64) -> Result<(), E> {
-        if let Place::Count(kind, in_message) = self.place {
-            let document = &mut self.scan.document;
-            match in_message {
-                true => document.message_usage.set(kind, count),
-                false => document.usage.set(kind, count),
-            }
-        }
+        self.scan.count(self.place, count);
         Ok(())
     }
 
@@ -365,15 +539,10 @@ impl<'de> Visitor<'de> for CleanSeed<'_, '_, 'de> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        if !self.scan.is_clean(text) {
-            return Err(not_clean());
+        match self.scan.string(self.place, text) {
+            true => Ok(()),
+            false => Err(not_clean()),
         }
-        match self.place {
-            Place::RootType => self.scan.document.kind = Some(text.to_owned()),
-            Place::StopReason => self.scan.document.stop_reason = Some(text.to_owned()),
-            _ => {}
-        }
-        Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -390,17 +559,9 @@ impl<'de> Visitor<'de> for CleanSeed<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let first = self.scan.keys.len();
         while let Some(KeyText(key)) = map.next_key()? {
-            // The API's objects have a handful of keys; a long one goes to the tree path, whose
-            // duplicate check does not grow with the square of the keys.
-            let own_keys = &self.scan.keys[first..];
-            if own_keys.len() >= MAX_CLEAN_KEYS
-                || own_keys.contains(&key)
-                || !self.scan.is_clean(&key)
-            {
+            let Some(place) = self.scan.key(self.place, first, key) else {
                 return Err(not_clean());
-            }
-            let place = self.place.child(&key);
-            self.scan.keys.push(key);
+            };
             map.next_value_seed(CleanSeed {
                 scan: &mut *self.scan,
                 place,
@@ -629,6 +790,59 @@ applies_to = ["request", "response"]
         assert_eq!(delta.usage.get(TokenKind::Input), None);
     }
 
+    #[test]
+    fn the_compact_reader_reads_the_api_documents_and_leaves_anything_else_to_serde() {
+        let engine = crate::engine::test_engine(RULES);
+        let by_hand = |doc: &str| CompactReader::scan_clean(&engine, doc);
+        let api = [
+            r#"{"type":"message_start","message":{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":3,"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":1,"service_tier":"standard"}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            r#"{"a":[true,false,null,[],{},0,18446744073709551615,"é ✓"]}"#,
+        ];
+        for doc in api {
+            let read = by_hand(doc);
+            assert!(read.is_some(), "{doc}");
+            assert_eq!(read, scan_clean_by_serde(&engine, doc), "{doc}");
+        }
+        let start = by_hand(api[0]).expect("read by hand");
+        assert_eq!(start.kind.as_deref(), Some("message_start"));
+        assert_eq!(start.message_usage.get(TokenKind::CacheRead), Some(3));
+        let delta = by_hand(api[1]).expect("read by hand");
+        assert_eq!(delta.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!(delta.usage.get(TokenKind::Output), Some(4));
+        // Each is left to serde_json: some are clean there, some are not JSON at all.
+        let nested = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        let s = secret();
+        let left = [
+            r#"{"usage":{"output_tokens":01}}"#.to_string(),
+            r#"{"usage":{"output_tokens":1.5}}"#.to_string(),
+            r#"{"usage":{"output_tokens":1e3}}"#.to_string(),
+            r#"{"usage":{"output_tokens":-1}}"#.to_string(),
+            r#"{"usage":{"output_tokens":18446744073709551616}}"#.to_string(),
+            r#"{"type":"ping"} "#.to_string(),
+            r#"{"type": "ping"}"#.to_string(),
+            r#"{"type":"p\u0069ng"}"#.to_string(),
+            "{\"type\":\"a\tb\"}".to_string(),
+            r#"{"a":1,}"#.to_string(),
+            r#"[1,]"#.to_string(),
+            r#"{"a":1"#.to_string(),
+            r#"{"a" :1}"#.to_string(),
+            r#"{"a":1,"a":1}"#.to_string(),
+            r#"{"a":nul}"#.to_string(),
+            format!(r#"{{"type":"{s}"}}"#),
+            format!(r#"{{"{s}":1}}"#),
+            nested,
+        ];
+        for doc in &left {
+            assert_eq!(by_hand(doc), None, "{doc}");
+        }
+        // Those serde_json reads as clean still come out clean.
+        for doc in [r#"{"type":"ping"} "#, r#"{"type":"p\u0069ng"}"#] {
+            assert!(scan_clean(&engine, doc).is_some(), "{doc}");
+        }
+    }
+
     fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
@@ -678,6 +892,8 @@ applies_to = ["request", "response"]
                 false => value.to_string(),
             };
             proptest::prop_assert_eq!(scan_clean(&engine, &doc), clean_by_tree(&engine, &doc), "{}", doc);
+            let by_hand = CompactReader::scan_clean(&engine, &doc);
+            proptest::prop_assert!(by_hand.is_none() || by_hand == scan_clean_by_serde(&engine, &doc), "{}", doc);
         }
     }
 
