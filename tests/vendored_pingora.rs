@@ -7,7 +7,9 @@
 //! (taking a chunk whose head is only its size directly, and ending on any other as a single
 //! read does; an error met after joined chunks still reaches the caller). The write patches put a message's head, its body
 //! and the body's end in one write where Pingora as released makes up to three: counted here as
-//! the packets of a `SOCK_SEQPACKET` socket, which keeps every write's boundary.
+//! the packets of a `SOCK_SEQPACKET` socket, which keeps every write's boundary. A session (or
+//! a server, for every session of its connections) told not to keep the case of header names
+//! reads headers without it; by default the case is kept, as released.
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::HttpSession;
@@ -453,4 +455,127 @@ async fn a_request_head_and_body_are_one_write() {
     let wire = text(&sent[0]);
     assert!(wire.starts_with("POST /v1/messages HTTP/1.1\r\n"), "{wire}");
     assert!(wire.ends_with("\r\n\r\n{\"a\":\"bcd\"}"), "{wire}");
+}
+
+const MIXED_CASE_HEADER: &[u8] = b"X-Mixed-Case: a\r\nContent-Length: 0\r\n\r\n";
+
+/// Whether a header's names keep their case, as its map and its wire form show.
+fn keeps_case(has_case: bool, wire: &[u8], headers: &http::HeaderMap) -> bool {
+    assert_eq!(
+        headers.get("x-mixed-case").map(|v| v.as_bytes()),
+        Some(&b"a"[..])
+    );
+    let written = text(wire).contains("X-Mixed-Case: a\r\n");
+    assert_eq!(written, has_case, "{}", text(wire));
+    has_case
+}
+
+#[tokio::test]
+async fn header_names_keep_their_case_unless_a_session_is_told_not_to() {
+    for keep in [None, Some(true), Some(false)] {
+        let (client, mut upstream) = tokio::io::duplex(4096);
+        let mut session = HttpSession::new(Box::new(client));
+        if let Some(keep) = keep {
+            session.set_response_header_case(keep);
+        }
+        let mut response = b"HTTP/1.1 200 OK\r\n".to_vec();
+        response.extend_from_slice(MIXED_CASE_HEADER);
+        upstream.write_all(&response).await.expect("written");
+        session.read_response().await.expect("response read");
+        let header = session.resp_header().expect("a response header");
+        let mut wire = Vec::new();
+        header.header_to_h1_wire(&mut wire);
+        let kept = keeps_case(header.has_case(), &wire, &header.headers);
+        assert_eq!(kept, keep != Some(false), "response, {keep:?}");
+
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut session = ServerSession::new(Box::new(server));
+        if let Some(keep) = keep {
+            session.set_request_header_case(keep);
+        }
+        let mut request = b"GET / HTTP/1.1\r\n".to_vec();
+        request.extend_from_slice(MIXED_CASE_HEADER);
+        client.write_all(&request).await.expect("written");
+        session.read_request().await.expect("request read");
+        let header = session.req_header();
+        let mut wire = Vec::new();
+        header.header_to_h1_wire(&mut wire);
+        let kept = keeps_case(header.has_case(), &wire, &header.headers);
+        assert_eq!(kept, keep != Some(false), "request, {keep:?}");
+    }
+}
+
+/// A proxy that answers every request itself, saying whether its request header kept the
+/// case of its names.
+struct CaseEcho;
+
+#[async_trait::async_trait]
+impl pingora::proxy::ProxyHttp for CaseEcho {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _: &mut pingora::proxy::Session,
+        _: &mut (),
+    ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
+        unreachable!("every request is answered by request_filter")
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut pingora::proxy::Session,
+        _: &mut (),
+    ) -> pingora::Result<bool> {
+        let kept = session.req_header().has_case();
+        let mut header = ResponseHeader::build(200, None)?;
+        header.insert_header("content-length", "0")?;
+        header.insert_header("x-kept-case", if kept { "yes" } else { "no" })?;
+        session
+            .write_response_header(Box::new(header), true)
+            .await?;
+        Ok(true)
+    }
+}
+
+/// `HttpServerOptions::drop_request_header_case` reaches every request of a connection, the
+/// first and those that reuse it.
+#[tokio::test]
+async fn the_server_option_drops_the_case_of_every_request_on_a_connection() {
+    use pingora::apps::ServerApp;
+    for drop_case in [false, true] {
+        let conf = std::sync::Arc::new(pingora::server::configuration::ServerConf::default());
+        let mut proxy = pingora::proxy::http_proxy(&conf, CaseEcho);
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.drop_request_header_case = drop_case;
+        proxy.server_options = Some(options);
+        let proxy = std::sync::Arc::new(proxy);
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let (_shutdown, watch) = tokio::sync::watch::channel(false);
+        let serving =
+            tokio::spawn(async move { drop(proxy.process_new(Box::new(server), &watch).await) });
+        let mut answers = String::new();
+        for _ in 0..2 {
+            let mut request = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+            request.extend_from_slice(MIXED_CASE_HEADER);
+            client.write_all(&request).await.expect("written");
+            let mut answer = vec![0; 4096];
+            let n = tokio::io::AsyncReadExt::read(&mut client, &mut answer)
+                .await
+                .expect("answer read");
+            answers.push_str(&text(&answer[..n]));
+        }
+        drop(client);
+        serving.await.expect("served");
+        let expected = if drop_case { "no" } else { "yes" };
+        let said: Vec<&str> = answers
+            .lines()
+            .filter(|line| line.to_ascii_lowercase().starts_with("x-kept-case:"))
+            .collect();
+        assert_eq!(said.len(), 2, "{answers}");
+        for line in said {
+            assert!(line.ends_with(expected), "{line} ({answers})");
+        }
+    }
 }

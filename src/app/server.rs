@@ -382,12 +382,13 @@ pub fn proxy_service(
         Proxy::new(live),
         "streammask proxy",
     );
-    if h2c {
-        if let Some(app) = proxy.app_logic_mut() {
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = h2c;
+        // The upstream request is built from the names' map (`provider::base_request`), so the
+        // case of the client's names is never written (a patch in `vendor/pingora-core`).
+        options.drop_request_header_case = true;
+        app.server_options = Some(options);
     }
     // No L4 read buffer: Pingora's default is 64 KiB per connection, zero-filled when the
     // connection is accepted, so it is resident for as long as a stream stays open (most of a

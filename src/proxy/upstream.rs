@@ -150,6 +150,9 @@ impl Upstream {
         let timeout = self.read_timeout();
         upstream.set_read_timeout(Some(timeout));
         upstream.set_write_timeout(Some(timeout));
+        // The client's header is built from the names' map (`stream::client_header`), so the
+        // case of the upstream's names is never written (a patch in `vendor/pingora-core`).
+        upstream.set_response_header_case(false);
         // One write for the header and the body: one `send` and one wake-up of the upstream,
         // not two (a patch in `vendor/pingora-core`).
         if body.is_empty() {

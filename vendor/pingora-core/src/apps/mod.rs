@@ -89,6 +89,13 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// streammask patch (vendor/README.md): read HTTP/1.x request headers without keeping the
+    /// case of their names, for a proxy that builds its upstream requests itself
+    /// ([`crate::protocols::http::v1::server::HttpSession::set_request_header_case`]).
+    ///
+    /// Default: `false` (the case is kept)
+    pub drop_request_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -346,7 +353,12 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let drop_case = self
+                .server_options()
+                .is_some_and(|o| o.drop_request_header_case);
             let mut session = ServerSession::new_http1(stream);
+            // streammask patch: see `HttpServerOptions::drop_request_header_case`.
+            session.set_request_header_case(!drop_case);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -362,6 +374,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                session.set_request_header_case(!drop_case);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -119,6 +119,15 @@ impl<S: Session> HttpSession<S> {
         }
     }
 
+    /// streammask patch (vendor/README.md): whether an HTTP/1.x response header keeps the case
+    /// of its names (see [`crate::protocols::http::v1::client::HttpSession::set_response_header_case`]);
+    /// HTTP/2 names have none.
+    pub fn set_response_header_case(&mut self, keep: bool) {
+        if let HttpSession::H1(h1) = self {
+            h1.set_response_header_case(keep);
+        }
+    }
+
     /// Set the read timeout for reading header and body.
     ///
     /// The timeout is per read operation, not on the overall time reading the entire response

@@ -71,6 +71,9 @@ pub struct HttpSession {
     /// some bytes, returned by the next body read (the reader is done after an error, and a
     /// read would otherwise report the body's end).
     deferred_body_error: Option<Box<Error>>,
+    /// streammask patch (vendor/README.md): whether the response header keeps the case of
+    /// its names as read. Defaults to true; see [`Self::set_response_header_case`].
+    response_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -105,7 +108,16 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             deferred_body_error: None,
+            response_header_case: true,
         }
+    }
+
+    /// streammask patch (vendor/README.md): whether the response header read next keeps the
+    /// case of its names (default true). A proxy that builds the client's header itself, and
+    /// so never writes these names, can turn it off: the header is then read without its
+    /// case-preserving name map (one map and one insertion per header fewer).
+    pub fn set_response_header_case(&mut self, keep: bool) {
+        self.response_header_case = keep;
     }
 
     /// Create a new http client session and apply peer options
@@ -328,10 +340,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        let (code, hint) = (resp.code.unwrap(), Some(resp.headers.len()));
+                        // streammask patch: see `set_response_header_case`.
+                        let built = if self.response_header_case {
+                            ResponseHeader::build(code, hint)
+                        } else {
+                            ResponseHeader::build_no_case(code, hint)
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };

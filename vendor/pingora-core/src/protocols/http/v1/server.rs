@@ -144,6 +144,10 @@ pub struct HttpSession {
     /// Defaults to false. Can be enabled via [`set_pipelining_enabled`](Self::set_pipelining_enabled).
     /// See [`Self::set_pipelining_enabled`] for RFC 9112 §9.3.2 semantics.
     pipelining_enabled: bool,
+    /// streammask patch (vendor/README.md): whether the request header keeps the case of its
+    /// names as read (a second, case-preserving name map). Defaults to true; see
+    /// [`Self::set_request_header_case`].
+    request_header_case: bool,
     /// Pipelined bytes from the previous request on the same keep-alive connection,
     /// to be parsed as the start of this session's request. Consumed on the first
     /// call to [`Self::read_request`]. Set via [`Self::set_pipelined_prefix`] after
@@ -204,6 +208,7 @@ impl HttpSession {
             abort_on_close: true,
             proxy_tasks_enabled: false,
             pipelining_enabled: false,
+            request_header_case: true,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
         }
@@ -349,12 +354,16 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        let method = req.method.unwrap_or("");
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let hint = Some(req.headers.len());
+                        // streammask patch: see `set_request_header_case`.
+                        let mut request_header = Box::new(if self.request_header_case {
+                            RequestHeader::build(method, path, hint)?
+                        } else {
+                            RequestHeader::build_no_case(method, path, hint)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -1017,6 +1026,15 @@ impl HttpSession {
     /// request N+1 begins processing. No parallel pipelining.
     pub fn set_pipelining_enabled(&mut self, enabled: bool) {
         self.pipelining_enabled = enabled;
+    }
+
+    /// streammask patch (vendor/README.md): whether the request header read next keeps the
+    /// case of its names (default true). A proxy that builds its upstream request itself, and
+    /// so never writes these names, can turn it off: the header is then read without its
+    /// case-preserving name map (one map and one insertion per header fewer), and its names
+    /// are lowercase wherever they are written.
+    pub fn set_request_header_case(&mut self, keep: bool) {
+        self.request_header_case = keep;
     }
 
     /// Set pipelined bytes to be parsed as the start of this session's request.
