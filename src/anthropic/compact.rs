@@ -123,8 +123,9 @@ pub(crate) struct CompactEvent<'a> {
 }
 
 /// Where the first `"`, `\\` or control byte of `bytes` is, eight bytes at a time: a delta's
-/// text is read to its closing quote, and one with an escape is left to the general reader.
-fn first_special(bytes: &[u8]) -> Option<usize> {
+/// text (or a string of [`super::scan_value`]'s compact reader) is read to its closing quote,
+/// and one with an escape is left to the general reader.
+pub(super) fn first_special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // A byte of `word` that is zero gets its high bit set (bytes after a zero may too; only

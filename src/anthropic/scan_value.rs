@@ -21,6 +21,7 @@
 //!   which answers only when it read the whole document and found it clean, and otherwise
 //!   leaves it to the `serde_json` reader; both drive the same [`CleanScan`].
 
+use crate::anthropic::compact::first_special;
 use crate::anthropic::usage::{TokenKind, Usage};
 use crate::engine::{Engine, Findings, Scope};
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -259,7 +260,7 @@ pub(crate) fn scan_clean(engine: &Engine, data: &str) -> Option<CleanDocument> {
 fn scan_clean_by_serde(engine: &Engine, data: &str) -> Option<CleanDocument> {
     let mut clean = CleanScan {
         engine,
-        keys: Vec::new(),
+        keys: Vec::with_capacity(CleanScan::KEYS_ROOM),
         document: CleanDocument::default(),
     };
     let mut deserializer = serde_json::Deserializer::from_str(data);
@@ -294,7 +295,7 @@ impl<'s, 'e, 'de> CompactReader<'s, 'e, 'de> {
     fn scan_clean(engine: &'e Engine, text: &'de str) -> Option<CleanDocument> {
         let mut clean = CleanScan {
             engine,
-            keys: Vec::new(),
+            keys: Vec::with_capacity(CleanScan::KEYS_ROOM),
             document: CleanDocument::default(),
         };
         let mut reader = CompactReader {
@@ -372,9 +373,7 @@ impl<'s, 'e, 'de> CompactReader<'s, 'e, 'de> {
     fn string(&mut self) -> Option<&'de str> {
         self.eat(b'"')?;
         let start = self.at;
-        let length = self.text.as_bytes()[start..]
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+        let length = first_special(&self.text.as_bytes()[start..])?;
         self.at = start + length;
         self.eat(b'"')?;
         // Both ends are at ASCII bytes, so on character boundaries.
@@ -449,6 +448,9 @@ struct CleanScan<'e, 'de> {
 }
 
 impl<'de> CleanScan<'_, 'de> {
+    /// The keys of a `message_start` and the objects it is in, without growing.
+    const KEYS_ROOM: usize = 16;
+
     fn is_clean(&self, text: &str) -> bool {
         matches!(self.engine.scan(text, Scope::Response), Ok(found) if found.is_empty())
     }
