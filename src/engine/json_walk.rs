@@ -890,8 +890,11 @@ impl<'a> Walker<'a> {
             opts: *opts,
             restore,
             budget,
-            nodes: Vec::new(),
-            keys: Vec::new(),
+            // A node per value and per key, the smallest taking a few bytes: room for a short
+            // document's, grown from there for a long one (a request's body: not grown from
+            // nothing four times).
+            nodes: Vec::with_capacity((text.len() / 8).clamp(16, 512)),
+            keys: Vec::with_capacity(16),
             path: Vec::new(),
             scratch: String::new(),
             view: View::new(),

@@ -249,6 +249,13 @@ impl BodyReader {
         body_buf
     }
 
+    /// streammask patch: whether an upstream body is arriving in bulk (its last read from IO
+    /// filled the buffer, or the header came with much of it), so that a read that joins its
+    /// pieces is likely to find a buffer's worth more.
+    pub fn reading_in_bulk(&self) -> bool {
+        self.upstream && self.last_read_filled
+    }
+
     /// streammask patch: body bytes read into the buffer and not parsed yet (a chunked body
     /// whose chunks came together), to size a read that joins them.
     pub fn buffered_unparsed(&self) -> usize {

@@ -587,10 +587,15 @@ impl HttpSession {
         let Some(first) = self.read_body_timed().await? else {
             return Ok(None);
         };
-        // Room for what is buffered already, taken in one allocation with the first piece.
+        // Room for what is buffered already, taken in one allocation with the first piece; for
+        // a body arriving in bulk, room for a buffer's worth too, so the bytes joined are not
+        // copied again when the next read's are.
         let first = self.body_reader.get_body(&first);
-        let mut joined =
-            BytesMut::with_capacity(first.len() + self.body_reader.buffered_unparsed());
+        let mut room = first.len() + self.body_reader.buffered_unparsed();
+        if self.body_reader.reading_in_bulk() {
+            room = room.max(self.body_reader.body_buf_size);
+        }
+        let mut joined = BytesMut::with_capacity(room);
         joined.extend_from_slice(first);
         self.body_recv = self.body_recv.saturating_add(joined.len());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
