@@ -199,9 +199,7 @@ fn prepare(
     }
     // The proxy's own words, added once the upstream's were scanned.
     if let Ok(id) = HeaderValue::from_str(&ctx.exchange.request_id) {
-        let _ = downstream
-            .headers
-            .try_insert(REQUEST_ID, id);
+        let _ = downstream.headers.try_insert(REQUEST_ID, id);
     }
     Ok(Box::new(Prepared {
         kind,
@@ -314,11 +312,7 @@ fn client_header(upstream: &ResponseHeader) -> Result<http::response::Parts, Api
     let bad_header = |_| unavailable("bad response header");
     let mut headers =
         HeaderMap::try_with_capacity(upstream.headers.len() + 4).map_err(bad_header)?;
-    let rewritten = [
-        header::CONTENT_LENGTH,
-        header::CONTENT_ENCODING,
-        REQUEST_ID,
-    ];
+    let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING, REQUEST_ID];
     for (name, value) in end_to_end_headers(&upstream.headers, &rewritten) {
         headers
             .try_append(name.clone(), value.clone())
@@ -822,8 +816,10 @@ fn mask_batch(
 ) -> bool {
     let mut decoded_all = true;
     let total: usize = batch.iter().map(Bytes::len).sum();
-    // Masked output is about as long as its input (placeholders are near a secret's length).
-    out.reserve(total);
+    // Masked output is about as long as its input (placeholders are near a secret's length),
+    // plus the text held back from the previous read, which goes out with this one (a word,
+    // rarely more): room for it, so the vector is not grown and copied for a one-event read.
+    out.reserve(total + 128);
     if let ([chunk], true) = (batch.as_slice(), decoder.is_identity()) {
         // One piece already (reads join what arrived together): no copy to join it.
         masker.push(chunk, out);
