@@ -459,48 +459,58 @@ async fn a_request_head_and_body_are_one_write() {
 
 const MIXED_CASE_HEADER: &[u8] = b"X-Mixed-Case: a\r\nContent-Length: 0\r\n\r\n";
 
-/// Whether a header's names keep their case, as its map and its wire form show.
-fn keeps_case(has_case: bool, wire: &[u8], headers: &http::HeaderMap) -> bool {
+/// Whether a header's names keep their case, as its map and its wire form (`wire` writes it)
+/// show.
+fn keeps_case(has_case: bool, wire: impl FnOnce(&mut Vec<u8>), headers: &http::HeaderMap) -> bool {
     assert_eq!(
         headers.get("x-mixed-case").map(|v| v.as_bytes()),
         Some(&b"a"[..])
     );
-    let written = text(wire).contains("X-Mixed-Case: a\r\n");
-    assert_eq!(written, has_case, "{}", text(wire));
+    let mut written = Vec::new();
+    wire(&mut written);
+    let written = text(&written);
+    assert_eq!(
+        written.contains("X-Mixed-Case: a\r\n"),
+        has_case,
+        "{written}"
+    );
     has_case
+}
+
+/// The near end of a pipe whose far end has sent `start_line` and the mixed-case header.
+async fn mixed_case_message(
+    start_line: &str,
+) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+    let (near, mut far) = tokio::io::duplex(4096);
+    let mut message = format!("{start_line}\r\n").into_bytes();
+    message.extend_from_slice(MIXED_CASE_HEADER);
+    far.write_all(&message).await.expect("written");
+    (near, far)
 }
 
 #[tokio::test]
 async fn header_names_keep_their_case_unless_a_session_is_told_not_to() {
     for keep in [None, Some(true), Some(false)] {
-        let (client, mut upstream) = tokio::io::duplex(4096);
-        let mut session = HttpSession::new(Box::new(client));
+        let (near, _far) = mixed_case_message("HTTP/1.1 200 OK").await;
+        let mut session = HttpSession::new(Box::new(near));
         if let Some(keep) = keep {
             session.set_response_header_case(keep);
         }
-        let mut response = b"HTTP/1.1 200 OK\r\n".to_vec();
-        response.extend_from_slice(MIXED_CASE_HEADER);
-        upstream.write_all(&response).await.expect("written");
         session.read_response().await.expect("response read");
         let header = session.resp_header().expect("a response header");
-        let mut wire = Vec::new();
-        header.header_to_h1_wire(&mut wire);
-        let kept = keeps_case(header.has_case(), &wire, &header.headers);
+        let wire = |w: &mut Vec<u8>| header.header_to_h1_wire(w);
+        let kept = keeps_case(header.has_case(), wire, &header.headers);
         assert_eq!(kept, keep != Some(false), "response, {keep:?}");
 
-        let (server, mut client) = tokio::io::duplex(4096);
-        let mut session = ServerSession::new(Box::new(server));
+        let (near, _far) = mixed_case_message("GET / HTTP/1.1").await;
+        let mut session = ServerSession::new(Box::new(near));
         if let Some(keep) = keep {
             session.set_request_header_case(keep);
         }
-        let mut request = b"GET / HTTP/1.1\r\n".to_vec();
-        request.extend_from_slice(MIXED_CASE_HEADER);
-        client.write_all(&request).await.expect("written");
         session.read_request().await.expect("request read");
         let header = session.req_header();
-        let mut wire = Vec::new();
-        header.header_to_h1_wire(&mut wire);
-        let kept = keeps_case(header.has_case(), &wire, &header.headers);
+        let wire = |w: &mut Vec<u8>| header.header_to_h1_wire(w);
+        let kept = keeps_case(header.has_case(), wire, &header.headers);
         assert_eq!(kept, keep != Some(false), "request, {keep:?}");
     }
 }
