@@ -271,15 +271,14 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
         table
     };
     out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut clean_from = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
+    // The bytes to escape are those `first_special` stops at: the runs between them are
+    // copied whole, found eight bytes at a time.
+    let mut rest = text.as_bytes();
+    while let Some(at) = first_special(rest) {
+        let byte = rest[at];
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at + 1..];
         let short = ESCAPES[usize::from(byte)];
-        if short == 0 {
-            continue;
-        }
-        out.extend_from_slice(&bytes[clean_from..at]);
-        clean_from = at + 1;
         out.push(b'\\');
         out.push(short);
         if short == b'u' {
@@ -288,7 +287,7 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
             out.push(HEX[usize::from(byte & 0xf)]);
         }
     }
-    out.extend_from_slice(&bytes[clean_from..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
@@ -300,11 +299,16 @@ mod tests {
 
     #[test]
     fn templated_delta_event_equals_the_value_encoding() {
+        // Every byte an escape is for, at every offset within a word of eight.
+        let every_ascii: String = (0..128u8).map(char::from).collect::<String>().repeat(2);
         for text in [
             "",
             "plain words ",
             "quote \" backslash \\ newline \n tab \t",
             "ünïcödé ✓ \u{1}",
+            "eight by\"eight by\\tes and \u{1f}\u{7f} more than eight \"",
+            &every_ascii,
+            &every_ascii[3..],
         ] {
             for index in [0, 3, 9, 10, 12_345, u64::MAX] {
                 let value = json!({
