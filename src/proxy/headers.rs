@@ -36,6 +36,20 @@ pub(super) fn end_to_end_headers<'h>(
     })
 }
 
+/// `headers` copied into a map of their own with room for `room`: the proxy builds the headers
+/// it writes this way, not through Pingora's `append_header`, which turns each name back into
+/// bytes and parses it again.
+pub(super) fn copied_headers<'h>(
+    headers: impl Iterator<Item = (&'h HeaderName, &'h http::HeaderValue)>,
+    room: usize,
+) -> Result<http::HeaderMap, http::header::MaxSizeReached> {
+    let mut map = http::HeaderMap::try_with_capacity(room)?;
+    for (name, value) in headers {
+        map.try_append(name.clone(), value.clone())?;
+    }
+    Ok(map)
+}
+
 /// Header names a `Connection` header declares hop-by-hop.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     headers

@@ -26,7 +26,7 @@
 
 use super::drain::DrainPhase;
 use super::encoding::Decoder;
-use super::headers::{end_to_end_headers, header_str};
+use super::headers::{copied_headers, end_to_end_headers, header_str};
 use super::provider::Routed;
 use super::response_headers;
 use super::upstream::{unavailable, Opened};
@@ -47,7 +47,7 @@ use crate::engine::{Engine, Findings, Scope, ThinkingMode};
 use crate::exchange::{Exchange, UpstreamError};
 use crate::observe::metrics::StreamGuard;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::proxy::Session;
@@ -301,23 +301,17 @@ async fn relay_whole(
 }
 
 /// The client's response header: the upstream's status and end-to-end headers, framing and
-/// encoding left to the proxy, and so is the request id (added by the caller). Built straight
-/// into a `HeaderMap`: Pingora's `append_header` turns each name back into bytes and parses it
-/// again. It becomes a `ResponseHeader` without a case-preserving name map (the names come
-/// from a `HeaderMap`, lowercase already).
+/// encoding left to the proxy, and so is the request id (added by the caller). It becomes a
+/// `ResponseHeader` without a case-preserving name map (the names come from a `HeaderMap`,
+/// lowercase already).
 fn client_header(upstream: &ResponseHeader) -> Result<http::response::Parts, ApiError> {
     // Room for the request id, the framing and the two headers Pingora adds when it writes the
     // header (`Date`, `Connection`): a map grown once past its hint doubles, and the client's
     // session keeps this header for the life of the stream.
-    let bad_header = |_| unavailable("bad response header");
-    let mut headers =
-        HeaderMap::try_with_capacity(upstream.headers.len() + 4).map_err(bad_header)?;
     let rewritten = [header::CONTENT_LENGTH, header::CONTENT_ENCODING, REQUEST_ID];
-    for (name, value) in end_to_end_headers(&upstream.headers, &rewritten) {
-        headers
-            .try_append(name.clone(), value.clone())
-            .map_err(bad_header)?;
-    }
+    let end_to_end = end_to_end_headers(&upstream.headers, &rewritten);
+    let headers = copied_headers(end_to_end, upstream.headers.len() + 4)
+        .map_err(|_| unavailable("bad response header"))?;
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = upstream.status;
     parts.headers = headers;

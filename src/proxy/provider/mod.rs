@@ -21,10 +21,11 @@ mod anthropic;
 mod bedrock;
 mod vertex;
 
+use super::headers::copied_headers;
 use super::metadata::{forwarded_headers, is_credential};
 use crate::anthropic::api::{ApiError, ErrorKind, Provider, Route};
 use crate::config::{Config, Endpoint};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use pingora::http::RequestHeader;
 
 /// A request a provider claimed.
@@ -167,18 +168,11 @@ fn base_request(
     body_len: usize,
     keep_credentials: bool,
 ) -> Result<RequestHeader, ApiError> {
-    // Built straight into a `HeaderMap` and made a `RequestHeader` (no case-preserving name
-    // map) once: Pingora's `append_header` turns each name back into bytes and parses it
-    // again, and the upstream session keeps this header for the life of a stream.
-    let mut headers = HeaderMap::try_with_capacity(client.headers.len() + 6).map_err(internal)?;
-    for (name, value) in forwarded_headers(&client.headers) {
-        if !keep_credentials && is_credential(name) {
-            continue;
-        }
-        headers
-            .try_append(name.clone(), value.clone())
-            .map_err(internal)?;
-    }
+    // Made a `RequestHeader` (no case-preserving name map) once its map is whole; the
+    // upstream session keeps it for the life of a stream.
+    let forwarded = forwarded_headers(&client.headers)
+        .filter(|(name, _)| keep_credentials || !is_credential(name));
+    let mut headers = copied_headers(forwarded, client.headers.len() + 6).map_err(internal)?;
     let authority = HeaderValue::from_str(authority).map_err(internal)?;
     headers
         .try_insert(header::HOST, authority)

@@ -546,13 +546,13 @@ impl HttpSession {
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
         let result = self.read_body_timed().await;
-        result.map(|maybe_body| {
-            maybe_body.map(|body_ref| {
-                let slice = self.body_reader.get_body(&body_ref);
-                self.body_recv = self.body_recv.saturating_add(slice.len());
-                slice
-            })
-        })
+        result.map(|maybe_body| maybe_body.map(|body_ref| self.received_body(&body_ref)))
+    }
+
+    /// streammask patch: the body bytes a read returned, counted as received.
+    fn received_body(&mut self, body_ref: &BufRef) -> &[u8] {
+        self.body_recv = self.body_recv.saturating_add(body_ref.len());
+        self.body_reader.get_body(body_ref)
     }
 
     /// streammask patch: [`Self::read_body_ref`]'s read (the deferred error, the timeout),
@@ -590,14 +590,12 @@ impl HttpSession {
         // Room for what is buffered already, taken in one allocation with the first piece; for
         // a body arriving in bulk, room for a buffer's worth too, so the bytes joined are not
         // copied again when the next read's are.
-        let first = self.body_reader.get_body(&first);
         let mut room = first.len() + self.body_reader.buffered_unparsed();
         if self.body_reader.reading_in_bulk() {
             room = room.max(self.body_reader.body_buf_size);
         }
         let mut joined = BytesMut::with_capacity(room);
-        joined.extend_from_slice(first);
-        self.body_recv = self.body_recv.saturating_add(joined.len());
+        joined.extend_from_slice(self.received_body(&first));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         loop {
             // The whole chunks already buffered are taken directly; a read is polled for
@@ -615,9 +613,7 @@ impl HttpSession {
             };
             match polled {
                 std::task::Poll::Ready(Ok(Some(body_ref))) => {
-                    let slice = self.body_reader.get_body(&body_ref);
-                    self.body_recv = self.body_recv.saturating_add(slice.len());
-                    joined.extend_from_slice(slice);
+                    joined.extend_from_slice(self.received_body(&body_ref));
                 }
                 std::task::Poll::Ready(Ok(None)) | std::task::Poll::Pending => break,
                 std::task::Poll::Ready(Err(error)) => {
