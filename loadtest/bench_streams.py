@@ -31,6 +31,17 @@ half of ramp + hold, 10 intervals) is closed and counted as an error ("not finis
 deadline"): the machine did not keep the pace. Whether the proxy or the mock fell behind shows in
 the events/s delivered per proxied stream against the direct streams (the mock's own pace).
 
+HTTP/2 downstream (`--downstream h2c`). The proxied streams that are not probes share HTTP/2
+connections over cleartext (the proxy's `[server] h2c = true`), `--h2-streams` per connection
+(default 100, the proxy's SETTINGS_MAX_CONCURRENT_STREAMS), as a load balancer or an HTTP/2
+client would send them; each connection carries streams of one batch. The client speaks just
+enough HTTP/2 for that (stdlib: HPACK literals out, the response status from its first header
+byte, receive windows at 2^31-1, SETTINGS and PING acknowledged, RST_STREAM and GOAWAY as stream
+errors), and a stream is ok on the same terms as over HTTP/1.1, END_STREAM standing for the last
+chunk. Probes and direct streams stay on HTTP/1.1 sockets, so the latency method is unchanged.
+The proxy then needs one descriptor per stream (upstream) plus one per connection: 10,000
+streams fit under a hard limit of 20,000, which HTTP/1.1 downstream (two per stream) does not.
+
 Memory and CPU. The proxy's VmRSS (/proc/PID/status) is read after warm-up (one direct and two
 proxied short streams, then 1 s of quiet): the baseline. It is sampled every 0.25 s with the
 proxy's and the mock's CPU time; the peak is the highest sample inside the all-open window (from
@@ -67,7 +78,8 @@ the percentiles are then marked ">=". A probe whose captured TAB count disagrees
 received is left out ("capture mismatch"). If one recv returned two events (client > 1 interval
 behind), both get the later timestamp: an overestimate.
 
-Limits. The proxy needs two descriptors per stream (downstream and upstream socket) plus ~30; the
+Limits. The proxy needs two descriptors per stream (downstream and upstream socket; one with
+`--downstream h2c`) plus ~30; the
 script raises RLIMIT_NOFILE to the hard limit for itself and its children and refuses to start
 (exit 3, naming the largest N that fits) when the hard limit is too low, unless `--force` (the run
 then shows how the proxy fails when it runs out). The client spreads over several source
@@ -320,7 +332,7 @@ def ts_of(anc) -> int:
 
 class Stream:
     __slots__ = ("idx", "path", "probe", "text", "req", "src", "sock", "pieces", "t_req", "t_end",
-                 "error", "ok", "rng", "t_first", "t_last", "chars", "win_chars")
+                 "error", "ok", "rng", "t_first", "t_last", "chars", "win_chars", "h2_status", "h2_ended")
 
     def __init__(self, idx, path, probe, text, req, src):
         self.idx, self.path, self.probe, self.text, self.req, self.src = idx, path, probe, text, req, src
@@ -332,18 +344,94 @@ class Stream:
         self.rng = None  # client text ranges [(start, end, t_ns, text)], kept for probes
         self.chars = 0   # text characters (= upstream text events) received
         self.win_chars = 0  # of which inside the all-open window
+        # A stream carried by an h2c connection (--downstream h2c): its pieces are its DATA frames'
+        # payloads, its status is read from its HEADERS frame, its end is END_STREAM.
+        self.h2_status = None
+        self.h2_ended = False
+
+    @property
+    def h2(self) -> bool:
+        return isinstance(self.req, H2Request)
+
+    def started_200(self) -> bool:
+        return self.h2_status == 200 if self.h2 else self.pieces[0][1][9:12] == b"200"
+
+    def body_complete(self) -> bool:
+        return self.h2_ended if self.h2 else self.pieces[-1][1].endswith(b"0\r\n\r\n")
 
 
-def make_request(port: int, text: str, interval_ms: int, tag: str) -> bytes:
+def request_parts(text: str, interval_ms: int, tag: str) -> tuple[list[tuple[str, str]], str]:
     script = json.dumps({"kind": "text", "text": text, "max_delta": 1, "delay_ms": interval_ms,
                          "split_writes": False}, separators=(",", ":"))
     body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": True,
                        "messages": [{"role": "user", "content": f"bench_streams {tag}"}]},
                       separators=(",", ":"))
-    return (f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nanthropic-version: 2023-06-01\r\n"
-            f"x-mock-script: {script}\r\nConnection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+    return [("content-type", "application/json"), ("anthropic-version", "2023-06-01"),
+            ("x-mock-script", script), ("content-length", str(len(body)))], body
+
+
+def make_request(port: int, text: str, interval_ms: int, tag: str) -> bytes:
+    headers, body = request_parts(text, interval_ms, tag)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return (f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}Connection: close\r\n"
+            f"\r\n{body}").encode()
+
+
+# ---- HTTP/2 over cleartext (RFC 9113), just what a client of one SSE response per stream needs.
+# Requests are encoded as HPACK literals without indexing or Huffman coding (RFC 7541 6.2.2), which
+# every decoder accepts. Of a response header block only the status is read: an h2 server
+# encodes `:status: 200` first, as static table entry 8 (one byte, 0x88); the other indexed
+# statuses are entries 9-14; anything else is reported as "not 200". The client announces a
+# receive window of 2^31-1 for the connection and every stream, so it never sends WINDOW_UPDATE.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+H2_END_STREAM, H2_ACK, H2_PADDED, H2_PRIORITY = 0x1, 0x1, 0x8, 0x20
+H2_MAX_WINDOW = 2 ** 31 - 1
+H2_STATIC_STATUS = {0x88: 200, 0x89: 204, 0x8A: 206, 0x8B: 304, 0x8C: 400, 0x8D: 404, 0x8E: 500}
+
+
+def h2_frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+
+
+def hpack_int(value: int, prefix_bits: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((value,))
+    out, value = bytearray((limit,)), value - limit
+    while value >= 128:
+        out.append(value & 127 | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def hpack_literal(name: str, value: str) -> bytes:
+    n, v = name.encode(), value.encode()
+    return b"\x00" + hpack_int(len(n), 7) + n + hpack_int(len(v), 7) + v
+
+
+class H2Request:
+    """The HEADERS and DATA frames of one stream's request, built once its stream id is known."""
+    __slots__ = ("frames",)
+
+    def __init__(self, sid: int, port: int, text: str, interval_ms: int, tag: str):
+        headers, body = request_parts(text, interval_ms, tag)
+        block = b"".join(hpack_literal(k, v) for k, v in [
+            (":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"),
+            (":path", "/v1/messages")] + headers)
+        self.frames = (h2_frame(H2_HEADERS, 0x4, sid, block) +  # END_HEADERS
+                       h2_frame(H2_DATA, H2_END_STREAM, sid, body.encode()))
+
+
+class H2Conn:
+    """One h2c connection carrying `--h2-streams` proxied streams (ids 1, 3, 5, ...)."""
+
+    def __init__(self, streams: dict[int, Stream], src: str):
+        self.streams = streams  # stream id -> Stream, until the stream ends
+        self.src = src
+        self.sock = None
+        self.buf = bytearray()
 
 
 def stream_text(chars: int, probe: bool) -> str:
@@ -366,6 +454,7 @@ class Client:
         self.connecting = 0
         self.pending = 0                        # started and not finished
         self.done = asyncio.Event()
+        self.h2_conns: list[H2Conn] = []
 
     async def start(self, st: Stream, addr, connect_timeout: float):
         self.pending += 1
@@ -422,24 +511,132 @@ class Client:
             self.done.set()
 
     def abort_all(self, streams):
+        for conn in self.h2_conns:
+            if conn.sock is not None:
+                self.finish_h2(conn, TIMEOUT_KIND)
         for st in streams:
             if st.sock is not None:
                 self.finish(st, TIMEOUT_KIND)
+
+    async def start_h2(self, conn: H2Conn, addr, connect_timeout: float):
+        n = len(conn.streams)
+        self.pending += n
+        self.done.clear()
+        self.connecting += n
+        self.h2_conns.append(conn)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((conn.src, 0))
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            await asyncio.wait_for(self.loop.sock_connect(s, addr), connect_timeout)
+            t = time.time_ns()
+            settings = (2).to_bytes(2, "big") + (0).to_bytes(4, "big") + \
+                (4).to_bytes(2, "big") + H2_MAX_WINDOW.to_bytes(4, "big")  # no push; widest window
+            out = [H2_PREFACE, h2_frame(H2_SETTINGS, 0, 0, settings),
+                   h2_frame(H2_WINDOW_UPDATE, 0, 0, (H2_MAX_WINDOW - 65535).to_bytes(4, "big"))]
+            for st in conn.streams.values():
+                st.t_req = t
+                out.append(st.req.frames)
+            await asyncio.wait_for(self.loop.sock_sendall(s, b"".join(out)), connect_timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            s.close()
+            self.connecting -= n
+            for st in conn.streams.values():
+                st.error = error_kind(e)
+                st.t_end = time.time_ns()
+                self._finished()
+            conn.streams = {}
+            return
+        self.connecting -= n
+        self.open["proxy"] += n
+        conn.sock = s
+        for st in conn.streams.values():
+            st.sock = conn
+        self.loop.add_reader(s.fileno(), self.on_read_h2, conn)
+
+    def on_read_h2(self, conn: H2Conn):
+        try:
+            data, anc, _, _ = conn.sock.recvmsg(262144, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.finish_h2(conn, error_kind(e))
+            return
+        if not data:
+            self.finish_h2(conn, "connection closed early")
+            return
+        t = ts_of(anc)
+        buf = conn.buf
+        buf += data
+        pos, replies = 0, []
+        while len(buf) - pos >= 9:
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            end = pos + 9 + length
+            if end > len(buf):
+                break
+            ftype, flags = buf[pos + 3], buf[pos + 4]
+            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            payload = bytes(buf[pos + 9:end])
+            pos = end
+            st = conn.streams.get(sid)
+            if ftype in (H2_DATA, H2_HEADERS) and flags & H2_PADDED and payload:
+                payload = payload[1:len(payload) - payload[0]]
+            if ftype == H2_DATA and st is not None:
+                st.pieces.append((t, payload))
+            elif ftype == H2_HEADERS and st is not None and st.h2_status is None:
+                block = payload[5:] if flags & H2_PRIORITY else payload
+                st.h2_status = H2_STATIC_STATUS.get(block[0], 0) if block else 0
+            elif ftype == H2_RST_STREAM and st is not None:
+                self.end_h2_stream(conn, sid, f"RST_STREAM {int.from_bytes(payload[:4], 'big')}")
+                continue
+            elif ftype == H2_SETTINGS and not flags & H2_ACK:
+                replies.append(h2_frame(H2_SETTINGS, H2_ACK, 0))
+            elif ftype == H2_PING and not flags & H2_ACK:
+                replies.append(h2_frame(H2_PING, H2_ACK, 0, payload))
+            elif ftype == H2_GOAWAY:
+                last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                for gone in [i for i in conn.streams if i > last]:
+                    self.end_h2_stream(conn, gone, f"GOAWAY {int.from_bytes(payload[4:8], 'big')}")
+            if ftype in (H2_DATA, H2_HEADERS) and flags & H2_END_STREAM and st is not None:
+                st.h2_ended = True
+                self.end_h2_stream(conn, sid, None)
+        del buf[:pos]
+        if conn.sock is None:
+            return
+        if replies:
+            try:
+                conn.sock.send(b"".join(replies))  # a few bytes: fits the send buffer
+            except OSError as e:
+                self.finish_h2(conn, error_kind(e))
+                return
+        if not conn.streams:
+            self.finish_h2(conn, None)
+
+    def end_h2_stream(self, conn: H2Conn, sid: int, error):
+        st = conn.streams.pop(sid)
+        st.sock = None
+        st.t_end = time.time_ns()
+        st.error = error
+        self.open["proxy"] -= 1
+        self._finished()
+
+    def finish_h2(self, conn: H2Conn, error):
+        """Closes the connection; its streams still open end with `error`."""
+        for sid in list(conn.streams):
+            self.end_h2_stream(conn, sid, error)
+        if conn.sock is not None:
+            self.loop.remove_reader(conn.sock.fileno())
+            conn.sock.close()
+            conn.sock = None
 
 
 def parse_partial(pieces):
     """bench_proxy.Timed.parse, tolerant of a body cut off anywhere: (status, events, complete, body),
     events = the complete SSE events received, [(type, data or None, receive time ns)]."""
     raw = b"".join(d for _, d in pieces)
-    ends, times, n = [], [], 0
-    for t, d in pieces:
-        n += len(d)
-        ends.append(n)
-        times.append(t)
-
-    def t_raw(off):
-        return times[min(bisect.bisect_right(ends, off), len(times) - 1)]
-
+    t_raw = receive_clock(pieces)
     hdr_end = raw.find(b"\r\n\r\n")
     if hdr_end < 0:
         raise ValueError("no complete response header")
@@ -469,10 +666,35 @@ def parse_partial(pieces):
         body += raw[pos:]
         complete = True
     seg_starts = [s for s, _ in segs]
-    events, start = [], 0
     body = bytes(body)
-    if status != 200:
-        return status, events, complete, body
+
+    def time_at(off):
+        i = bisect.bisect_right(seg_starts, off) - 1
+        return t_raw(segs[i][1] + off - segs[i][0])
+
+    return status, (sse_events(body, time_at) if status == 200 else []), complete, body
+
+
+def parse_h2(st: Stream):
+    """parse_partial for a stream carried by h2c: its pieces are its DATA frames' payloads."""
+    body = b"".join(d for _, d in st.pieces)
+    status = st.h2_status or 0
+    return status, (sse_events(body, receive_clock(st.pieces)) if status == 200 else []), st.h2_ended, body
+
+
+def receive_clock(pieces):
+    """For [(receive time, bytes)]: the receive time of the byte at an offset of their concatenation."""
+    ends, times, n = [], [], 0
+    for t, d in pieces:
+        n += len(d)
+        ends.append(n)
+        times.append(t)
+    return lambda off: times[min(bisect.bisect_right(ends, off), len(times) - 1)]
+
+
+def sse_events(body: bytes, time_at):
+    """The complete SSE events of `body`: [(type, data or None, time_at(offset of the event's end))]."""
+    events, start = [], 0
     while True:
         end = body.find(b"\n\n", start)
         if end < 0:
@@ -483,11 +705,9 @@ def parse_partial(pieces):
                 etype = line[6:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].lstrip())
-        i = bisect.bisect_right(seg_starts, end + 1) - 1
-        events.append((etype, json.loads("\n".join(data)) if data else None,
-                       t_raw(segs[i][1] + end + 1 - segs[i][0])))
+        events.append((etype, json.loads("\n".join(data)) if data else None, time_at(end + 1)))
         start = end + 2
-    return status, events, complete, body
+    return events
 
 
 def analyse_stream(st: Stream, window=None):
@@ -499,7 +719,7 @@ def analyse_stream(st: Stream, window=None):
     if window is None:
         return
     try:
-        status, events, complete, body = parse_partial(st.pieces)
+        status, events, complete, body = parse_h2(st) if st.h2 else parse_partial(st.pieces)
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         st.error = st.error or f"malformed response ({type(e).__name__})"
         return
@@ -515,7 +735,7 @@ def analyse_stream(st: Stream, window=None):
             e = json.loads(body)["error"]
             st.error = f"HTTP {status} {e.get('type')}: {str(e.get('message'))[:100]}"
         except (ValueError, KeyError, TypeError, AttributeError):
-            st.error = f"HTTP {status}"
+            st.error = f"HTTP {status or '(h2: not 200)'}"
     elif any(e[0] == "error" for e in events):
         st.error = "SSE error event"
     elif not complete:
@@ -587,7 +807,8 @@ async def run(args, info, results, tmp, bins):
         cfg_path = os.path.join(tmp, "streammask.toml")
         with open(cfg_path, "w") as f:
             f.write(f'[server]\nlisten = "127.0.0.1:{px_port}"\nadmin = "127.0.0.1:{px_admin}"\n'
-                    f'threads = {args.proxy_threads}\n\n[upstream]\nurl = "http://127.0.0.1:{mock_port}"\n')
+                    f'threads = {args.proxy_threads}\n' + ("h2c = true\n" if args.downstream == "h2c" else "") +
+                    f'\n[upstream]\nurl = "http://127.0.0.1:{mock_port}"\n')
         px_cmd = [proxy_bin, "run", "--config", cfg_path]
         env = dict(os.environ, STREAMMASK_PLACEHOLDER_KEY=PLACEHOLDER_KEY, RUST_LOG=args.rust_log)
         px = spawn(px_cmd, nofile=nofile, env=env, stdout=subprocess.DEVNULL, stderr=open(px_log, "w"))
@@ -690,7 +911,9 @@ async def run(args, info, results, tmp, bins):
     sources = [f"127.0.0.{i + 1}" for i in range(args.sources)]
     t0 = time.monotonic()
     t_end_plan = t0 + ramp_s + args.hold_secs + 0.5
-    print(f"\n## opening {n_proxy} streams through {args.proxy} and {n_direct} direct to the mock: "
+    print(f"\n## opening {n_proxy} streams through {args.proxy}" +
+          (f" (h2c, {args.h2_streams} per connection, probes on HTTP/1.1)" if args.downstream == "h2c" else "") +
+          f" and {n_direct} direct to the mock: "
           f"{args.batch} per {args.batch_interval} s ({batches} batches, ~{ramp_s:.1f} s), then all "
           f"held for {args.hold_secs:g} s; one event per {args.interval_ms} ms "
           f"(~{n_proxy * 1000 / args.interval_ms:,.0f} upstream events/s); {n_probes} proxied probes; "
@@ -719,6 +942,16 @@ async def run(args, info, results, tmp, bins):
 
     sampler_task = asyncio.create_task(sampler())
     tasks = []
+    # --downstream h2c: the proxied streams that are not probes share h2c connections, up to
+    # --h2-streams per connection, each connection opened with the streams of one batch.
+    h2c = args.downstream == "h2c"
+    h2_group: dict[int, Stream] = {}
+
+    def open_h2_group():
+        if h2_group:
+            conn = H2Conn(dict(h2_group), next(iter(h2_group.values())).src)
+            h2_group.clear()
+            tasks.append(asyncio.create_task(client.start_h2(conn, ("127.0.0.1", px_port), args.connect_timeout)))
     gc.disable()
     idx = proxied = probe_id = 0
     for b in range(batches):
@@ -738,11 +971,20 @@ async def run(args, info, results, tmp, bins):
             text = stream_text(chars, probe is not None)
             port = px_port if path == "proxy" else mock_port
             tag = f"sbprobe-{probe:06d}" if probe is not None else f"stream-{idx:06d}"
-            st = Stream(idx, path, probe, text, make_request(port, text, args.interval_ms, tag),
-                        sources[idx % len(sources)])
+            if h2c and path == "proxy" and probe is None:
+                sid = 2 * len(h2_group) + 1
+                st = Stream(idx, path, probe, text, H2Request(sid, port, text, args.interval_ms, tag),
+                            sources[idx % len(sources)])
+                h2_group[sid] = st
+                if len(h2_group) == args.h2_streams:
+                    open_h2_group()
+            else:
+                st = Stream(idx, path, probe, text, make_request(port, text, args.interval_ms, tag),
+                            sources[idx % len(sources)])
+                tasks.append(asyncio.create_task(client.start(st, ("127.0.0.1", port), args.connect_timeout)))
             streams.append(st)
-            tasks.append(asyncio.create_task(client.start(st, ("127.0.0.1", port), args.connect_timeout)))
             idx += 1
+        open_h2_group()
         if b % max(1, batches // 10) == 0 or b == batches - 1:
             print(progress(f"started {idx:>6}, "), flush=True)
     await asyncio.gather(*tasks)
@@ -789,8 +1031,8 @@ async def run(args, info, results, tmp, bins):
     # its first byte and had not ended yet.
     for st in streams:
         analyse_stream(st)  # first and last byte times only
-    held = [s for s in streams if s.t_first is not None and s.pieces[0][1][9:12] == b"200" and (
-        s.error == TIMEOUT_KIND or (s.error is None and s.pieces[-1][1].endswith(b"0\r\n\r\n")))]
+    held = [s for s in streams if s.t_first is not None and s.started_200() and (
+        s.error == TIMEOUT_KIND or (s.error is None and s.body_complete()))]
     w_start = max((s.t_first for s in held), default=0)
     w_end = min((s.t_last if s.error is None else s.t_end for s in held), default=0)
     window_s = max(0.0, (w_end - w_start) / 1e9)
@@ -913,7 +1155,8 @@ def report(args, info, results) -> int:
     r = results["run"]
     rows = []
     n_err = sum(r["errors"].values())
-    name = args.proxy
+    name = args.proxy + (f" (h2c, {args.h2_streams} per connection; probes HTTP/1.1)"
+                         if args.downstream == "h2c" else "")
     rows.append((f"streams through {name}: ok / opened", f"{r['ok_proxy']:,} / {r['streams_proxy']:,}", "all ok"))
     rows.append(("direct streams (calibration): ok / opened", f"{r['ok_direct']} / {r['streams_direct']}", "-"))
     rows.append(("errors", ", ".join(f"{k}: {v:,}" for k, v in sorted(r["errors"].items())) or "0", "0"))
@@ -1031,6 +1274,13 @@ def main():
                          "ephemeral port range needs it)")
     ap.add_argument("--proxy", choices=("streammask", "pingora"), default="streammask",
                     help="pingora: streammask-bench-pingora, plain Pingora (no masking) for comparison")
+    ap.add_argument("--downstream", choices=("http1", "h2c"), default="http1",
+                    help="how the proxied streams reach the proxy: http1, a connection each (default); "
+                         "h2c, HTTP/2 over cleartext (`[server] h2c = true`), --h2-streams per "
+                         "connection, as a load balancer or an HTTP/2 client sends them (probes stay "
+                         "on HTTP/1.1: their events are timed per socket)")
+    ap.add_argument("--h2-streams", type=int, default=100,
+                    help="streams per h2c connection (default 100, the proxy's SETTINGS_MAX_CONCURRENT_STREAMS)")
     ap.add_argument("--proxy-threads", type=int, default=2, help="server threads of the proxy (default 2)")
     ap.add_argument("--mock-threads", type=int, default=1)
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG of the proxy (its log is summarised on errors)")
@@ -1060,17 +1310,26 @@ def main():
         args.probes = min(500, max(1, args.streams // 20))
     if args.streams < 1 or args.direct < 0 or args.batch < 1 or args.interval_ms < 1:
         ap.error("--streams and --batch must be >= 1, --direct >= 0, --interval-ms >= 1")
+    if args.downstream == "h2c" and args.proxy != "streammask":
+        ap.error("--downstream h2c needs --proxy streammask")
+    if not 1 <= args.h2_streams <= 100:
+        ap.error("--h2-streams must be 1..100 (the proxy's SETTINGS_MAX_CONCURRENT_STREAMS)")
 
     # ---- descriptors and ports
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need_proxy = 2 * args.streams + 64          # downstream + upstream socket per stream, ~30 at start
+    if args.downstream == "h2c":  # an upstream socket per stream; downstream, the probes' and the h2c connections
+        need_proxy = args.streams + args.probes + math.ceil(args.streams / args.h2_streams) + 64
+        fit = (hard - 64) * args.h2_streams // (args.h2_streams + 1) - args.probes
+        shape = "an upstream socket per stream, a downstream one per probe and h2c connection, plus ~30"
+    else:
+        need_proxy = 2 * args.streams + 64          # downstream + upstream socket per stream, ~30 at start
+        fit = (hard - 64) // 2
+        shape = "a downstream and an upstream socket per stream, plus ~30"
     need_other = args.streams + args.direct + 64  # this client; the mock
     need = max(need_proxy, need_other)
     if hard != resource.RLIM_INFINITY and hard < need:
-        fit = (hard - 64) // 2
         msg = (f"RLIMIT_NOFILE hard limit is {hard}, but {args.streams} streams need ~{need_proxy} descriptors "
-               f"in the proxy (a downstream and an upstream socket per stream, plus ~30). At most ~{fit} "
-               f"streams fit. Raise the hard limit where this runs (root with CAP_SYS_RESOURCE: "
+               f"in the proxy ({shape}). At most ~{fit} streams fit. Raise the hard limit where this runs (root with CAP_SYS_RESOURCE: "
                f"`ulimit -Hn 65536`; docker: --ulimit nofile=65536:65536; systemd: LimitNOFILE=65536) "
                f"or use --streams {fit}.")
         if not args.force:
