@@ -8,12 +8,19 @@ loopback TLS front (authkit.TlsFront) when the upstream must speak TLS.
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import ssl
 import subprocess
+import time
 import warnings
 
 import anthropic
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import httpx
 import httpx2  # the anthropic SDK's HTTP client package
 import pytest
@@ -132,6 +139,61 @@ def test_h2c(proxy_factory, mock):
     with httpx.Client(timeout=30) as http:
         r = http.post(proxy.url + "/v1/messages", json=user_request("over h1"), headers={"x-api-key": smtest.API_KEY})
     assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+
+
+def test_an_h2c_stream_reset_by_the_client_cancels_its_upstream_request_and_no_other(proxy_factory, mock):
+    """A load balancer or an HTTP/2 client cancels one stream of a shared connection with
+    RST_STREAM (a developer stopping Claude Code mid-answer): the proxy must drop that stream's
+    upstream request at once, and only that one."""
+    proxy = proxy_factory(config="[server]\nh2c = true\n", name="h2c-reset")
+    mock.reset()
+    # The one to cancel would stream for ~24 s; the one kept for ~4 s.
+    scripts = [{"kind": "text", "text": "word " * words, "max_delta": 5, "delay_ms": 200, "split_writes": False}
+               for words in (120, 20)]
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.sendall(conn.data_to_send())
+    body = json.dumps(user_request("talk slowly", stream=True)).encode()
+    streams = []
+    for script in scripts:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{proxy.port}"),
+                                (":path", "/v1/messages"), ("content-type", "application/json"),
+                                ("x-api-key", smtest.API_KEY), ("anthropic-version", "2023-06-01"),
+                                ("x-mock-script", smtest.mock_script(script))])
+        conn.send_data(sid, body, end_stream=True)
+        streams.append(sid)
+    sock.sendall(conn.data_to_send())
+    cancelled, kept = streams
+    received = {sid: b"" for sid in streams}
+    reset_at = ended = None
+    deadline = time.monotonic() + 40
+    while ended is None and time.monotonic() < deadline:
+        data = sock.recv(65536)
+        assert data, "the proxy closed the connection"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                received[event.stream_id] += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == kept:
+                ended = time.monotonic()
+            elif isinstance(event, h2.events.StreamReset):
+                pytest.fail(f"stream {event.stream_id} reset by the proxy (code {event.error_code})")
+        if reset_at is None and received[cancelled] and received[kept]:
+            conn.reset_stream(cancelled, h2.errors.ErrorCodes.CANCEL)
+            reset_at = time.monotonic()
+        sock.sendall(conn.data_to_send())
+        if reset_at is not None and mock.stats()["aborted_streams"] == 0:
+            assert time.monotonic() - reset_at < 3, "the cancelled stream's upstream request still runs"
+    sock.close()
+    # The other stream on the connection ran to its end, whole.
+    assert ended is not None, "the stream that was not cancelled did not end"
+    kept_events = smtest.parse_sse(received[kept])
+    assert kept_events[-1][0] == "message_stop"
+    assert smtest.sse_text(kept_events) == "word " * 20
+    assert mock.stats()["aborted_streams"] == 1
+    proxy.assert_healthy()
 
 
 def run_proxy(config_path, timeout=240, upstream="http://127.0.0.1:9") -> subprocess.CompletedProcess:
