@@ -382,7 +382,8 @@ def make_request(port: int, text: str, interval_ms: int, tag: str) -> bytes:
 # every decoder accepts. Of a response header block only the status is read: an h2 server
 # encodes `:status: 200` first, as static table entry 8 (one byte, 0x88); the other indexed
 # statuses are entries 9-14; anything else is reported as "not 200". The client announces a
-# receive window of 2^31-1 for the connection and every stream, so it never sends WINDOW_UPDATE.
+# receive window of 2^31-1 for the connection and every stream, and widens the connection's again
+# after every 2^30 bytes.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
 H2_END_STREAM, H2_ACK, H2_PADDED, H2_PRIORITY = 0x1, 0x1, 0x8, 0x20
@@ -432,6 +433,7 @@ class H2Conn:
         self.src = src
         self.sock = None
         self.buf = bytearray()
+        self.unacknowledged = 0  # DATA bytes received since the connection's window was last widened
 
 
 def stream_text(chars: int, probe: bool) -> str:
@@ -581,6 +583,13 @@ class Client:
             payload = bytes(buf[pos + 9:end])
             pos = end
             st = conn.streams.get(sid)
+            if ftype == H2_DATA:
+                # Streams are far below a stream's window; the connection's is given back
+                # before it runs out, however long the run.
+                conn.unacknowledged += length
+                if conn.unacknowledged >= H2_MAX_WINDOW // 2:
+                    replies.append(h2_frame(H2_WINDOW_UPDATE, 0, 0, conn.unacknowledged.to_bytes(4, "big")))
+                    conn.unacknowledged = 0
             if ftype in (H2_DATA, H2_HEADERS) and flags & H2_PADDED and payload:
                 payload = payload[1:len(payload) - payload[0]]
             if ftype == H2_DATA and st is not None:
