@@ -458,17 +458,31 @@ class Client:
         self.done = asyncio.Event()
         self.h2_conns: list[H2Conn] = []
 
+    async def connect(self, s: socket.socket, src: str, addr, connect_timeout: float):
+        """Connects `s` from `src` (the port chosen at connect), non-blocking, with the kernel's
+        receive timestamps on."""
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((src, 0))
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        await asyncio.wait_for(self.loop.sock_connect(s, addr), connect_timeout)
+
+    @staticmethod
+    def receive(sock: socket.socket, size: int):
+        """One read: (bytes, kernel receive time); None if nothing was ready; b"" at the end."""
+        try:
+            data, anc, _, _ = sock.recvmsg(size, 64)
+        except (BlockingIOError, InterruptedError):
+            return None
+        return data, (ts_of(anc) if data else 0)
+
     async def start(self, st: Stream, addr, connect_timeout: float):
         self.pending += 1
         self.done.clear()
         self.connecting += 1
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            s.bind((st.src, 0))
-            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            await asyncio.wait_for(self.loop.sock_connect(s, addr), connect_timeout)
+            await self.connect(s, st.src, addr, connect_timeout)
             st.t_req = time.time_ns()
             n = s.send(st.req)
             if n != len(st.req):
@@ -487,16 +501,16 @@ class Client:
 
     def on_read(self, st: Stream):
         try:
-            data, anc, _, _ = st.sock.recvmsg(65536, 64)
-        except (BlockingIOError, InterruptedError):
-            return
+            got = self.receive(st.sock, 65536)
         except OSError as e:
             self.finish(st, error_kind(e))
             return
-        if not data:
+        if got is None:
+            return
+        if not got[0]:
             self.finish(st, None)
             return
-        st.pieces.append((ts_of(anc), data))
+        st.pieces.append((got[1], got[0]))
 
     def finish(self, st: Stream, error):
         self.loop.remove_reader(st.sock.fileno())
@@ -528,11 +542,7 @@ class Client:
         self.h2_conns.append(conn)
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            s.bind((conn.src, 0))
-            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            await asyncio.wait_for(self.loop.sock_connect(s, addr), connect_timeout)
+            await self.connect(s, conn.src, addr, connect_timeout)
             t = time.time_ns()
             settings = (2).to_bytes(2, "big") + (0).to_bytes(4, "big") + \
                 (4).to_bytes(2, "big") + H2_MAX_WINDOW.to_bytes(4, "big")  # no push; widest window
@@ -560,16 +570,16 @@ class Client:
 
     def on_read_h2(self, conn: H2Conn):
         try:
-            data, anc, _, _ = conn.sock.recvmsg(262144, 64)
-        except (BlockingIOError, InterruptedError):
-            return
+            got = self.receive(conn.sock, 262144)
         except OSError as e:
             self.finish_h2(conn, error_kind(e))
             return
+        if got is None:
+            return
+        data, t = got
         if not data:
             self.finish_h2(conn, "connection closed early")
             return
-        t = ts_of(anc)
         buf = conn.buf
         buf += data
         pos, replies = 0, []
