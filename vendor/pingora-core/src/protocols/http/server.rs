@@ -330,8 +330,6 @@ impl Session {
         }
     }
 
-    /// Set connection reuse. `duration` defines how long the connection is kept open for the next
-    /// request to reuse. Noop for h2 and subrequest
     /// streammask patch (vendor/README.md): whether an HTTP/1.x request header keeps the case
     /// of its names (see [`SessionV1::set_request_header_case`]); HTTP/2 names have none.
     pub fn set_request_header_case(&mut self, keep: bool) {
@@ -340,6 +338,8 @@ impl Session {
         }
     }
 
+    /// Set connection reuse. `duration` defines how long the connection is kept open for the next
+    /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
         match self {
             Self::H1(s) => s.set_server_keepalive(duration),
