@@ -190,6 +190,68 @@ fn rules_bench_measures_a_pack_alone_and_counts_its_candidates() {
     );
 }
 
+/// `rules bench --without` measures the pack with the named rules left out (repeated or
+/// comma-separated); a name no rule answers to is refused, not silently measured as the pack.
+#[test]
+fn rules_bench_without_leaves_the_named_rules_out_and_refuses_an_unknown_one() {
+    let dir = std::env::temp_dir().join(format!("streammask-bench-without-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("two.toml"),
+        "[[rules]]\nid = \"demo-key\"\ndescription = \"x\"\npattern = '(?P<secret>demo_[0-9]{8})'\naction = \"mask\"\nexamples = [\"demo_12345678\"]\n\n\
+         [[rules]]\nid = \"other-key\"\ndescription = \"y\"\npattern = '(?P<secret>other_[0-9]{8})'\naction = \"mask\"\nexamples = [\"other_12345678\"]\n",
+    )
+    .unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "demo_12345678 other_12345678 other_87654321\n".repeat(2),
+    )
+    .unwrap();
+    let bench = |without: &[&str]| {
+        let mut cmd = streammask();
+        cmd.args(["rules", "bench", "--only", "--rules"]).arg(&dir);
+        for ids in without {
+            cmd.args(["--without", ids]);
+        }
+        cmd.arg(&text).output().unwrap()
+    };
+    let line = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let whole = line(bench(&[]));
+    let without_other = line(bench(&["other-key"]));
+    let without_both = line(bench(&["demo-key,other-key"]));
+    let unknown = bench(&["demo-key", "no-such-rule"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(whole.starts_with("pack: 2 rules compiled"), "{whole}");
+    assert!(whole.trim_end().ends_with(", 6 candidates"), "{whole}");
+    assert!(
+        without_other.starts_with("pack: 1 rules compiled"),
+        "{without_other}"
+    );
+    assert!(
+        without_other.trim_end().ends_with(", 2 candidates"),
+        "{without_other}"
+    );
+    assert!(
+        without_both.starts_with("pack: 0 rules compiled"),
+        "{without_both}"
+    );
+    assert!(
+        without_both.trim_end().ends_with(", 0 candidates"),
+        "{without_both}"
+    );
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("no-such-rule"), "{stderr}");
+}
+
 /// `config check` compiles everything before it answers, a large dictionary included, so the
 /// proxy that loads the same files later finds its databases in the cache; `scan --config`
 /// masks the dictionary's terms without waiting for that compile.

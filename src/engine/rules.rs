@@ -509,6 +509,21 @@ impl RuleSet {
         }
     }
 
+    /// The enabled rules but those named in `ids`, all in one pair of databases: what a pack
+    /// costs without them (`rules bench --without`). A name no rule answers to is an error, so
+    /// a typo does not measure the whole pack under another name.
+    pub fn without(&self, ids: &[String]) -> Result<RuleSet, OverrideError> {
+        if let Some(unknown) = ids
+            .iter()
+            .find(|id| !self.rules.iter().any(|rule| &rule.id == *id))
+        {
+            return Err(OverrideError::UnknownRule(unknown.clone()));
+        }
+        let mut set = self.enabled_set();
+        set.rules.retain(|rule| !ids.contains(&rule.id));
+        Ok(set)
+    }
+
     /// A set holding just one rule, for checking it alone (compiled even when disabled).
     pub fn single(rule: &Rule) -> RuleSet {
         RuleSet {
