@@ -24,7 +24,10 @@
 //! - only active members' ends are reported; the matcher hands them out in end order among the
 //!   other rules' reports (others first at equal ends), each `(rule, end)` once ([`Ends`]);
 //! - an automaton that cannot be built or run (its cache exhausted) reports every offset a
-//!   match could end at, for every member: the rules' patterns then sort them out (fail closed).
+//!   match could end at, for every member: the rules' patterns then sort them out (fail closed);
+//! - a walk is cut short without the automaton only where the automaton would die on the same
+//!   first byte or two ([`Openings`], computed from the automaton itself under every byte that
+//!   may come before; when that computation cannot finish, nothing is cut short).
 
 use crate::engine::matcher::Candidate;
 use regex_automata::{
@@ -45,6 +48,102 @@ type CacheFactory =
 struct Automaton {
     dfa: DFA,
     caches: Pool<Cache, CacheFactory>,
+    openings: Openings,
+}
+
+/// The first bytes, and first pairs of bytes, after which the automaton is not yet dead. Key
+/// words are common words (`token` every few hundred bytes of prose and code), mostly followed
+/// by a letter, or by a space and a word, which no assignment grammar accepts: those walks end
+/// on a table lookup instead of a cache, a start state and a transition or two.
+struct Openings {
+    first: ByteSet,
+    /// Indexed by the first byte.
+    second: Box<[ByteSet; 256]>,
+}
+
+#[derive(Clone, Copy)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    const EMPTY: ByteSet = ByteSet([0; 4]);
+    const ALL: ByteSet = ByteSet([u64::MAX; 4]);
+
+    fn insert(&mut self, byte: u8) {
+        self.0[usize::from(byte >> 6)] |= 1 << (byte & 63);
+    }
+
+    fn contains(self, byte: u8) -> bool {
+        self.0[usize::from(byte >> 6)] & (1 << (byte & 63)) != 0
+    }
+}
+
+impl Openings {
+    /// Nothing cut short.
+    fn everything() -> Openings {
+        Openings {
+            first: ByteSet::ALL,
+            second: Box::new([ByteSet::ALL; 256]),
+        }
+    }
+
+    /// Every first byte and pair after which `dfa`, started anchored under any byte before it
+    /// (or none), is not dead. A match is at least one byte long and reported one byte late, so
+    /// a walk that dies within these bytes reports nothing. Computed on a cache of its own;
+    /// if that cache is cleared (its state ids then stale) or a transition fails, nothing is
+    /// cut short.
+    fn of(dfa: &DFA) -> Openings {
+        Self::compute(dfa).unwrap_or_else(Openings::everything)
+    }
+
+    fn compute(dfa: &DFA) -> Option<Openings> {
+        let mut cache = dfa.create_cache();
+        let clears = cache.clear_count();
+        let mut starts: Vec<LazyStateID> = Vec::new();
+        for look_behind in std::iter::once(None).chain((0..=u8::MAX).map(Some)) {
+            let config = start::Config::new()
+                .anchored(Anchored::Yes)
+                .look_behind(look_behind);
+            let state = dfa.start_state(&mut cache, &config).ok()?;
+            if cache.clear_count() != clears {
+                return None;
+            }
+            if !starts.contains(&state) {
+                starts.push(state);
+            }
+        }
+        let mut openings = Openings {
+            first: ByteSet::EMPTY,
+            second: Box::new([ByteSet::EMPTY; 256]),
+        };
+        for &start in &starts {
+            for first in 0..=u8::MAX {
+                let after_first = dfa.next_state(&mut cache, start, first).ok()?;
+                if cache.clear_count() != clears {
+                    return None;
+                }
+                if after_first.is_dead() {
+                    continue;
+                }
+                openings.first.insert(first);
+                for second in 0..=u8::MAX {
+                    let after_second = dfa.next_state(&mut cache, after_first, second).ok()?;
+                    if cache.clear_count() != clears {
+                        return None;
+                    }
+                    if !after_second.is_dead() {
+                        openings.second[usize::from(first)].insert(second);
+                    }
+                }
+            }
+        }
+        Some(openings)
+    }
+
+    /// Whether a walk over `first` (and `second`, when it is known) may find an end.
+    fn may_open(&self, first: u8, second: Option<u8>) -> bool {
+        self.first.contains(first)
+            && second.is_none_or(|second| self.second[usize::from(first)].contains(second))
+    }
 }
 
 /// What follows a key word, ready to walk: one expression per member rule.
@@ -125,10 +224,28 @@ impl AfterKeyword {
         after: usize,
         report: &mut impl FnMut(usize, usize),
     ) -> Walk {
-        let limit = at.saturating_add(self.max_len);
         let Some(automaton) = self.automaton() else {
             return self.every_end(hay, at, complete, after, report);
         };
+        if let Some(&first) = hay.get(at) {
+            if !automaton.openings.may_open(first, hay.get(at + 1).copied()) {
+                return Walk::Done;
+            }
+        }
+        self.walk_automaton(automaton, hay, at, complete, after, report)
+    }
+
+    /// [`AfterKeyword::walk`] byte by byte, every walk through the automaton.
+    fn walk_automaton(
+        &self,
+        automaton: &Automaton,
+        hay: &[u8],
+        at: usize,
+        complete: bool,
+        after: usize,
+        report: &mut impl FnMut(usize, usize),
+    ) -> Walk {
+        let limit = at.saturating_add(self.max_len);
         let dfa = &automaton.dfa;
         let mut cache = automaton.caches.get();
         let config = start::Config::new()
@@ -244,7 +361,12 @@ fn build(expressions: &[String]) -> Result<Automaton, String> {
         .map_err(|e| format!("after_keyword: {e}"))?;
     let factory = dfa.clone();
     let caches: Pool<Cache, CacheFactory> = Pool::new(Box::new(move || factory.create_cache()));
-    Ok(Automaton { dfa, caches })
+    let openings = Openings::of(&dfa);
+    Ok(Automaton {
+        dfa,
+        caches,
+        openings,
+    })
 }
 
 /// The rules that share a key word, and what follows it for each.
@@ -586,6 +708,71 @@ mod tests {
             true
         });
         assert_eq!(out, vec![(1, 2), (0, 4), (0, 7), (1, 9)]);
+    }
+
+    /// Every walk that the openings cut short reports what the automaton reports, under every
+    /// byte before the key word's end, for every first byte and pair, with and without bytes
+    /// after them; and the openings do cut walks short.
+    #[test]
+    fn a_walk_cut_short_by_its_openings_ends_as_the_automaton_would() {
+        let after = AfterKeyword::new(&[
+            // The look-behind decides: `\b` holds after a word byte, not after `_` or none.
+            r"\b[ ]?=[ ]?[a-z]{2,4}",
+            r#"[_.][A-Z]{1,3}[ ]?:"[a-z]{2}""#,
+            r"[0-9]=x(?:;|$)",
+        ])
+        .unwrap();
+        let automaton = after.automaton().expect("builds");
+        let mut cut_short = 0;
+        let look_behinds: [Option<u8>; 5] = [None, Some(b'k'), Some(b' '), Some(b'\n'), Some(b'_')];
+        for look_behind in look_behinds {
+            for first in 0..=u8::MAX {
+                for second in 0..=u8::MAX {
+                    for tail in [&b""[..], b"=ab;", b"ab\"xy\"", b"B:\"ab\""] {
+                        let mut hay: Vec<u8> = look_behind.into_iter().collect();
+                        let at = hay.len();
+                        hay.extend_from_slice(&[first, second]);
+                        hay.extend_from_slice(tail);
+                        for complete in [true, false] {
+                            let (mut walked, mut cut) = (Vec::new(), Vec::new());
+                            let walked_state = after.walk_automaton(
+                                automaton,
+                                &hay,
+                                at,
+                                complete,
+                                at,
+                                &mut |pattern, end| walked.push((pattern, end)),
+                            );
+                            let state = after.walk(&hay, at, complete, at, &mut |pattern, end| {
+                                cut.push((pattern, end))
+                            });
+                            assert_eq!(
+                                (state, &cut),
+                                (walked_state, &walked),
+                                "{look_behind:?} {first} {second} {tail:?} {complete}"
+                            );
+                        }
+                    }
+                    if !automaton.openings.may_open(first, Some(second)) {
+                        cut_short += 1;
+                    }
+                }
+                // A lone first byte at the end of the data.
+                let hay = [first];
+                let mut cut = Vec::new();
+                let state = after.walk(&hay, 0, false, 0, &mut |p, e| cut.push((p, e)));
+                let mut walked = Vec::new();
+                let walked_state =
+                    after.walk_automaton(automaton, &hay, 0, false, 0, &mut |p, e| {
+                        walked.push((p, e))
+                    });
+                assert_eq!((state, cut), (walked_state, walked), "{first}");
+            }
+        }
+        assert!(!automaton.openings.may_open(b's', None));
+        assert!(!automaton.openings.may_open(b' ', Some(b'c')));
+        assert!(automaton.openings.may_open(b' ', Some(b'=')));
+        assert!(cut_short > 60_000, "{cut_short}");
     }
 
     #[test]
