@@ -147,36 +147,44 @@ fn rules_check_and_list_work_and_fail_on_a_broken_rule() {
     assert!(stdout.contains("broken-unbounded"), "{stdout}");
 }
 
+const DEMO_RULE: &str = "[[rules]]\nid = \"demo-key\"\ndescription = \"x\"\npattern = '(?P<secret>demo_[0-9]{8})'\naction = \"mask\"\nexamples = [\"demo_12345678\"]\n";
+
+/// A rule directory holding `rules` in one file, and a text file for `rules bench`.
+fn bench_pack(name: &str, rules: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("streammask-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pack.toml"), rules).unwrap();
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text).unwrap();
+    (dir, text_path)
+}
+
+/// The standard output of a command that must succeed.
+fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `rules bench --rules DIR --only` measures DIR's rules alone and counts what one pass reports,
 /// so two packs can be compared on the same text.
 #[test]
 fn rules_bench_measures_a_pack_alone_and_counts_its_candidates() {
-    let dir = std::env::temp_dir().join(format!("streammask-bench-pack-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("one.toml"),
-        "[[rules]]\nid = \"demo-key\"\ndescription = \"x\"\npattern = '(?P<secret>demo_[0-9]{8})'\naction = \"mask\"\nexamples = [\"demo_12345678\"]\n",
-    )
-    .unwrap();
-    let text = dir.join("text.txt");
-    std::fs::write(
-        &text,
-        "demo_12345678 and demo_87654321, not demo_1\n".repeat(3),
-    )
-    .unwrap();
+    let (dir, text) = bench_pack(
+        "bench-pack",
+        DEMO_RULE,
+        &"demo_12345678 and demo_87654321, not demo_1\n".repeat(3),
+    );
     let bench = |only: bool| {
         let mut cmd = streammask();
         cmd.args(["rules", "bench", "--rules"]).arg(&dir);
         if only {
             cmd.arg("--only");
         }
-        let out = cmd.arg(&text).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(cmd.arg(&text).output().unwrap())
     };
     let alone = bench(true);
     let with_pack = bench(false);
@@ -194,20 +202,14 @@ fn rules_bench_measures_a_pack_alone_and_counts_its_candidates() {
 /// comma-separated); a name no rule answers to is refused, not silently measured as the pack.
 #[test]
 fn rules_bench_without_leaves_the_named_rules_out_and_refuses_an_unknown_one() {
-    let dir = std::env::temp_dir().join(format!("streammask-bench-without-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("two.toml"),
-        "[[rules]]\nid = \"demo-key\"\ndescription = \"x\"\npattern = '(?P<secret>demo_[0-9]{8})'\naction = \"mask\"\nexamples = [\"demo_12345678\"]\n\n\
-         [[rules]]\nid = \"other-key\"\ndescription = \"y\"\npattern = '(?P<secret>other_[0-9]{8})'\naction = \"mask\"\nexamples = [\"other_12345678\"]\n",
-    )
-    .unwrap();
-    let text = dir.join("text.txt");
-    std::fs::write(
-        &text,
-        "demo_12345678 other_12345678 other_87654321\n".repeat(2),
-    )
-    .unwrap();
+    let rules = format!(
+        "{DEMO_RULE}\n[[rules]]\nid = \"other-key\"\ndescription = \"y\"\npattern = '(?P<secret>other_[0-9]{{8}})'\naction = \"mask\"\nexamples = [\"other_12345678\"]\n"
+    );
+    let (dir, text) = bench_pack(
+        "bench-without",
+        &rules,
+        &"demo_12345678 other_12345678 other_87654321\n".repeat(2),
+    );
     let bench = |without: &[&str]| {
         let mut cmd = streammask();
         cmd.args(["rules", "bench", "--only", "--rules"]).arg(&dir);
@@ -216,17 +218,9 @@ fn rules_bench_without_leaves_the_named_rules_out_and_refuses_an_unknown_one() {
         }
         cmd.arg(&text).output().unwrap()
     };
-    let line = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let whole = line(bench(&[]));
-    let without_other = line(bench(&["other-key"]));
-    let without_both = line(bench(&["demo-key,other-key"]));
+    let whole = succeeded(bench(&[]));
+    let without_other = succeeded(bench(&["other-key"]));
+    let without_both = succeeded(bench(&["demo-key,other-key"]));
     let unknown = bench(&["demo-key", "no-such-rule"]);
     std::fs::remove_dir_all(&dir).ok();
     assert!(whole.starts_with("pack: 2 rules compiled"), "{whole}");
