@@ -255,7 +255,11 @@ impl AfterKeyword {
             return self.every_end(hay, at, complete, after, report);
         };
         let stop = hay.len().min(limit.saturating_add(1));
-        for (i, &byte) in hay.iter().enumerate().take(stop).skip(at) {
+        // Over the slice itself: `take` and `skip` around `enumerate` cost more per byte than
+        // the transition does.
+        let walked = hay.get(at..stop).unwrap_or_default();
+        for (offset, &byte) in walked.iter().enumerate() {
+            let i = at + offset;
             state = match dfa.next_state(&mut cache, state, byte) {
                 Ok(next) => next,
                 Err(_) => return self.every_end(hay, i, complete, after, report),
