@@ -444,6 +444,22 @@ fn main() {
         std::fs::write(dir.join("keyword_dense.txt"), keyword_dense_corpus())
             .expect("write keyword-dense corpus");
     }
+    // `STREAMMASK_BENCH_SCAN_PASSES=N`: only N block scans of the mixed corpus, then exit, for
+    // instruction counts (`valgrind --tool=callgrind`; the difference between two N is the cost
+    // of the passes between them, without set-up).
+    if let Some(passes) = std::env::var("STREAMMASK_BENCH_SCAN_PASSES")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let findings: usize = (0..passes)
+            .map(|_| engine.scan(&text, Scope::Request).unwrap().len())
+            .sum();
+        println!(
+            "{passes} scans of {} bytes, {findings} findings",
+            text.len()
+        );
+        return;
+    }
     let mut criterion = Criterion::default()
         .configure_from_args()
         .sample_size(10)
