@@ -720,7 +720,8 @@ mod tests {
     #[test]
     fn a_walk_cut_short_by_its_openings_ends_as_the_automaton_would() {
         let after = AfterKeyword::new(&[
-            // The look-behind decides: `\b` holds after a word byte, not after `_` or none.
+            // The look-behind decides: `\b` holds after a word byte (`k`, `_`), not after a
+            // space, a newline or nothing.
             r"\b[ ]?=[ ]?[a-z]{2,4}",
             r#"[_.][A-Z]{1,3}[ ]?:"[a-z]{2}""#,
             r"[0-9]=x(?:;|$)",
