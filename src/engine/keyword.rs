@@ -260,10 +260,21 @@ impl AfterKeyword {
         let walked = hay.get(at..stop).unwrap_or_default();
         for (offset, &byte) in walked.iter().enumerate() {
             let i = at + offset;
-            state = match dfa.next_state(&mut cache, state, byte) {
+            // From an untagged state (not a match, dead, quit or not yet computed one) the
+            // transition is a plain table read, as in regex-automata's own search loop; any
+            // other state, or a transition not yet computed, takes the checked path.
+            let known = if state.is_tagged() {
+                None
+            } else {
+                Some(dfa.next_state_untagged(&cache, state, byte)).filter(|next| !next.is_unknown())
+            };
+            state = match known.map_or_else(|| dfa.next_state(&mut cache, state, byte), Ok) {
                 Ok(next) => next,
                 Err(_) => return self.every_end(hay, i, complete, after, report),
             };
+            if !state.is_tagged() {
+                continue;
+            }
             // Matches are delayed by one byte: the state after byte `i` says which
             // expressions end at `i`.
             if state.is_match() && i > after {
